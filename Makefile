@@ -1,0 +1,51 @@
+# kvgate: `make up` runs the main job, `make test` runs every gate CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ENGINE ?= vllm
+# Where `make vllm` puts the engine's own virtual environment (kept apart from kvgate's).
+export KVGATE_VLLM_VENV ?= $(CURDIR)/.venv-vllm
+
+.PHONY: install lint typecheck unit test up clean help
+
+help:
+	@echo "make up            install what is needed, then kvgate up (real vLLM replicas of SmolLM2 on CPU)"
+	@echo "make up ENGINE=sim the same cluster with simulated replicas"
+	@echo "make test          ruff, mypy and pytest (includes the real-vLLM tier)"
+	@echo "make vllm          create the vLLM engine environment ($(KVGATE_VLLM_VENV))"
+	@echo "make model         prepare SmolLM2-135M-Instruct for vLLM (kvgate model prepare)"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q -m "not vllm"
+
+include mk/vllm.mk
+
+test: install lint typecheck vllm model
+	$(BIN)/pytest -q
+
+up: install
+ifeq ($(ENGINE),sim)
+	$(BIN)/kvgate up --engine sim
+else
+	$(MAKE) vllm model
+	$(BIN)/kvgate up --engine $(ENGINE)
+endif
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,126 @@
+"""kvgate's exception tree.
+
+Every error kvgate raises on purpose derives from :class:`KvgateError`; third-party
+exceptions are converted at the edge (``raise ... from exc``)::
+
+    KvgateError
+    ├── ConfigError            a configuration file is wrong; carries one Problem per mistake
+    ├── PluginParameterError   a plugin's parameters are wrong (wrapped into ConfigError by the loader)
+    ├── RequestError           a client request is wrong -> HTTP 4xx in OpenAI's error shape
+    │   ├── BadRequestError        400
+    │   ├── AuthenticationError    401
+    │   ├── ModelNotFoundError     404
+    │   └── PayloadTooLargeError   413
+    ├── SchedulingError        the scheduler could not pick
+    │   ├── NoCandidatesError      no healthy endpoint for the request -> 503 + Retry-After
+    │   └── SchedulingFailedError  a profile failed / every endpoint filtered out -> 429 (as llm-d)
+    ├── UpstreamError          the chosen model server failed (connection, 5xx, timeout)
+    └── EngineError            a model server process could not be prepared or launched
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class KvgateError(Exception):
+    """Base of every error kvgate raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in a configuration file.
+
+    ``path`` is a dotted field path such as ``schedulingProfiles[default].plugins[2].pluginRef``;
+    ``line``/``column`` are 1-based and set only for syntax errors.
+    """
+
+    file: str
+    path: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        if self.path:
+            return f"{where}: {self.path}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(KvgateError):
+    """A configuration file is invalid. ``problems`` lists every mistake found, one line each."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class PluginParameterError(KvgateError):
+    """A plugin's ``parameters`` are invalid; ``field`` names the parameter (may be empty)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class RequestError(KvgateError):
+    """A client request is invalid. ``status`` is the HTTP status, ``param`` the offending field."""
+
+    status: int = 400
+    error_type: str = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        self.message = message
+        self.param = param
+        self.code = code
+        super().__init__(message)
+
+
+class BadRequestError(RequestError):
+    status = 400
+
+
+class AuthenticationError(RequestError):
+    status = 401
+    error_type = "authentication_error"
+
+
+class ModelNotFoundError(RequestError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class PayloadTooLargeError(RequestError):
+    status = 413
+
+
+class SchedulingError(KvgateError):
+    """The scheduler could not choose an endpoint."""
+
+    status: int = 500
+
+
+class NoCandidatesError(SchedulingError):
+    """No healthy endpoint can serve the request (HTTP 503 with Retry-After)."""
+
+    status = 503
+
+
+class SchedulingFailedError(SchedulingError):
+    """Scheduling ran but produced no target, e.g. every endpoint was filtered out (HTTP 429)."""
+
+    status = 429
+
+
+class UpstreamError(KvgateError):
+    """The chosen model server failed before or while answering."""
+
+
+class EngineError(KvgateError):
+    """A model server could not be prepared, installed or launched; the message says what to do."""

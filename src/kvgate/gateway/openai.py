@@ -1,0 +1,151 @@
+"""OpenAI request parsing and error bodies, shared by the HTTP gateway and the ext_proc server.
+
+Only what the scheduler needs is read from the body: model, prompt or messages, cache salt,
+priority. Errors are :class:`kvgate.errors.RequestError` subclasses whose status and message
+become OpenAI's JSON error shape via :func:`error_body`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from kvgate.errors import BadRequestError, RequestError
+from kvgate.scheduling.types import HEADER_REQUEST_ID, ROUTING_HEADERS, Request, RequestKind
+
+_decoder = msgspec.json.Decoder()
+
+CHAT_PATH_SUFFIX = "/chat/completions"
+COMPLETIONS_PATH_SUFFIX = "/completions"
+
+
+def request_kind_for_path(path: str) -> RequestKind | None:
+    """``chat`` for .../chat/completions, ``completions`` for .../completions, else None."""
+    path = path.rstrip("/")
+    if path.endswith(CHAT_PATH_SUFFIX):
+        return "chat"
+    if path.endswith(COMPLETIONS_PATH_SUFFIX):
+        return "completions"
+    return None
+
+
+def strip_routing_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Lower-cased copy of ``headers`` without any client-sent routing header."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in ROUTING_HEADERS}
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """Decode a JSON object body or raise a 400 that says what is wrong."""
+    if not body:
+        raise BadRequestError("request body is empty; expected a JSON object")
+    try:
+        parsed = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise BadRequestError("request body must be a JSON object")
+    return parsed
+
+
+def build_request(
+    kind: RequestKind,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    *,
+    body_size: int = 0,
+    request_id: str | None = None,
+) -> Request:
+    """Validate the fields the scheduler reads and build the :class:`Request`.
+
+    ``headers`` must already be lower-cased and stripped of routing headers.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("'model' is required and must be a non-empty string", param="model")
+    prompt: str | None = None
+    messages = None
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequestError(
+                "'messages' is required and must be a non-empty array", param="messages"
+            )
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise BadRequestError(
+                    f"'messages[{i}]' must be an object with a string 'role'",
+                    param=f"messages[{i}]",
+                )
+    else:
+        raw_prompt = body.get("prompt")
+        if isinstance(raw_prompt, list):
+            if raw_prompt and all(isinstance(p, str) for p in raw_prompt):
+                raw_prompt = "".join(raw_prompt)
+            elif raw_prompt and all(isinstance(p, int) for p in raw_prompt):
+                raw_prompt = None  # token ids: kept below
+            else:
+                raise BadRequestError(
+                    "'prompt' must be a string, an array of strings or an array of token ids",
+                    param="prompt",
+                )
+        elif not isinstance(raw_prompt, str):
+            raise BadRequestError("'prompt' is required and must be a string", param="prompt")
+        prompt = raw_prompt
+    token_ids = None
+    if kind == "completions" and prompt is None:
+        token_ids = tuple(int(t) for t in body["prompt"])
+    salt = body.get("cache_salt")
+    priority = body.get("priority", 0)
+    rid = request_id or headers.get(HEADER_REQUEST_ID) or str(uuid.uuid4())
+    return Request(
+        request_id=rid,
+        model=model,
+        kind=kind,
+        prompt=prompt,
+        messages=messages,
+        headers=headers,
+        token_ids=token_ids,
+        cache_salt=salt if isinstance(salt, str) else None,
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+        body=body,
+        body_size=body_size,
+    )
+
+
+def error_body(
+    message: str,
+    *,
+    status: int,
+    error_type: str | None = None,
+    param: str | None = None,
+    code: str | int | None = None,
+) -> bytes:
+    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+    if error_type is None:
+        error_type = {
+            400: "invalid_request_error",
+            401: "authentication_error",
+            403: "permission_error",
+            404: "not_found_error",
+            413: "invalid_request_error",
+            429: "rate_limit_error",
+        }.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return msgspec.json.encode(
+        {
+            "error": {
+                "message": message,
+                "type": error_type,
+                "param": param,
+                "code": code if code is not None else status,
+            }
+        }
+    )
+
+
+def request_error_body(exc: RequestError) -> bytes:
+    return error_body(
+        exc.message, status=exc.status, error_type=exc.error_type, param=exc.param, code=exc.code
+    )

@@ -1,0 +1,299 @@
+"""The extension points of the scheduler, one ``Protocol`` each.
+
+A plugin is any object with ``type_name`` and ``name``; its roles come from the methods it
+has, as in llm-d (one object may be a Scorer and a PreRequest hook at once). The framework
+(kvgate.scheduling.scheduler), not the plugins, enforces the invariants: scores are clamped
+to [0, 1], a profile has exactly one picker, total = Σ weight · clamp(score).
+
+To add a plugin, write one file under ``kvgate/plugins/<role>s/<type-name>.py`` with:
+
+1. ``TYPE = "my-scorer"``: the llm-d type name;
+2. a factory ``def create(name: str, params: Params, ctx: PluginContext) -> MyScorer`` that
+   validates its own parameters with the ``Params`` helpers (errors name the field);
+3. the class, implementing the protocol methods of its roles;
+
+then add the module to ``BUILTIN_MODULES`` in kvgate.plugins.registry.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from kvgate.scheduling.types import (
+    Clock,
+    CycleState,
+    Endpoint,
+    ProfileRunResult,
+    Request,
+    ResponseInfo,
+    SchedulingResult,
+    ScoredEndpoint,
+)
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """Anything the registry can build."""
+
+    @property
+    def type_name(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+@runtime_checkable
+class Filter(Plugin, Protocol):
+    """Narrows the candidate endpoints. An empty result fails the profile."""
+
+    def filter(
+        self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
+    ) -> list[Endpoint]: ...
+
+
+@runtime_checkable
+class Scorer(Plugin, Protocol):
+    """Scores candidates in [0, 1] (clamped by the framework); endpoints left out score 0.
+
+    Returns a mapping from endpoint name to score.
+    """
+
+    def score(
+        self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
+    ) -> Mapping[str, float]: ...
+
+
+@runtime_checkable
+class Picker(Plugin, Protocol):
+    """Chooses the targets of a profile from the scored survivors (best first)."""
+
+    def pick(
+        self, state: CycleState, request: Request, scored: Sequence[ScoredEndpoint]
+    ) -> ProfileRunResult: ...
+
+
+@runtime_checkable
+class ProfileHandler(Plugin, Protocol):
+    """Decides which profiles run, in rounds, and which result is primary.
+
+    The scheduler calls ``pick_profiles`` repeatedly with the results so far and runs the
+    profiles it returns, until it returns an empty mapping; then ``process_results``.
+    """
+
+    def pick_profiles(
+        self,
+        state: CycleState,
+        request: Request,
+        profiles: Mapping[str, SchedulerProfileView],
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> Mapping[str, SchedulerProfileView]: ...
+
+    def process_results(
+        self,
+        state: CycleState,
+        request: Request,
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> SchedulingResult: ...
+
+
+@runtime_checkable
+class PreRequest(Plugin, Protocol):
+    """Told the scheduling result just before the request is forwarded (affinity learns here).
+
+    May add request headers for the model server (e.g. ``x-prefiller-host-port``) by writing
+    into ``headers``.
+    """
+
+    def pre_request(
+        self, request: Request, result: SchedulingResult, headers: dict[str, str]
+    ) -> None: ...
+
+
+@runtime_checkable
+class ResponseComplete(Plugin, Protocol):
+    """Told how a request ended (always called once per forwarded request, even on errors).
+
+    May add response headers for the client (e.g. ``x-session-token``) via ``response.headers``.
+    """
+
+    def response_complete(
+        self, request: Request, response: ResponseInfo, endpoint: Endpoint
+    ) -> None: ...
+
+
+@runtime_checkable
+class EndpointListener(Plugin, Protocol):
+    """Told when endpoints leave the pool, to purge per-endpoint state."""
+
+    def endpoints_removed(self, names: Sequence[str]) -> None: ...
+
+
+class SchedulerProfileView(Protocol):
+    """What a ProfileHandler may know of a profile: its name (the scheduler runs it)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(slots=True)
+class PluginContext:
+    """What factories get besides their parameters: shared services, injectable for tests.
+
+    ``rng`` is the only source of randomness plugins may use; ``clock`` the only clock.
+    ``plugins`` lets a plugin find another by name after all are built (see ``resolve``).
+    ``services`` holds shared objects by key (e.g. "tokenizers", "kv-index") that the
+    gateway or ext_proc server provides.
+    """
+
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Clock = time.monotonic
+    plugins: dict[str, Plugin] = field(default_factory=dict)
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+class Params:
+    """Typed access to a plugin's ``parameters`` with errors that name the field.
+
+    Every getter raises ``PluginParameterError(field, expected)``; unknown keys are reported
+    by ``check_unknown`` so misspelled parameters never pass silently.
+    """
+
+    def __init__(self, raw: Mapping[str, Any] | None) -> None:
+        from kvgate.errors import PluginParameterError
+
+        if raw is not None and not isinstance(raw, Mapping):
+            raise PluginParameterError("", f"expected a mapping, got {_kind(raw)}")
+        self._raw: Mapping[str, Any] = raw or {}
+        self._seen: set[str] = set()
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self._raw
+
+    def _get(self, key: str) -> Any:
+        self._seen.add(key)
+        return self._raw.get(key)
+
+    def has(self, key: str) -> bool:
+        return key in self._raw
+
+    def int(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        from kvgate.errors import PluginParameterError
+
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise PluginParameterError(key, f"expected an integer, got {_kind(value)}")
+        if minimum is not None and value < minimum:
+            raise PluginParameterError(key, f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    def float(
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        from kvgate.errors import PluginParameterError
+
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PluginParameterError(key, f"expected a number, got {_kind(value)}")
+        result = float(value)
+        if minimum is not None and result < minimum:
+            raise PluginParameterError(key, f"expected a number >= {minimum}, got {value}")
+        if maximum is not None and result > maximum:
+            raise PluginParameterError(key, f"expected a number <= {maximum}, got {value}")
+        return result
+
+    def bool(self, key: str, default: bool) -> bool:
+        from kvgate.errors import PluginParameterError
+
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise PluginParameterError(key, f"expected true or false, got {_kind(value)}")
+        return value
+
+    def str(self, key: str, default: str) -> str:
+        from kvgate.errors import PluginParameterError
+
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise PluginParameterError(key, f"expected a string, got {_kind(value)}")
+        return value
+
+    def str_list(self, key: str, default: Sequence[str] = ()) -> list[str]:
+        from kvgate.errors import PluginParameterError
+
+        value = self._get(key)
+        if value is None:
+            return list(default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PluginParameterError(key, f"expected a list of strings, got {_kind(value)}")
+        return list(value)
+
+    def mapping(self, key: str) -> Mapping[str, Any]:
+        from kvgate.errors import PluginParameterError
+
+        value = self._get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise PluginParameterError(key, f"expected a mapping, got {_kind(value)}")
+        return value
+
+    def any(self, key: str) -> Any:
+        return self._get(key)
+
+    def check_unknown(self, *also_known: str) -> None:
+        """Raise for any parameter key no getter asked for (call after reading all params)."""
+        from kvgate.errors import PluginParameterError
+
+        known = self._seen | set(also_known)
+        unknown = sorted(k for k in self._raw if k not in known)
+        if unknown:
+            raise PluginParameterError(
+                unknown[0],
+                f"unknown parameter (known: {', '.join(sorted(known)) or 'none'})",
+            )
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+#: A plugin factory: ``(name, params, ctx) -> plugin``.
+PluginFactory = Callable[[str, Params, PluginContext], Plugin]
+
+
+def state_key(name: str, type_name: str) -> str:
+    """llm-d's cycle-state key for a plugin: ``"<name>/<type>"``."""
+    return f"{name}/{type_name}"

@@ -1,0 +1,106 @@
+"""Type name -> factory, filled once by :func:`register_builtins`.
+
+Each built-in plugin module exports ``TYPE`` (llm-d's type name), ``create`` (the factory)
+and optionally ``ALIASES`` (older names that still load, e.g. ``kv-cache-scorer``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from kvgate.errors import PluginParameterError
+from kvgate.plugins.base import Params, Plugin, PluginContext, PluginFactory
+
+#: Modules holding one built-in plugin each; the order is the order of ``known types`` in errors.
+BUILTIN_MODULES: tuple[str, ...] = (
+    "kvgate.plugins.filters.by_label",
+    "kvgate.plugins.filters.by_label_selector",
+    "kvgate.plugins.filters.decode_filter",
+    "kvgate.plugins.filters.prefill_filter",
+    "kvgate.plugins.scorers.queue_scorer",
+    "kvgate.plugins.scorers.kv_cache_utilization_scorer",
+    "kvgate.plugins.scorers.running_requests_size_scorer",
+    "kvgate.plugins.scorers.load_aware_scorer",
+    "kvgate.plugins.scorers.active_request_scorer",
+    "kvgate.plugins.scorers.session_affinity_scorer",
+    "kvgate.plugins.scorers.lora_affinity_scorer",
+    "kvgate.plugins.scorers.prefix_cache_scorer",
+    "kvgate.plugins.scorers.no_hit_lru_scorer",
+    "kvgate.plugins.scorers.precise_prefix_cache_scorer",
+    "kvgate.plugins.scorers.round_robin_scorer",
+    "kvgate.plugins.scorers.oracle_prefix_scorer",
+    "kvgate.plugins.pickers.max_score_picker",
+    "kvgate.plugins.pickers.random_picker",
+    "kvgate.plugins.pickers.weighted_random_picker",
+    "kvgate.plugins.profiles.single_profile_handler",
+    "kvgate.plugins.profiles.pd_profile_handler",
+    "kvgate.plugins.profiles.prefill_header_handler",
+)
+
+
+class Registry:
+    """Maps llm-d type names to factories."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, PluginFactory] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, type_name: str, factory: PluginFactory, *aliases: str) -> None:
+        if type_name in self._factories or type_name in self._aliases:
+            raise ValueError(f"plugin type {type_name!r} registered twice")
+        self._factories[type_name] = factory
+        for alias in aliases:
+            self._aliases[alias] = type_name
+
+    def canonical(self, type_name: str) -> str | None:
+        """The registered type for ``type_name`` (resolving aliases), or None if unknown."""
+        if type_name in self._factories:
+            return type_name
+        return self._aliases.get(type_name)
+
+    def known_types(self) -> list[str]:
+        return sorted(self._factories)
+
+    def create(
+        self,
+        type_name: str,
+        name: str,
+        parameters: Mapping[str, Any] | None,
+        ctx: PluginContext,
+    ) -> Plugin:
+        """Build a plugin; raises KeyError for unknown types, PluginParameterError for bad params."""
+        canonical = self.canonical(type_name)
+        if canonical is None:
+            raise KeyError(type_name)
+        params = Params(parameters)
+        plugin = self._factories[canonical](name, params, ctx)
+        params.check_unknown()
+        if not isinstance(plugin, Plugin):  # pragma: no cover - a programming error
+            raise PluginParameterError("", f"factory for {type_name!r} returned a non-plugin")
+        return plugin
+
+
+_DEFAULT: Registry | None = None
+
+
+def register_builtins(registry: Registry) -> Registry:
+    """Register every built-in plugin module into ``registry``; returns it."""
+    for module_name in BUILTIN_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # not written yet; other import errors are bugs
+                continue
+            raise
+        registry.register(module.TYPE, module.create, *getattr(module, "ALIASES", ()))
+    return registry
+
+
+def default_registry() -> Registry:
+    """The process-wide registry with every built-in plugin."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = register_builtins(Registry())
+    return _DEFAULT

@@ -1,0 +1,182 @@
+"""The scheduling loop: profiles of filters -> weighted scorers -> picker, run by a handler.
+
+Sync and I/O-free: the gateway and the ext_proc server call :meth:`Scheduler.schedule` with
+the request and the candidate endpoints (a snapshot of the pool), then
+:meth:`Scheduler.pre_request` just before forwarding and :meth:`Scheduler.response_complete`
+exactly once when the request ends. This module enforces llm-d's invariants once, so plugins
+stay small: scores clamped to [0, 1]; total = Σ weight · clamp(score) with no normalisation;
+endpoints a scorer leaves out count 0; an empty filter result fails the profile; exactly one
+picker per profile (kvgate.scheduling.profile and the config builder guarantee it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kvgate.errors import NoCandidatesError, SchedulingFailedError
+from kvgate.plugins.base import (
+    EndpointListener,
+    Filter,
+    Picker,
+    Plugin,
+    PreRequest,
+    ProfileHandler,
+    ResponseComplete,
+    Scorer,
+)
+from kvgate.scheduling.types import (
+    CycleState,
+    Endpoint,
+    ProfileRunResult,
+    Request,
+    ResponseInfo,
+    SchedulingResult,
+    ScoredEndpoint,
+)
+
+#: Called after every plugin call: (extension point, plugin type, plugin name, seconds).
+PluginObserver = Callable[[str, str, str, float], None]
+
+
+def _no_observer(point: str, type_name: str, name: str, seconds: float) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedScorer:
+    scorer: Scorer
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerProfile:
+    """One scheduling profile: ordered filters, weighted scorers and exactly one picker."""
+
+    name: str
+    filters: tuple[Filter, ...]
+    scorers: tuple[WeightedScorer, ...]
+    picker: Picker
+
+    def run(
+        self,
+        state: CycleState,
+        request: Request,
+        candidates: Sequence[Endpoint],
+        observe: PluginObserver = _no_observer,
+    ) -> ProfileRunResult | None:
+        """Run the profile; None means it failed (every endpoint filtered out or no pick)."""
+        survivors: Sequence[Endpoint] = candidates
+        for flt in self.filters:
+            started = time.perf_counter()
+            survivors = flt.filter(state, request, survivors)
+            observe("filter", flt.type_name, flt.name, time.perf_counter() - started)
+            if not survivors:
+                return None
+        totals = dict.fromkeys((e.name for e in survivors), 0.0)
+        per_scorer: dict[str, dict[str, float]] = {e.name: {} for e in survivors}
+        for ws in self.scorers:
+            started = time.perf_counter()
+            raw = ws.scorer.score(state, request, survivors)
+            observe("scorer", ws.scorer.type_name, ws.scorer.name, time.perf_counter() - started)
+            for endpoint_name in totals:
+                value = raw.get(endpoint_name, 0.0)
+                # clamp; NaN (value != value) counts as 0
+                clamped = 0.0 if value != value or value < 0.0 else min(value, 1.0)
+                per_scorer[endpoint_name][ws.scorer.name] = clamped
+                totals[endpoint_name] += ws.weight * clamped
+        scored = [ScoredEndpoint(e, totals[e.name], per_scorer[e.name]) for e in survivors]
+        started = time.perf_counter()
+        result = self.picker.pick(state, request, scored)
+        observe("picker", self.picker.type_name, self.picker.name, time.perf_counter() - started)
+        if not result.targets:
+            return None
+        return ProfileRunResult(result.targets, tuple(scored))
+
+
+@dataclass(slots=True)
+class Scheduler:
+    """Runs the configured profiles for each request and fans the hooks out to plugins."""
+
+    profiles: Mapping[str, SchedulerProfile]
+    handler: ProfileHandler
+    plugins: Sequence[Plugin] = ()  # every configured plugin, for the hooks
+    observe: PluginObserver = _no_observer
+    _pre_request: tuple[PreRequest, ...] = field(init=False, default=())
+    _response_complete: tuple[ResponseComplete, ...] = field(init=False, default=())
+    _listeners: tuple[EndpointListener, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        self._pre_request = tuple(p for p in self.plugins if isinstance(p, PreRequest))
+        self._response_complete = tuple(
+            p for p in self.plugins if isinstance(p, ResponseComplete)
+        )
+        self._listeners = tuple(p for p in self.plugins if isinstance(p, EndpointListener))
+
+    def schedule(self, request: Request, candidates: Sequence[Endpoint]) -> SchedulingResult:
+        """Pick the endpoint(s) for ``request`` among ``candidates``.
+
+        Raises NoCandidatesError when ``candidates`` is empty (503) and
+        SchedulingFailedError when the profiles produce no primary target (429, as llm-d).
+        """
+        if not candidates:
+            raise NoCandidatesError("no healthy endpoint is available")
+        state = CycleState()
+        results: dict[str, ProfileRunResult | None] = {}
+        # Bounded: a handler may run each profile at most once.
+        for _ in range(len(self.profiles) + 1):
+            started = time.perf_counter()
+            chosen = self.handler.pick_profiles(state, request, self.profiles, results)
+            self.observe(
+                "profile_handler", self.handler.type_name, self.handler.name,
+                time.perf_counter() - started,
+            )
+            pending = [name for name in chosen if name not in results]
+            if not pending:
+                break
+            for name in pending:
+                results[name] = self.profiles[name].run(state, request, candidates, self.observe)
+        started = time.perf_counter()
+        try:
+            outcome = self.handler.process_results(state, request, results)
+        except SchedulingFailedError:
+            raise
+        except LookupError as exc:
+            raise SchedulingFailedError(str(exc)) from exc
+        finally:
+            self.observe(
+                "profile_handler", self.handler.type_name, self.handler.name,
+                time.perf_counter() - started,
+            )
+        primary = outcome.profile_results.get(outcome.primary_profile_name)
+        if primary is None or not primary.targets:
+            raise SchedulingFailedError(
+                f"scheduling profile {outcome.primary_profile_name!r} found no endpoint"
+            )
+        return outcome
+
+    def pre_request(self, request: Request, result: SchedulingResult) -> dict[str, str]:
+        """Run PreRequest hooks; returns headers to add to the upstream request."""
+        headers: dict[str, str] = {}
+        for plugin in self._pre_request:
+            started = time.perf_counter()
+            plugin.pre_request(request, result, headers)
+            self.observe("pre_request", plugin.type_name, plugin.name, time.perf_counter() - started)
+        return headers
+
+    def response_complete(
+        self, request: Request, response: ResponseInfo, endpoint: Endpoint
+    ) -> None:
+        """Run ResponseComplete hooks; call exactly once per forwarded request."""
+        for plugin in self._response_complete:
+            started = time.perf_counter()
+            plugin.response_complete(request, response, endpoint)
+            self.observe(
+                "response_complete", plugin.type_name, plugin.name, time.perf_counter() - started
+            )
+
+    def endpoints_removed(self, names: Sequence[str]) -> None:
+        """Tell plugins that keep per-endpoint state that these endpoints left the pool."""
+        for plugin in self._listeners:
+            plugin.endpoints_removed(names)

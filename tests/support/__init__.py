@@ -1,0 +1,1 @@
+"""Helpers shared by tests: free ports, real processes with readiness polled on a deadline."""
