@@ -50,7 +50,9 @@ def test_block_stored_hashes_recomputed_from_token_ids(section: int) -> None:
 def test_chat_prompt_first_block_matches_vllm() -> None:
     from kvgate.kvcache.tokenize import Tokenizer
 
-    ids = Tokenizer.default().encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    ids = Tokenizer.default().encode_chat(
+        [{"role": "user", "content": "What is the capital of France?"}]
+    )
     assert len(ids) == 37
     (h,) = hashing.block_hashes(ids, 32)
     assert hashing.to_event_hash(h) == 835424480074827902

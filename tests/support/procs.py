@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,7 +31,7 @@ def wait_until(
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - a check that raises is simply not ready yet
+        except Exception:  # a check that raises is simply not ready yet
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"not ready after {timeout_s}s: {what}")
@@ -54,7 +55,10 @@ class Proc:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, **(env or {})}
         self.popen = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
             start_new_session=True,
         )
 
@@ -68,7 +72,9 @@ class Proc:
     def wait_http(self, url: str, timeout_s: float = 30.0) -> None:
         def ready() -> bool:
             if not self.alive():
-                raise RuntimeError(f"process exited ({self.popen.returncode}):\n{self.log()[-4000:]}")
+                raise RuntimeError(
+                    f"process exited ({self.popen.returncode}):\n{self.log()[-4000:]}"
+                )
             return http_ok(url)
 
         deadline = time.monotonic() + timeout_s
@@ -81,10 +87,8 @@ class Proc:
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -73,9 +73,7 @@ def render_chat(
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
-            content = "".join(
-                part.get("text", "") for part in content if isinstance(part, Mapping)
-            )
+            content = "".join(part.get("text", "") for part in content if isinstance(part, Mapping))
         normalised.append({**message, "content": "" if content is None else content})
     return _compile_template(template).render(
         messages=normalised,

@@ -132,6 +132,19 @@ class EndpointListener(Plugin, Protocol):
     def endpoints_removed(self, names: Sequence[str]) -> None: ...
 
 
+@runtime_checkable
+class Lifecycle(Plugin, Protocol):
+    """A plugin with background work (e.g. a KV-event subscriber).
+
+    The process hosting the scheduler (gateway, ext_proc server) awaits ``start`` on its
+    event loop before serving and ``stop`` on shutdown.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class SchedulerProfileView(Protocol):
     """What a ProfileHandler may know of a profile: its name (the scheduler runs it)."""
 
@@ -181,7 +194,7 @@ class Params:
     def has(self, key: str) -> bool:
         return key in self._raw
 
-    def int(self, key: str, default: int, *, minimum: int | None = None) -> int:
+    def get_int(self, key: str, default: int, *, minimum: int | None = None) -> int:
         from kvgate.errors import PluginParameterError
 
         value = self._get(key)
@@ -196,7 +209,7 @@ class Params:
             raise PluginParameterError(key, f"expected an integer >= {minimum}, got {value}")
         return value
 
-    def float(
+    def get_float(
         self,
         key: str,
         default: float,
@@ -218,7 +231,7 @@ class Params:
             raise PluginParameterError(key, f"expected a number <= {maximum}, got {value}")
         return result
 
-    def bool(self, key: str, default: bool) -> bool:
+    def get_bool(self, key: str, default: bool) -> bool:
         from kvgate.errors import PluginParameterError
 
         value = self._get(key)
@@ -228,7 +241,7 @@ class Params:
             raise PluginParameterError(key, f"expected true or false, got {_kind(value)}")
         return value
 
-    def str(self, key: str, default: str) -> str:
+    def get_str(self, key: str, default: str) -> str:
         from kvgate.errors import PluginParameterError
 
         value = self._get(key)
@@ -238,7 +251,7 @@ class Params:
             raise PluginParameterError(key, f"expected a string, got {_kind(value)}")
         return value
 
-    def str_list(self, key: str, default: Sequence[str] = ()) -> list[str]:
+    def get_str_list(self, key: str, default: Sequence[str] = ()) -> list[str]:
         from kvgate.errors import PluginParameterError
 
         value = self._get(key)
@@ -248,7 +261,7 @@ class Params:
             raise PluginParameterError(key, f"expected a list of strings, got {_kind(value)}")
         return list(value)
 
-    def mapping(self, key: str) -> Mapping[str, Any]:
+    def get_mapping(self, key: str) -> Mapping[str, Any]:
         from kvgate.errors import PluginParameterError
 
         value = self._get(key)
@@ -258,7 +271,7 @@ class Params:
             raise PluginParameterError(key, f"expected a mapping, got {_kind(value)}")
         return value
 
-    def any(self, key: str) -> Any:
+    def get_any(self, key: str) -> Any:
         return self._get(key)
 
     def check_unknown(self, *also_known: str) -> None:

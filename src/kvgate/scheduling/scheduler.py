@@ -19,6 +19,7 @@ from kvgate.errors import NoCandidatesError, SchedulingFailedError
 from kvgate.plugins.base import (
     EndpointListener,
     Filter,
+    Lifecycle,
     Picker,
     Plugin,
     PreRequest,
@@ -109,9 +110,7 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         self._pre_request = tuple(p for p in self.plugins if isinstance(p, PreRequest))
-        self._response_complete = tuple(
-            p for p in self.plugins if isinstance(p, ResponseComplete)
-        )
+        self._response_complete = tuple(p for p in self.plugins if isinstance(p, ResponseComplete))
         self._listeners = tuple(p for p in self.plugins if isinstance(p, EndpointListener))
 
     def schedule(self, request: Request, candidates: Sequence[Endpoint]) -> SchedulingResult:
@@ -129,7 +128,9 @@ class Scheduler:
             started = time.perf_counter()
             chosen = self.handler.pick_profiles(state, request, self.profiles, results)
             self.observe(
-                "profile_handler", self.handler.type_name, self.handler.name,
+                "profile_handler",
+                self.handler.type_name,
+                self.handler.name,
                 time.perf_counter() - started,
             )
             pending = [name for name in chosen if name not in results]
@@ -146,7 +147,9 @@ class Scheduler:
             raise SchedulingFailedError(str(exc)) from exc
         finally:
             self.observe(
-                "profile_handler", self.handler.type_name, self.handler.name,
+                "profile_handler",
+                self.handler.type_name,
+                self.handler.name,
                 time.perf_counter() - started,
             )
         primary = outcome.profile_results.get(outcome.primary_profile_name)
@@ -162,7 +165,9 @@ class Scheduler:
         for plugin in self._pre_request:
             started = time.perf_counter()
             plugin.pre_request(request, result, headers)
-            self.observe("pre_request", plugin.type_name, plugin.name, time.perf_counter() - started)
+            self.observe(
+                "pre_request", plugin.type_name, plugin.name, time.perf_counter() - started
+            )
         return headers
 
     def response_complete(
@@ -175,6 +180,17 @@ class Scheduler:
             self.observe(
                 "response_complete", plugin.type_name, plugin.name, time.perf_counter() - started
             )
+
+    async def start(self) -> None:
+        """Start every plugin with background work; call once on the serving event loop."""
+        for plugin in self.plugins:
+            if isinstance(plugin, Lifecycle):
+                await plugin.start()
+
+    async def stop(self) -> None:
+        for plugin in reversed(list(self.plugins)):
+            if isinstance(plugin, Lifecycle):
+                await plugin.stop()
 
     def endpoints_removed(self, names: Sequence[str]) -> None:
         """Tell plugins that keep per-endpoint state that these endpoints left the pool."""
