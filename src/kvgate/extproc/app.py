@@ -1,0 +1,213 @@
+"""``kvgate epp``: wires config, discovery, scraping, the ext_proc server, health and metrics.
+
+One process, one event loop (uvloop when available): the gRPC ext_proc server on
+``--grpc-port``, the gRPC health service on ``--grpc-health-port``, Prometheus on
+``--metrics-port``; endpoints from a Kubernetes InferencePool (``--pool-name``) or from
+``--endpoint``/``--endpoints-file``; the same scheduler the HTTP gateway builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kvgate.endpoints.pool import EndpointPool, EndpointSpec
+from kvgate.endpoints.scrape import MetricNames, Scraper
+from kvgate.extproc.director import Director
+from kvgate.extproc.health import health_handler
+from kvgate.extproc.messages import body_mode_value
+from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.server import ExtProcServicer, add_to_server
+from kvgate.plugins.base import PluginContext
+from kvgate.scheduling.scheduler import Scheduler
+
+log = logging.getLogger("kvgate.epp")
+
+
+@dataclass(slots=True)
+class EppOptions:
+    """Everything ``kvgate epp`` was told (see kvgate.extproc.cli for the flags)."""
+
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 9002
+    grpc_health_port: int = 9003
+    metrics_port: int = 9090
+    secure_serving: bool = False
+    cert_path: str | None = None
+    config_text: str | None = None
+    config_file: str | None = None
+    policy: str | None = None
+    endpoints: list[EndpointSpec] = field(default_factory=list)
+    endpoints_file: str | None = None
+    pool_name: str | None = None
+    pool_namespace: str = "default"
+    pool_group: str = "inference.networking.k8s.io"
+    kubeconfig: str | None = None
+    refresh_metrics_interval_s: float = 0.05
+    metrics_staleness_s: float = 2.0
+    metric_names: MetricNames = field(default_factory=MetricNames)
+    model_server_metrics_scheme: str | None = None
+    model_server_metrics_verify_tls: bool = False
+    request_body_mode: str = "FULL_DUPLEX_STREAMED"
+    seed: int = 0
+
+
+def load_scheduler(opts: EppOptions, rng: random.Random) -> Scheduler:
+    """Build the scheduler from --config-text / --config-file / --policy (GIE's default)."""
+    from kvgate.config import build_scheduler, load_picker_config
+
+    if opts.config_text is not None:
+        config = load_picker_config(text=opts.config_text)
+    elif opts.config_file is not None:
+        config = load_picker_config(path=opts.config_file)
+    else:
+        from kvgate.config.policies import policy_config_text
+
+        config = load_picker_config(text=policy_config_text(opts.policy or "llm-d-default"))
+    return build_scheduler(config, PluginContext(rng=rng))
+
+
+class EppServer:
+    """The running EPP; :meth:`start` / :meth:`stop` for tests and the CLI alike."""
+
+    def __init__(self, opts: EppOptions, scheduler: Scheduler | None = None) -> None:
+        self.opts = opts
+        self.rng = random.Random(opts.seed)
+        self.pool = EndpointPool()
+        pool_label = opts.pool_name or "static"
+        self.metrics = EppMetrics(self.pool, pool_label)
+        self.scheduler = scheduler or load_scheduler(opts, self.rng)
+        self.scheduler.observe = self.metrics.observe_plugin
+        self.pool.on_removed(self.scheduler.endpoints_removed)
+        self.director = Director(self.scheduler, self.pool, self.metrics, self.rng)
+        self.scraper = Scraper(
+            self.pool,
+            opts.refresh_metrics_interval_s,
+            opts.metric_names,
+            opts.model_server_metrics_scheme,
+            opts.model_server_metrics_verify_tls,
+            staleness_s=opts.metrics_staleness_s,
+        )
+        self._discovery: Any = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: grpc.aio.Server | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.synced = False
+
+    async def start(self) -> None:
+        opts = self.opts
+        await self._start_discovery()
+        await self.scheduler.start()
+        await self.scraper.start()
+        options = [("grpc.so_reuseport", 0)]
+        self._grpc = grpc.aio.server(options=options)
+        add_to_server(
+            ExtProcServicer(self.director, body_mode_value(opts.request_body_mode)), self._grpc
+        )
+        address = f"{opts.grpc_host}:{opts.grpc_port}"
+        if opts.secure_serving:
+            from kvgate.extproc.tls import load_or_generate
+
+            cert, key = load_or_generate(opts.cert_path)
+            creds = grpc.ssl_server_credentials([(key, cert)])
+            self._grpc.add_secure_port(address, creds)
+        else:
+            self._grpc.add_insecure_port(address)
+        await self._grpc.start()
+        self._health = grpc.aio.server(options=options)
+        self._health.add_generic_rpc_handlers((health_handler(lambda: self.synced),))
+        self._health.add_insecure_port(f"{opts.grpc_host}:{opts.grpc_health_port}")
+        await self._health.start()
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/healthz", self._serve_health)
+        self._metrics_runner = web.AppRunner(app, access_log=None)
+        await self._metrics_runner.setup()
+        await web.TCPSite(self._metrics_runner, opts.grpc_host, opts.metrics_port).start()
+        log.info(
+            "kvgate epp serving ext_proc on %s (%s), health on :%d, metrics on :%d",
+            address,
+            "TLS" if opts.secure_serving else "plaintext",
+            opts.grpc_health_port,
+            opts.metrics_port,
+        )
+
+    async def _start_discovery(self) -> None:
+        opts = self.opts
+        if opts.pool_name:
+            from kvgate.k8s.discovery import PoolWatcher
+
+            watcher = PoolWatcher(
+                self.pool,
+                name=opts.pool_name,
+                namespace=opts.pool_namespace,
+                group=opts.pool_group,
+                kubeconfig=opts.kubeconfig,
+                scheme=opts.model_server_metrics_scheme or "http",
+            )
+            await watcher.start()
+            self._discovery = watcher
+            self.synced = True
+            return
+        if opts.endpoints_file:
+            from kvgate.endpoints.file import EndpointsFileWatcher
+
+            file_watcher = EndpointsFileWatcher(self.pool, opts.endpoints_file, opts.endpoints)
+            file_watcher.load_now()
+            await file_watcher.start()
+            self._discovery = file_watcher
+        else:
+            self.pool.set_endpoints(opts.endpoints)
+        self.synced = True
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve_health(self, request: web.Request) -> web.Response:
+        ready = self.synced and bool(self.pool.candidates())
+        return web.Response(status=200 if ready else 503, text="ok" if ready else "not ready")
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace_s)
+        if self._health is not None:
+            await self._health.stop(0)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        if self._discovery is not None:
+            await self._discovery.stop()
+        await self.scraper.stop()
+        await self.scheduler.stop()
+
+
+async def serve(opts: EppOptions) -> int:
+    """Run until SIGTERM/SIGINT."""
+    server = EppServer(opts)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def run(opts: EppOptions) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(serve(opts))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(serve(opts))

@@ -1,0 +1,111 @@
+"""The request director: candidates -> scheduler -> destination, and the completion hooks.
+
+Transport-free (the ext_proc stream handler calls it), so the order of GIE's director
+(pkg/epp/requestcontrol/director.go) is visible in one place: narrow the candidates by the
+gateway's subset hint, schedule (no candidates -> 503, no pick -> 429), run PreRequest hooks,
+and name the destination as the comma-joined ``ip:port`` of every primary target.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kvgate.endpoints.pool import EndpointPool
+from kvgate.errors import NoCandidatesError
+from kvgate.extproc.metrics import EppMetrics
+from kvgate.scheduling.scheduler import Scheduler
+from kvgate.scheduling.types import Endpoint, Request, ResponseInfo, SchedulingResult
+
+log = logging.getLogger("kvgate.epp")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a request goes and what to add to it."""
+
+    result: SchedulingResult | None  # None for body-less requests (random pick, no hooks)
+    endpoint: Endpoint  # the primary target
+    destination: str  # comma-joined ip:port of every primary target
+    headers: dict[str, str]  # from PreRequest hooks, for the model server
+
+
+def _host_of(hostport: str) -> str:
+    host = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
+    return host.strip("[]")
+
+
+class Director:
+    """Owns the scheduler and the pool on behalf of every ext_proc stream."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        pool: EndpointPool,
+        metrics: EppMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.pool = pool
+        self.metrics = metrics
+        self._rng = rng or random.Random(0)
+
+    def candidates(self, subset: Sequence[str] | None) -> list[Endpoint]:
+        """Endpoints in rotation, narrowed to the gateway's subset hint (matched by IP, as GIE).
+
+        An empty hint list means the gateway allows nothing: the result is empty (503).
+        """
+        ready = self.pool.candidates()
+        if subset is None:
+            return ready
+        allowed = {_host_of(s) for s in subset}
+        return [e for e in ready if e.address.strip("[]") in allowed]
+
+    def pick(self, request: Request, subset: Sequence[str] | None) -> Decision:
+        """Schedule ``request``; raises NoCandidatesError (503) / SchedulingFailedError (429)."""
+        candidates = self.candidates(subset)
+        started = time.perf_counter()
+        try:
+            result = self.scheduler.schedule(request, candidates)
+        finally:
+            self.metrics.scheduler_e2e.observe(time.perf_counter() - started)
+        headers = self.scheduler.pre_request(request, result)
+        targets = result.primary.targets
+        destination = ",".join(t.hostport for t in targets)
+        labels = (request.model, request.effective_model)
+        self.metrics.requests.labels(*labels).inc()
+        self.metrics.running.labels(request.model).inc()
+        return Decision(result, targets[0], destination, headers)
+
+    def pick_without_body(self, subset: Sequence[str] | None) -> Decision:
+        """A request without a body (GET /v1/models): any endpoint in rotation, as GIE does."""
+        candidates = self.candidates(subset)
+        if not candidates:
+            raise NoCandidatesError("no healthy endpoint is available")
+        endpoint = self._rng.choice(candidates)
+        return Decision(None, endpoint, endpoint.hostport, {})
+
+    def complete(
+        self, request: Request, endpoint: Endpoint, info: ResponseInfo, elapsed_s: float
+    ) -> None:
+        """Run the ResponseComplete hooks once and record the request's metrics."""
+        labels = (request.model, request.effective_model)
+        self.metrics.running.labels(request.model).dec()
+        self.metrics.duration.labels(*labels).observe(elapsed_s)
+        if info.prompt_tokens is not None:
+            self.metrics.input_tokens.labels(*labels).observe(info.prompt_tokens)
+        if info.completion_tokens is not None:
+            self.metrics.output_tokens.labels(*labels).observe(info.completion_tokens)
+        if not info.ok:
+            code = str(info.status) if info.status else (info.error or "unknown")
+            self.metrics.errors.labels(*labels, code).inc()
+        try:
+            self.scheduler.response_complete(request, info, endpoint)
+        except Exception:  # a plugin bug must not break the stream
+            log.exception("response_complete hook failed for request %s", request.request_id)
+
+    def record_error(self, model: str, status: int) -> None:
+        self.metrics.errors.labels(model, model, str(status)).inc()

@@ -1,0 +1,374 @@
+"""``envoy.service.ext_proc.v3.ExternalProcessor/Process``: one gRPC stream per HTTP request.
+
+Message order on a stream (Envoy's ext_proc filter, GIE's EPP protocol, docs/proposals/004):
+
+1. ``request_headers``. In ``FULL_DUPLEX_STREAMED`` mode (GIE's setting) nothing is answered
+   yet: the reply to the headers carries the routing decision, which needs the body. In
+   ``BUFFERED`` mode Envoy waits for the reply before sending the body, so the headers are
+   let through at once (stripped of client-sent routing headers) and the decision rides on
+   the body reply. Headers with ``end_of_stream`` (no body) get a random endpoint, as in GIE.
+2. ``request_body`` chunks until ``end_of_stream``; then: parse (400), schedule (503 / 429),
+   PreRequest hooks, and reply with ``x-gateway-destination-endpoint`` (overwriting any
+   client copy), the same value in dynamic metadata ``envoy.lb``, ``clear_route_cache``,
+   ``content-length``, and, in full-duplex mode, the body re-sent in <= 62,000-byte chunks.
+3. ``response_headers`` / ``response_body`` / trailers: passed through (echoed in full-duplex
+   mode) while usage is read from SSE ``data:`` lines or the JSON body; the ResponseComplete
+   hooks run once at end of stream, or when the stream breaks (client gone, Envoy reset).
+
+Failures become an ImmediateResponse with OpenAI's JSON error body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import msgspec
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+from kvgate.errors import BadRequestError, RequestError, SchedulingError
+from kvgate.extproc.director import Decision, Director
+from kvgate.extproc.messages import (
+    header_map,
+    header_mutation,
+    immediate_response,
+    lb_metadata,
+    streamed_body_responses,
+    subset_hint,
+)
+from kvgate.extproc.usage import UsageReader
+from kvgate.gateway.openai import (
+    build_request,
+    error_body,
+    parse_body,
+    request_error_body,
+    request_kind_for_path,
+    strip_routing_headers,
+)
+from kvgate.scheduling.types import (
+    HEADER_DESTINATION,
+    HEADER_DESTINATION_SUBSET,
+    HEADER_MODEL_REWRITE,
+    HEADER_REQUEST_ID,
+    ROUTING_HEADERS,
+    Request,
+    ResponseInfo,
+)
+
+log = logging.getLogger("kvgate.epp")
+
+FULL_DUPLEX = pm.ProcessingMode.FULL_DUPLEX_STREAMED
+BUFFERED = pm.ProcessingMode.BUFFERED
+STREAMED = pm.ProcessingMode.STREAMED
+#: Response header GIE's EPP adds to show the response went through it.
+HEADER_WENT_INTO_RESP = "x-went-into-resp-headers"
+
+_encoder = msgspec.json.Encoder()
+
+
+class RequestStream:
+    """State of one ext_proc stream; :meth:`on_message` returns the replies to send."""
+
+    def __init__(self, director: Director, default_body_mode: int = FULL_DUPLEX) -> None:
+        self.director = director
+        self.request_mode = default_body_mode
+        self.response_mode = default_body_mode
+        self.headers: dict[str, str] = {}
+        self.added_headers: dict[str, str] = {}  # headers we add upstream (x-request-id)
+        self.subset: list[str] | None = None
+        self.body: list[bytes] = []
+        self.routed = False
+        self.request: Request | None = None
+        self.decision: Decision | None = None
+        self.started = time.monotonic()
+        self.status = 0
+        self.usage: UsageReader | None = None
+        self.completed = False
+        self.closed = False  # an immediate response ended the HTTP request
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    def on_message(self, msg: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
+        which = msg.WhichOneof("request")
+        if which == "request_headers":
+            return self._on_request_headers(msg)
+        if which == "request_body":
+            return self._on_request_body(msg.request_body)
+        if which == "request_trailers":
+            out = [] if self.routed else self._route_with_body()
+            if self.closed:
+                return out
+            return [*out, ep.ProcessingResponse(request_trailers=ep.TrailersResponse())]
+        if which == "response_headers":
+            return self._on_response_headers(msg.response_headers)
+        if which == "response_body":
+            return self._on_response_body(msg.response_body)
+        if which == "response_trailers":
+            self._complete(None)
+            return [ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
+        return []
+
+    # --- request side ---------------------------------------------------------------------
+
+    def _on_request_headers(self, msg: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
+        if msg.HasField("protocol_config"):
+            self.request_mode = msg.protocol_config.request_body_mode
+            self.response_mode = msg.protocol_config.response_body_mode
+        self.headers = header_map(msg.request_headers)
+        self.subset = subset_hint(msg, HEADER_DESTINATION_SUBSET)
+        if not self.headers.get(HEADER_REQUEST_ID):
+            self.added_headers[HEADER_REQUEST_ID] = str(uuid.uuid4())
+        if msg.request_headers.end_of_stream or self.request_mode == pm.ProcessingMode.NONE:
+            return self._route_without_body()
+        if self.request_mode == FULL_DUPLEX:
+            return []  # the headers reply carries the decision; wait for the body
+        return [
+            ep.ProcessingResponse(
+                request_headers=ep.HeadersResponse(
+                    response=ep.CommonResponse(
+                        header_mutation=header_mutation(self.added_headers, self._spoofed())
+                    )
+                )
+            )
+        ]
+
+    def _on_request_body(self, body: ep.HttpBody) -> list[ep.ProcessingResponse]:
+        if self.routed:  # a body after a body-less decision: pass it on unchanged
+            return self._pass_request_body(body)
+        self.body.append(body.body)
+        if body.end_of_stream:
+            return self._route_with_body()
+        if self.request_mode == STREAMED:
+            # Envoy wants a reply per chunk; the chunk itself is held and re-sent at the end.
+            return [
+                ep.ProcessingResponse(
+                    request_body=ep.BodyResponse(
+                        response=ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))
+                    )
+                )
+            ]
+        return []
+
+    def _pass_request_body(self, body: ep.HttpBody) -> list[ep.ProcessingResponse]:
+        if self.request_mode == FULL_DUPLEX:
+            return streamed_body_responses(body.body, request_side=True)[-1:]
+        return [ep.ProcessingResponse(request_body=ep.BodyResponse())]
+
+    def _spoofed(self) -> list[str]:
+        """Client-sent routing headers to drop upstream."""
+        return [h for h in ROUTING_HEADERS if h in self.headers]
+
+    def _route_without_body(self) -> list[ep.ProcessingResponse]:
+        self.routed = True
+        try:
+            decision = self.director.pick_without_body(self.subset)
+        except SchedulingError as exc:
+            return self._fail(exc.status, str(exc))
+        self.decision = decision
+        common = ep.CommonResponse(
+            header_mutation=header_mutation(
+                {**self.added_headers, HEADER_DESTINATION: decision.destination},
+                [h for h in self._spoofed() if h != HEADER_DESTINATION],
+            ),
+            clear_route_cache=True,
+        )
+        return [
+            ep.ProcessingResponse(
+                request_headers=ep.HeadersResponse(response=common),
+                dynamic_metadata=lb_metadata({HEADER_DESTINATION: decision.destination}),
+            )
+        ]
+
+    def _route_with_body(self) -> list[ep.ProcessingResponse]:
+        self.routed = True
+        raw = b"".join(self.body)
+        self.body = []
+        model = "unknown"
+        try:
+            parsed = parse_body(raw)
+            raw_model = parsed.get("model")
+            model = raw_model if isinstance(raw_model, str) else "unknown"
+            request, body = self._build_request(parsed, raw)
+            decision = self.director.pick(request, self.subset)
+        except RequestError as exc:
+            self.director.record_error(model, exc.status)
+            return self._fail(exc.status, request_error_body(exc))
+        except SchedulingError as exc:
+            self.director.record_error(model, exc.status)
+            return self._fail(exc.status, str(exc))
+        except Exception as exc:
+            log.exception("scheduling failed")
+            self.director.record_error(model, 500)
+            return self._fail(500, f"internal error while scheduling: {exc}")
+        self.request = request
+        self.decision = decision
+        self.started = time.monotonic()
+        set_headers = {
+            **self.added_headers,
+            **decision.headers,
+            HEADER_DESTINATION: decision.destination,
+            "content-length": str(len(body)),
+        }
+        common = ep.CommonResponse(
+            header_mutation=header_mutation(
+                set_headers, [h for h in self._spoofed() if h not in set_headers]
+            ),
+            clear_route_cache=True,
+        )
+        metadata = lb_metadata({HEADER_DESTINATION: decision.destination})
+        if self.request_mode == FULL_DUPLEX:
+            return [
+                ep.ProcessingResponse(
+                    request_headers=ep.HeadersResponse(response=common), dynamic_metadata=metadata
+                ),
+                *streamed_body_responses(body, request_side=True),
+            ]
+        if body != raw or self.request_mode == STREAMED:
+            common.body_mutation.body = body
+        return [
+            ep.ProcessingResponse(
+                request_body=ep.BodyResponse(response=common), dynamic_metadata=metadata
+            )
+        ]
+
+    def _build_request(self, parsed: dict[str, Any], raw: bytes) -> tuple[Request, bytes]:
+        """The scheduler's Request and the body to forward (re-encoded if the model changed)."""
+        path = self.headers.get(":path", "").split("?", 1)[0]
+        kind = request_kind_for_path(path)
+        if kind is None:  # other OpenAI endpoints: route on the body's shape
+            kind = "chat" if "messages" in parsed else "completions"
+            if kind == "completions" and "prompt" not in parsed:
+                if not isinstance(parsed.get("model"), str) or not parsed["model"]:
+                    raise BadRequestError(
+                        "'model' is required and must be a non-empty string", param="model"
+                    )
+                parsed = {**parsed, "prompt": ""}
+        clean = strip_routing_headers({k: v for k, v in self.headers.items() if k[:1] != ":"})
+        rid = self.headers.get(HEADER_REQUEST_ID) or self.added_headers[HEADER_REQUEST_ID]
+        clean[HEADER_REQUEST_ID] = rid
+        request = build_request(kind, parsed, clean, body_size=len(raw), request_id=rid)
+        body = raw
+        rewrite = self.headers.get(HEADER_MODEL_REWRITE)
+        if rewrite:
+            request.target_model = rewrite
+            body = _encoder.encode({**parsed, "model": rewrite})
+        return request, body
+
+    def _fail(self, status: int, message: str | bytes) -> list[ep.ProcessingResponse]:
+        self.closed = True
+        body = message if isinstance(message, bytes) else error_body(message, status=status)
+        extra = {}
+        if status == 503:
+            extra["retry-after"] = "1"
+        rid = self.headers.get(HEADER_REQUEST_ID) or self.added_headers.get(HEADER_REQUEST_ID)
+        if rid:
+            extra[HEADER_REQUEST_ID] = rid
+        return [immediate_response(status, body, extra, details=f"kvgate_epp_{status}")]
+
+    # --- response side --------------------------------------------------------------------
+
+    def _on_response_headers(self, headers: ep.HttpHeaders) -> list[ep.ProcessingResponse]:
+        values = header_map(headers)
+        try:
+            self.status = int(values.get(":status", "0"))
+        except ValueError:
+            self.status = 0
+        self.usage = UsageReader(values.get("content-type", ""))
+        out = [
+            ep.ProcessingResponse(
+                response_headers=ep.HeadersResponse(
+                    response=ep.CommonResponse(
+                        header_mutation=header_mutation({HEADER_WENT_INTO_RESP: "true"})
+                    )
+                )
+            )
+        ]
+        if headers.end_of_stream:
+            self._complete(None)
+        return out
+
+    def _on_response_body(self, body: ep.HttpBody) -> list[ep.ProcessingResponse]:
+        if self.usage is not None:
+            self.usage.feed(body.body)
+        if self.response_mode == FULL_DUPLEX:
+            out = [
+                ep.ProcessingResponse(
+                    response_body=ep.BodyResponse(
+                        response=ep.CommonResponse(
+                            body_mutation=ep.BodyMutation(
+                                streamed_response=ep.StreamedBodyResponse(
+                                    body=body.body, end_of_stream=body.end_of_stream
+                                )
+                            )
+                        )
+                    )
+                )
+            ]
+        else:
+            out = [ep.ProcessingResponse(response_body=ep.BodyResponse())]
+        if body.end_of_stream:
+            self._complete(None)
+        return out
+
+    def _complete(self, error: str | None) -> None:
+        """Run the completion hooks exactly once for a forwarded request."""
+        if self.completed or self.request is None or self.decision is None:
+            return
+        self.completed = True
+        usage = self.usage.finish() if self.usage is not None else None
+        if error is None and self.status >= 500:
+            error = "upstream_5xx"
+        info = ResponseInfo(
+            status=self.status,
+            error=error,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cached_tokens=usage.cached_tokens if usage else None,
+        )
+        self.director.complete(
+            self.request, self.decision.endpoint, info, time.monotonic() - self.started
+        )
+
+    def close(self) -> str:
+        """The gRPC stream ended; force completion if the response never finished."""
+        if self.request is not None and not self.completed:
+            self._complete("client_disconnect" if self.status == 0 else "stream_error")
+            return "broken"
+        if self.closed:
+            return "rejected"
+        return "ok"
+
+
+class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """grpc.aio servicer: one :class:`RequestStream` per call."""
+
+    def __init__(self, director: Director, default_body_mode: int = FULL_DUPLEX) -> None:
+        self.director = director
+        self.default_body_mode = default_body_mode
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[ep.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        stream = RequestStream(self.director, self.default_body_mode)
+        outcome = "ok"
+        try:
+            async for msg in request_iterator:
+                for reply in stream.on_message(msg):
+                    yield reply
+                if stream.closed:
+                    break
+        finally:
+            outcome = stream.close()
+            self.director.metrics.streams.labels(outcome).inc()
+
+
+def add_to_server(servicer: ExtProcServicer, server: grpc.aio.Server) -> None:
+    ep_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
