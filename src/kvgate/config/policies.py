@@ -1,0 +1,112 @@
+"""Named built-in routing policies, each an EndpointPickerConfig text.
+
+Benchmarks and ``kvgate serve --policy NAME`` select them by name; ``kvgate config
+show-policy NAME`` prints one, so any policy can be copied and edited as a config file.
+
+=================  ==========================================================================
+``random``         random-picker: a uniformly random endpoint (the baseline)
+``round-robin``    round-robin-picker: endpoints in turn (kvgate's, not an llm-d type)
+``least-queue``    queue-scorer + max-score-picker: the shortest waiting queue
+``llm-d-default``  queue 2 / kv-cache-utilization 2 / prefix-cache 3 (GIE chart, KServe default)
+``prefix-only``    the approximate prefix-cache-scorer alone
+``precise``        precise-prefix-cache-scorer 3 / kv-cache-utilization 2 / queue 2
+                   (llm-d's precise prefix-cache guide)
+``precise-only``   the precise-prefix-cache-scorer alone
+``oracle``         oracle-prefix-cache-scorer 3 / kv-cache-utilization 2 / queue 2: the
+                   benchmark's upper bound with perfect knowledge of each replica's cache
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+_HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+
+
+def _policy(comment: str, weighted: list[tuple[str, int | None]], picker: str) -> str:
+    """Config text: ``weighted`` (type, weight) scorers, then ``picker``, in one profile."""
+    lines = [f"# {line}".rstrip() for line in comment.strip().splitlines()]
+    lines.append(_HEADER.rstrip("\n"))
+    lines.append("plugins:")
+    for type_name, _ in weighted:
+        lines.append(f"- type: {type_name}")
+    lines.append(f"- type: {picker}")
+    lines.append("schedulingProfiles:")
+    lines.append("- name: default")
+    lines.append("  plugins:")
+    for type_name, weight in weighted:
+        lines.append(f"  - pluginRef: {type_name}")
+        if weight is not None:
+            lines.append(f"    weight: {weight}")
+    lines.append(f"  - pluginRef: {picker}")
+    return "\n".join(lines) + "\n"
+
+
+_POLICIES: dict[str, str] = {
+    "random": _policy("random: a uniformly random endpoint (baseline).", [], "random-picker"),
+    "round-robin": _policy(
+        "round-robin: endpoints in turn (kvgate's round-robin-picker; not an llm-d type).",
+        [],
+        "round-robin-picker",
+    ),
+    "least-queue": _policy(
+        "least-queue: the endpoint with the shortest waiting queue (random among equals).",
+        [("queue-scorer", None)],
+        "max-score-picker",
+    ),
+    "llm-d-default": _policy(
+        "llm-d-default: queue 2 / kv-cache-utilization 2 / approximate prefix-cache 3.\n"
+        "llm-d's default scheduler configuration (GIE's inferencepool chart, KServe).",
+        [("queue-scorer", 2), ("kv-cache-utilization-scorer", 2), ("prefix-cache-scorer", 3)],
+        "max-score-picker",
+    ),
+    "prefix-only": _policy(
+        "prefix-only: the approximate prefix-cache-scorer alone (no load signal).",
+        [("prefix-cache-scorer", None)],
+        "max-score-picker",
+    ),
+    "precise": _policy(
+        "precise: precise-prefix-cache 3 / kv-cache-utilization 2 / queue 2.\n"
+        "llm-d's precise prefix-cache guide: KV events from the model servers.",
+        [
+            ("precise-prefix-cache-scorer", 3),
+            ("kv-cache-utilization-scorer", 2),
+            ("queue-scorer", 2),
+        ],
+        "max-score-picker",
+    ),
+    "precise-only": _policy(
+        "precise-only: the precise-prefix-cache-scorer alone (no load signal).",
+        [("precise-prefix-cache-scorer", None)],
+        "max-score-picker",
+    ),
+    "oracle": _policy(
+        "oracle: oracle-prefix-cache 3 / kv-cache-utilization 2 / queue 2.\n"
+        "An upper bound for benchmarks: each replica's true cache contents.",
+        [
+            ("oracle-prefix-cache-scorer", 3),
+            ("kv-cache-utilization-scorer", 2),
+            ("queue-scorer", 2),
+        ],
+        "max-score-picker",
+    ),
+}
+
+#: Every built-in policy name, in the order ``kvgate config policies`` lists them.
+POLICY_NAMES: tuple[str, ...] = tuple(_POLICIES)
+
+#: The policy used when no configuration is given (llm-d's default).
+DEFAULT_POLICY = "llm-d-default"
+
+
+def policy_config_text(name: str) -> str:
+    """The EndpointPickerConfig YAML of built-in policy ``name``; KeyError names the choices."""
+    try:
+        return _POLICIES[name]
+    except KeyError:
+        raise KeyError(f"unknown policy {name!r} (known: {', '.join(POLICY_NAMES)})") from None
+
+
+def policy_summary(name: str) -> str:
+    """The first comment line of a policy, for listings."""
+    first = policy_config_text(name).splitlines()[0]
+    return first.removeprefix("# ").split(": ", 1)[-1]
