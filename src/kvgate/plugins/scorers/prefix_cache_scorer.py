@@ -1,0 +1,259 @@
+"""``prefix-cache-scorer`` (approximate): prefer endpoints that recently served the same prefix.
+
+The index never reads the model servers: it remembers which prompt blocks kvgate itself sent
+to each endpoint, as GIE's approximate prefix plugin does.
+
+* Parameters:
+  ``autoTune`` (bool, default true) — size blocks and LRUs from ``vllm:cache_config_info``;
+  ``blockSize`` (int, default 64; ``hashBlockSize`` is accepted as its older name) — block
+  length in **bytes of the input**, used when autoTune is off or the size is unknown;
+  ``maxPrefixBlocksToMatch`` (int, default 256) — at most this many leading blocks are hashed;
+  ``lruCapacityPerServer`` (int, default 31250) — blocks remembered per endpoint when autoTune
+  is off or ``num_gpu_blocks`` is unknown.
+* Input: the completion ``prompt``, or the chat ``messages`` as compact JSON (no spaces,
+  ``<``, ``>``, ``&`` escaped as ``\\u003c`` … like Go's ``json.Marshal``; keys in the
+  client's order), as UTF-8 bytes.
+* Blocks: ``4 · block_size`` bytes (≈ one vLLM block of tokens) when autoTune and the first
+  candidate reports ``cache_block_size > 0``, else ``blockSize``; only full blocks, at most
+  ``maxPrefixBlocksToMatch``. Hashes: the xxhash64 chain of
+  :func:`kvgate.kvcache.hashing.prefix_block_hashes` seeded by
+  :func:`~kvgate.kvcache.hashing.prefix_hash_seed` (model, cache_salt); computed once per
+  request and memoised on ``Request.extra``.
+* Formula: ``score = m_e / n`` where ``n`` is the number of hashed blocks and ``m_e`` the
+  length of the longest run of leading blocks endpoint ``e`` holds (0 when ``n = 0``).
+  **Deliberate difference from llm-d:** GIE walks the blocks and credits every server holding
+  block ``i`` until *no* server holds it, so a server that missed block 2 is still credited for
+  block 3 if another server kept the walk going. A server cannot reuse KV blocks after a gap,
+  so kvgate scores the per-endpoint consecutive prefix, which is what the walk was meant to
+  measure.
+* State: one LRU of block hashes per endpoint (capacity ``num_gpu_blocks`` of that endpoint
+  when autoTune and known, else ``lruCapacityPerServer``). Updated in **PreRequest** with
+  every hash of the request for the primary target and for the target of a profile literally
+  named ``prefill``. Endpoints are dropped when they leave the pool (``endpoints_removed``)
+  and when they have not been a candidate for 2 minutes.
+* Cycle state: :class:`PrefixCacheState` ``{hashes, matches, input_len}`` under
+  ``"<name>/prefix-cache-scorer"``, read by ``no-hit-lru-scorer`` and ``pd-profile-handler``.
+
+Memory: each endpoint's LRU is an insertion-ordered ``dict`` of hash → None (hits move to the
+end; eviction drops from the front, batched once per request). There is no global
+hash → endpoints map, which halves the memory; scoring walks each candidate's dict instead
+(a C-level ``takewhile`` per endpoint). About 90 B per entry; see docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice, takewhile
+
+import msgspec
+
+from kvgate.kvcache.hashing import prefix_block_hashes, prefix_hash_seed
+from kvgate.plugins.base import Params, PluginContext, state_key
+from kvgate.scheduling.types import (
+    Clock,
+    CycleState,
+    Endpoint,
+    Request,
+    SchedulingResult,
+)
+
+TYPE = "prefix-cache-scorer"
+
+#: Endpoints not seen among the candidates for this long are dropped from the index.
+STALE_ENDPOINT_S = 120.0
+
+_INPUT_KEY = "kvgate.prefix.input"
+_HTML_ESCAPES = ((b"&", b"\\u0026"), (b"<", b"\\u003c"), (b">", b"\\u003e"))
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixCacheState:
+    """What one prefix scorer learned about the request in this cycle."""
+
+    hashes: tuple[int, ...]  # the request's block hashes, in prompt order
+    matches: Mapping[str, int]  # endpoint name -> leading blocks it holds (only entries > 0)
+    input_len: int  # bytes of the hashed input (prompt or chat JSON)
+    block_bytes: int  # bytes per block used for ``hashes``
+
+
+def prefix_input(request: Request) -> bytes:
+    """The bytes the approximate prefix index hashes (memoised on the request)."""
+    cached = request.extra.get(_INPUT_KEY)
+    if isinstance(cached, bytes):
+        return cached
+    if request.messages is not None:
+        data = msgspec.json.encode(request.messages)
+        for raw, escaped in _HTML_ESCAPES:
+            if raw in data:
+                data = data.replace(raw, escaped)
+    else:
+        data = (request.prompt or "").encode()
+    request.extra[_INPUT_KEY] = data
+    return data
+
+
+class ApproxPrefixIndex:
+    """Per-endpoint LRUs of prefix block hashes."""
+
+    __slots__ = ("_blocks", "_last_seen", "default_capacity")
+
+    def __init__(self, default_capacity: int) -> None:
+        self.default_capacity = default_capacity
+        self._blocks: dict[str, dict[int, None]] = {}
+        self._last_seen: dict[str, float] = {}
+
+    def match_lengths(self, hashes: Sequence[int], names: Sequence[str]) -> dict[str, int]:
+        """Leading blocks of ``hashes`` each endpoint holds (endpoints holding none omitted)."""
+        out: dict[str, int] = {}
+        if not hashes:
+            return out
+        first = hashes[0]
+        for name in names:
+            blocks = self._blocks.get(name)
+            if blocks is None or first not in blocks:
+                continue
+            out[name] = len(list(takewhile(blocks.__contains__, hashes)))
+        return out
+
+    def add(self, name: str, hashes: Sequence[int], capacity: int | None = None) -> None:
+        """Record that ``name`` now caches ``hashes`` (most recent last), evicting the oldest."""
+        blocks = self._blocks.get(name)
+        if blocks is None:
+            blocks = self._blocks[name] = {}
+        for h in hashes:
+            blocks.pop(h, None)  # a hit moves to the most-recent end
+            blocks[h] = None
+        overflow = len(blocks) - (capacity or self.default_capacity)
+        if overflow > 0:
+            for h in list(islice(blocks, overflow)):
+                del blocks[h]
+
+    def seen(self, names: Sequence[str], now: float) -> None:
+        last_seen = self._last_seen
+        for name in names:
+            last_seen[name] = now
+
+    def purge_unseen(self, now: float, max_age_s: float) -> list[str]:
+        """Drop endpoints last seen more than ``max_age_s`` ago; returns their names."""
+        stale = [n for n, t in self._last_seen.items() if now - t > max_age_s]
+        self.remove(stale)
+        return stale
+
+    def remove(self, names: Sequence[str]) -> None:
+        for name in names:
+            self._blocks.pop(name, None)
+            self._last_seen.pop(name, None)
+
+    def endpoints(self) -> list[str]:
+        return list(self._blocks)
+
+    def num_blocks(self, name: str) -> int:
+        return len(self._blocks.get(name, ()))
+
+    def __len__(self) -> int:
+        """Total (endpoint, block) entries."""
+        return sum(len(b) for b in self._blocks.values())
+
+
+class PrefixCacheScorer:
+    """Approximate prefix-cache affinity (Scorer + PreRequest + EndpointListener)."""
+
+    type_name = TYPE
+
+    def __init__(
+        self,
+        name: str,
+        clock: Clock,
+        *,
+        auto_tune: bool = True,
+        block_size: int = 64,
+        max_prefix_blocks: int = 256,
+        lru_capacity_per_server: int = 31250,
+    ) -> None:
+        self.name = name
+        self.auto_tune = auto_tune
+        self.block_size = block_size
+        self.max_prefix_blocks = max_prefix_blocks
+        self.index = ApproxPrefixIndex(lru_capacity_per_server)
+        self.state_key = state_key(name, TYPE)
+        self._clock = clock
+        self._next_purge = clock() + STALE_ENDPOINT_S
+
+    def block_bytes(self, endpoint: Endpoint | None) -> int:
+        if self.auto_tune and endpoint is not None and endpoint.metrics.cache_block_size > 0:
+            return 4 * endpoint.metrics.cache_block_size
+        return self.block_size
+
+    def hashes(self, request: Request, block_bytes: int) -> tuple[int, ...]:
+        """The request's block hashes for ``block_bytes`` (memoised on the request)."""
+        key = f"kvgate.prefix.hashes/{block_bytes}/{self.max_prefix_blocks}"
+        cached = request.extra.get(key)
+        if isinstance(cached, tuple):
+            return cached
+        seed = prefix_hash_seed(request.effective_model, request.cache_salt)
+        hashes = tuple(
+            prefix_block_hashes(prefix_input(request), block_bytes, seed, self.max_prefix_blocks)
+        )
+        request.extra[key] = hashes
+        return hashes
+
+    def score(
+        self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
+    ) -> Mapping[str, float]:
+        names = [e.name for e in endpoints]
+        now = self._clock()
+        self.index.seen(names, now)
+        if now >= self._next_purge:
+            self.index.purge_unseen(now, STALE_ENDPOINT_S)
+            self._next_purge = now + STALE_ENDPOINT_S
+        block_bytes = self.block_bytes(endpoints[0] if endpoints else None)
+        hashes = self.hashes(request, block_bytes)
+        matches = self.index.match_lengths(hashes, names)
+        found = PrefixCacheState(hashes, matches, len(prefix_input(request)), block_bytes)
+        state.write(self.state_key, found)
+        request.extra[self.state_key] = found  # PreRequest has no cycle state
+        if not hashes:
+            return dict.fromkeys(names, 0.0)
+        n = len(hashes)
+        return {name: matches.get(name, 0) / n for name in names}
+
+    def pre_request(
+        self, request: Request, result: SchedulingResult, headers: dict[str, str]
+    ) -> None:
+        targets: list[Endpoint] = []
+        primary = result.profile_results.get(result.primary_profile_name)
+        if primary is not None and primary.targets:
+            targets.append(primary.targets[0])
+        prefill = result.profile_results.get("prefill")
+        if prefill is not None and prefill.targets and result.primary_profile_name != "prefill":
+            targets.append(prefill.targets[0])
+        found = request.extra.get(self.state_key)
+        for target in targets:
+            if isinstance(found, PrefixCacheState):
+                hashes: Sequence[int] = found.hashes
+            else:  # the scorer did not run for this request (not in any executed profile)
+                hashes = self.hashes(request, self.block_bytes(target))
+            if hashes:
+                self.index.add(target.name, hashes, self._capacity(target))
+
+    def _capacity(self, endpoint: Endpoint) -> int | None:
+        blocks = endpoint.metrics.cache_num_gpu_blocks
+        return blocks if self.auto_tune and blocks > 0 else None
+
+    def endpoints_removed(self, names: Sequence[str]) -> None:
+        self.index.remove(names)
+
+
+def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheScorer:
+    # ``hashBlockSize`` is the name GIE used up to v1.0; ``blockSize`` wins when both are set.
+    legacy_block_size = params.get_int("hashBlockSize", 64, minimum=1)
+    block_size = params.get_int("blockSize", legacy_block_size, minimum=1)
+    return PrefixCacheScorer(
+        name,
+        ctx.clock,
+        auto_tune=params.get_bool("autoTune", True),
+        block_size=block_size,
+        max_prefix_blocks=params.get_int("maxPrefixBlocksToMatch", 256, minimum=1),
+        lru_capacity_per_server=params.get_int("lruCapacityPerServer", 31250, minimum=1),
+    )
