@@ -1,0 +1,477 @@
+"""``kvgate bench run`` and ``kvgate bench compare`` (heavy modules are imported inside)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+#: What ``kvgate bench compare`` runs without options, and with ``--engine vllm`` or ``--scale``.
+#: Flags given on the command line override these; ``-W`` entries are merged into the workload's.
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    engine: str
+    replicas: int
+    model: str
+    profile: str | None
+    block_size: int | None
+    num_gpu_blocks: int | None
+    kv_cache_bytes: int | None
+    workload: str
+    workload_params: Mapping[str, Any]
+    rates: tuple[float, ...]
+    arrival: str = "poisson"
+    stage_duration_s: float | None = None
+    num_requests: int | None = None
+    duration_s: float | None = None
+    sim_args: tuple[str, ...] = ()
+    cycle: bool = False
+    note: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    # 24 groups x 3000-token system prompts (72k tokens of prefixes) against replicas holding
+    # 1500 blocks x 16 = 24k tokens each: the working set is 3x one replica's cache and 75%
+    # of the cluster's, as in llm-d's sizing.
+    "default": Preset(
+        engine="sim",
+        replicas=4,
+        model="Qwen/Qwen3-0.6B",
+        profile="qwen3-0.6b-h100",
+        block_size=16,
+        num_gpu_blocks=1500,
+        kv_cache_bytes=None,
+        workload="shared-prefix",
+        workload_params={
+            "num_groups": 24,
+            "prompts_per_group": 12,
+            "system_prompt_len": 3000,
+            "question_len": 100,
+            "output_len": 50,
+        },
+        rates=(20.0,),
+    ),
+    # Two real vLLM replicas of SmolLM2-135M on CPU (one core each), KV cache of 2 MiB-ish
+    # per replica so that the shared prefixes do not fit one replica.
+    "vllm": Preset(
+        engine="vllm",
+        replicas=2,
+        model="builtin",
+        profile=None,
+        block_size=32,
+        num_gpu_blocks=None,
+        kv_cache_bytes=64 * 1024 * 1024,
+        workload="shared-prefix",
+        workload_params={
+            "num_groups": 8,
+            "prompts_per_group": 6,
+            "system_prompt_len": 1500,
+            "question_len": 32,
+            "output_len": 16,
+        },
+        rates=(0.5,),
+    ),
+    # llm-d's published shape (blog 2025-09-24): 8 pods, 150 groups x 5 prompts,
+    # 6000 / 1200 / 1000 tokens, Poisson 3 -> 60 QPS.
+    "scale": Preset(
+        engine="sim",
+        replicas=8,
+        model="meta-llama/Llama-3.1-8B-Instruct",
+        profile="llama-3.1-8b-h100",
+        block_size=16,
+        num_gpu_blocks=None,
+        kv_cache_bytes=None,
+        workload="shared-prefix",
+        workload_params={
+            "num_groups": 150,
+            "prompts_per_group": 5,
+            "system_prompt_len": 6000,
+            "question_len": 1200,
+            "output_len": 1000,
+        },
+        rates=(
+            3.0,
+            10.0,
+            15.0,
+            20.0,
+            22.0,
+            25.0,
+            30.0,
+            35.0,
+            40.0,
+            43.0,
+            46.0,
+            49.0,
+            52.0,
+            55.0,
+            57.0,
+            60.0,
+        ),
+        stage_duration_s=20.0,
+        cycle=True,
+    ),
+}
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    from kvgate.bench.workloads import WORKLOAD_NAMES
+
+    g = p.add_argument_group("workload and load")
+    g.add_argument("--workload", choices=WORKLOAD_NAMES, help="workload name")
+    g.add_argument(
+        "-W",
+        "--workload-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a workload parameter (see docs/bench.md), e.g. -W num_groups=32",
+    )
+    g.add_argument("--api", choices=("completions", "chat"), default="completions")
+    g.add_argument("--model", help="model name to send (default: the first of /v1/models)")
+    g.add_argument("--rate", help="requests (sessions) per second; a ladder as 3,10,20")
+    g.add_argument("--arrival", choices=("poisson", "constant"), help="open-loop arrivals")
+    g.add_argument(
+        "--concurrency", type=int, help="closed loop: this many clients instead of a rate"
+    )
+    g.add_argument("--stage-duration", type=float, help="seconds per rate of a ladder")
+    g.add_argument("--stage-requests", type=int, help="sessions per rate of a ladder")
+    g.add_argument("--num-requests", type=int, help="stop issuing after this many requests")
+    g.add_argument("--duration", type=float, help="stop issuing after this many seconds")
+    g.add_argument(
+        "--cycle",
+        action="store_true",
+        default=None,
+        help="repeat the workload's sessions until --num-requests / --duration",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--request-timeout", type=float, default=300.0)
+    g.add_argument("--api-key", help="sent as Authorization: Bearer")
+    g.add_argument("--no-ignore-eos", action="store_true", help="let the model stop early")
+    g.add_argument("--output", type=Path, help="write results.json, report.md and plots here")
+    g.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+def register(subparsers: Any) -> None:
+    bench = subparsers.add_parser(
+        "bench", help="benchmark routers: run a workload, compare policies"
+    )
+    sub = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND")
+    bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])
+
+    run = sub.add_parser("run", help="drive one OpenAI-compatible base URL with a workload")
+    run.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
+    run.add_argument("--name", default="run", help="label of this run in the report")
+    run.add_argument(
+        "--replica-metrics",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a replica's base URL whose /metrics give hit rate and balance (repeatable)",
+    )
+    _add_load_args(run)
+    run.set_defaults(func=cmd_run)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="each routing policy on a fresh cluster, same workload, side-by-side table",
+    )
+    cmp.add_argument("--engine", choices=("sim", "vllm"), default="sim")
+    cmp.add_argument(
+        "--scale", action="store_true", help="llm-d's published benchmark shape (long)"
+    )
+    cmp.add_argument(
+        "--policies",
+        help="comma-separated (default: random,round-robin,least-queue,llm-d-default,precise,oracle)",
+    )
+    cmp.add_argument("--replicas", type=int)
+    cmp.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="also run the workload against another router's base URL",
+    )
+    cmp.add_argument("--profile", help="simulator profile (e.g. qwen3-0.6b-h100)")
+    cmp.add_argument("--num-gpu-blocks", type=int, help="KV blocks per simulated replica")
+    cmp.add_argument("--block-size", type=int)
+    cmp.add_argument("--kv-cache-bytes", type=int, help="vLLM: --kv-cache-memory-bytes per replica")
+    cmp.add_argument("--speed", type=float, help="simulator --speed (model time / wall time)")
+    cmp.add_argument(
+        "--sim-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra kvgate sim argument(s), shell-split",
+    )
+    cmp.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra kvgate serve argument(s), shell-split",
+    )
+    _add_load_args(cmp)
+    cmp.set_defaults(func=cmd_compare)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _rates(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    if not text:
+        return default
+    try:
+        rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(
+            f"error: --rate: expected numbers like 5 or 3,10,20, got {text!r}"
+        ) from None
+    if not rates or any(r <= 0 for r in rates):
+        raise SystemExit(f"error: --rate: expected positive numbers, got {text!r}")
+    return rates
+
+
+def _load_spec(args: argparse.Namespace, preset: Preset | None, num_sessions: int) -> Any:
+    from kvgate.bench.runner import LoadSpec
+
+    rates = _rates(args.rate, preset.rates if preset else (1.0,))
+    if args.concurrency:
+        mode = "concurrency"
+    else:
+        mode = args.arrival or (preset.arrival if preset else "poisson")
+    cycle = args.cycle if args.cycle is not None else (preset.cycle if preset else False)
+    stage_duration = args.stage_duration
+    if stage_duration is None and preset is not None and args.rate is None:
+        stage_duration = preset.stage_duration_s
+    num = (
+        args.num_requests
+        if args.num_requests is not None
+        else (preset.num_requests if preset else None)
+    )
+    duration = (
+        args.duration if args.duration is not None else (preset.duration_s if preset else None)
+    )
+    if len(rates) > 1 and stage_duration is None and args.stage_requests is None:
+        raise SystemExit("error: a rate ladder needs --stage-duration or --stage-requests")
+    if cycle and num is None and duration is None:
+        if stage_duration is not None:
+            duration = stage_duration * len(rates)
+        else:
+            raise SystemExit("error: --cycle needs --num-requests or --duration")
+    return LoadSpec(
+        mode=mode,  # type: ignore[arg-type]  # argparse choices
+        rates=rates,
+        stage_duration_s=stage_duration,
+        stage_requests=args.stage_requests,
+        concurrency=args.concurrency or 1,
+        max_requests=num,
+        duration_s=duration,
+        seed=args.seed,
+        cycle=cycle,
+    )
+
+
+def _progress_factory(args: argparse.Namespace) -> Any:
+    if args.no_progress or not sys.stderr.isatty():
+        return None
+    from kvgate.bench.runner import RichProgress
+
+    return RichProgress
+
+
+def _print_table(summaries: Any) -> None:
+    from rich.console import Console
+
+    from kvgate.bench.report import rich_table
+
+    Console().print(rich_table(summaries))
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kvgate.bench.report import scrape_counters, summarize, write_outputs
+    from kvgate.bench.runner import RunConfig, run_sync, stage_rates
+    from kvgate.bench.workloads import build_workload, parse_params
+
+    if not args.workload:
+        raise SystemExit("error: --workload is required")
+    workload = build_workload(
+        args.workload, parse_params(args.workload_param), api=args.api, seed=args.seed
+    )
+    load = _load_spec(args, None, len(workload.sessions))
+    cfg = RunConfig(
+        base_url=args.base_url,
+        model=args.model,
+        api_key=args.api_key,
+        request_timeout_s=args.request_timeout,
+        ignore_eos=not args.no_ignore_eos,
+    )
+    factory = _progress_factory(args)
+    before = scrape_counters(args.replica_metrics) if args.replica_metrics else None
+    records, _ = run_sync(cfg, workload, load, factory(args.name) if factory else None)
+    after = scrape_counters(args.replica_metrics) if args.replica_metrics else None
+    summary = summarize(
+        args.name,
+        records,
+        before=before,
+        after=after,
+        rates=stage_rates(load, records),
+        load=load.describe(),
+        workload=workload.name,
+    )
+    _print_table([summary])
+    if args.output:
+        meta = {
+            "command": "kvgate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "workload": f"{workload.name} {dict(workload.params)}",
+            "load": load.describe(),
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        write_outputs(
+            args.output,
+            [summary],
+            {args.name: records},
+            meta=meta,
+            baseline=None,
+            title=f"kvgate bench run: {workload.name}",
+        )
+        print(f"wrote {args.output}/results.json, report.md, ttft_cdf.png")
+    return 0 if summary.requests and summary.errors < summary.requests else 1
+
+
+def _preset_for(args: argparse.Namespace) -> Preset:
+    if args.scale:
+        preset = PRESETS["scale"]
+    elif args.engine == "vllm":
+        preset = PRESETS["vllm"]
+    else:
+        preset = PRESETS["default"]
+    if args.engine == "vllm" and preset.engine != "vllm":
+        preset = replace(preset, engine="vllm")
+    return preset
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kvgate.bench.compare import (
+        DEFAULT_POLICIES,
+        ClusterSpec,
+        machine_description,
+        run_external,
+        run_policy,
+    )
+    from kvgate.bench.report import comparison_line, write_outputs
+    from kvgate.bench.runner import RunConfig
+    from kvgate.bench.workloads import build_workload, parse_params
+
+    preset = _preset_for(args)
+    wl_name = args.workload or preset.workload
+    params: dict[str, Any] = dict(preset.workload_params) if wl_name == preset.workload else {}
+    params.update(parse_params(args.workload_param))
+    workload = build_workload(wl_name, params, api=args.api, seed=args.seed)
+    load = _load_spec(args, preset, len(workload.sessions))
+    sim_args = [a for s in args.sim_arg for a in shlex.split(s)] + list(preset.sim_args)
+    if args.speed is not None:
+        sim_args += ["--speed", str(args.speed)]
+    cluster = ClusterSpec(
+        engine=preset.engine,
+        replicas=args.replicas or preset.replicas,
+        model=args.model or preset.model,
+        sim_profile=args.profile or preset.profile,
+        block_size=args.block_size or preset.block_size,
+        num_gpu_blocks=args.num_gpu_blocks or preset.num_gpu_blocks,
+        kv_cache_bytes=args.kv_cache_bytes or preset.kv_cache_bytes,
+        sim_args=tuple(sim_args),
+        gateway_args=tuple(a for s in args.gateway_arg for a in shlex.split(s)),
+    )
+    policies = (
+        [p.strip() for p in args.policies.split(",") if p.strip()]
+        if args.policies
+        else list(DEFAULT_POLICIES)
+    )
+    externals = []
+    for item in args.external:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise SystemExit(f"error: --external {item!r}: expected NAME=URL")
+        externals.append((name, url))
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir: Path = args.output or Path("kvgate-bench") / f"compare-{stamp}"
+    run_cfg = RunConfig(
+        base_url="",
+        api_key=args.api_key,
+        request_timeout_s=args.request_timeout,
+        ignore_eos=not args.no_ignore_eos,
+    )
+    factory = _progress_factory(args)
+    print(
+        f"kvgate bench compare: {cluster.replicas} x {cluster.engine}"
+        f"{' ' + cluster.sim_profile if cluster.engine == 'sim' and cluster.sim_profile else ''}, "
+        f"workload {workload.name} ({workload.num_requests} requests, "
+        f"prompt tokens {min(workload.prompt_tokens())}-{max(workload.prompt_tokens())}), "
+        f"{load.describe()}; policies {', '.join(policies)}",
+        file=sys.stderr,
+    )
+    runs = []
+    skipped: dict[str, str] = {}
+    for policy in policies:
+        print(f"--- {policy}: starting a fresh cluster", file=sys.stderr)
+        run = run_policy(
+            policy,
+            cluster,
+            workload,
+            load,
+            out_dir / "runs" / policy,
+            run_config=run_cfg,
+            progress=factory,
+        )
+        if run.skipped:
+            print(f"--- {policy}: skipped: {run.skipped}", file=sys.stderr)
+            skipped[policy] = run.skipped
+            continue
+        runs.append(run)
+    for name, url in externals:
+        print(f"--- {name}: external router {url}", file=sys.stderr)
+        runs.append(
+            run_external(
+                name, url, workload, load, model=args.model, run_config=run_cfg, progress=factory
+            )
+        )
+    summaries = [r.summary for r in runs if r.summary is not None]
+    _print_table(summaries)
+    meta = {
+        "command": "kvgate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "workload": f"{workload.name} {dict(workload.params)}",
+        "load": load.describe(),
+        "cluster": {
+            "engine": cluster.engine,
+            "replicas": cluster.replicas,
+            "profile": cluster.sim_profile,
+            "num_gpu_blocks": cluster.num_gpu_blocks,
+            "block_size": cluster.block_size,
+            "kv_cache_bytes": cluster.kv_cache_bytes,
+            "sim_args": list(cluster.sim_args),
+        },
+        "machine": machine_description(),
+        "started": stamp,
+        "skipped": skipped,
+    }
+    title = f"kvgate bench compare: {workload.name}, {cluster.replicas} × {cluster.engine}"
+    write_outputs(out_dir, summaries, {r.policy: r.records for r in runs}, meta=meta, title=title)
+    base = next((s for s in summaries if s.policy == "round-robin"), None)
+    if base is not None:
+        for s in summaries:
+            if s is not base:
+                print(f"{s.policy} vs round-robin: {comparison_line(s, base)}")
+    print(f"wrote {out_dir}/results.json, report.md, ttft_cdf.png, ttft_throughput_vs_rate.png")
+    return 0 if summaries else 1

@@ -1,0 +1,392 @@
+"""``kvgate bench compare``: the same workload through each routing policy on a fresh cluster.
+
+For every policy: start N replicas (``kvgate sim`` or real vLLM, planned by
+:func:`kvgate.engines.plan_launch`) and one ``kvgate serve --policy P`` in front of them, wait
+for readiness with deadlines, scrape the replicas' counters, run the workload at the same
+offered load, scrape again, stop everything. External routers (``--external NAME=URL``) get
+the same workload against their own backends (hit rate then comes from ``usage`` only).
+
+Every replica publishes KV events to one collector address, bound by the gateway's precise
+or oracle scorer when the policy has one (so publishing costs the same under every policy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvgate.bench.report import Summary, scrape_counters, summarize
+from kvgate.bench.runner import LoadSpec, Progress, RequestRecord, RunConfig, run_sync, stage_rates
+from kvgate.bench.workloads import Workload
+from kvgate.errors import EngineError, KvgateError
+
+DEFAULT_POLICIES: tuple[str, ...] = (
+    "random",
+    "round-robin",
+    "least-queue",
+    "llm-d-default",
+    "precise",
+    "oracle",
+)
+
+#: Plugin types that bind the KV-event collector socket.
+_EVENT_SCORERS = ("precise-prefix-cache-scorer", "oracle-prefix-cache-scorer")
+
+#: Used when kvgate.config.policies has no ``oracle`` policy: llm-d's default weights with the
+#: oracle in place of the approximate prefix scorer.
+ORACLE_POLICY_YAML = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: oracle-prefix-cache-scorer
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: oracle-prefix-cache-scorer
+    weight: 3
+  - pluginRef: queue-scorer
+    weight: 2
+  - pluginRef: kv-cache-utilization-scorer
+    weight: 2
+  - pluginRef: max-score-picker
+"""
+
+
+class BenchError(KvgateError):
+    """A benchmark could not run (a process did not start, a policy is unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    engine: str = "sim"
+    replicas: int = 4
+    model: str = "Qwen/Qwen3-0.6B"
+    sim_profile: str | None = "qwen3-0.6b-h100"
+    block_size: int | None = 16
+    num_gpu_blocks: int | None = None
+    kv_cache_bytes: int | None = None  # vLLM
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    sim_args: tuple[str, ...] = ()  # extra flags for kvgate sim (e.g. --speed 2)
+    gateway_args: tuple[str, ...] = ()
+    ready_timeout_s: float | None = None
+
+
+@dataclass(slots=True)
+class PolicyRun:
+    policy: str
+    summary: Summary | None
+    records: list[RequestRecord]
+    skipped: str | None = None  # why the policy did not run
+    replicas: list[str] = field(default_factory=list)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+class _Proc:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        unset_env: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        full_env = {k: v for k, v in os.environ.items() if k not in unset_env}
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(
+            list(argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        self._log.flush()
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=5)
+        self._log.close()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
+            return bool(200 <= resp.status < 300)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_ready(procs: Sequence[tuple[_Proc, str]], timeout_s: float) -> None:
+    """Poll every ``(proc, url)`` until it answers 2xx; raise with the log tail otherwise."""
+    pending = list(procs)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for item in list(pending):
+            proc, url = item
+            if not proc.alive():
+                raise BenchError(
+                    f"{proc.name} exited with code {proc.popen.returncode} before it was "
+                    f"ready ({proc.log_path}):\n{proc.log_tail()}"
+                )
+            if _http_ok(url):
+                pending.remove(item)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            names = ", ".join(p.name for p, _ in pending)
+            raise BenchError(
+                f"not ready after {timeout_s:.0f}s: {names} ({pending[0][0].log_path})"
+            )
+        time.sleep(0.1)
+
+
+def _kvgate_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kvgate", *args]
+
+
+# --- policy configuration ----------------------------------------------------------------------
+
+
+def policy_config(policy: str, zmq_endpoint: str, block_size: int | None) -> str | None:
+    """YAML for ``kvgate serve --config-text`` when the policy listens to KV events (its
+    collector endpoint and block size set), else None (``--policy`` is enough)."""
+    import yaml
+
+    text: str | None = None
+    try:
+        from kvgate.config.policies import policy_config_text
+
+        text = policy_config_text(policy)
+    except (ImportError, KeyError, ValueError, KvgateError):
+        text = None
+    if text is None:
+        if policy != "oracle":
+            return None
+        text = ORACLE_POLICY_YAML
+    doc = yaml.safe_load(text)
+    changed = False
+    for plugin in doc.get("plugins") or ():
+        if plugin.get("type") in _EVENT_SCORERS:
+            params = plugin.setdefault("parameters", {}) or {}
+            plugin["parameters"] = params
+            events = params.setdefault("kvEventsConfig", {}) or {}
+            params["kvEventsConfig"] = events
+            events["zmqEndpoint"] = zmq_endpoint
+            if plugin.get("type") == "oracle-prefix-cache-scorer" and block_size:
+                params["blockSize"] = block_size
+            changed = True
+    if not changed:
+        return None
+    return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+# --- one policy --------------------------------------------------------------------------------
+
+
+def _plan(cluster: ClusterSpec, run_dir: Path, collector: str) -> Any:
+    from kvgate.engines import plan_launch
+    from kvgate.engines.base import EngineConfig, ModelSource
+
+    if cluster.engine == "vllm":
+        from kvgate.engines.model import resolve_model
+
+        model = resolve_model(None if cluster.model == "builtin" else cluster.model)
+    else:
+        model = ModelSource(uri=cluster.model, name=cluster.model, path=None, tokenizer=None)
+    config = EngineConfig(
+        engine="vllm" if cluster.engine == "vllm" else "sim",
+        model=model,
+        run_dir=run_dir,
+        block_size=cluster.block_size,
+        num_gpu_blocks=cluster.num_gpu_blocks,
+        kv_cache_bytes=cluster.kv_cache_bytes,
+        max_num_seqs=cluster.max_num_seqs,
+        max_num_batched_tokens=cluster.max_num_batched_tokens,
+        max_model_len=cluster.max_model_len,
+        kv_events=True,
+        kv_events_collector=collector,
+        sim_profile=cluster.sim_profile if cluster.engine == "sim" else None,
+        extra_args=tuple(cluster.sim_args) if cluster.engine == "sim" else (),
+    )
+    return plan_launch(config, cluster.replicas)
+
+
+def run_policy(
+    policy: str,
+    cluster: ClusterSpec,
+    workload: Workload,
+    load: LoadSpec,
+    run_dir: Path,
+    *,
+    run_config: RunConfig | None = None,
+    progress: Callable[[str], Progress] | None = None,
+    log: Callable[[str], None] = print,
+) -> PolicyRun:
+    """Start a fresh cluster and gateway for ``policy``, run the workload, stop everything."""
+    from kvgate.engines.hosts import free_port
+
+    used: set[int] = set()
+    zmq_port = free_port("127.0.0.1", used)
+    used.add(zmq_port)
+    collector = f"tcp://127.0.0.1:{zmq_port}"
+    plan = _plan(cluster, run_dir / "cluster", collector)
+    for r in plan.replicas:
+        used.add(r.port)
+    gw_port = free_port("127.0.0.1", used)
+    procs: list[_Proc] = []
+    try:
+        for r in plan.replicas:
+            procs.append(_Proc(r.name, r.argv, r.log_path, r.env, r.unset_env))
+        timeout = cluster.ready_timeout_s or plan.ready_timeout_s
+        _wait_ready([(p, r.ready_url) for p, r in zip(procs, plan.replicas, strict=True)], timeout)
+        gw_args = ["serve", "--host", "127.0.0.1", "--port", str(gw_port), "--log-format", "text"]
+        config_text = policy_config(
+            policy, f"tcp://*:{zmq_port}", plan.replicas[0].block_size if plan.replicas else None
+        )
+        if config_text is not None:
+            gw_args += ["--config-text", config_text]
+        else:
+            gw_args += ["--policy", policy]
+        for url in plan.endpoints:
+            gw_args += ["--endpoint", url]
+        gw_args += list(cluster.gateway_args)
+        gateway = _Proc(
+            "gateway",
+            _kvgate_argv(*gw_args),
+            run_dir / "logs" / "gateway.log",
+            unset_env=("PYTHONHASHSEED",),
+        )
+        procs.append(gateway)
+        gw_url = f"http://127.0.0.1:{gw_port}"
+        try:
+            _wait_ready([(gateway, gw_url + "/ready")], 60.0)
+        except BenchError as exc:
+            if not gateway.alive():
+                return PolicyRun(
+                    policy, None, [], skipped=f"gateway did not start: {_last_line(gateway)}"
+                )
+            raise exc
+        # Every replica must be in rotation before the clock starts.
+        before = scrape_counters(plan.endpoints)
+        cfg = RunConfig(
+            base_url=gw_url,
+            model=plan.replicas[0].served_model_name,
+            **_run_overrides(run_config),
+        )
+        records, _wall = run_sync(cfg, workload, load, progress(policy) if progress else None)
+        after = scrape_counters(plan.endpoints)
+        names = {r.base_url: r.name for r in plan.replicas}
+        summary = summarize(
+            policy,
+            records,
+            before=before,
+            after=after,
+            replica_names=names,
+            rates=stage_rates(load, records),
+            load=load.describe(),
+            workload=workload.name,
+        )
+        return PolicyRun(policy, summary, records, replicas=plan.endpoints)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def _run_overrides(cfg: RunConfig | None) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    return {
+        "api_key": cfg.api_key,
+        "request_timeout_s": cfg.request_timeout_s,
+        "ignore_eos": cfg.ignore_eos,
+        "temperature": cfg.temperature,
+        "extra_body": cfg.extra_body,
+    }
+
+
+def _last_line(proc: _Proc) -> str:
+    lines = [ln for ln in proc.log_tail(4000).splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit code {proc.popen.returncode}"
+
+
+def run_external(
+    name: str,
+    url: str,
+    workload: Workload,
+    load: LoadSpec,
+    *,
+    model: str | None,
+    run_config: RunConfig | None = None,
+    progress: Callable[[str], Progress] | None = None,
+) -> PolicyRun:
+    cfg = RunConfig(base_url=url, model=model, **_run_overrides(run_config))
+    records, _ = run_sync(cfg, workload, load, progress(name) if progress else None)
+    summary = summarize(
+        name,
+        records,
+        rates=stage_rates(load, records),
+        load=load.describe(),
+        workload=workload.name,
+    )
+    return PolicyRun(name, summary, records)
+
+
+def machine_description() -> str:
+    cpus = os.cpu_count() or 0
+    try:
+        load1 = f", load average {os.getloadavg()[0]:.1f}"
+    except OSError:
+        load1 = ""
+    return f"{platform.system()} {platform.machine()}, {cpus} CPUs{load1}, Python {platform.python_version()}"
+
+
+def ensure_engine_ready(cluster: ClusterSpec) -> None:
+    """Fail early with the fix when real vLLM is asked for but not installed."""
+    if cluster.engine != "vllm":
+        return
+    try:
+        from kvgate.engines.model import resolve_model
+        from kvgate.engines.vllm import engine_python
+
+        resolve_model(None if cluster.model == "builtin" else cluster.model)
+        engine_python()
+    except EngineError:
+        raise
