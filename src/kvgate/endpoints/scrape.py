@@ -285,6 +285,7 @@ class _EndpointState:
     refused: bool = False  # the last scrape could not connect at all
     forced_out_until_scrape: bool = False  # the gateway saw a connection failure
     models: frozenset[str] | None = None
+    model_entries: tuple[dict[str, object], ...] = ()  # /v1/models data, as served
     last_models: float = 0.0
     in_rotation: bool = False
 
@@ -384,6 +385,15 @@ class Scraper:
                 models |= state.models
         return models
 
+    def model_entries(self) -> list[dict[str, object]]:
+        """The /v1/models entries of endpoints in rotation, one per model id."""
+        seen: dict[str, dict[str, object]] = {}
+        for name, state in self._states.items():
+            if self.pool.is_healthy(name):
+                for entry in state.model_entries:
+                    seen.setdefault(str(entry["id"]), entry)
+        return list(seen.values())
+
     def mark_failed(self, name: str) -> None:
         """Take an endpoint out of rotation until its next good scrape and health probe."""
         state = self._states.get(name)
@@ -464,9 +474,10 @@ class Scraper:
             and (state.models is None or now - state.last_models >= self.models_interval_s)
         ):
             state.last_models = now
-            models = await self._fetch_models(self._url(endpoint, "/v1/models"))
-            if models is not None:
-                state.models = models
+            entries = await self._fetch_models(self._url(endpoint, "/v1/models"))
+            if entries is not None:
+                state.model_entries = entries
+                state.models = frozenset(str(e["id"]) for e in entries)
         fresh = time.monotonic() - state.last_scrape_ok <= self.staleness_s
         healthy = (
             state.health_ok and fresh and not state.refused and not state.forced_out_until_scrape
@@ -485,7 +496,7 @@ class Scraper:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-    async def _fetch_models(self, url: str) -> frozenset[str] | None:
+    async def _fetch_models(self, url: str) -> tuple[dict[str, object], ...] | None:
         assert self._session is not None
         try:
             async with self._session.get(url) as resp:
@@ -495,7 +506,7 @@ class Scraper:
             listing = _models_decoder.decode(body)
         except (aiohttp.ClientError, TimeoutError, OSError, msgspec.DecodeError):
             return None
-        return frozenset(str(m["id"]) for m in listing.data if isinstance(m.get("id"), str))
+        return tuple(m for m in listing.data if isinstance(m.get("id"), str))
 
 
 __all__ = ["MetricNames", "MetricSpec", "Scraper", "parse_metrics"]
