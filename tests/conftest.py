@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from support.procs import Proc
+
+if TYPE_CHECKING:
+    from support.vllm import VllmPair
 
 
 @pytest.fixture
@@ -23,3 +27,13 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield _spawn
     for proc in reversed(procs):
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmPair]:
+    """Two real vLLM replicas started once per session (support/vllm.py); skips without `make vllm`."""
+    from support.vllm import start_vllm_pair
+
+    pair = start_vllm_pair(tmp_path_factory.mktemp("vllm-pair"))
+    yield pair
+    pair.stop()
