@@ -1,0 +1,85 @@
+"""``kvgate config check|policies|show-policy`` run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import kvgate
+from kvgate.config.policies import POLICY_NAMES
+from support.procs import kvgate_cmd
+
+PACKAGED = Path(kvgate.__file__).parent / "data" / "examples" / "llm-inference-service.yaml"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(kvgate_cmd(*args), capture_output=True, text=True, timeout=60)
+
+
+def test_check_prints_the_resolved_seed_config() -> None:
+    proc = run("config", "check", str(PACKAGED))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.splitlines()[0] == (
+        f"{PACKAGED}: ok (LLMInferenceService my-llmd-deployment/qwen-model, model "
+        "Qwen/Qwen3-0.6B, 1 replica(s), scheduler config from --config-text)"
+    )
+    assert "profile handler: single-profile-handler (single-profile-handler)\n" in out
+    assert "      queue-scorer                 weight 2\n" in out
+    assert "      kv-cache-utilization-scorer  weight 2\n" in out
+    assert "      prefix-cache-scorer          weight 3\n" in out
+    assert "    picker: max-score-picker  [added by default]\n" in out
+    assert "      lruCapacityPerServer: 31250  (default)\n" in out
+    assert "      maxNumOfEndpoints: 1  (default)\n" in out
+    assert (
+        "saturation detector: queueDepthThreshold=5 kvCacheUtilThreshold=0.8 "
+        "metricsStalenessThreshold=200ms\n"
+    ) in out
+    assert proc.stderr == ""
+
+
+def test_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "epp.yaml"
+    path.write_text(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+        "plugins:\n- type: queue-scorer\n  paramters: {}\n"
+        "schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: prefix-cache-scorer\n"
+    )
+    proc = run("config", "check", str(path))
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"error: {path}: plugins[queue-scorer].paramters: unknown field; did you mean "
+        "'parameters'? (known: name, type, parameters)",
+        f"error: {path}: schedulingProfiles[default].plugins[0].pluginRef: unknown plugin "
+        "'prefix-cache-scorer' (known: queue-scorer)",
+    ]
+
+
+def test_check_yaml_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "epp.yaml"
+    path.write_text("apiVersion: llm-d.ai/v1alpha1\nkind: [EndpointPickerConfig\n")
+    proc = run("config", "check", str(path))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: {path}:3:1: YAML syntax error: ")
+
+
+def test_check_json_output_and_policies() -> None:
+    proc = run("config", "check", "--policy", "least-queue", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["profiles"][0]["scorers"] == [{"pluginRef": "queue-scorer", "weight": 1}]
+    assert data["handler"] == "single-profile-handler"
+
+    proc = run("config", "policies")
+    assert proc.returncode == 0
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == list(POLICY_NAMES)
+
+    proc = run("config", "show-policy", "llm-d-default")
+    assert proc.returncode == 0
+    assert "kind: EndpointPickerConfig\n" in proc.stdout
+
+    proc = run("config", "show-policy", "fastest")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: unknown policy 'fastest' (known: random, round-robin,")
