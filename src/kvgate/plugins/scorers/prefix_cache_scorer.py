@@ -203,10 +203,10 @@ class PrefixCacheScorer:
     ) -> Mapping[str, float]:
         names = [e.name for e in endpoints]
         now = self._clock()
-        self.index.seen(names, now)
-        if now >= self._next_purge:
+        if now >= self._next_purge:  # before marking: a returning endpoint starts cold
             self.index.purge_unseen(now, STALE_ENDPOINT_S)
             self._next_purge = now + STALE_ENDPOINT_S
+        self.index.seen(names, now)
         block_bytes = self.block_bytes(endpoints[0] if endpoints else None)
         hashes = self.hashes(request, block_bytes)
         matches = self.index.match_lengths(hashes, names)
