@@ -93,6 +93,7 @@ class FakeKube:
     async def start(self, host: str = "127.0.0.1") -> str:
         app = web.Application()
         app.router.add_get("/version", self._version)
+        app.router.add_get("/version/", self._version)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._list_or_watch)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get)
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._list_or_watch)
