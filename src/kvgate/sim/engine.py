@@ -1,0 +1,517 @@
+"""The simulated engine: vLLM v1's scheduler loop as a model, on the real (or sped-up) clock.
+
+Every step the engine
+1. schedules running requests first (one token for each decode, the next chunk of each
+   unfinished prefill), preempting the latest-arrived running request (recompute: its
+   blocks are freed, it goes back to the front of the queue) when blocks run out;
+2. admits waiting requests in arrival order while ``max_num_seqs`` and the token budget
+   ``max_num_batched_tokens`` allow (chunked prefill), reusing cached prefix blocks;
+3. prices the batch with the profile's :class:`LatencyModel` and waits that long
+   (divided by ``speed``);
+4. advances every scheduled request, samples one token for each that finished its prefill
+   or decoded, and retires those that are done.
+
+Queueing therefore comes only from the batch model. Timing stays on a modelled schedule:
+each step starts where the previous one ended unless the process fell behind by more than
+``lag_tolerance_s``, which is counted in ``lag_s`` (the benchmark reports it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvgate.kvcache.events import KVCacheEvent
+from kvgate.kvcache.hashing import BlockHash, block_hashes, none_hash
+from kvgate.sim.kvcache import BlockMeta, KVCache
+from kvgate.sim.output import TokenStream
+from kvgate.sim.profiles import LatencyModel
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "LoraAdapter", "SimRequest"]
+
+log = logging.getLogger("kvgate.sim.engine")
+
+WAITING, RUNNING, FINISHED = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class LoraAdapter:
+    name: str
+    path: str
+    lora_id: int  # 1-based, as vLLM's lora_int_id
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    block_size: int
+    num_gpu_blocks: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    speed: float = 1.0
+    hash_algo: str = "sha256"
+    offload_blocks: int = 0
+    max_loras: int = 1
+    enable_prefix_caching: bool = True
+    lag_tolerance_s: float = 0.005
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Monotonic counters read by /metrics (token counts as vLLM counts them)."""
+
+    prompt_tokens: int = 0
+    prompt_tokens_computed: int = 0
+    prompt_tokens_cached_gpu: int = 0
+    prompt_tokens_cached_cpu: int = 0
+    generation_tokens: int = 0
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    preemptions: int = 0
+    steps: int = 0
+    busy_model_s: float = 0.0
+    lag_s: float = 0.0
+    lag_events: int = 0
+    finished: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("stop", "length", "abort", "error", "repetition"), 0)
+    )
+
+
+class SimRequest:
+    """One request inside the engine; the HTTP handler reads its outputs as they appear."""
+
+    __slots__ = (
+        "aborted",
+        "arrival_time",
+        "block_hashes",
+        "block_ids",
+        "cache_salt",
+        "decode_start_time",
+        "delivered",
+        "finish_reason",
+        "finished_time",
+        "first_scheduled_time",
+        "first_token_time",
+        "last_token_time",
+        "lora",
+        "max_tokens",
+        "notify_each_token",
+        "num_cached_blocks",
+        "num_cached_tokens",
+        "num_computed_tokens",
+        "num_output_tokens",
+        "num_preemptions",
+        "num_prompt_tokens",
+        "on_finish",
+        "request_id",
+        "status",
+        "stream",
+        "token_ids",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        stream: TokenStream,
+        *,
+        max_tokens: int,
+        lora: LoraAdapter | None = None,
+        cache_salt: str | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.stream = stream
+        self.max_tokens = max_tokens
+        self.lora = lora
+        self.cache_salt = cache_salt
+        self.status = WAITING
+        self.aborted = False
+        self.num_computed_tokens = 0
+        self.num_output_tokens = 0
+        self.num_cached_blocks = 0
+        self.num_cached_tokens = -1
+        self.num_preemptions = 0
+        self.block_ids: list[int] = []
+        self.block_hashes: list[BlockHash] = []
+        self.finish_reason: str | None = None
+        self.delivered = 0
+        #: False for non-streaming requests: the handler is woken only when they finish.
+        self.notify_each_token = True
+        self.waiter: asyncio.Future[None] | None = None
+        self.on_finish: Callable[[SimRequest], None] | None = None
+        self.arrival_time = 0.0
+        self.first_scheduled_time = 0.0
+        self.first_token_time = 0.0
+        self.decode_start_time = 0.0
+        self.last_token_time = 0.0
+        self.finished_time = 0.0
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    async def wait_for_output(self) -> None:
+        """Return when tokens beyond ``delivered`` exist or the request finished."""
+        if self.status == FINISHED or self.num_output_tokens > self.delivered:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiter = fut
+        try:
+            await fut
+        finally:
+            self.waiter = None
+
+    def _wake(self) -> None:
+        fut = self.waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+class Engine:
+    """Continuous batching over a paged KV cache, timed by a :class:`LatencyModel`."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        latency: LatencyModel,
+        *,
+        publish: Callable[[list[KVCacheEvent]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.latency = latency
+        self.kv = KVCache(
+            config.num_gpu_blocks,
+            config.block_size,
+            offload_blocks=config.offload_blocks,
+            enable_prefix_caching=config.enable_prefix_caching,
+        )
+        self.publish = publish
+        self.stats = EngineStats()
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.none_hash = none_hash(config.hash_algo)
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self._num_aborted = 0
+        self.last_step_ms = 0.0
+        #: Called with each finished request (metrics observe histograms there).
+        self.on_finish: Callable[[SimRequest], None] | None = None
+        self.on_step: Callable[[int, list[float]], None] | None = None
+
+    # --- public API ------------------------------------------------------------------------
+
+    def add(self, req: SimRequest) -> None:
+        req.arrival_time = time.monotonic()
+        req.status = WAITING
+        self.waiting.append(req)
+        self._wake.set()
+
+    def abort(self, req: SimRequest) -> None:
+        """Drop a request (client went away); its blocks are freed at the next step."""
+        if req.status == FINISHED or req.aborted:
+            return
+        req.aborted = True
+        self._num_aborted += 1
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def model_seconds(self, wall_s: float) -> float:
+        """A wall-clock duration in the modelled clock (× speed)."""
+        return wall_s * self.config.speed
+
+    def reset_prefix_cache(self) -> bool:
+        ok = self.kv.reset()
+        self._flush_events()
+        return ok
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        speed = self.config.speed
+        tolerance = self.config.lag_tolerance_s
+        next_start = loop.time()
+        while not self._stopped:
+            if self._num_aborted:
+                self._drop_aborted()
+            if not self.waiting and not self.running:
+                self._wake.clear()
+                await self._wake.wait()
+                next_start = loop.time()
+                continue
+            now = loop.time()
+            if now - next_start > tolerance:
+                self.stats.lag_s += now - next_start
+                self.stats.lag_events += 1
+                start = now
+            else:
+                start = max(next_start, now) if next_start > now else next_start
+            scheduled, loaded = self._schedule(time.monotonic())
+            self._flush_events()
+            if not scheduled:
+                # Nothing fits right now (only possible while every waiting request is
+                # deferred); wait for a change instead of spinning.
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.05)
+                next_start = loop.time()
+                continue
+            step_ms = self._price(scheduled, loaded)
+            self.last_step_ms = step_ms
+            self.stats.steps += 1
+            self.stats.busy_model_s += step_ms / 1000.0
+            end = start + step_ms / 1000.0 / speed
+            delay = end - loop.time()
+            await asyncio.sleep(delay if delay > 0 else 0)
+            self._complete(scheduled, time.monotonic())
+            self._flush_events()
+            next_start = end
+
+    # --- scheduling ------------------------------------------------------------------------
+
+    def _schedule(self, now: float) -> tuple[list[tuple[SimRequest, int, int]], int]:
+        cfg = self.config
+        bs = cfg.block_size
+        kv = self.kv
+        budget = cfg.max_num_batched_tokens
+        scheduled: list[tuple[SimRequest, int, int]] = []
+        running = self.running
+        preempted = False
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            num_new = min(len(req.token_ids) - req.num_computed_tokens, budget)
+            need = -(-(req.num_computed_tokens + num_new) // bs) - len(req.block_ids)
+            victim_was_req = False
+            while need > kv.num_free_blocks:
+                victim = running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is req:
+                    victim_was_req = True
+                    break
+            if victim_was_req:
+                break
+            if need > 0:
+                req.block_ids.extend(kv.allocate(need))
+            scheduled.append((req, num_new, req.num_computed_tokens))
+            self._cache_full_blocks(req, req.num_computed_tokens + num_new)
+            budget -= num_new
+            i += 1
+        loaded = 0
+        if not preempted and self.waiting:
+            deferred: list[SimRequest] = []
+            running_loras = {r.lora.name for r in running if r.lora is not None}
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
+                req = waiting[0]
+                if (
+                    req.lora is not None
+                    and req.lora.name not in running_loras
+                    and len(running_loras) >= cfg.max_loras
+                ):
+                    deferred.append(waiting.popleft())
+                    continue
+                n_tokens = len(req.token_ids)
+                hashes = self._hashes(req, n_tokens)
+                hit = kv.lookup(hashes, (n_tokens - 1) // bs)
+                computed = hit.num_blocks * bs
+                num_new = min(n_tokens - computed, budget)
+                need = -(-(computed + num_new) // bs) - hit.num_blocks
+                if not kv.can_allocate(hit, need):
+                    break
+                waiting.popleft()
+                req.block_ids = kv.take_hit(hit) + kv.allocate(need)
+                req.num_computed_tokens = computed
+                req.num_cached_blocks = hit.num_blocks
+                loaded += len(hit.cpu_hashes)
+                st = self.stats
+                st.prefix_queries += n_tokens
+                st.prefix_hits += computed
+                if req.num_cached_tokens < 0:
+                    # First admission: what the response reports as cached_tokens.
+                    req.num_cached_tokens = computed
+                    req.first_scheduled_time = now
+                    cpu_tokens = len(hit.cpu_hashes) * bs
+                    st.prompt_tokens += req.num_prompt_tokens
+                    st.prompt_tokens_cached_gpu += computed - cpu_tokens
+                    st.prompt_tokens_cached_cpu += cpu_tokens
+                    st.prompt_tokens_computed += req.num_prompt_tokens - computed
+                req.status = RUNNING
+                running.append(req)
+                if req.lora is not None:
+                    running_loras.add(req.lora.name)
+                scheduled.append((req, num_new, computed))
+                self._cache_full_blocks(req, computed + num_new)
+                budget -= num_new
+            if deferred:
+                waiting.extendleft(reversed(deferred))
+        return scheduled, loaded
+
+    def _preempt(self, req: SimRequest) -> None:
+        self.kv.free_blocks(req.block_ids)
+        req.block_ids = []
+        req.num_computed_tokens = 0
+        req.num_cached_blocks = 0
+        req.num_preemptions += 1
+        req.status = WAITING
+        self.stats.preemptions += 1
+        self.waiting.appendleft(req)
+
+    def _hashes(self, req: SimRequest, num_tokens: int) -> list[BlockHash]:
+        """Block hashes of every full block in the first ``num_tokens`` tokens (memoised)."""
+        bs = self.config.block_size
+        have = len(req.block_hashes)
+        want = num_tokens // bs
+        if want > have:
+            parent = req.block_hashes[-1] if have else self.none_hash
+            extra = None
+            if req.lora is not None or req.cache_salt is not None:
+                extra = [self._extra_keys(req, i) for i in range(have, want)]
+            req.block_hashes.extend(
+                block_hashes(
+                    req.token_ids[have * bs : want * bs],
+                    bs,
+                    algo=self.config.hash_algo,
+                    extra_keys=extra,
+                    parent=parent,
+                )
+            )
+        return req.block_hashes
+
+    @staticmethod
+    def _extra_keys(req: SimRequest, block_index: int) -> tuple[object, ...] | None:
+        # vLLM's generate_block_hash_extra_keys: LoRA name, then the cache salt on block 0.
+        keys: list[object] = []
+        if req.lora is not None:
+            keys.append(req.lora.name)
+        if block_index == 0 and req.cache_salt is not None:
+            keys.append(req.cache_salt)
+        return tuple(keys) if keys else None
+
+    def _cache_full_blocks(self, req: SimRequest, num_tokens: int) -> None:
+        bs = self.config.block_size
+        full = num_tokens // bs
+        start = req.num_cached_blocks
+        if full <= start:
+            return
+        hashes = self._hashes(req, full * bs)
+        lora = req.lora
+        metas = []
+        for i in range(start, full):
+            metas.append(
+                BlockMeta(
+                    hashes[i],
+                    hashes[i - 1] if i > 0 else None,
+                    tuple(req.token_ids[i * bs : (i + 1) * bs]),
+                    self._extra_keys(req, i),
+                    lora.lora_id if lora is not None else None,
+                    lora.name if lora is not None else None,
+                )
+            )
+        self.kv.cache_blocks(req.block_ids[start:full], metas)
+        req.num_cached_blocks = full
+
+    def _price(self, scheduled: list[tuple[SimRequest, int, int]], loaded: int) -> float:
+        prefills: list[tuple[int, int]] = []
+        decodes = 0
+        decode_ctx = 0
+        for req, num_new, ctx in scheduled:
+            if num_new == 1 and req.num_output_tokens > 0 and ctx == len(req.token_ids) - 1:
+                decodes += 1
+                decode_ctx += ctx
+            else:
+                prefills.append((num_new, ctx))
+        return self.latency.step_ms(prefills, decodes, decode_ctx, loaded)
+
+    # --- completing a step -----------------------------------------------------------------
+
+    def _complete(self, scheduled: list[tuple[SimRequest, int, int]], now: float) -> None:
+        st = self.stats
+        max_len = self.config.max_model_len
+        generated = 0
+        any_finished = False
+        itl: list[float] = []
+        for req, num_new, _ in scheduled:
+            if req.status != RUNNING:
+                continue
+            req.num_computed_tokens += num_new
+            if req.num_computed_tokens < len(req.token_ids):
+                continue  # a prefill chunk that is not the last one
+            stream_ids = req.stream.ids
+            k = req.num_output_tokens
+            req.token_ids.append(stream_ids[k])
+            req.num_output_tokens = k + 1
+            generated += 1
+            if k == 0:
+                req.first_token_time = now
+                req.decode_start_time = now
+            else:
+                itl.append(now - req.last_token_time)
+            req.last_token_time = now
+            if req.num_output_tokens >= len(stream_ids):
+                self._finish(req, req.stream.finish_reason, now)
+                any_finished = True
+            elif len(req.token_ids) >= max_len:
+                self._finish(req, "length", now)
+                any_finished = True
+            elif req.notify_each_token:
+                req._wake()
+        st.generation_tokens += generated
+        if any_finished:
+            self.running = [r for r in self.running if r.status == RUNNING]
+        if self.on_step is not None:
+            self.on_step(sum(n for _, n, _ in scheduled), itl)
+
+    def _finish(self, req: SimRequest, reason: str, now: float) -> None:
+        self.kv.free_blocks(req.block_ids)
+        req.block_ids = []
+        req.status = FINISHED
+        req.finish_reason = reason
+        req.finished_time = now
+        self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+        if self.on_finish is not None:
+            self.on_finish(req)
+        req._wake()
+
+    def _drop_aborted(self) -> None:
+        now = time.monotonic()
+        for req in [r for r in self.waiting if r.aborted]:
+            self.waiting.remove(req)
+            self._finish(req, "abort", now)
+        if any(r.aborted for r in self.running):
+            for req in self.running:
+                if req.aborted:
+                    self._finish(req, "abort", now)
+            self.running = [r for r in self.running if r.status == RUNNING]
+        self._num_aborted = 0
+
+    def _flush_events(self) -> None:
+        events = self.kv.events
+        if events:
+            self.kv.events = []
+            if self.publish is not None:
+                self.publish(events)

@@ -1,0 +1,145 @@
+"""The simulator's OpenAI API through the official ``openai`` client, plus error answers."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import openai
+import pytest
+
+from support.sim import SimHandle, start_sim
+
+
+def post(sim: SimHandle, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        sim.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def sim(spawn: Any) -> SimHandle:
+    return start_sim(spawn, model="m1", speed=20, max_model_len=512)
+
+
+def test_openai_client_chat_completions_and_streaming(sim: SimHandle) -> None:
+    client = openai.OpenAI(base_url=sim.base_url, api_key="none")
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["m1"]
+
+    chat = client.chat.completions.create(
+        model="m1", messages=[{"role": "user", "content": "Say something"}], max_tokens=7
+    )
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.usage is not None and chat.usage.completion_tokens == 7
+    assert chat.choices[0].message.content
+
+    comp = client.completions.create(model="m1", prompt="Once upon a time", max_tokens=5)
+    assert comp.usage is not None and comp.usage.completion_tokens == 5
+    assert comp.choices[0].text
+
+    stream = client.chat.completions.create(
+        model="m1",
+        messages=[{"role": "user", "content": "Say something"}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(text_chunks) == 6
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 6
+    assert chunks[-1].usage.prompt_tokens == chat.usage.prompt_tokens
+    # The same prompt again hits the prefix cache: full blocks only, the last one recomputed.
+    details = chunks[-1].usage.prompt_tokens_details
+    assert details is not None
+    p = chat.usage.prompt_tokens
+    assert details.cached_tokens == (p - 1) // 16 * 16
+
+    cstream = client.completions.create(
+        model="m1", prompt="Once upon a time", max_tokens=4, stream=True
+    )
+    pieces = list(cstream)
+    assert len(pieces) == 4 and pieces[-1].choices[0].finish_reason == "length"
+
+
+def test_bad_requests_answered_with_status_and_field(sim: SimHandle) -> None:
+    status, body = post(
+        sim,
+        "/v1/chat/completions",
+        {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert status == 404
+    assert body["error"]["message"] == "The model `nope` does not exist."
+    status, body = post(
+        sim,
+        "/v1/chat/completions",
+        {"model": "m1", "messages": [{"role": "user", "content": "x"}], "n": 2},
+    )
+    assert status == 400 and body["error"]["param"] == "n"
+    status, body = post(sim, "/v1/completions", {"model": "m1", "prompt": "x", "max_tokens": 0})
+    assert status == 400 and "max_tokens" in body["error"]["message"]
+    status, body = post(sim, "/v1/chat/completions", {"model": "m1"})
+    assert status == 400 and body["error"]["param"] == "messages"
+    status, body = post(
+        sim, "/v1/completions", {"model": "m1", "prompt": "word " * 600, "max_tokens": 4}
+    )
+    assert status == 400
+    assert body["error"]["message"].startswith("This model's maximum context length is 512 tokens.")
+    status, body = post(
+        sim, "/v1/completions", {"model": "m1", "prompt": "hello", "max_tokens": 600}
+    )
+    assert (
+        status == 400
+        and "'max_tokens' or 'max_completion_tokens' is too large: 600" in body["error"]["message"]
+    )
+    assert body["error"]["code"] == 400
+
+    client = openai.OpenAI(base_url=sim.base_url, api_key="none", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="other", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="m1", prompt="x", max_tokens=2, n=3)
+
+
+def test_tokenize_matches_chat_usage(sim: SimHandle) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    status, tok = post(sim, "/tokenize", {"model": "m1", "messages": messages})
+    assert status == 200 and tok["count"] == len(tok["tokens"]) and tok["max_model_len"] == 512
+    status, chat = post(
+        sim, "/v1/chat/completions", {"model": "m1", "messages": messages, "max_tokens": 2}
+    )
+    assert status == 200 and chat["usage"]["prompt_tokens"] == tok["count"]
+
+
+def test_stop_and_echo(spawn: Any) -> None:
+    sim = start_sim(spawn, model="e", speed=20, mode="echo")
+    status, body = post(
+        sim,
+        "/v1/chat/completions",
+        {
+            "model": "e",
+            "messages": [{"role": "user", "content": "alpha beta gamma"}],
+            "max_tokens": 50,
+        },
+    )
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == "alpha beta gamma"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    status, body = post(
+        sim,
+        "/v1/completions",
+        {"model": "e", "prompt": "one two three four", "max_tokens": 50, "stop": " three"},
+    )
+    assert status == 200
+    assert body["choices"][0]["text"] == "one two"
+    assert body["choices"][0]["finish_reason"] == "stop"
