@@ -165,15 +165,35 @@ def test_endpoints_unseen_for_two_minutes_are_dropped() -> None:
     assert plugin.index.endpoints() == ["a"]
 
 
-def test_hashes_are_memoised_on_the_request() -> None:
+def test_hash_chain_is_memoised_and_lazy() -> None:
     plugin = make("prefix-cache-scorer", FIXED)
-    req = request("aaaabbbb")
-    score(plugin, [A], req)
-    key = next(k for k in req.extra if k.startswith("kvgate.prefix.hashes/"))
-    req.extra[key] = (1, 2)  # a second scorer call must reuse the memo, not rehash
-    state = CycleState()
-    score(plugin, [A], req, state)
-    assert state.read("prefix-cache-scorer/prefix-cache-scorer", PrefixCacheState).hashes == (1, 2)  # type: ignore[union-attr]
+    req = request("aaaabbbbccccdddd")
+    first, second = CycleState(), CycleState()
+    score(plugin, [A, B], req, first)
+    assert (
+        first.read("prefix-cache-scorer/prefix-cache-scorer", PrefixCacheState).chain.num_hashed
+        == 0
+    )  # type: ignore[union-attr]
+    _send(plugin, "zzzz", A)
+    req = request("aaaabbbbccccdddd")
+    score(plugin, [A, B], req, first)
+    chain = first.read("prefix-cache-scorer/prefix-cache-scorer", PrefixCacheState).chain  # type: ignore[union-attr]
+    assert chain.num_blocks == 4
+    assert chain.num_hashed == 1  # a holds another block 0: one hash was enough to know
+    score(plugin, [A, B], req, second)
+    assert second.read("prefix-cache-scorer/prefix-cache-scorer", PrefixCacheState).chain is chain  # type: ignore[union-attr]
+    assert len(chain.all()) == 4
+
+
+def test_growing_windows_find_long_and_short_matches() -> None:
+    plugin = make("prefix-cache-scorer", {**FIXED, "blockSize": 1})
+    prompt = "".join(chr(33 + i % 90) for i in range(200))
+    full = plugin.hashes(request(prompt), 1)
+    for k in (1, 2, 8, 9, 17, 100, 199, 200):
+        plugin.index.add(f"e{k}", full[:k])
+    names = [f"e{k}" for k in (1, 2, 8, 9, 17, 100, 199, 200)]
+    got = score(plugin, [endpoint(n) for n in names], request(prompt))
+    assert got == {f"e{k}": k / 200 for k in (1, 2, 8, 9, 17, 100, 199, 200)}
 
 
 @pytest.mark.parametrize(

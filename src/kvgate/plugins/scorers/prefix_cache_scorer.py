@@ -17,8 +17,9 @@ to each endpoint, as GIE's approximate prefix plugin does.
   candidate reports ``cache_block_size > 0``, else ``blockSize``; only full blocks, at most
   ``maxPrefixBlocksToMatch``. Hashes: the xxhash64 chain of
   :func:`kvgate.kvcache.hashing.prefix_block_hashes` seeded by
-  :func:`~kvgate.kvcache.hashing.prefix_hash_seed` (model, cache_salt); computed once per
-  request and memoised on ``Request.extra``.
+  :func:`~kvgate.kvcache.hashing.prefix_hash_seed` (model, cache_salt); memoised on
+  ``Request.extra`` and computed lazily: scoring hashes only as far as some endpoint still
+  matches (a prompt nobody has seen costs one hash), PreRequest completes the chain.
 * Formula: ``score = m_e / n`` where ``n`` is the number of hashed blocks and ``m_e`` the
   length of the longest run of leading blocks endpoint ``e`` holds (0 when ``n = 0``).
   **Deliberate difference from llm-d:** GIE walks the blocks and credits every server holding
@@ -31,7 +32,7 @@ to each endpoint, as GIE's approximate prefix plugin does.
   every hash of the request for the primary target and for the target of a profile literally
   named ``prefill``. Endpoints are dropped when they leave the pool (``endpoints_removed``)
   and when they have not been a candidate for 2 minutes.
-* Cycle state: :class:`PrefixCacheState` ``{hashes, matches, input_len}`` under
+* Cycle state: :class:`PrefixCacheState` ``{chain (hashes), matches, input_len}`` under
   ``"<name>/prefix-cache-scorer"``, read by ``no-hit-lru-scorer`` and ``pd-profile-handler``.
 
 Memory: each endpoint's LRU is an insertion-ordered ``dict`` of hash → None (hits move to the
@@ -67,14 +68,64 @@ _INPUT_KEY = "kvgate.prefix.input"
 _HTML_ESCAPES = ((b"&", b"\\u0026"), (b"<", b"\\u003c"), (b">", b"\\u003e"))
 
 
+class PrefixChain:
+    """A request's block-hash chain, computed lazily: scoring hashes only as far as some
+    endpoint still matches (one hash for a request nobody has seen); PreRequest completes it.
+
+    ``num_blocks`` is known up front (full blocks, capped), so scores need no hashing beyond
+    the longest match.
+    """
+
+    __slots__ = ("_hashes", "_text", "block_bytes", "num_blocks", "seed")
+
+    def __init__(self, text: bytes, block_bytes: int, seed: int, max_blocks: int) -> None:
+        self._text = text
+        self.block_bytes = block_bytes
+        self.seed = seed
+        self.num_blocks = min(len(text) // block_bytes, max_blocks)
+        self._hashes: list[int] = []
+
+    def upto(self, k: int) -> list[int]:
+        """The first ``min(k, num_blocks)`` hashes (the list is shared; do not mutate)."""
+        hashes = self._hashes
+        done = len(hashes)
+        k = min(k, self.num_blocks)
+        if k > done:
+            # h_i depends only on block_i and h_{i-1}: resume the chain from the last hash.
+            bb = self.block_bytes
+            prev = hashes[-1] if hashes else self.seed
+            hashes += prefix_block_hashes(self._text[done * bb : k * bb], bb, prev, k - done)
+        return hashes
+
+    @property
+    def num_hashed(self) -> int:
+        """How many hashes have been computed so far."""
+        return len(self._hashes)
+
+    def all(self) -> tuple[int, ...]:
+        return tuple(self.upto(self.num_blocks))
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixCacheState:
     """What one prefix scorer learned about the request in this cycle."""
 
-    hashes: tuple[int, ...]  # the request's block hashes, in prompt order
+    chain: PrefixChain  # the request's block hashes (lazy)
     matches: Mapping[str, int]  # endpoint name -> leading blocks it holds (only entries > 0)
     input_len: int  # bytes of the hashed input (prompt or chat JSON)
-    block_bytes: int  # bytes per block used for ``hashes``
+
+    @property
+    def hashes(self) -> tuple[int, ...]:
+        """Every block hash of the request, in prompt order."""
+        return self.chain.all()
+
+    @property
+    def num_blocks(self) -> int:
+        return self.chain.num_blocks
+
+    @property
+    def block_bytes(self) -> int:
+        return self.chain.block_bytes
 
 
 def prefix_input(request: Request) -> bytes:
@@ -103,17 +154,41 @@ class ApproxPrefixIndex:
         self._blocks: dict[str, dict[int, None]] = {}
         self._last_seen: dict[str, float] = {}
 
-    def match_lengths(self, hashes: Sequence[int], names: Sequence[str]) -> dict[str, int]:
-        """Leading blocks of ``hashes`` each endpoint holds (endpoints holding none omitted)."""
+    def match_lengths(self, chain: PrefixChain, names: Sequence[str]) -> dict[str, int]:
+        """Leading blocks of the chain each endpoint holds (endpoints holding none omitted).
+
+        Hashes in growing windows (1, 8, 16, 32, … blocks) and walks each endpoint still
+        matching through the new window at C speed (``takewhile`` over its dict).
+        """
         out: dict[str, int] = {}
-        if not hashes:
+        n = chain.num_blocks
+        if n == 0 or not self._blocks:
             return out
-        first = hashes[0]
+        first = chain.upto(1)[0]
+        get = self._blocks.get
+        active: list[tuple[str, dict[int, None]]] = []
         for name in names:
-            blocks = self._blocks.get(name)
-            if blocks is None or first not in blocks:
-                continue
-            out[name] = len(list(takewhile(blocks.__contains__, hashes)))
+            blocks = get(name)
+            if blocks is not None and first in blocks:
+                active.append((name, blocks))
+        done, window = 1, 8
+        while active:
+            if done == n:
+                for name, _ in active:
+                    out[name] = n
+                break
+            upto = min(n, done + window)
+            new = chain.upto(upto)[done:upto]
+            still: list[tuple[str, dict[int, None]]] = []
+            for name, blocks in active:
+                m = done + len(list(takewhile(blocks.__contains__, new)))
+                if m == upto:
+                    still.append((name, blocks))
+                else:
+                    out[name] = m
+            active = still
+            done = upto
+            window *= 2
         return out
 
     def add(self, name: str, hashes: Sequence[int], capacity: int | None = None) -> None:
@@ -185,18 +260,20 @@ class PrefixCacheScorer:
             return 4 * endpoint.metrics.cache_block_size
         return self.block_size
 
-    def hashes(self, request: Request, block_bytes: int) -> tuple[int, ...]:
-        """The request's block hashes for ``block_bytes`` (memoised on the request)."""
-        key = f"kvgate.prefix.hashes/{block_bytes}/{self.max_prefix_blocks}"
+    def chain(self, request: Request, block_bytes: int) -> PrefixChain:
+        """The request's hash chain for ``block_bytes`` (memoised on the request)."""
+        key = f"kvgate.prefix.chain/{block_bytes}/{self.max_prefix_blocks}"
         cached = request.extra.get(key)
-        if isinstance(cached, tuple):
+        if isinstance(cached, PrefixChain):
             return cached
         seed = prefix_hash_seed(request.effective_model, request.cache_salt)
-        hashes = tuple(
-            prefix_block_hashes(prefix_input(request), block_bytes, seed, self.max_prefix_blocks)
-        )
-        request.extra[key] = hashes
-        return hashes
+        chain = PrefixChain(prefix_input(request), block_bytes, seed, self.max_prefix_blocks)
+        request.extra[key] = chain
+        return chain
+
+    def hashes(self, request: Request, block_bytes: int) -> tuple[int, ...]:
+        """Every block hash of the request for ``block_bytes``."""
+        return self.chain(request, block_bytes).all()
 
     def score(
         self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
@@ -207,15 +284,14 @@ class PrefixCacheScorer:
             self.index.purge_unseen(now, STALE_ENDPOINT_S)
             self._next_purge = now + STALE_ENDPOINT_S
         self.index.seen(names, now)
-        block_bytes = self.block_bytes(endpoints[0] if endpoints else None)
-        hashes = self.hashes(request, block_bytes)
-        matches = self.index.match_lengths(hashes, names)
-        found = PrefixCacheState(hashes, matches, len(prefix_input(request)), block_bytes)
+        chain = self.chain(request, self.block_bytes(endpoints[0] if endpoints else None))
+        matches = self.index.match_lengths(chain, names)
+        found = PrefixCacheState(chain, matches, len(prefix_input(request)))
         state.write(self.state_key, found)
         request.extra[self.state_key] = found  # PreRequest has no cycle state
-        if not hashes:
+        n = chain.num_blocks
+        if n == 0:
             return dict.fromkeys(names, 0.0)
-        n = len(hashes)
         return {name: matches.get(name, 0) / n for name in names}
 
     def pre_request(
@@ -231,9 +307,10 @@ class PrefixCacheScorer:
         found = request.extra.get(self.state_key)
         for target in targets:
             if isinstance(found, PrefixCacheState):
-                hashes: Sequence[int] = found.hashes
+                chain = found.chain
             else:  # the scorer did not run for this request (not in any executed profile)
-                hashes = self.hashes(request, self.block_bytes(target))
+                chain = self.chain(request, self.block_bytes(target))
+            hashes = chain.upto(chain.num_blocks)
             if hashes:
                 self.index.add(target.name, hashes, self._capacity(target))
 
