@@ -289,10 +289,22 @@ def _stop_all(replicas: Sequence[ReplicaProcess], grace_s: float) -> None:
             os.killpg(rp.popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             rp.popen.wait(timeout=5)
+        _wait_group_gone(rp.popen.pid, 5.0)
         rp.state = "stopped"
         if rp.log_file is not None:
             rp.log_file.close()
             rp.log_file = None
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """Wait until no process of group ``pgid`` is left (so its ports are free again)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
 
 
 class _Progress:
