@@ -1,0 +1,223 @@
+"""``kvgate render``: manifests validate against the kinds' schemas and are wired together."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from kvgate.config import load_llm_inference_service
+from kvgate.k8s.inferencepool import parse_pool
+from kvgate.k8s.render import RenderOptions, render
+
+SCHEMAS = Path(__file__).parent.parent / "data" / "k8s-schemas"
+SEED = Path(str(resources.files("kvgate") / "data" / "examples" / "llm-inference-service.yaml"))
+SCHEMA_FOR = {
+    ("apps/v1", "Deployment"): "deployment.apps-v1.json",
+    ("v1", "Service"): "service.v1.json",
+    ("v1", "ServiceAccount"): "serviceaccount.v1.json",
+    ("rbac.authorization.k8s.io/v1", "Role"): "role.rbac-v1.json",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebinding.rbac-v1.json",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepool.v1.json",
+    ("inference.networking.x-k8s.io/v1alpha2", "InferencePool"): "inferencepool.v1alpha2.json",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute.v1.json",
+}
+
+
+def validate(manifest: dict[str, Any]) -> None:
+    schema = json.loads(
+        (SCHEMAS / SCHEMA_FOR[(manifest["apiVersion"], manifest["kind"])]).read_text()
+    )
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(manifest)
+
+
+def by_kind(manifests: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in manifests:
+        out.setdefault(m["kind"], []).append(m)
+    return out
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_cli_renders_the_seed_service_as_valid_manifests() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "kvgate", "render", str(SEED)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    manifests = [d for d in yaml.safe_load_all(out) if d]
+    kinds = sorted(m["kind"] for m in manifests)
+    assert kinds == sorted(
+        ["ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "InferencePool",
+         "Deployment", "Service", "HTTPRoute"]
+    )  # fmt: skip
+    for manifest in manifests:
+        validate(manifest)
+    names = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+    for expected in [
+        ("Deployment", "qwen-model-kserve"),
+        ("Service", "qwen-model-kserve-workload-svc"),
+        ("InferencePool", "qwen-model-inference-pool"),
+        ("Deployment", "qwen-model-kserve-router-scheduler"),
+        ("Service", "qwen-model-epp-service"),
+        ("HTTPRoute", "qwen-model-kserve-route"),
+    ]:
+        assert expected in names
+    assert all(m["metadata"]["namespace"] == "my-llmd-deployment" for m in manifests)
+
+
+def test_wiring_selectors_ports_and_epp_args() -> None:
+    svc = load_llm_inference_service(SEED)
+    manifests = render(svc, RenderOptions(epp_image="example.com/kvgate:test"))
+    kinds = by_kind(manifests)
+    deployments = {d["metadata"]["name"]: d for d in kinds["Deployment"]}
+    services = {s["metadata"]["name"]: s for s in kinds["Service"]}
+    workload = deployments["qwen-model-kserve"]
+    epp = deployments["qwen-model-kserve-router-scheduler"]
+    (pool,) = kinds["InferencePool"]
+    (route,) = kinds["HTTPRoute"]
+
+    # Deployments select their own pod template labels
+    for d in deployments.values():
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert d["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    epp_labels = epp["spec"]["template"]["metadata"]["labels"]
+
+    # the seed's --pool-group is v1alpha2: the pool is written in that group, and kvgate's own
+    # discovery code reads it back with the model servers' labels and port
+    assert pool["apiVersion"] == "inference.networking.x-k8s.io/v1alpha2"
+    spec = parse_pool(pool)
+    assert dict(spec.selector).items() <= pod_labels.items()
+    container_ports = {
+        p["containerPort"] for p in workload["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert set(spec.target_ports) <= container_ports
+
+    # services select the right pods, and the EPP service port is the pool's picker port
+    assert (
+        services["qwen-model-kserve-workload-svc"]["spec"]["selector"].items() <= pod_labels.items()
+    )
+    epp_svc = services["qwen-model-epp-service"]
+    assert epp_svc["spec"]["selector"].items() <= epp_labels.items()
+    assert pool["spec"]["extensionRef"]["name"] == "qwen-model-epp-service"
+    epp_port = pool["spec"]["extensionRef"]["portNumber"]
+    svc_ports = {p["port"]: p["targetPort"] for p in epp_svc["spec"]["ports"]}
+    epp_container = epp["spec"]["template"]["spec"]["containers"][0]
+    epp_container_ports = {p["containerPort"] for p in epp_container["ports"]}
+    assert epp_port in svc_ports and svc_ports[epp_port] in epp_container_ports
+
+    # the EPP runs kvgate epp with the seed's args, templates expanded, pointing at this pool
+    assert epp_container["command"] == ["kvgate", "epp"]
+    assert epp_container["image"] == "example.com/kvgate:test"
+    args = epp_container["args"]
+    assert flag(args, "--pool-name") == pool["metadata"]["name"]
+    assert flag(args, "--pool-namespace") == pool["metadata"]["namespace"]
+    assert flag(args, "--pool-group") == "inference.networking.x-k8s.io"
+    assert int(flag(args, "--grpc-port")) == svc_ports[epp_port]
+    assert int(flag(args, "--grpc-health-port")) == epp_container["readinessProbe"]["grpc"]["port"]
+    assert "kind: EndpointPickerConfig" in flag(args, "--config-text")
+    assert not any("{{" in a for a in args)
+    env = {e["name"]: e["value"] for e in epp_container["env"]}
+    assert env["HF_HOME"] == "/tmp/tokenizer-cache"
+    assert {v["name"] for v in epp["spec"]["template"]["spec"]["volumes"]} == {
+        "tokenizer-cache",
+        "cachi2-cache",
+    }
+
+    # RBAC: the EPP's service account may watch pods and read the pool
+    (sa,) = kinds["ServiceAccount"]
+    (role,) = kinds["Role"]
+    (binding,) = kinds["RoleBinding"]
+    assert epp["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    for verb in ("get", "list", "watch"):
+        assert ("", "pods", verb) in granted
+        assert ("inference.networking.x-k8s.io", "inferencepools", verb) in granted
+
+    # the model server keeps the template's probes, resources, tolerations and env
+    main = workload["spec"]["template"]["spec"]["containers"][0]
+    assert main["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert workload["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert any(e["name"] == "VLLM_ADDITIONAL_ARGS" for e in main["env"])
+    assert "Qwen/Qwen3-0.6B" in main["args"][0]
+
+    # the route sends the service's path prefix to the pool, through a Gateway
+    backend = route["spec"]["rules"][0]["backendRefs"][0]
+    assert (backend["kind"], backend["name"]) == ("InferencePool", pool["metadata"]["name"])
+    assert backend["group"] == "inference.networking.x-k8s.io"
+    assert route["spec"]["parentRefs"][0]["kind"] == "Gateway"
+
+
+def test_v1_pool_when_args_name_the_v1_group(tmp_path: Path) -> None:
+    text = SEED.read_text().replace(
+        "- inference.networking.x-k8s.io\n", "- inference.networking.k8s.io\n", 1
+    )
+    path = tmp_path / "svc.yaml"
+    path.write_text(text)
+    manifests = render(
+        load_llm_inference_service(path),
+        RenderOptions(gateway_name="gw", gateway_namespace="infra"),
+    )
+    for m in manifests:
+        validate(m)
+    (pool,) = by_kind(manifests)["InferencePool"]
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["spec"]["endpointPickerRef"]["port"] == {"number": 9002}
+    assert parse_pool(pool).target_ports == (8000,)
+    (route,) = by_kind(manifests)["HTTPRoute"]
+    assert route["spec"]["parentRefs"][0]["name"] == "gw"
+
+
+def test_schemas_reject_what_a_cluster_would() -> None:
+    svc = load_llm_inference_service(SEED)
+    manifests = render(svc)
+    pool = next(m for m in manifests if m["kind"] == "InferencePool")
+    broken = json.loads(json.dumps(pool))
+    del broken["spec"]["targetPortNumber"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate(broken)
+    deployment = json.loads(json.dumps(next(m for m in manifests if m["kind"] == "Deployment")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"][
+        "scheme"
+    ] = "GRPC"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(deployment)
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "Sometimes"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(deployment)
+
+
+def test_unsupported_model_uri_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(SEED.read_text().replace("uri: hf://Qwen/Qwen3-0.6B", "uri: s3://bucket/qwen"))
+    result = subprocess.run(
+        [sys.executable, "-m", "kvgate", "render", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "spec.model.uri" in result.stderr and "s3://" in result.stderr
