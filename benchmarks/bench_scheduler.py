@@ -1,0 +1,165 @@
+"""Scheduler decision time: one ``Scheduler.schedule`` call with llm-d's default config.
+
+The seed's configuration (queue 2 / kv-cache-utilization 2 / approximate prefix-cache 3,
+max-score-picker, single-profile-handler) is built through kvgate.config exactly as the gateway
+builds it. Endpoints report vLLM's ``cache_config_info`` (block_size 16, so the prefix scorer
+autotunes to 64-byte blocks) and random queue/KV metrics. Before timing, the prefix index is
+warmed by scheduling requests and running PreRequest, so lookups walk populated LRUs.
+
+Each timed request is a fresh ``Request`` (the gateway builds one per HTTP request, so the
+per-request hash memo starts empty): half share a long prefix with an earlier request, half
+are new. Only ``schedule`` is timed; ``pre_request`` (the index update) is reported apart.
+
+    taskset -c 0 .venv/bin/python benchmarks/bench_scheduler.py           # headline + table
+    taskset -c 0 .venv/bin/python benchmarks/bench_scheduler.py --quick   # smaller table
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import random
+import statistics
+import string
+import time
+from collections.abc import Sequence
+
+from kvgate.config import build_scheduler, load_picker_config
+from kvgate.config.policies import policy_config_text
+from kvgate.plugins.base import PluginContext
+from kvgate.scheduling.scheduler import Scheduler
+from kvgate.scheduling.types import Endpoint, Metrics, Request
+
+KIB = 1024
+
+
+def make_endpoints(n: int, rng: random.Random) -> list[Endpoint]:
+    return [
+        Endpoint(
+            f"default/vllm-{i}-rank-0",
+            f"10.0.{i // 250}.{i % 250 + 1}",
+            8000,
+            metrics=Metrics(
+                waiting_queue_size=rng.randrange(0, 8),
+                running_requests_size=rng.randrange(0, 32),
+                kv_cache_usage_percent=rng.random(),
+                cache_block_size=16,
+                cache_num_gpu_blocks=31250,
+                updated_at=time.monotonic(),
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+def make_prompts(count: int, length: int, rng: random.Random) -> list[str]:
+    """``count`` prompts of ``length`` chars: groups of 4 share all but the last 1/8."""
+    alphabet = string.ascii_letters + string.digits + "     "
+    prompts: list[str] = []
+    shared = ""
+    for i in range(count):
+        if i % 4 == 0:
+            shared = "".join(rng.choices(alphabet, k=length - length // 8))
+        tail = "".join(rng.choices(alphabet, k=length // 8))
+        prompts.append(shared + tail)
+    return prompts
+
+
+def build(seed: int = 0) -> Scheduler:
+    config = load_picker_config(
+        text=policy_config_text("llm-d-default"), source_name="llm-d-default", env={}
+    )
+    return build_scheduler(config, PluginContext(rng=random.Random(seed)))
+
+
+def measure(
+    prompt_bytes: int, num_endpoints: int, iterations: int, warmup: int, seed: int = 0
+) -> tuple[list[float], list[float], list[float]]:
+    """(schedule wall seconds, schedule CPU seconds, pre_request wall seconds) per request.
+
+    CPU time (``time.thread_time``) leaves out time the OS gave the core to other processes,
+    so it shows the decision's own cost on a shared machine; wall time is what a request sees.
+    """
+    rng = random.Random(seed)
+    scheduler = build(seed)
+    endpoints = make_endpoints(num_endpoints, rng)
+    prompts = make_prompts(warmup + iterations, prompt_bytes, rng)
+    for i in range(warmup):
+        request = Request(f"w{i}", "model", prompt=prompts[i])
+        scheduler.pre_request(request, scheduler.schedule(request, endpoints))
+    requests = [Request(f"r{i}", "model", prompt=prompts[warmup + i]) for i in range(iterations)]
+    schedule_s: list[float] = []
+    schedule_cpu_s: list[float] = []
+    pre_request_s: list[float] = []
+    clock = time.perf_counter
+    cpu = time.thread_time
+    for request in requests:
+        c0 = cpu()
+        t0 = clock()
+        result = scheduler.schedule(request, endpoints)
+        t1 = clock()
+        c1 = cpu()
+        scheduler.pre_request(request, result)
+        t2 = clock()
+        schedule_s.append(t1 - t0)
+        schedule_cpu_s.append(c1 - c0)
+        pre_request_s.append(t2 - t1)
+    return schedule_s, schedule_cpu_s, pre_request_s
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--table-iterations", type=int, default=400)
+    parser.add_argument("--quick", action="store_true", help="fewer cells and iterations")
+    parser.add_argument("--no-table", action="store_true")
+    args = parser.parse_args()
+
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    print(f"python {platform.python_version()} on {platform.machine()}, CPUs allowed: {affinity}")
+    gc.collect()
+
+    sched, sched_cpu, pre = measure(32 * KIB, 16, args.iterations, warmup=200)
+    print()
+    print("Headline: llm-d default config (queue 2 / kv 2 / prefix 3), 16 endpoints, 32 KiB prompt")
+    print(
+        f"  schedule() wall: median {us(statistics.median(sched))} us, "
+        f"p99 {us(pct(sched, 0.99))} us, mean {us(statistics.fmean(sched))} us (n={len(sched)})"
+    )
+    print(
+        f"  schedule() CPU:  median {us(statistics.median(sched_cpu))} us, "
+        f"p99 {us(pct(sched_cpu, 0.99))} us"
+    )
+    print(f"  pre_request():   median {us(statistics.median(pre))} us, p99 {us(pct(pre, 0.99))} us")
+    if args.no_table:
+        return
+
+    lengths = [1, 4, 16, 32, 64, 256] if not args.quick else [1, 32, 256]
+    counts = [4, 16, 64, 256] if not args.quick else [4, 16, 256]
+    iters = args.table_iterations if not args.quick else 150
+    print()
+    print("schedule() wall median / p99 in us, by prompt length (rows) and endpoint count")
+    print()
+    print("| prompt | " + " | ".join(f"{n} endpoints" for n in counts) + " |")
+    print("|---|" + "---|" * len(counts))
+    for kib in lengths:
+        cells = []
+        for n in counts:
+            s, _, _ = measure(kib * KIB, n, iters, warmup=min(100, 4 * n))
+            cells.append(f"{us(statistics.median(s))} / {us(pct(s, 0.99))}")
+        print(f"| {kib} KiB | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
