@@ -147,3 +147,18 @@ async def test_watch_restarts_a_replica_that_dies_and_reports_it(tmp_path: Path)
         assert kinds[:3] == ["exited", "restarting", "ready"]
         assert sup.replicas[0].pid != first_pid and sup.replicas[0].restarts == 1
         assert sup.replicas[0].alive()
+
+
+async def test_a_port_already_in_use_is_refused_not_mistaken_for_the_replica(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    plan = _plan(tmp_path, ["plain"])
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", plan.replicas[0].port))
+        holder.listen()
+        sup = Supervisor(plan, progress=False)
+        with pytest.raises(EngineError, match="already in use"):
+            sup.start()
+        await sup.stop()

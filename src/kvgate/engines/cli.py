@@ -142,7 +142,11 @@ def _run(args: argparse.Namespace) -> int:
         async with Supervisor(plan) as sup:
             await sup.wait_ready()
             for r in plan.replicas:
-                print(f"{r.name}: {r.base_url}/v1", flush=True)
+                events = ""
+                if r.kv_events_topic:
+                    where = r.kv_events_connect or r.kv_events_endpoint
+                    events = f"  kv events {where} topic {r.kv_events_topic}"
+                print(f"{r.name}: {r.base_url}/v1{events}", flush=True)
             watcher = asyncio.create_task(
                 sup.watch(lambda e: print(f"{e.replica}: {e.kind} {e.detail}", flush=True))
             )

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -87,6 +88,16 @@ def _last_line(path: Path) -> str:
     return ""
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host if host not in ("*", "") else "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
@@ -116,6 +127,12 @@ class Supervisor:
 
     def _spawn(self, rp: ReplicaProcess) -> None:
         spec = rp.spec
+        if not _port_free(spec.host, spec.port):
+            # Otherwise whatever holds the port would answer /health and pass for the replica.
+            raise EngineError(
+                f"{spec.name}: port {spec.port} on {spec.host} is already in use; "
+                "stop what holds it or choose another base port"
+            )
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
         env.update(spec.env)
