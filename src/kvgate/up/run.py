@@ -86,12 +86,7 @@ def up_from_args(args: argparse.Namespace) -> int:
     try:
         model = resolve_model(uri, name=svc.model_name or None, require_local=args.engine == "vllm")
     except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if args.engine == "vllm":
-            print(
-                f"  instead: kvgate up {args.file or ''} --engine sim".replace("  --", " --"),
-                file=sys.stderr,
-            )
+        print(f"error: {exc}", file=sys.stderr)  # one line: why, and what to run instead
         return 1
     run_dir = args.run_dir or Path(tempfile.gettempdir()) / f"kvgate-up-{svc.namespace}-{svc.name}"
     config = EngineConfig(

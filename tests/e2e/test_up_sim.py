@@ -1,0 +1,107 @@
+"""``kvgate up --engine sim``: the seed's LLMInferenceService comes up, answers through both
+base URLs, shows a cache hit on a repeated prompt, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import openai
+import yaml
+
+from support.procs import Proc, free_port, http_ok, kvgate_cmd, wait_until
+
+EXAMPLES = Path(str(resources.files("kvgate") / "data" / "examples"))
+SEED = EXAMPLES / "llm-inference-service.yaml"  # the course's file: Qwen/Qwen3-0.6B
+DEMO = EXAMPLES / "smollm2-demo.yaml"
+
+
+def start_up(
+    spawn: Callable[..., Proc], tmp_path: Path, *args: str, timeout_s: float = 40.0
+) -> tuple[str, Proc]:
+    port = free_port()
+    proc = spawn(
+        kvgate_cmd("up", *args, "--engine", "sim", "--port", str(port), "--run-dir", str(tmp_path)),
+        name="up",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_until(
+        lambda: "OpenAI base URL" in proc.log() or not proc.alive(),
+        timeout_s=timeout_s,
+        what="kvgate up ready line",
+    )
+    assert proc.alive(), proc.log()
+    return base, proc
+
+
+def replica_urls(log: str) -> list[str]:
+    return re.findall(r"starting replica-\d+ on (http://\S+)", log)
+
+
+def test_seed_file_with_sim_engine(spawn: Callable[..., Proc], tmp_path: Path) -> None:
+    base, proc = start_up(spawn, tmp_path, str(SEED), "--replicas", "2")
+    log = proc.log()
+    assert f"{base}/v1" in log
+    assert f"{base}/my-llmd-deployment/qwen-model/v1" in log
+    replicas = replica_urls(log)
+    assert len(replicas) == 2
+    c = openai.OpenAI(
+        base_url=f"{base}/my-llmd-deployment/qwen-model/v1", api_key="unused", max_retries=0
+    )
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Explain Kubernetes in 50 words. " * 8},
+    ]
+    first = c.chat.completions.create(model="Qwen/Qwen3-0.6B", messages=messages, max_tokens=8)  # type: ignore[arg-type]
+    second = c.chat.completions.create(model="Qwen/Qwen3-0.6B", messages=messages, max_tokens=8)  # type: ignore[arg-type]
+    assert first.usage is not None and second.usage is not None
+    assert first.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    # the prefix-cache scorer sent the repeat to the replica that holds the prefix
+    assert (second.usage.prompt_tokens_details.cached_tokens or 0) > 0
+    plain = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in plain.models.list()] == ["Qwen/Qwen3-0.6B"]
+    assert proc.stop() == 0
+    log = proc.log_path.read_text()
+    assert "received SIGTERM" in log and "kvgate up: stopped" in log
+    for url in replicas:  # every replica is gone too
+        assert not http_ok(url + "/health", timeout_s=0.5)
+
+
+def test_auth_annotation_generates_a_key(spawn: Callable[..., Proc], tmp_path: Path) -> None:
+    data = yaml.safe_load(DEMO.read_text())
+    data["metadata"]["annotations"]["security.opendatahub.io/enable-auth"] = "true"
+    f = tmp_path / "svc.yaml"
+    f.write_text(yaml.safe_dump(data))
+    base, proc = start_up(spawn, tmp_path, str(f), "--replicas", "1")
+    m = re.search(r"API key (\S+)", proc.log())
+    assert m, proc.log()
+    model = data["spec"]["model"]["name"]
+    with_key = openai.OpenAI(base_url=f"{base}/v1", api_key=m.group(1), max_retries=0)
+    r = with_key.completions.create(model=model, prompt="Hello", max_tokens=2)
+    assert r.choices
+    try:
+        openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
+    except openai.AuthenticationError:
+        pass
+    else:
+        raise AssertionError("a wrong key was accepted")
+    assert proc.stop() == 0
+
+
+def test_vllm_engine_with_missing_model_says_what_to_do(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "kvgate", "up", str(SEED), "--engine", "vllm"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HF_HUB_CACHE": str(tmp_path / "empty-hf"), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 1
+    assert "Qwen/Qwen3-0.6B" in out.stderr
+    assert "--engine sim" in out.stderr
