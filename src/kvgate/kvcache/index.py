@@ -1,0 +1,593 @@
+"""The precise prefix-cache index: what every engine actually holds, from its KV events.
+
+Two maps, as in llm-d's kv-cache manager (since it stopped recomputing vLLM's hashes):
+
+- ``engine hash -> request key``: a BlockStored event carries the engine's 64-bit block
+  hashes and the token ids; kvgate chains its own request keys over those tokens from the
+  parent block's request key (``hashing.request_keys``), so the router never needs vLLM's
+  hash algorithm or seed. The translation is a pure function of the tokens, so it stays
+  valid after the blocks are evicted and is kept (bounded) to chain later events.
+- ``request key -> holders``: one Python int per block, a bit field with ``T`` bits per
+  endpoint slot (one per tier: gpu, cpu, ...). Endpoints get small slot ids, so a block held
+  by many replicas costs one int, not one object per replica.
+
+Scoring tokenizes the prompt once, chains the same request keys and walks the longest
+consecutive prefix per candidate with bit operations over all candidates at once.
+
+Bounded memory: at most ``max_blocks`` request keys (and as many engine hashes), evicted
+oldest-stored-first in chunks (dict insertion order is the LRU order: storing a block again
+moves it to the back). Dropping an endpoint (it left the pool, sent AllBlocksCleared, or its
+event stream had a gap that could not be repaired) retires its slot at once; its bits are
+ignored from then on and swept out lazily before the slot is reused.
+
+Not thread-safe: the subscriber and the scheduler share one event loop.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from kvgate.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
+from kvgate.kvcache.hashing import RequestKey, request_key_seed, request_keys
+
+__all__ = [
+    "DEFAULT_MAX_BLOCKS",
+    "DEFAULT_TIER_WEIGHTS",
+    "IndexStats",
+    "KVBlockIndex",
+    "PrefixMatch",
+]
+
+#: llm-d's kvCacheBackendConfigs default: a CPU-tier hit is worth 0.8 of a GPU hit.
+DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
+#: Default cap on request keys (blocks); about 1.3 GB at worst (one holder per block).
+DEFAULT_MAX_BLOCKS = 10_000_000
+#: Retired slots are swept immediately while the index is this small, else in one pass
+#: once this many slots wait (a pass over 10 M blocks takes seconds).
+_SWEEP_NOW_BELOW = 200_000
+_SWEEP_AFTER_DEAD_SLOTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """The longest cached prefix of one request on each candidate endpoint.
+
+    ``blocks[e]``: consecutive leading blocks held by ``e`` in any tier; ``weighted[e]``: the
+    same walk with each block weighted by the best tier ``e`` holds it in.
+    """
+
+    num_blocks: int  # full blocks of the request
+    blocks: Mapping[str, int] = field(default_factory=dict)
+    weighted: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class IndexStats:
+    """Plain counters, read by the Prometheus collector at scrape time (no per-event cost)."""
+
+    events_stored: int = 0
+    events_removed: int = 0
+    events_cleared: int = 0
+    blocks_stored: int = 0
+    blocks_removed: int = 0
+    dropped_events: dict[str, int] = field(default_factory=dict)  # reason -> events
+    evicted_blocks: int = 0
+    lookups: int = 0
+    lookup_blocks: int = 0  # blocks asked for
+    lookup_hit_blocks: int = 0  # blocks of the best candidate's prefix
+    last_lag_s: float = 0.0  # receive time - batch ts of the latest batch
+    max_lag_s: float = 0.0
+    purged_endpoints: int = 0
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.lookup_hit_blocks / self.lookup_blocks if self.lookup_blocks else 0.0
+
+
+class KVBlockIndex:
+    """Engine block hashes -> request keys -> {endpoint: tiers}; see the module docstring.
+
+    ``block_size`` 0 adopts the block size of the first BlockStored event (every later event
+    must agree: request keys only line up with engine blocks of the same size).
+    """
+
+    def __init__(
+        self,
+        *,
+        block_size: int = 0,
+        hash_seed: str = "",
+        tier_weights: Mapping[str, float] = DEFAULT_TIER_WEIGHTS,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
+        key_algo: str = "poly64",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if block_size < 0:
+            raise ValueError(f"block_size must be >= 0, got {block_size}")
+        if max_blocks < 1:
+            raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
+        if not tier_weights:
+            raise ValueError("tier_weights must name at least one tier")
+        self.block_size = block_size
+        self.hash_seed = hash_seed
+        self.key_algo = key_algo
+        self.max_blocks = max_blocks
+        self.clock = clock
+        self.stats = IndexStats()
+        self._tiers = {name.lower(): i for i, name in enumerate(tier_weights)}
+        self._tier_count = len(self._tiers)
+        weights = [float(w) for w in tier_weights.values()]
+        # weight of a slot's tier bit field (best tier held), indexed by the field's value
+        self._field_weight = [
+            max((weights[t] for t in range(self._tier_count) if f >> t & 1), default=0.0)
+            for f in range(1 << self._tier_count)
+        ]
+        self._slot_fill = (1 << self._tier_count) - 1  # base bit * fill = all tier bits of a slot
+        self._engine: dict[int | bytes, int] = {}  # normalised: ints only
+        self._holders: dict[int, int] = {}
+        self._slots: dict[str, int] = {}
+        self._slot_names: dict[int, str] = {}
+        self._slot_entries: list[int] = []
+        self._free_slots: list[int] = []
+        self._dead_slots: list[int] = []
+        self._dead_bits = 0
+        self._base_all = 0  # the lowest tier bit of every slot ever allocated
+        self._num_entries = 0
+        self._seeds: dict[str | None, int] = {}
+        self.lora_names: set[str] = set()  # adapters seen in BlockStored events
+        _LIVE.add(self)
+        register_metrics()
+
+    # --- sizes ----------------------------------------------------------------------------------
+
+    @property
+    def num_blocks(self) -> int:
+        """Request keys held (by at least one endpoint, or awaiting a sweep)."""
+        return len(self._holders)
+
+    @property
+    def num_entries(self) -> int:
+        """(block, endpoint) pairs, each counted once whatever its tiers."""
+        return self._num_entries
+
+    @property
+    def num_engine_hashes(self) -> int:
+        return len(self._engine)
+
+    def endpoints(self) -> list[str]:
+        return sorted(self._slots)
+
+    def endpoint_entries(self, endpoint: str) -> int:
+        slot = self._slots.get(endpoint)
+        return 0 if slot is None else self._slot_entries[slot]
+
+    # --- keys -----------------------------------------------------------------------------------
+
+    def seed_key(self, lora_name: str | None = None) -> int:
+        """Parent key of a request's first block (a LoRA adapter gets its own chain)."""
+        key = self._seeds.get(lora_name)
+        if key is None:
+            seed = self.hash_seed if lora_name is None else f"{self.hash_seed}\x00lora:{lora_name}"
+            key = int(request_key_seed(seed, "xxh64"))
+            self._seeds[lora_name] = key
+        return key
+
+    def request_keys(
+        self, token_ids: Sequence[int], lora_name: str | None = None
+    ) -> list[RequestKey]:
+        """The request keys of every full block of a prompt (empty until the block size is known)."""
+        if self.block_size <= 0:
+            return []
+        return request_keys(
+            token_ids, self.block_size, parent=self.seed_key(lora_name), algo=self.key_algo
+        )
+
+    # --- ingest ---------------------------------------------------------------------------------
+
+    def apply_batch(
+        self, endpoint: str, batch: EventBatch, received_at: float | None = None
+    ) -> None:
+        """Apply every event of one batch from ``endpoint``, in order."""
+        stats = self.stats
+        lag = (self.clock() if received_at is None else received_at) - batch.ts
+        stats.last_lag_s = lag
+        if lag > stats.max_lag_s:
+            stats.max_lag_s = lag
+        for event in batch.events:
+            if isinstance(event, BlockStored):
+                self.block_stored(endpoint, event)
+            elif isinstance(event, BlockRemoved):
+                self.block_removed(endpoint, event)
+            elif isinstance(event, AllBlocksCleared):
+                stats.events_cleared += 1
+                self.drop_endpoint(endpoint)
+
+    def _drop(self, reason: str) -> None:
+        dropped = self.stats.dropped_events
+        dropped[reason] = dropped.get(reason, 0) + 1
+
+    def _slot_of(self, endpoint: str) -> int:
+        slot = self._slots.get(endpoint)
+        if slot is None:
+            if self._free_slots:
+                slot = self._free_slots.pop()
+            else:
+                slot = len(self._slot_entries)
+                self._slot_entries.append(0)
+            self._slots[endpoint] = slot
+            self._slot_names[slot] = endpoint
+            self._base_all |= 1 << (slot * self._tier_count)
+        return slot
+
+    def _tier_bit(self, endpoint: str, medium: str | None) -> tuple[int, int] | None:
+        tier = self._tiers.get(medium.lower() if medium else "gpu")
+        if tier is None:
+            return None
+        slot = self._slot_of(endpoint)
+        return slot, 1 << (slot * self._tier_count + tier)
+
+    def block_stored(self, endpoint: str, event: BlockStored) -> None:
+        hashes = event.block_hashes
+        n = len(hashes)
+        if n == 0:
+            return
+        size = event.block_size
+        if size != self.block_size:
+            if self.block_size == 0 and size > 0:
+                self.block_size = size
+            else:
+                self._drop("block_size_mismatch")
+                return
+        placed = self._tier_bit(endpoint, event.medium)
+        if placed is None:
+            self._drop("unknown_medium")
+            return
+        slot, bit = placed
+        engine = self._engine
+        parent_hash = event.parent_block_hash
+        if parent_hash is None:
+            lora = event.lora_name
+            if lora is not None and lora not in self.lora_names:
+                self.lora_names.add(lora)
+            parent = self.seed_key(lora)
+        else:
+            found = engine.get(parent_hash)
+            if found is None:
+                self._drop("unknown_parent")
+                return
+            parent = found
+        tokens = event.token_ids
+        count = n * size
+        if len(tokens) >= count:
+            keys: list[int] = request_keys(  # type: ignore[assignment]
+                tokens if len(tokens) == count else tokens[:count],
+                size,
+                parent=parent,
+                algo=self.key_algo,
+            )
+        else:
+            # No tokens (e.g. a CPU-offload placeholder): the engine hashes must be known.
+            keys = []
+            for h in hashes:
+                key = engine.get(h)
+                if key is None:
+                    break
+                keys.append(key)
+            if len(keys) < n:
+                self._drop("unknown_hash")
+                if not keys:
+                    return
+                hashes = hashes[: len(keys)]
+        holders = self._holders
+        # Translations are pure functions of the tokens: overwrite without reordering.
+        engine.update(zip(hashes, keys, strict=True))
+        masks = list(map(holders.get, keys))
+        if masks.count(None) == len(masks):
+            # common case, blocks new to the index: one C-level update, appended young
+            holders.update(dict.fromkeys(keys, bit))
+            added = len(keys)
+        else:
+            fill = self._slot_fill << (slot * self._tier_count)
+            added = 0
+            for key, mask in zip(keys, masks, strict=True):
+                if mask is None:
+                    holders[key] = bit
+                    added += 1
+                elif not mask & bit:
+                    del holders[key]  # re-insert: storing again makes the block young
+                    holders[key] = mask | bit
+                    if not mask & fill:  # a block held in two tiers is one entry
+                        added += 1
+        if added:
+            self._slot_entries[slot] += added
+            self._num_entries += added
+        stats = self.stats
+        stats.events_stored += 1
+        stats.blocks_stored += len(keys)
+        if len(holders) > self.max_blocks or len(engine) > 2 * self.max_blocks:
+            self._evict()
+
+    def block_removed(self, endpoint: str, event: BlockRemoved) -> None:
+        self.stats.events_removed += 1
+        slot = self._slots.get(endpoint)
+        if slot is None:
+            return
+        tier = self._tiers.get(event.medium.lower() if event.medium else "gpu")
+        if tier is None:
+            self._drop("unknown_medium")
+            return
+        shift = slot * self._tier_count
+        bit = 1 << (shift + tier)
+        fill = self._slot_fill << shift
+        keep = ~self._dead_bits
+        engine = self._engine
+        holders = self._holders
+        removed = 0
+        for h in event.block_hashes:
+            key = engine.get(h)
+            if key is None:
+                continue
+            mask = holders.get(key)
+            if mask is None or not mask & bit:
+                continue
+            mask &= ~bit
+            if not mask & fill:
+                removed += 1
+            if mask & keep:
+                holders[key] = mask
+            else:
+                del holders[key]
+        self.stats.blocks_removed += len(event.block_hashes)
+        self._slot_entries[slot] -= removed
+        self._num_entries -= removed
+
+    def _evict(self) -> None:
+        """Drop the oldest 1/64 of each map over its cap (whole blocks, every holder)."""
+        holders = self._holders
+        over = len(holders) - self.max_blocks
+        if over > 0:
+            count = over + self.max_blocks // 64
+            victims = list(islice(iter(holders), count))
+            tiers = self._tier_count
+            fill = self._slot_fill
+            slot_entries = self._slot_entries
+            live = ~self._dead_bits
+            lost = 0
+            for key in victims:
+                mask = holders.pop(key) & live
+                while mask:
+                    low = mask & -mask
+                    slot = (low.bit_length() - 1) // tiers
+                    slot_entries[slot] -= 1
+                    lost += 1
+                    mask &= ~(fill << (slot * tiers))
+            self._num_entries -= lost
+            self.stats.evicted_blocks += len(victims)
+        # Engine translations outlive evicted blocks (later events chain from them): 2x cap.
+        engine = self._engine
+        over = len(engine) - 2 * self.max_blocks
+        if over > 0:
+            for h in list(islice(iter(engine), over + self.max_blocks // 32)):
+                del engine[h]
+
+    def drop_endpoint(self, endpoint: str) -> None:
+        """Forget everything ``endpoint`` holds (left the pool, cleared, or out of sync)."""
+        slot = self._slots.pop(endpoint, None)
+        if slot is None:
+            return
+        del self._slot_names[slot]
+        self.stats.purged_endpoints += 1
+        self._num_entries -= self._slot_entries[slot]
+        self._slot_entries[slot] = 0
+        self._dead_bits |= self._slot_fill << (slot * self._tier_count)
+        self._dead_slots.append(slot)
+        if (
+            len(self._holders) < _SWEEP_NOW_BELOW
+            or len(self._dead_slots) >= _SWEEP_AFTER_DEAD_SLOTS
+        ):
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Clear the bits of retired slots and free those slots for reuse."""
+        dead = self._dead_bits
+        if not dead:
+            return
+        holders = self._holders
+        empty = []
+        for key, mask in holders.items():
+            if mask & dead:
+                mask &= ~dead
+                if mask:
+                    holders[key] = mask
+                else:
+                    empty.append(key)
+        for key in empty:
+            del holders[key]
+        self._free_slots.extend(self._dead_slots)
+        self._dead_slots.clear()
+        self._dead_bits = 0
+
+    # --- lookup ---------------------------------------------------------------------------------
+
+    def match(self, keys: Sequence[int], endpoints: Sequence[str]) -> PrefixMatch:
+        """Longest consecutive prefix of ``keys`` held by each of ``endpoints``.
+
+        Walks once over the keys for all candidates: ``live`` holds the tier bits of the
+        candidates still matching; runs of identical masks are counted, not re-decoded.
+        """
+        n = len(keys)
+        stats = self.stats
+        stats.lookups += 1
+        stats.lookup_blocks += n
+        tiers = self._tier_count
+        fill = self._slot_fill
+        slots = self._slots
+        live = 0
+        for name in endpoints:
+            slot = slots.get(name)
+            if slot is not None:
+                live |= fill << (slot * tiers)
+        if not live or not n:
+            return PrefixMatch(n)
+        get = self._holders.get
+        base_all = self._base_all
+        runs: list[tuple[int, int]] = []
+        prev = -1
+        run = 0
+        for key in keys:
+            mask = get(key, 0) & live
+            if mask == prev:
+                run += 1
+                continue
+            if not mask:
+                break
+            if run:
+                runs.append((prev, run))
+            present = mask
+            for t in range(1, tiers):
+                present |= mask >> t
+            live = (present & base_all) * fill  # every tier bit of each slot still matching
+            prev = mask
+            run = 1
+        if run:
+            runs.append((prev, run))
+        blocks: dict[int, int] = {}
+        weighted: dict[int, float] = {}
+        field_weight = self._field_weight
+        for mask, length in runs:
+            m = mask
+            while m:
+                low = m & -m
+                slot = (low.bit_length() - 1) // tiers
+                shift = slot * tiers
+                blocks[slot] = blocks.get(slot, 0) + length
+                weighted[slot] = (
+                    weighted.get(slot, 0.0) + length * field_weight[(mask >> shift) & fill]
+                )
+                m &= ~(fill << shift)
+        names = self._slot_names
+        best = max(blocks.values(), default=0)
+        stats.lookup_hit_blocks += best
+        return PrefixMatch(
+            n,
+            {names[s]: b for s, b in blocks.items()},
+            {names[s]: w for s, w in weighted.items()},
+        )
+
+    def holders(self, key: int) -> dict[str, list[str]]:
+        """Debug view: endpoint -> tiers holding ``key``."""
+        mask = self._holders.get(key, 0) & ~self._dead_bits
+        tier_names = list(self._tiers)
+        out: dict[str, list[str]] = {}
+        for name, slot in self._slots.items():
+            field_bits = (mask >> (slot * self._tier_count)) & self._slot_fill
+            if field_bits:
+                out[name] = [tier_names[t] for t in range(self._tier_count) if field_bits >> t & 1]
+        return out
+
+
+_LIVE: weakref.WeakSet[KVBlockIndex] = weakref.WeakSet()
+
+
+def live_indexes() -> Iterator[KVBlockIndex]:
+    """Every index alive in this process (for the metrics collector)."""
+    return iter(list(_LIVE))
+
+
+class _IndexCollector:
+    """Reads the plain counters of every live index at scrape time (sums over indexes)."""
+
+    def collect(self) -> Iterator[Metric]:
+        indexes = list(_LIVE)
+        stats = [i.stats for i in indexes]
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"kvgate_kv_index_{name}", doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"kvgate_kv_index_{name}", doc, value=value)
+
+        yield gauge(
+            "blocks", "Request keys (blocks) in the index.", sum(i.num_blocks for i in indexes)
+        )
+        yield gauge(
+            "entries",
+            "(block, endpoint) entries in the index.",
+            sum(i.num_entries for i in indexes),
+        )
+        yield gauge(
+            "engine_hashes",
+            "Engine block hashes with a known request key.",
+            sum(i.num_engine_hashes for i in indexes),
+        )
+        yield gauge(
+            "endpoints", "Endpoints with entries.", sum(len(i.endpoints()) for i in indexes)
+        )
+        asked = sum(s.lookup_blocks for s in stats)
+        hits = sum(s.lookup_hit_blocks for s in stats)
+        yield gauge(
+            "hit_ratio",
+            "Blocks of the best candidate's cached prefix / blocks looked up, since start.",
+            hits / asked if asked else 0.0,
+        )
+        yield counter("lookups", "Prefix lookups.", sum(s.lookups for s in stats))
+        yield counter("lookup_blocks", "Blocks looked up.", asked)
+        yield counter("lookup_hit_blocks", "Blocks found (best candidate).", hits)
+        yield gauge(
+            "lag_seconds",
+            "Receive time minus the engine's timestamp of the latest event batch.",
+            max((s.last_lag_s for s in stats), default=0.0),
+        )
+        yield gauge(
+            "max_lag_seconds",
+            "Largest event-batch lag seen.",
+            max((s.max_lag_s for s in stats), default=0.0),
+        )
+        events = CounterMetricFamily(
+            "kvgate_kv_index_events", "KV events applied, by type.", labels=["type"]
+        )
+        events.add_metric(["BlockStored"], sum(s.events_stored for s in stats))
+        events.add_metric(["BlockRemoved"], sum(s.events_removed for s in stats))
+        events.add_metric(["AllBlocksCleared"], sum(s.events_cleared for s in stats))
+        yield events
+        yield counter("blocks_stored", "Blocks stored.", sum(s.blocks_stored for s in stats))
+        yield counter("blocks_removed", "Blocks removed.", sum(s.blocks_removed for s in stats))
+        yield counter(
+            "evicted_blocks",
+            "Blocks evicted by the index's own cap (LRU).",
+            sum(s.evicted_blocks for s in stats),
+        )
+        yield counter(
+            "purged_endpoints",
+            "Endpoints whose entries were dropped.",
+            sum(s.purged_endpoints for s in stats),
+        )
+        dropped = CounterMetricFamily(
+            "kvgate_kv_index_dropped_events", "Events not applied, by reason.", labels=["reason"]
+        )
+        reasons: dict[str, int] = {}
+        for s in stats:
+            for reason, n in s.dropped_events.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        for reason, n in sorted(reasons.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+
+
+_COLLECTOR_REGISTERED = False
+
+
+def register_metrics(registry: CollectorRegistry = REGISTRY) -> None:
+    """Expose ``kvgate_kv_index_*`` on ``registry`` (idempotent for the default registry)."""
+    global _COLLECTOR_REGISTERED
+    if registry is REGISTRY:
+        if _COLLECTOR_REGISTERED:
+            return
+        _COLLECTOR_REGISTERED = True
+    registry.register(_IndexCollector())

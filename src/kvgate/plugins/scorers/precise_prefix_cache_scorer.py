@@ -1,0 +1,412 @@
+"""``precise-prefix-cache-scorer``: prefer endpoints whose engines *report* holding the prefix.
+
+Reads what each engine actually stored and evicted, from vLLM's KV events over ZMQ
+(kvgate.kvcache.subscriber -> kvgate.kvcache.index), instead of guessing from past routing.
+
+* Formula (llm-d HEAD): tokenize the request as the engine does, chain the request keys of
+  its ``n = floor(tokens / blockSize)`` full blocks, walk the longest consecutive prefix each
+  candidate holds, adding per block the weight of the best tier it is held in (gpu 1.0,
+  cpu 0.8 by default); ``score = min(1, weighted_hits / n)`` (0 when ``n = 0``).
+* Parameters (llm-d's names; unknown keys are errors naming the field):
+
+  - ``tokenProcessorConfig`` (top level or inside ``indexerConfig``): ``blockSize`` (tokens;
+    0/absent = learn from the first event; must equal the engines' ``--block-size``),
+    ``hashSeed`` (string, default "").
+  - ``indexerConfig``: ``kvBlockIndexConfig`` {``inMemoryConfig`` {``size``: request keys
+    kept, default 10,000,000; ``podCacheSize``: accepted}, ``enableMetrics``,
+    ``metricsLoggingInterval``}; ``tokenizersPoolConfig`` {``tokenizerPath`` (kvgate: a
+    tokenizer.json or model folder), ``local`` {``modelTokenizerMap`` model -> path, ...},
+    ``modelName``, ``workersCount``, ``minPrefixOverlapRatio``, ``hf``: accepted};
+    ``kvCacheBackendConfigs`` [{``name``, ``weight``}] (tier weights); ``prefixStoreConfig``:
+    accepted.
+  - ``kvEventsConfig``: ``zmqEndpoint`` (default ``tcp://*:5557``; the SUB binds it),
+    ``topicFilter`` (``kv@``), ``concurrency`` (accepted; intake is one task per socket),
+    ``discoverPods`` (connect a SUB to every candidate's publisher at
+    ``podDiscoveryConfig.socketPort``, default 5556), ``replayEndpoints`` (kvgate: endpoint
+    ``host:port`` -> replay ROUTER address, for gap repair), ``replayTimeout`` (seconds).
+  - ``tierWeights`` (kvgate shorthand for kvCacheBackendConfigs): ``{gpu: 1.0, cpu: 0.8}``.
+
+* Tokenizer: ``tokenizerPath`` / ``modelTokenizerMap`` when given, else the gateway's
+  ``--tokenizer`` (PluginContext service "tokenizer"), else the built-in SmolLM2 tokenizer.
+  Token ids are memoised on the request (``Request.token_ids``) so other plugins reuse them.
+* Endpoints: the index knows engines by the ``host:port`` of their topic
+  ``kv@<host:port>@<model>``, matched against ``Endpoint.hostport``.
+* Outputs: cycle state :class:`PreciseMatchState` under ``"<name>/precise-prefix-cache-scorer"``;
+  ``request.extra["precise_cached_tokens"]`` = {endpoint name: predicted cached tokens};
+  after the pick, ``request.extra["predicted_cached_tokens"]`` for the target, and the
+  response header ``x-kvgate-predicted-cached-tokens`` (non-streaming responses). Predicted
+  cached tokens follow vLLM's rule: whole blocks, at most ``(prompt_tokens - 1) // blockSize``
+  of them (the last token is always computed).
+* Roles: Scorer, PreRequest, ResponseComplete, EndpointListener (drops an endpoint's entries
+  when it leaves the pool), Lifecycle (starts the subscriber on the serving loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvgate.errors import PluginParameterError
+from kvgate.kvcache.index import DEFAULT_MAX_BLOCKS, DEFAULT_TIER_WEIGHTS, KVBlockIndex
+from kvgate.kvcache.subscriber import DEFAULT_ZMQ_ENDPOINT, KVEventSubscriber
+from kvgate.kvcache.tokenize import Tokenizer
+from kvgate.plugins.base import Params, PluginContext, state_key
+from kvgate.scheduling.types import (
+    CycleState,
+    Endpoint,
+    Request,
+    ResponseInfo,
+    SchedulingResult,
+)
+
+TYPE = "precise-prefix-cache-scorer"
+
+#: Response header carrying the predicted cached tokens on the chosen endpoint.
+HEADER_PREDICTED_CACHED_TOKENS = "x-kvgate-predicted-cached-tokens"
+EXTRA_CACHED_TOKENS = "precise_cached_tokens"  # {endpoint name: tokens}, every candidate
+EXTRA_PREDICTED = "predicted_cached_tokens"  # tokens on the chosen endpoint
+_EXTRA_KEYS = "precise_request_keys"  # (block_size, seed key, keys) memo
+
+log = logging.getLogger("kvgate.plugins.precise")
+
+
+@dataclass(frozen=True, slots=True)
+class PreciseMatchState:
+    """What the scorer found for this request, for later plugins of the cycle."""
+
+    num_tokens: int
+    block_size: int
+    num_blocks: int
+    blocks: Mapping[str, int]  # endpoint name -> leading blocks held
+    cached_tokens: Mapping[str, int]  # endpoint name -> predicted cached tokens
+
+
+@dataclass(frozen=True, slots=True)
+class EventsSettings:
+    zmq_endpoint: str | None
+    topic_filter: str
+    discover_pods: bool
+    socket_port: int
+    replay_endpoints: Mapping[str, str]
+    replay_timeout_s: float
+
+
+class PrecisePrefixCacheScorer:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        index: KVBlockIndex,
+        events: EventsSettings,
+        *,
+        tokenizer: Tokenizer | None = None,
+        model_tokenizers: Mapping[str, Tokenizer] | None = None,
+    ) -> None:
+        self._name = name
+        self.index = index
+        self.events = events
+        self.tokenizer = tokenizer or Tokenizer.default()
+        self.model_tokenizers = dict(model_tokenizers or {})
+        self.subscriber: KVEventSubscriber | None = None
+        self._hostports: dict[str, str] = {}  # endpoint name -> index endpoint id
+        self._connected: set[str] = set()
+
+    @property
+    def type_name(self) -> str:
+        return TYPE
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    # --- Lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.subscriber is not None:
+            return
+        subscriber = KVEventSubscriber(
+            self.index,
+            bind=self.events.zmq_endpoint,
+            topic_filter=self.events.topic_filter,
+            replay_endpoints=self.events.replay_endpoints,
+            replay_timeout_s=self.events.replay_timeout_s,
+        )
+        await subscriber.start()
+        self.subscriber = subscriber
+
+    async def stop(self) -> None:
+        if self.subscriber is not None:
+            await self.subscriber.stop()
+            self.subscriber = None
+            self._connected.clear()
+
+    # --- EndpointListener -----------------------------------------------------------------------
+
+    def endpoints_removed(self, names: Sequence[str]) -> None:
+        for name in names:
+            endpoint_id = self._hostports.pop(name, name)
+            self._connected.discard(endpoint_id)
+            if self.subscriber is not None:
+                self.subscriber.endpoint_removed(endpoint_id)
+            else:
+                self.index.drop_endpoint(endpoint_id)
+
+    # --- Scorer ---------------------------------------------------------------------------------
+
+    def tokenizer_for(self, request: Request) -> Tokenizer:
+        return self.model_tokenizers.get(request.effective_model, self.tokenizer)
+
+    def request_keys(self, request: Request, token_ids: Sequence[int]) -> list[int]:
+        """The request's block keys, memoised on the request (several profiles may score it).
+
+        A request for a LoRA adapter the engines have stored blocks for chains from that
+        adapter's seed, as the engines' own hashes do (vLLM puts the LoRA name in extra_keys).
+        """
+        model = request.effective_model
+        lora = model if model in self.index.lora_names else None
+        seed = self.index.seed_key(lora)
+        memo = request.extra.get(_EXTRA_KEYS)
+        if isinstance(memo, tuple) and memo[0] == self.index.block_size and memo[1] == seed:
+            return memo[2]  # type: ignore[no-any-return]
+        keys: list[int] = list(self.index.request_keys(token_ids, lora))
+        request.extra[_EXTRA_KEYS] = (self.index.block_size, seed, keys)
+        return keys
+
+    def score(
+        self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
+    ) -> Mapping[str, float]:
+        hostports = self._hostports
+        ids = []
+        for e in endpoints:
+            hp = e.hostport
+            if hostports.get(e.name) != hp:
+                hostports[e.name] = hp
+            ids.append(hp)
+        if self.events.discover_pods and self.subscriber is not None:
+            self._discover(endpoints)
+        token_ids = self.tokenizer_for(request).encode_request(request)
+        block_size = self.index.block_size
+        if block_size <= 0:
+            return {}
+        keys = self.request_keys(request, token_ids)
+        n = len(keys)
+        if n == 0:
+            return {}
+        match = self.index.match(keys, ids)
+        max_cached_blocks = (len(token_ids) - 1) // block_size
+        scores: dict[str, float] = {}
+        blocks: dict[str, int] = {}
+        cached: dict[str, int] = {}
+        for e, hp in zip(endpoints, ids, strict=True):
+            held = match.blocks.get(hp, 0)
+            blocks[e.name] = held
+            cached[e.name] = min(held, max_cached_blocks) * block_size
+            if held:
+                scores[e.name] = min(1.0, match.weighted[hp] / n)
+        request.extra[EXTRA_CACHED_TOKENS] = cached
+        state.write(
+            state_key(self._name, TYPE),
+            PreciseMatchState(len(token_ids), block_size, n, blocks, cached),
+        )
+        return scores
+
+    def _discover(self, endpoints: Sequence[Endpoint]) -> None:
+        assert self.subscriber is not None
+        for e in endpoints:
+            hp = e.hostport
+            if hp not in self._connected:
+                self._connected.add(hp)
+                host = (
+                    f"[{e.address}]"
+                    if ":" in e.address and not e.address.startswith("[")
+                    else e.address
+                )
+                self.subscriber.connect(hp, f"tcp://{host}:{self.events.socket_port}")
+
+    # --- PreRequest / ResponseComplete ----------------------------------------------------------
+
+    def pre_request(
+        self, request: Request, result: SchedulingResult, headers: dict[str, str]
+    ) -> None:
+        cached = request.extra.get(EXTRA_CACHED_TOKENS)
+        if isinstance(cached, dict):
+            request.extra[EXTRA_PREDICTED] = cached.get(result.target.name, 0)
+
+    def response_complete(
+        self, request: Request, response: ResponseInfo, endpoint: Endpoint
+    ) -> None:
+        cached = request.extra.get(EXTRA_CACHED_TOKENS)
+        if isinstance(cached, dict):
+            response.headers[HEADER_PREDICTED_CACHED_TOKENS] = str(cached.get(endpoint.name, 0))
+
+
+# --- parameters -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _at(key: str) -> Iterator[None]:
+    """Prefix the field of a PluginParameterError raised inside with ``key.``."""
+    try:
+        yield
+    except PluginParameterError as exc:
+        raise PluginParameterError(
+            f"{key}.{exc.field}" if exc.field else key, exc.message
+        ) from None
+
+
+def _section(params: Params, key: str) -> Params:
+    return Params(params.get_mapping(key))
+
+
+def _token_processor(section: Params) -> tuple[int | None, str | None]:
+    block_size = section.get_int("blockSize", 0, minimum=0) if section.has("blockSize") else None
+    seed = section.get_str("hashSeed", "") if section.has("hashSeed") else None
+    section.check_unknown()
+    return block_size, seed
+
+
+def _tier_weights(raw: Any) -> dict[str, float]:
+    """``{name: weight}`` or llm-d's ``[{name, weight}]``; field errors relative to the key."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(raw, Mapping):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        for i, entry in enumerate(raw):
+            if (
+                not isinstance(entry, Mapping)
+                or "name" not in entry
+                or set(entry) - {"name", "weight"}
+            ):
+                raise PluginParameterError(f"[{i}]", "expected a mapping with 'name' and 'weight'")
+            items.append((entry["name"], entry.get("weight", 1.0)))
+    else:
+        raise PluginParameterError("", "expected a mapping of tier name to weight")
+    out: dict[str, float] = {}
+    for name, weight in items:
+        if not isinstance(name, str) or not name:
+            raise PluginParameterError("", f"tier names must be non-empty strings, got {name!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise PluginParameterError(name, f"expected a non-negative number, got {weight!r}")
+        out[name.lower()] = float(weight)
+    if not out:
+        raise PluginParameterError("", "expected at least one tier")
+    return out
+
+
+def _load_tokenizer(path: str) -> Tokenizer:
+    try:
+        return Tokenizer.from_path(Path(path).expanduser())
+    except Exception as exc:  # tokenizers raises its own Exception subclasses
+        raise PluginParameterError("", f"cannot load tokenizer {path!r}: {exc}") from None
+
+
+def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheScorer:
+    block_size: int | None = None
+    hash_seed: str | None = None
+    max_blocks = DEFAULT_MAX_BLOCKS
+    tiers: dict[str, float] = dict(DEFAULT_TIER_WEIGHTS)
+    tokenizer: Tokenizer | None = None
+    model_tokenizers: dict[str, Tokenizer] = {}
+
+    with _at("tokenProcessorConfig"):
+        block_size, hash_seed = _token_processor(_section(params, "tokenProcessorConfig"))
+
+    with _at("indexerConfig"):
+        indexer = _section(params, "indexerConfig")
+        if indexer.has("tokenProcessorConfig"):  # where older llm-d configs put it
+            with _at("tokenProcessorConfig"):
+                bs, seed = _token_processor(_section(indexer, "tokenProcessorConfig"))
+            block_size = bs if bs is not None else block_size
+            hash_seed = seed if seed is not None else hash_seed
+        with _at("kvBlockIndexConfig"):
+            block_index = _section(indexer, "kvBlockIndexConfig")
+            with _at("inMemoryConfig"):
+                in_memory = _section(block_index, "inMemoryConfig")
+                max_blocks = in_memory.get_int("size", DEFAULT_MAX_BLOCKS, minimum=1)
+                in_memory.get_int("podCacheSize", 10, minimum=1)  # kvgate keeps every holder
+                in_memory.check_unknown()
+            block_index.get_bool("enableMetrics", True)  # kvgate_kv_index_* are always exported
+            block_index.get_any("metricsLoggingInterval")
+            block_index.check_unknown()
+        with _at("tokenizersPoolConfig"):
+            pool = _section(indexer, "tokenizersPoolConfig")
+            path = pool.get_str("tokenizerPath", "")
+            if path:
+                with _at("tokenizerPath"):
+                    tokenizer = _load_tokenizer(path)
+            with _at("local"):
+                local = _section(pool, "local")
+                with _at("modelTokenizerMap"):
+                    for model, model_path in local.get_mapping("modelTokenizerMap").items():
+                        with _at(str(model)):
+                            if not isinstance(model_path, str):
+                                raise PluginParameterError("", "expected a path string")
+                            model_tokenizers[str(model)] = _load_tokenizer(model_path)
+                local.get_any("autoDiscoveryDir")
+                local.get_any("autoDiscoveryTokenizerFileName")
+                local.check_unknown()
+            pool.get_str("modelName", "")
+            pool.get_int("workersCount", 5, minimum=1)
+            pool.get_float("minPrefixOverlapRatio", 0.8, minimum=0.0, maximum=1.0)
+            pool.get_mapping("hf")
+            pool.check_unknown()
+        if indexer.has("kvCacheBackendConfigs"):
+            with _at("kvCacheBackendConfigs"):
+                tiers = _tier_weights(indexer.get_any("kvCacheBackendConfigs"))
+        indexer.get_mapping("prefixStoreConfig")
+        indexer.check_unknown()
+
+    if params.has("tierWeights"):
+        with _at("tierWeights"):
+            tiers = _tier_weights(params.get_any("tierWeights"))
+
+    with _at("kvEventsConfig"):
+        events = _section(params, "kvEventsConfig")
+        zmq_endpoint = events.get_str("zmqEndpoint", DEFAULT_ZMQ_ENDPOINT)
+        topic_filter = events.get_str("topicFilter", "kv@")
+        events.get_int("concurrency", 4, minimum=1)
+        discover = events.get_bool("discoverPods", False)
+        with _at("podDiscoveryConfig"):
+            discovery = _section(events, "podDiscoveryConfig")
+            socket_port = discovery.get_int("socketPort", 5556, minimum=1)
+            discovery.check_unknown()
+        replay: dict[str, str] = {}
+        with _at("replayEndpoints"):
+            for endpoint_id, address in events.get_mapping("replayEndpoints").items():
+                if not isinstance(address, str) or not address.startswith(("tcp://", "ipc://")):
+                    raise PluginParameterError(
+                        str(endpoint_id), f"expected a tcp:// or ipc:// address, got {address!r}"
+                    )
+                replay[str(endpoint_id)] = address
+        replay_timeout_s = events.get_float("replayTimeout", 2.0, minimum=0.01)
+        events.check_unknown()
+
+    if tokenizer is None:
+        service = ctx.services.get("tokenizer")
+        tokenizer = service if isinstance(service, Tokenizer) else None
+    index = KVBlockIndex(
+        block_size=block_size or 0,
+        hash_seed=hash_seed or "",
+        tier_weights=tiers,
+        max_blocks=max_blocks,
+    )
+    # With discoverPods the SUBs connect to each pod; bind too only when asked explicitly.
+    bind: str | None = zmq_endpoint
+    if discover and not events.has("zmqEndpoint"):
+        bind = None
+    settings = EventsSettings(
+        zmq_endpoint=bind,
+        topic_filter=topic_filter,
+        discover_pods=discover,
+        socket_port=socket_port,
+        replay_endpoints=replay,
+        replay_timeout_s=replay_timeout_s,
+    )
+    return PrecisePrefixCacheScorer(
+        name, index, settings, tokenizer=tokenizer, model_tokenizers=model_tokenizers
+    )
