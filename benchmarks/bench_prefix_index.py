@@ -22,6 +22,7 @@ import os
 import random
 import statistics
 import time
+import timeit
 
 from kvgate.plugins.base import PluginContext
 from kvgate.plugins.registry import default_registry
@@ -66,6 +67,10 @@ def main() -> None:
     parser.add_argument("--prompt-kib", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=2000)
     args = parser.parse_args()
+
+    # A fixed pure-Python workload, so figures from a busy or slower machine can be compared.
+    reference = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000
+    print(f"reference: sum(range(1000)) takes {reference * 1e6:.1f} us on this machine now")
 
     rng = random.Random(1)
     ctx = PluginContext(rng=rng)

@@ -41,7 +41,7 @@ def test_modules_export_type_and_factory_named_after_the_file() -> None:
             assert plugin.type_name == module.TYPE and plugin.name == module.TYPE
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     scorers=st.lists(
         st.tuples(st.sampled_from(SCORERS), st.floats(0, 10)), max_size=4, unique_by=lambda t: t[0]
