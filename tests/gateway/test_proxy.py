@@ -1,0 +1,94 @@
+"""The gateway's I/O-free pieces: usage parsing, header filtering, SSE errors, auth, order."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvgate.gateway.app import attempt_order
+from kvgate.gateway.auth import ApiKeyChecker, load_api_keys
+from kvgate.gateway.proxy import (
+    downstream_headers,
+    sse_error_event,
+    upstream_headers,
+    usage_from_json,
+    usage_from_sse,
+)
+from kvgate.scheduling.types import Endpoint, ProfileRunResult, SchedulingResult, ScoredEndpoint
+
+
+def test_usage_from_json_and_sse() -> None:
+    body = json.dumps(
+        {
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            }
+        }
+    ).encode()
+    u = usage_from_json(body)
+    assert u is not None and (u.prompt_tokens, u.completion_tokens, u.cached_tokens) == (7, 2, 4)
+    assert usage_from_json(b"not json") is None
+    assert usage_from_json(b'{"usage": null}') is None
+    tail = (
+        b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    u = usage_from_sse(tail)
+    assert u is not None and u.prompt_tokens == 9 and u.cached_tokens is None
+    assert usage_from_sse(b"data: [DONE]\n\n") is None
+
+
+def test_headers_filtered_both_ways() -> None:
+    up = upstream_headers(
+        [
+            ("Host", "gw"),
+            ("Content-Length", "3"),
+            ("Authorization", "Bearer k"),
+            ("X-Gateway-Destination-Endpoint", "10.0.0.1:1"),
+            ("x-prefiller-host-port", "10.0.0.2:1"),
+            ("Connection", "keep-alive"),
+            ("X-Custom", "1"),
+        ],
+        {"x-request-id": "r1"},
+        drop_authorization=True,
+    )
+    assert up == {"x-custom": "1", "x-request-id": "r1"}
+    kept = upstream_headers([("Authorization", "Bearer k")], {}, drop_authorization=False)
+    assert kept == {"authorization": "Bearer k"}
+    down = downstream_headers(
+        [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked"), ("Server", "x")]
+    )
+    assert down == {"Content-Type": "text/event-stream"}
+
+
+def test_sse_error_event_is_openai_shaped() -> None:
+    event = sse_error_event("boom", status=502)
+    first, second = event.split(b"\n\n")[:2]
+    assert json.loads(first[len(b"data: ") :])["error"]["message"] == "boom"
+    assert second == b"data: [DONE]"
+
+
+def test_api_keys(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "keys"
+    f.write_text("# comment\nk-file\n\n")
+    monkeypatch.setenv("KVGATE_API_KEYS", "k-env1, k-env2")
+    keys = load_api_keys(["k-flag"], f)
+    assert keys == {"k-flag", "k-env1", "k-env2", "k-file"}
+    checker = ApiKeyChecker(keys)
+    assert checker.check("Bearer k-file")
+    assert checker.check("bearer k-env2")
+    assert not checker.check("Bearer nope")
+    assert not checker.check("Basic k-file")
+    assert not checker.check(None)
+    assert ApiKeyChecker(frozenset()).check(None)
+
+
+def test_attempt_order_is_pick_then_best_scores() -> None:
+    a, b, c = (Endpoint(n, "127.0.0.1", p) for n, p in (("a", 1), ("b", 2), ("c", 3)))
+    scored = (ScoredEndpoint(a, 0.1), ScoredEndpoint(b, 0.9), ScoredEndpoint(c, 0.5))
+    result = SchedulingResult({"default": ProfileRunResult((a,), scored)}, "default")
+    assert [e.name for e in attempt_order(result)] == ["a", "b", "c"]
