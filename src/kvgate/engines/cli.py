@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
     ):
         p = engine_sub.add_parser(action, help=helptext)
         _add_engine_args(p)
+        _add_timeout(p)
         p.set_defaults(func=_plan if action == "plan" else _run)
     engine.set_defaults(func=lambda args: (engine.print_help(), 2)[1])
 
@@ -61,6 +62,12 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument(
         "--run-dir", type=Path, default=None, help="logs and caches (default .run/engine)"
+    )
+
+
+def _add_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ready-timeout", type=float, default=None, help="seconds to wait (default: per engine)"
     )
 
 
@@ -140,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with Supervisor(plan) as sup:
-            await sup.wait_ready()
+            await sup.wait_ready(args.ready_timeout)
             for r in plan.replicas:
                 events = ""
                 if r.kv_events_topic:
