@@ -54,13 +54,16 @@ def make_endpoints(n: int, rng: random.Random) -> list[Endpoint]:
     ]
 
 
-def make_prompts(count: int, length: int, rng: random.Random) -> list[str]:
-    """``count`` prompts of ``length`` chars: groups of 4 share all but the last 1/8."""
+def make_prompts(count: int, length: int, rng: random.Random, group: int = 4) -> list[str]:
+    """``count`` prompts of ``length`` chars: groups of ``group`` share all but the last 1/8.
+
+    ``group=1`` makes every prompt new (every decision a prefix miss).
+    """
     alphabet = string.ascii_letters + string.digits + "     "
     prompts: list[str] = []
     shared = ""
     for i in range(count):
-        if i % 4 == 0:
+        if i % group == 0:
             shared = "".join(rng.choices(alphabet, k=length - length // 8))
         tail = "".join(rng.choices(alphabet, k=length // 8))
         prompts.append(shared + tail)
@@ -75,7 +78,12 @@ def build(seed: int = 0) -> Scheduler:
 
 
 def measure(
-    prompt_bytes: int, num_endpoints: int, iterations: int, warmup: int, seed: int = 0
+    prompt_bytes: int,
+    num_endpoints: int,
+    iterations: int,
+    warmup: int,
+    seed: int = 0,
+    group: int = 4,
 ) -> tuple[list[float], list[float], list[float]]:
     """(schedule wall seconds, schedule CPU seconds, pre_request wall seconds) per request.
 
@@ -85,7 +93,7 @@ def measure(
     rng = random.Random(seed)
     scheduler = build(seed)
     endpoints = make_endpoints(num_endpoints, rng)
-    prompts = make_prompts(warmup + iterations, prompt_bytes, rng)
+    prompts = make_prompts(warmup + iterations, prompt_bytes, rng, group)
     for i in range(warmup):
         request = Request(f"w{i}", "model", prompt=prompts[i])
         scheduler.pre_request(request, scheduler.schedule(request, endpoints))
@@ -109,6 +117,38 @@ def measure(
     return schedule_s, schedule_cpu_s, pre_request_s
 
 
+def breakdown(prompt_bytes: int, num_endpoints: int, iterations: int, group: int) -> str:
+    """Median time per plugin call (via the Scheduler's observe hook) and the rest."""
+    rng = random.Random(1)
+    scheduler = build(1)
+    endpoints = make_endpoints(num_endpoints, rng)
+    prompts = make_prompts(200 + iterations, prompt_bytes, rng, group)
+    for i in range(200):
+        request = Request(f"w{i}", "model", prompt=prompts[i])
+        scheduler.pre_request(request, scheduler.schedule(request, endpoints))
+    per_plugin: dict[str, list[float]] = {}
+    totals: list[float] = []
+
+    def observe(point: str, type_name: str, name: str, seconds: float) -> None:
+        per_plugin.setdefault(f"{point} {name}", []).append(seconds)
+
+    scheduler.observe = observe
+    for i in range(iterations):
+        request = Request(f"r{i}", "model", prompt=prompts[200 + i])
+        t0 = time.perf_counter()
+        result = scheduler.schedule(request, endpoints)
+        totals.append(time.perf_counter() - t0)
+        scheduler.pre_request(request, result)
+    parts = [f"{key} {us(statistics.median(v))}" for key, v in per_plugin.items()]
+    summed = sum(
+        statistics.median(v) * len(v) / iterations
+        for key, v in per_plugin.items()
+        if not key.startswith("pre_request")  # runs after schedule(), not inside it
+    )
+    rest = statistics.median(totals) - summed
+    return "; ".join(parts) + f"; framework and timing {us(max(rest, 0.0))} (us, medians)"
+
+
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -116,6 +156,19 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def us(seconds: float) -> str:
     return f"{seconds * 1e6:.0f}"
+
+
+def calibration_ms() -> float:
+    """Best of 5 runs of a fixed pure-Python loop (about 20-30 ms on an idle modern core), to
+    show how fast the core was while the figures were taken."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
 
 
 def main() -> None:
@@ -128,6 +181,7 @@ def main() -> None:
 
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     print(f"python {platform.python_version()} on {platform.machine()}, CPUs allowed: {affinity}")
+    print(f"calibration: 1M-iteration Python loop {calibration_ms():.1f} ms (best of 5)")
     gc.collect()
 
     sched, sched_cpu, pre = measure(32 * KIB, 16, args.iterations, warmup=200)
@@ -139,9 +193,20 @@ def main() -> None:
     )
     print(
         f"  schedule() CPU:  median {us(statistics.median(sched_cpu))} us, "
-        f"p99 {us(pct(sched_cpu, 0.99))} us"
+        f"p99 {us(pct(sched_cpu, 0.99))} us, min {us(min(sched_cpu))} us"
     )
     print(f"  pre_request():   median {us(statistics.median(pre))} us, p99 {us(pct(pre, 0.99))} us")
+    for label, group in (("every prompt new (prefix misses)", 1), ("long shared prefixes", 10**9)):
+        s, c, _ = measure(32 * KIB, 16, args.iterations // 2, warmup=200, group=group)
+        print(
+            f"  {label}: wall median {us(statistics.median(s))} us, "
+            f"p99 {us(pct(s, 0.99))} us; CPU median {us(statistics.median(c))} us, "
+            f"min {us(min(c))} us"
+        )
+    print("  per-plugin medians, long shared prefixes:")
+    print("    " + breakdown(32 * KIB, 16, args.iterations // 4, 10**9))
+    print("  per-plugin medians, prefix misses:")
+    print("    " + breakdown(32 * KIB, 16, args.iterations // 4, 1))
     if args.no_table:
         return
 

@@ -6,8 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import kvgate
-from kvgate.config.policies import POLICY_NAMES
+from kvgate.cli import main
+from kvgate.config.policies import POLICY_NAMES, policy_config_text
 from support.procs import kvgate_cmd
 
 PACKAGED = Path(kvgate.__file__).parent / "data" / "examples" / "llm-inference-service.yaml"
@@ -65,21 +68,24 @@ def test_check_yaml_syntax_error(tmp_path: Path) -> None:
     assert proc.stderr.startswith(f"error: {path}:3:1: YAML syntax error: ")
 
 
-def test_check_json_output_and_policies() -> None:
+def test_check_json_output_of_a_policy() -> None:
     proc = run("config", "check", "--policy", "least-queue", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["profiles"][0]["scorers"] == [{"pluginRef": "queue-scorer", "weight": 1}]
     assert data["handler"] == "single-profile-handler"
 
-    proc = run("config", "policies")
-    assert proc.returncode == 0
-    assert [line.split()[0] for line in proc.stdout.splitlines()] == list(POLICY_NAMES)
 
-    proc = run("config", "show-policy", "llm-d-default")
-    assert proc.returncode == 0
-    assert "kind: EndpointPickerConfig\n" in proc.stdout
+def test_policies_and_show_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    # In-process (cli.main is what the console script calls); the subprocess path is above.
+    assert main(["config", "policies"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == list(POLICY_NAMES)
 
-    proc = run("config", "show-policy", "fastest")
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: unknown policy 'fastest' (known: random, round-robin,")
+    assert main(["config", "show-policy", "llm-d-default"]) == 0
+    assert capsys.readouterr().out == policy_config_text("llm-d-default")
+
+    assert main(["config", "show-policy", "fastest"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "error: unknown policy 'fastest' (known: random, round-robin,"
+    )

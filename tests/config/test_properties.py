@@ -113,7 +113,7 @@ def requests(draw: st.DrawFn) -> Request:
 
 
 @settings(
-    max_examples=150,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
