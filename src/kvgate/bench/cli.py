@@ -33,6 +33,7 @@ class Preset:
     duration_s: float | None = None
     sim_args: tuple[str, ...] = ()
     cycle: bool = False
+    speed: float = 1.0
     note: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -292,7 +293,10 @@ def _print_table(summaries: Any) -> None:
 
     from kvgate.bench.report import rich_table
 
-    Console().print(rich_table(summaries))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a file or pipe: do not squeeze the columns
+    console.print(rich_table(summaries))
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -380,8 +384,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     workload = build_workload(wl_name, params, api=args.api, seed=args.seed)
     load = _load_spec(args, preset, len(workload.sessions))
     sim_args = [a for s in args.sim_arg for a in shlex.split(s)] + list(preset.sim_args)
-    if args.speed is not None:
-        sim_args += ["--speed", str(args.speed)]
     cluster = ClusterSpec(
         engine=preset.engine,
         replicas=args.replicas or preset.replicas,
@@ -391,6 +393,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         num_gpu_blocks=args.num_gpu_blocks or preset.num_gpu_blocks,
         kv_cache_bytes=args.kv_cache_bytes or preset.kv_cache_bytes,
         sim_args=tuple(sim_args),
+        speed=args.speed if args.speed is not None else preset.speed,
         gateway_args=tuple(a for s in args.gateway_arg for a in shlex.split(s)),
     )
     policies = (

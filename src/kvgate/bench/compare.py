@@ -82,7 +82,10 @@ class ClusterSpec:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
-    sim_args: tuple[str, ...] = ()  # extra flags for kvgate sim (e.g. --speed 2)
+    #: kvgate sim --speed (model seconds per wall second). The runner then offers load and
+    #: records every time in model time, so figures stay comparable with real engines.
+    speed: float = 1.0
+    sim_args: tuple[str, ...] = ()  # extra flags for kvgate sim
     gateway_args: tuple[str, ...] = ()
     ready_timeout_s: float | None = None
 
@@ -178,6 +181,27 @@ def _wait_ready(procs: Sequence[tuple[_Proc, str]], timeout_s: float) -> None:
         time.sleep(0.1)
 
 
+def _wait_in_rotation(gw_url: str, count: int, timeout_s: float) -> None:
+    """Poll the gateway's ``kvgate_endpoint_in_rotation`` gauges until ``count`` are 1.
+
+    Gives up silently at the deadline (or if the gateway does not export the gauge): /ready
+    already holds, the run then merely starts with fewer endpoints.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(gw_url + "/metrics", timeout=2.0) as resp:
+                text = resp.read().decode("utf-8", "replace")
+        except (urllib.error.URLError, OSError):
+            text = ""
+        lines = [ln for ln in text.splitlines() if ln.startswith("kvgate_endpoint_in_rotation{")]
+        if text and not lines:
+            return
+        if sum(1 for ln in lines if ln.rsplit(" ", 1)[-1] in ("1", "1.0")) >= count:
+            return
+        time.sleep(0.1)
+
+
 def _kvgate_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "kvgate", *args]
 
@@ -244,7 +268,9 @@ def _plan(cluster: ClusterSpec, run_dir: Path, collector: str) -> Any:
         kv_events=True,
         kv_events_collector=collector,
         sim_profile=cluster.sim_profile if cluster.engine == "sim" else None,
-        extra_args=tuple(cluster.sim_args) if cluster.engine == "sim" else (),
+        extra_args=(*cluster.sim_args, "--speed", f"{cluster.speed:g}")
+        if cluster.engine == "sim"
+        else (),
     )
     return plan_launch(config, cluster.replicas)
 
@@ -305,13 +331,17 @@ def run_policy(
                 )
             raise exc
         # Every replica must be in rotation before the clock starts.
+        _wait_in_rotation(gw_url, len(plan.replicas), 30.0)
         before = scrape_counters(plan.endpoints)
         cfg = RunConfig(
             base_url=gw_url,
             model=plan.replicas[0].served_model_name,
             **_run_overrides(run_config),
         )
-        records, _wall = run_sync(cfg, workload, load, progress(policy) if progress else None)
+        scale = cluster.speed if cluster.engine == "sim" else 1.0
+        records, _wall = run_sync(
+            cfg, workload, load, progress(policy) if progress else None, time_scale=scale
+        )
         after = scrape_counters(plan.endpoints)
         names = {r.base_url: r.name for r in plan.replicas}
         summary = summarize(

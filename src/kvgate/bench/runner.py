@@ -188,12 +188,18 @@ class Runner:
         load: LoadSpec,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        time_scale: float = 1.0,
     ) -> None:
         self.config = config
         self.workload = workload
         self.load = load
         self.progress = progress or Progress()
-        self._clock = clock
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        # Model seconds per wall second (the simulator's --speed): arrivals, think times and
+        # the duration bound are in model time, and so is every recorded duration.
+        self._scale = time_scale
+        self._wall_clock = clock
         self._records: list[RequestRecord] = []
         self._issued = 0
         self._t0 = 0.0
@@ -218,6 +224,10 @@ class Runner:
             for s in self.workload.sessions:
                 yield Session(f"{s.session_id}-r{round_no}", s.turns, s.arrival_s)
             round_no += 1
+
+    def _clock(self) -> float:
+        """Model time: wall time × time_scale."""
+        return self._wall_clock() * self._scale
 
     async def run(self) -> tuple[list[RequestRecord], float]:
         """Run the load; returns the records (in completion order) and the wall time."""
@@ -271,9 +281,9 @@ class Runner:
             sessions = self._sessions()
             schedule = arrival_times(self.load, self.max_requests)
         for session, (offset, stage) in zip(sessions, schedule, strict=False):
-            delay = self._t0 + offset - self._clock()
+            delay = self._t0 + offset - self._clock()  # both in model time
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay / self._scale)
             if not self._may_issue():
                 break
             tasks.append(asyncio.create_task(self._run_session(http, session, stage)))
@@ -295,7 +305,7 @@ class Runner:
     async def _run_session(self, http: aiohttp.ClientSession, session: Session, stage: int) -> None:
         for k, turn in enumerate(session.turns):
             if k and turn.think_time_s > 0:
-                await asyncio.sleep(turn.think_time_s)
+                await asyncio.sleep(turn.think_time_s / self._scale)
             if not self._may_issue():
                 return
             self._issued += 1
@@ -420,14 +430,16 @@ def run_sync(
     workload: Workload,
     load: LoadSpec,
     progress: Progress | None = None,
+    time_scale: float = 1.0,
 ) -> tuple[list[RequestRecord], float]:
     """Run in a fresh event loop (uvloop when available)."""
+    runner = Runner(config, workload, load, progress, time_scale=time_scale)
     try:
         import uvloop
 
-        return uvloop.run(Runner(config, workload, load, progress).run())
+        return uvloop.run(runner.run())
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        return asyncio.run(Runner(config, workload, load, progress).run())
+        return asyncio.run(runner.run())
 
 
 def stage_rates(load: LoadSpec, records: Sequence[RequestRecord]) -> dict[int, float]:

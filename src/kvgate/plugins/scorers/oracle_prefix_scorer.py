@@ -31,8 +31,9 @@ Limits (why it is an oracle for the benchmark, not a production scorer)
     It cannot see an eviction before the engine reports it, so a speculative or confirmed
     block may already be gone; events arrive with the publisher's batching delay. It needs
     the engine's exact hash parameters and tokenizer, and it ignores LoRA adapters, cache
-    salts and multimodal extra keys (requests with a ``cache_salt`` score 0). Hashing every
-    prompt with SHA-256 costs about 3 µs per block on the request path. It says nothing
+    salts and multimodal extra keys (requests with a ``cache_salt`` score 0). It tokenizes on
+    the request path (through kvgate.kvcache.tokenize.ChunkCachedEncoder, so a resent prefix
+    is tokenized once) and hashes every block with SHA-256 (about 3 µs per block). It says nothing
     about load: combine it with queue and KV-utilisation scorers as the ``oracle`` policy does.
 """
 
@@ -50,6 +51,7 @@ from kvgate.kvcache.hashing import (
     block_hashes,
     to_event_hash,
 )
+from kvgate.kvcache.tokenize import ChunkCachedEncoder, Tokenizer
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.scheduling.types import Clock, CycleState, Endpoint, Request, SchedulingResult
 
@@ -90,6 +92,7 @@ class OraclePrefixCacheScorer:
         self._learnt_block_size: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._socket: Any = None
+        self._chunk_encoder: ChunkCachedEncoder | None = None
         self.events_applied = 0
 
     @property
@@ -150,18 +153,21 @@ class OraclePrefixCacheScorer:
         if request.cache_salt:
             hashes: list[EventBlockHash] = []
         else:
-            from kvgate.kvcache.tokenize import Tokenizer
+            token_ids = self._encoder().encode_request(request)
+            engine = block_hashes(token_ids, block_size, algo=self.hash_algo, seed=self.hash_seed)
+            hashes = [to_event_hash(h) for h in engine]
+        request.extra[key] = hashes
+        return hashes
 
+    def _encoder(self) -> ChunkCachedEncoder:
+        if self._chunk_encoder is None:
             tok = (
                 Tokenizer.default()
                 if self._tokenizer_path is None
                 else Tokenizer.from_path(self._tokenizer_path)
             )
-            token_ids = tok.encode_request(request)
-            engine = block_hashes(token_ids, block_size, algo=self.hash_algo, seed=self.hash_seed)
-            hashes = [to_event_hash(h) for h in engine]
-        request.extra[key] = hashes
-        return hashes
+            self._chunk_encoder = ChunkCachedEncoder(tok)
+        return self._chunk_encoder
 
     def matched_blocks(self, endpoint: str, hashes: Sequence[EventBlockHash]) -> int:
         stored = self._stored.get(endpoint, set())
