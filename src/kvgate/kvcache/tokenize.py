@@ -174,3 +174,92 @@ def _load(path: str) -> Tokenizer:
         tok = Tokenizer(folder.name, hf, template, special)
         _CACHE[path] = tok
         return tok
+
+
+class ChunkCachedEncoder:
+    """Encodes long prompts in whitespace-aligned chunks, memoising each chunk's ids.
+
+    Prompts that resend the same long prefix (system prompts, documents, chat history) are
+    then tokenized once: only the chunks after the shared part are encoded again. Exact for
+    byte-level BPE tokenizers whose pre-tokenizer never lets a pre-token cross a space that
+    starts a word (GPT-2's regex: ``' ?\\p{L}+'`` and friends), which is checked at
+    construction: if ``encode("ab cd")`` differs from the concatenation of its halves, or the
+    tokenizer adds special tokens at the end, every prompt is encoded whole.
+
+    Chunks end just before a ``" <letter>"`` that follows a non-space, at the first such
+    place after every ``chunk_chars`` characters, so the boundaries inside a shared prefix
+    depend only on that prefix. Not thread-safe (one instance per event loop).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, chunk_chars: int = 2048, max_chunks: int = 8192):
+        from collections import OrderedDict
+
+        self.tokenizer = tokenizer
+        self.chunk_chars = chunk_chars
+        self.max_chunks = max_chunks
+        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        probe = "hello world again"
+        whole = tokenizer.encode(probe)
+        parts = tokenizer.encode("hello world") + tokenizer.encode(
+            " again", add_special_tokens=False
+        )
+        plain = tokenizer.encode(probe, add_special_tokens=False)
+        # special tokens only in front (or none): the tail of ``whole`` is the plain encoding
+        self.exact = whole == parts and whole[len(whole) - len(plain) :] == plain
+
+    def _boundaries(self, text: str) -> list[int]:
+        cuts = []
+        pos = self.chunk_chars
+        n = len(text)
+        while pos < n:
+            i = pos
+            while i < n - 1 and not (
+                text[i] == " "
+                and text[i + 1].isascii()
+                and text[i + 1].isalpha()
+                and not text[i - 1].isspace()
+            ):
+                i += 1
+            if i >= n - 1:
+                break
+            cuts.append(i)
+            pos = i + self.chunk_chars
+        return cuts
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """The same ids as ``tokenizer.encode(text, add_special_tokens=...)``."""
+        if not self.exact or len(text) <= self.chunk_chars:
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        out: list[int] = []
+        start = 0
+        cuts = self._boundaries(text)
+        for k, end in enumerate([*cuts, len(text)]):
+            chunk = text[start:end]
+            special = add_special_tokens and k == 0
+            key = chunk if not special else "\x00" + chunk
+            ids = self._cache.get(key)
+            if ids is None:
+                self.misses += 1
+                ids = tuple(self.tokenizer.encode(chunk, add_special_tokens=special))
+                self._cache[key] = ids
+                if len(self._cache) > self.max_chunks:
+                    self._cache.popitem(last=False)
+            else:
+                self.hits += 1
+                self._cache.move_to_end(key)
+            out.extend(ids)
+            start = end
+        return out
+
+    def encode_request(self, request: Request) -> tuple[int, ...]:
+        """Like :meth:`Tokenizer.encode_request`, through the chunk cache (memoised too)."""
+        if request.token_ids is None:
+            tok = self.tokenizer
+            if request.kind == "chat" and request.messages is not None:
+                ids = self.encode(tok.render_chat(request.messages), add_special_tokens=False)
+            else:
+                ids = self.encode(request.prompt or "")
+            request.token_ids = tuple(ids)
+        return request.token_ids
