@@ -102,6 +102,7 @@ class EppServer:
         self._health: grpc.aio.Server | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.synced = False
+        self.tls_cert: bytes | None = None  # PEM served under --secure-serving
 
     async def start(self) -> None:
         opts = self.opts
@@ -118,6 +119,7 @@ class EppServer:
             from kvgate.extproc.tls import load_or_generate
 
             cert, key = load_or_generate(opts.cert_path)
+            self.tls_cert = cert
             creds = grpc.ssl_server_credentials([(key, cert)])
             self._grpc.add_secure_port(address, creds)
         else:

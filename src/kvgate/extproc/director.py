@@ -33,9 +33,16 @@ class Decision:
     headers: dict[str, str]  # from PreRequest hooks, for the model server
 
 
-def _host_of(hostport: str) -> str:
-    host = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
-    return host.strip("[]")
+def _has_port(entry: str) -> bool:
+    """``ip:port`` / ``[v6]:port`` rather than a bare address."""
+    if entry.startswith("["):
+        return "]:" in entry
+    return entry.count(":") == 1
+
+
+def _normalise(hostport: str) -> str:
+    host, _, port = hostport.rpartition(":")
+    return f"{host.strip('[]')}:{port}"
 
 
 class Director:
@@ -54,15 +61,21 @@ class Director:
         self._rng = rng or random.Random(0)
 
     def candidates(self, subset: Sequence[str] | None) -> list[Endpoint]:
-        """Endpoints in rotation, narrowed to the gateway's subset hint (matched by IP, as GIE).
+        """Endpoints in rotation, narrowed to the gateway's subset hint.
 
-        An empty hint list means the gateway allows nothing: the result is empty (503).
+        GIE matches hint entries by IP (one pod = one IP); kvgate matches ``ip:port``
+        entries exactly and bare ``ip`` entries by address, which is the same on a cluster and
+        still right when several replicas share an IP (loopback, host networking). An empty
+        hint list means the gateway allows nothing: the result is empty (503).
         """
         ready = self.pool.candidates()
         if subset is None:
             return ready
-        allowed = {_host_of(s) for s in subset}
-        return [e for e in ready if e.address.strip("[]") in allowed]
+        exact = {_normalise(s) for s in subset if _has_port(s)}
+        hosts = {s.strip("[]") for s in subset if not _has_port(s)}
+        return [
+            e for e in ready if _normalise(e.hostport) in exact or e.address.strip("[]") in hosts
+        ]
 
     def pick(self, request: Request, subset: Sequence[str] | None) -> Decision:
         """Schedule ``request``; raises NoCandidatesError (503) / SchedulingFailedError (429)."""

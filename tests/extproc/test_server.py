@@ -1,0 +1,364 @@
+"""``kvgate epp`` spoken to as Envoy would, over real gRPC, with the real scheduler.
+
+The model servers here only need to be scraped (the test plays Envoy, so no request is
+forwarded): small HTTP servers answer /health and /metrics with a real vLLM metrics page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from aiohttp import ClientSession, web
+from envoy.config.core.v3 import base_pb2 as core
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from google.protobuf import struct_pb2
+
+from kvgate.endpoints.static import spec_from_url
+from kvgate.extproc.app import EppOptions, EppServer
+from kvgate.extproc.health import SERVING, _encode_status
+from kvgate.extproc.messages import MAX_BODY_CHUNK_BYTES
+from support.procs import free_port
+
+METRICS_PAGE = (Path(__file__).parent.parent / "data" / "vllm-cpu-metrics.txt").read_text()
+FULL_DUPLEX = pm.ProcessingMode.FULL_DUPLEX_STREAMED
+BUFFERED = pm.ProcessingMode.BUFFERED
+
+FILTER_ALL = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: by-label
+  parameters: {label: zone, validValues: [mars]}
+- type: max-score-picker
+"""
+
+
+async def model_server() -> tuple[web.AppRunner, str]:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=METRICS_PAGE)
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"127.0.0.1:{port}"
+
+
+@dataclass
+class Epp:
+    server: EppServer
+    channel: grpc.aio.Channel
+    stub: ep_grpc.ExternalProcessorStub
+    endpoints: list[str]
+    metrics_url: str
+
+
+async def start_epp(**options: object) -> tuple[EppServer, list[web.AppRunner], list[str]]:
+    runners, hostports = [], []
+    for _ in range(2):
+        runner, hp = await model_server()
+        runners.append(runner)
+        hostports.append(hp)
+    opts = EppOptions(
+        grpc_host="127.0.0.1",
+        grpc_port=free_port(),
+        grpc_health_port=free_port(),
+        metrics_port=free_port(),
+        endpoints=[spec_from_url(hp) for hp in hostports],
+        **{"policy": "llm-d-default", **options},  # type: ignore[arg-type]
+    )
+    server = EppServer(opts)
+    await server.start()
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(server.pool.candidates()) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "endpoints never became healthy"
+        await asyncio.sleep(0.02)
+    return server, runners, hostports
+
+
+@pytest.fixture
+async def epp() -> AsyncIterator[Epp]:
+    server, runners, hostports = await start_epp()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
+    try:
+        yield Epp(
+            server,
+            channel,
+            ep_grpc.ExternalProcessorStub(channel),
+            hostports,
+            f"http://127.0.0.1:{server.opts.metrics_port}/metrics",
+        )
+    finally:
+        await channel.close()
+        await server.stop()
+        for runner in runners:
+            await runner.cleanup()
+
+
+def headers_msg(
+    headers: dict[str, str],
+    *,
+    end_of_stream: bool = False,
+    mode: int = FULL_DUPLEX,
+    subset: list[str] | None = None,
+) -> ep.ProcessingRequest:
+    msg = ep.ProcessingRequest(
+        request_headers=ep.HttpHeaders(
+            headers=core.HeaderMap(
+                headers=[core.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+            ),
+            end_of_stream=end_of_stream,
+        ),
+        protocol_config=ep.ProtocolConfiguration(request_body_mode=mode, response_body_mode=mode),
+    )
+    if subset is not None:
+        hint = struct_pb2.Struct()
+        hint.update({"x-gateway-destination-endpoint-subset": subset})
+        msg.metadata_context.filter_metadata["envoy.lb.subset_hint"].CopyFrom(hint)
+    return msg
+
+
+def body_msg(body: bytes, end_of_stream: bool = True) -> ep.ProcessingRequest:
+    return ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=end_of_stream))
+
+
+def set_headers(resp: ep.ProcessingResponse) -> dict[str, str]:
+    which = resp.WhichOneof("response")
+    common = getattr(resp, which).response
+    out = {}
+    for h in common.header_mutation.set_headers:
+        assert h.append_action == core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+        out[h.header.key] = h.header.raw_value.decode()
+    return out
+
+
+BASE = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
+
+
+async def exchange(
+    epp: Epp, messages: list[ep.ProcessingRequest], expect: int
+) -> tuple[list[ep.ProcessingResponse], grpc.aio.StreamStreamCall]:
+    call = epp.stub.Process()
+    for msg in messages:
+        await call.write(msg)
+    replies = [await asyncio.wait_for(call.read(), 5) for _ in range(expect)]
+    return replies, call
+
+
+async def metric(epp: Epp, name: str) -> float:
+    async with ClientSession() as s, s.get(epp.metrics_url) as r:
+        text = await r.text()
+    return sum(
+        float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
+    )
+
+
+async def test_full_duplex_reply_header_metadata_and_chunked_body(epp: Epp) -> None:
+    prompt = "x" * 150_000  # needs three chunks of <= 62,000 bytes
+    body = json.dumps({"model": "m", "prompt": prompt}).encode()
+    spoof = "10.9.9.9:1"
+    msgs = [
+        headers_msg(
+            {**BASE, "x-gateway-destination-endpoint": spoof, "x-prefiller-host-port": spoof}
+        ),
+        body_msg(body[:70_000], end_of_stream=False),
+        body_msg(body[70_000:]),
+    ]
+    replies, call = await exchange(epp, msgs, expect=4)
+    head, *chunks = replies
+    assert head.WhichOneof("response") == "request_headers"
+    common = head.request_headers.response
+    assert common.clear_route_cache
+    headers = set_headers(head)
+    destination = headers["x-gateway-destination-endpoint"]
+    assert destination in epp.endpoints and destination != spoof
+    assert headers["content-length"] == str(len(body))
+    assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-request-id"])  # generated: none was sent
+    assert "x-prefiller-host-port" in common.header_mutation.remove_headers
+    lb = head.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+    assert lb["x-gateway-destination-endpoint"].string_value == destination
+    sent = [c.request_body.response.body_mutation.streamed_response for c in chunks]
+    assert all(len(s.body) <= MAX_BODY_CHUNK_BYTES for s in sent)
+    assert [s.end_of_stream for s in sent] == [False, False, True]
+    assert b"".join(s.body for s in sent) == body
+    await call.done_writing()
+
+
+async def test_buffered_mode_answers_headers_then_routes_on_the_body(epp: Epp) -> None:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    call = epp.stub.Process()
+    await call.write(
+        headers_msg({**BASE, ":path": "/v1/chat/completions", "x-request-id": "abc"}, mode=BUFFERED)
+    )
+    first = await asyncio.wait_for(call.read(), 5)
+    assert first.WhichOneof("response") == "request_headers"
+    assert "x-gateway-destination-endpoint" not in set_headers(first)
+    await call.write(body_msg(body))
+    second = await asyncio.wait_for(call.read(), 5)
+    assert second.WhichOneof("response") == "request_body"
+    headers = set_headers(second)
+    assert headers["x-gateway-destination-endpoint"] in epp.endpoints
+    assert "x-request-id" not in headers  # the client's id is kept as is
+    assert second.request_body.response.clear_route_cache
+    assert not second.request_body.response.body_mutation.body  # unchanged body: not re-sent
+    await call.done_writing()
+
+
+async def test_subset_hint_narrows_the_candidates(epp: Epp) -> None:
+    body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+    for target in epp.endpoints:
+        replies, call = await exchange(
+            epp, [headers_msg(BASE, subset=[target]), body_msg(body)], expect=2
+        )
+        assert set_headers(replies[0])["x-gateway-destination-endpoint"] == target
+        await call.done_writing()
+    replies, call = await exchange(epp, [headers_msg(BASE, subset=[]), body_msg(body)], expect=1)
+    assert replies[0].immediate_response.status.code == 503
+    await call.done_writing()
+
+
+async def test_model_rewrite_header_rewrites_the_body(epp: Epp) -> None:
+    body = json.dumps({"model": "base", "prompt": "hello"}).encode()
+    msgs = [headers_msg({**BASE, "x-gateway-model-name-rewrite": "lora-a"}), body_msg(body)]
+    replies, call = await exchange(epp, msgs, expect=2)
+    sent = replies[1].request_body.response.body_mutation.streamed_response.body
+    assert json.loads(sent)["model"] == "lora-a"
+    assert set_headers(replies[0])["content-length"] == str(len(sent))
+    await call.done_writing()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{nope", 400, "not valid JSON"),
+        (b'{"prompt": "x"}', 400, "'model' is required"),
+        (b'{"model": "m"}', 400, "'prompt' is required"),
+    ],
+)
+async def test_bad_requests_get_openai_errors(
+    epp: Epp, body: bytes, status: int, needle: str
+) -> None:
+    replies, call = await exchange(epp, [headers_msg(BASE), body_msg(body)], expect=1)
+    immediate = replies[0].immediate_response
+    assert immediate.status.code == status
+    error = json.loads(immediate.body)["error"]
+    assert needle in error["message"] and error["code"] == status
+    await call.done_writing()
+
+
+async def test_request_without_body_gets_an_endpoint(epp: Epp) -> None:
+    msg = headers_msg({":method": "GET", ":path": "/v1/models"}, end_of_stream=True)
+    replies, call = await exchange(epp, [msg], expect=1)
+    assert set_headers(replies[0])["x-gateway-destination-endpoint"] in epp.endpoints
+    await call.done_writing()
+
+
+async def test_streamed_response_usage_and_completion(epp: Epp) -> None:
+    before_out = await metric(epp, "inference_objective_output_tokens_sum")
+    body = json.dumps({"model": "m", "prompt": "hello", "stream": True}).encode()
+    _replies, call = await exchange(epp, [headers_msg(BASE), body_msg(body)], expect=2)
+    assert await metric(epp, "inference_objective_running_requests") == 1
+    resp_headers = ep.ProcessingRequest(
+        response_headers=ep.HttpHeaders(
+            headers=core.HeaderMap(
+                headers=[
+                    core.HeaderValue(key=":status", raw_value=b"200"),
+                    core.HeaderValue(key="content-type", raw_value=b"text/event-stream"),
+                ]
+            )
+        )
+    )
+    await call.write(resp_headers)
+    reply = await asyncio.wait_for(call.read(), 5)
+    assert set_headers(reply)["x-went-into-resp-headers"] == "true"
+    sse = (
+        b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[],"usage":{"prompt_tokens":7,'
+        b'"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4}}}\n\ndata: [DONE]\n\n'
+    )
+    # split inside a line: the reader must carry the partial line over
+    for piece, last in ((sse[:40], False), (sse[40:], True)):
+        await call.write(
+            ep.ProcessingRequest(response_body=ep.HttpBody(body=piece, end_of_stream=last))
+        )
+        echoed = await asyncio.wait_for(call.read(), 5)
+        streamed = echoed.response_body.response.body_mutation.streamed_response
+        assert streamed.body == piece and streamed.end_of_stream == last
+    await call.done_writing()
+    assert await metric(epp, "inference_objective_output_tokens_sum") == before_out + 3
+    assert await metric(epp, "inference_objective_running_requests") == 0
+
+
+async def test_broken_stream_still_completes_the_request(epp: Epp) -> None:
+    body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+    _, call = await exchange(epp, [headers_msg(BASE), body_msg(body)], expect=2)
+    assert await metric(epp, "inference_objective_running_requests") == 1
+    call.cancel()  # Envoy reset the stream (client went away)
+    deadline = asyncio.get_running_loop().time() + 5
+    while await metric(epp, "inference_objective_running_requests") != 0:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    assert await metric(epp, "kvgate_epp_streams_total") >= 1
+
+
+async def test_no_pick_is_429_and_health_serves(epp: Epp) -> None:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{epp.server.opts.grpc_health_port}")
+    check = channel.unary_unary("/grpc.health.v1.Health/Check")
+    assert await check(b"") == _encode_status(SERVING)
+    await channel.close()
+
+    server, runners, _ = await start_epp(policy=None, config_text=FILTER_ALL)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
+    try:
+        call = ep_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(headers_msg(BASE))
+        await call.write(body_msg(b'{"model": "m", "prompt": "x"}'))
+        reply = await asyncio.wait_for(call.read(), 5)
+        assert reply.immediate_response.status.code == 429
+        assert json.loads(reply.immediate_response.body)["error"]["type"] == "rate_limit_error"
+    finally:
+        await channel.close()
+        await server.stop()
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def test_secure_serving_with_a_generated_certificate() -> None:
+    server, runners, hostports = await start_epp(secure_serving=True)
+    try:
+        assert server.tls_cert is not None
+        creds = grpc.ssl_channel_credentials(root_certificates=server.tls_cert)
+        channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{server.opts.grpc_port}",
+            creds,
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        )
+        call = ep_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(headers_msg({":method": "GET", ":path": "/v1/models"}, end_of_stream=True))
+        reply = await asyncio.wait_for(call.read(), 5)
+        assert set_headers(reply)["x-gateway-destination-endpoint"] in hostports
+        await channel.close()
+        plain = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
+        with pytest.raises(grpc.aio.AioRpcError):
+            call = ep_grpc.ExternalProcessorStub(plain).Process()
+            await call.write(headers_msg(BASE, end_of_stream=True))
+            await asyncio.wait_for(call.read(), 5)
+        await plain.close()
+    finally:
+        await server.stop()
+        for runner in runners:
+            await runner.cleanup()
