@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -56,6 +55,12 @@ from kvgate.gateway.proxy import (
     usage_from_sse,
 )
 from kvgate.gateway.reqlog import log_request, scores_of
+from kvgate.gateway.upstream import (
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamResponse,
+    UpstreamStreamError,
+)
 from kvgate.scheduling.scheduler import Scheduler
 from kvgate.scheduling.types import (
     HEADER_REQUEST_ID,
@@ -73,17 +78,6 @@ JSON = "application/json"
 #: Response header naming the endpoint that served the request.
 HEADER_SERVED_BY = "x-kvgate-endpoint"
 _SSE_TAIL_BYTES = 16384
-_CONNECT_ERRORS = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientOSError,
-)
-_STREAM_ERRORS = (
-    aiohttp.ClientPayloadError,
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientOSError,
-    aiohttp.ClientResponseError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +192,7 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics(pool)
         scheduler.observe = self.metrics.observe_plugin
         self.auth = ApiKeyChecker(settings.api_keys)
-        self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._runner: web.AppRunner | None = None
         self.port: int = settings.port
         self.app = self._build_app()
@@ -222,17 +216,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Start the client, scraper, watcher and plugins, then listen."""
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
-            ),
-            timeout=aiohttp.ClientTimeout(
-                total=self.settings.request_timeout_s,
-                sock_connect=self.settings.connect_timeout_s,
-            ),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        self._client = UpstreamClient(connect_timeout_s=self.settings.connect_timeout_s)
         await self.scheduler.start()
         self._started_plugins = True
         await self.scraper.start()
@@ -264,9 +248,9 @@ class Gateway:
         if self._started_plugins:
             await self.scheduler.stop()
             self._started_plugins = False
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     @property
     def base_url(self) -> str:
@@ -354,15 +338,9 @@ class Gateway:
             elapsed = time.perf_counter() - started
             m.in_flight.dec()
             model = out.model or "unknown"
-            m.requests.labels(model, out.endpoint, str(out.status)).inc()
-            m.e2e.labels(model).observe(elapsed)
-            if out.stream and out.ttft_s is not None:
-                m.ttft.labels(model).observe(out.ttft_s)
-                m.ttft_llmd.labels(model).observe(out.ttft_s)
-            if out.prompt_tokens:
-                m.prompt_tokens.labels(model).inc(out.prompt_tokens)
-            if out.cached_tokens:
-                m.cached_tokens.labels(model).inc(out.cached_tokens)
+            m.finished(model, out.endpoint, out.status, elapsed, out.ttft_s if out.stream else None)
+            if out.prompt_tokens or out.cached_tokens:
+                m.tokens(model, out.prompt_tokens or 0, out.cached_tokens or 0)
             if self.settings.log_requests:
                 log_request(
                     {
@@ -466,7 +444,7 @@ class Gateway:
         finally:
             self.metrics.scheduling.observe(time.perf_counter() - t0)
         out.result = result
-        self.metrics.picks.labels(result.target.name).inc()
+        self.metrics.picked(result.target.name)
         return await self._forward(req, request, result, body, upstream_path, out, started)
 
     def _payload(self, request: Request, body: bytes) -> bytes:
@@ -486,13 +464,15 @@ class Gateway:
         out: _Outcome,
         started: float,
     ) -> web.StreamResponse:
-        assert self._session is not None
-        session = self._session
+        assert self._client is not None
+        client = self._client
         order = attempt_order(result)[: self.settings.max_retries + 1]
         payload = self._payload(request, body)
         query = req.query_string
+        path = upstream_path + ("?" + query if query else "")
         last_error = "no endpoint could be reached"
         all_connect = True
+        loop = asyncio.get_running_loop()
         for i, endpoint in enumerate(order):
             if i > 0:
                 if not self.pool.is_healthy(endpoint.name) and self.pool.get(endpoint.name):
@@ -504,20 +484,29 @@ class Gateway:
             hdrs = upstream_headers(
                 req.headers.items(), extra, drop_authorization=self.auth.enabled
             )
-            url = endpoint.base_url + upstream_path + ("?" + query if query else "")
             attempt = _Attempt(self.scheduler, request, endpoint)
             out.endpoint = endpoint.name
             out.attempts += 1
             is_last = i == len(order) - 1
+            deadline = loop.time() + self.settings.request_timeout_s
             try:
-                upstream = await session.post(url, data=payload, headers=hdrs)
+                async with asyncio.timeout_at(deadline):
+                    upstream = await client.post(
+                        endpoint.address,
+                        endpoint.port,
+                        path,
+                        hdrs.items(),
+                        payload,
+                        tls=endpoint.scheme == "https",
+                        host_header=endpoint.hostport,
+                    )
             except asyncio.CancelledError:
                 attempt.complete(ResponseInfo(error="client_disconnect"))
                 raise
-            except _CONNECT_ERRORS as exc:
+            except (UpstreamConnectError, UpstreamStreamError) as exc:
                 attempt.complete(ResponseInfo(error="connect"))
                 self.metrics.upstream_errors.labels(endpoint.name, "connect").inc()
-                if isinstance(exc, aiohttp.ClientConnectorError):
+                if "cannot connect" in str(exc):
                     self.scraper.mark_failed(endpoint.name)
                 last_error = f"endpoint {endpoint.name} failed: {exc}"
                 log.warning("request %s: %s", request.request_id, last_error)
@@ -531,14 +520,15 @@ class Gateway:
                 )
             try:
                 if upstream.status >= 500 and not is_last:
-                    with contextlib.suppress(*_STREAM_ERRORS, TimeoutError):
-                        await upstream.read()
+                    with contextlib.suppress(UpstreamStreamError, TimeoutError):
+                        async with asyncio.timeout_at(deadline):
+                            await upstream.read()
                     attempt.complete(ResponseInfo(status=upstream.status, error="upstream_5xx"))
                     self.metrics.upstream_errors.labels(endpoint.name, "upstream_5xx").inc()
                     last_error = f"endpoint {endpoint.name} answered {upstream.status}"
                     all_connect = False
                     continue
-                return await self._relay(req, request, upstream, attempt, out, started)
+                return await self._relay(req, request, upstream, attempt, out, started, deadline)
             except asyncio.CancelledError:
                 attempt.complete(ResponseInfo(status=upstream.status, error="client_disconnect"))
                 raise
@@ -557,26 +547,27 @@ class Gateway:
         self,
         req: web.Request,
         request: Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         attempt: _Attempt,
         out: _Outcome,
         started: float,
+        deadline: float,
     ) -> web.StreamResponse:
         endpoint = attempt.endpoint
         info = ResponseInfo(status=upstream.status)
-        headers = downstream_headers(upstream.headers.items())
+        headers = downstream_headers(upstream.headers)
         headers[HEADER_REQUEST_ID] = request.request_id
         headers[HEADER_SERVED_BY] = endpoint.name
-        ctype = upstream.headers.get("Content-Type", "")
-        if not ctype.startswith("text/event-stream"):
+        if not upstream.content_type.startswith("text/event-stream"):
             out.stream = False
             try:
-                data = await upstream.read()
+                async with asyncio.timeout_at(deadline):
+                    data = await upstream.read()
             except TimeoutError:
                 attempt.complete(ResponseInfo(status=upstream.status, error="timeout"))
                 out.error = "timeout"
                 return _json_error(504, f"endpoint {endpoint.name} did not finish in time")
-            except _STREAM_ERRORS as exc:
+            except UpstreamStreamError as exc:
                 attempt.complete(ResponseInfo(status=upstream.status, error="stream_error"))
                 out.error = "stream_error"
                 return _json_error(502, f"endpoint {endpoint.name} broke off its answer: {exc}")
@@ -606,17 +597,18 @@ class Gateway:
         first = True
         tail = b""
         try:
-            async for chunk in upstream.content.iter_any():
-                if first:
-                    out.ttft_s = time.perf_counter() - started
-                    first = False
-                try:
-                    await resp.write(chunk)
-                except ConnectionResetError:
-                    info.error = "client_disconnect"
-                    break
-                tail = tail + chunk if len(tail) < _SSE_TAIL_BYTES else tail[-4096:] + chunk
-        except (*_STREAM_ERRORS, TimeoutError) as exc:
+            async with asyncio.timeout_at(deadline):
+                async for chunk in upstream.iter_chunks():
+                    if first:
+                        out.ttft_s = time.perf_counter() - started
+                        first = False
+                    try:
+                        await resp.write(chunk)
+                    except ConnectionResetError:
+                        info.error = "client_disconnect"
+                        break
+                    tail = tail + chunk if len(tail) < _SSE_TAIL_BYTES else tail[-4096:] + chunk
+        except (UpstreamStreamError, TimeoutError) as exc:
             info.error = "timeout" if isinstance(exc, TimeoutError) else "stream_error"
             message = f"endpoint {endpoint.name} " + (
                 "timed out" if info.error == "timeout" else f"broke off the stream: {exc}"

@@ -172,6 +172,50 @@ class GatewayMetrics:
         )
         r.register(_PoolCollector(pool))
         self._plugin_children: dict[tuple[str, str, str], Any] = {}
+        # labels() takes a lock and builds a tuple each call; the request path reuses children
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._model_children: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
+        self._pick_children: dict[str, Any] = {}
+
+    def _for_model(self, model: str) -> tuple[Any, Any, Any, Any, Any]:
+        children = self._model_children.get(model)
+        if children is None:
+            children = self._model_children[model] = (
+                self.e2e.labels(model),
+                self.ttft.labels(model),
+                self.ttft_llmd.labels(model),
+                self.prompt_tokens.labels(model),
+                self.cached_tokens.labels(model),
+            )
+        return children
+
+    def finished(
+        self, model: str, endpoint: str, status: int, seconds: float, ttft_s: float | None
+    ) -> None:
+        """Count one finished request (exactly once per request)."""
+        key = (model, endpoint, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(model, endpoint, str(status))
+        child.inc()
+        e2e, ttft, ttft_llmd, _, _ = self._for_model(model)
+        e2e.observe(seconds)
+        if ttft_s is not None:
+            ttft.observe(ttft_s)
+            ttft_llmd.observe(ttft_s)
+
+    def tokens(self, model: str, prompt_tokens: int, cached_tokens: int) -> None:
+        _, _, _, prompt, cached = self._for_model(model)
+        if prompt_tokens:
+            prompt.inc(prompt_tokens)
+        if cached_tokens:
+            cached.inc(cached_tokens)
+
+    def picked(self, endpoint: str) -> None:
+        child = self._pick_children.get(endpoint)
+        if child is None:
+            child = self._pick_children[endpoint] = self.picks.labels(endpoint)
+        child.inc()
 
     def observe_plugin(self, point: str, type_name: str, name: str, seconds: float) -> None:
         """The Scheduler's ``observe`` hook; children are cached (``labels()`` is slow)."""

@@ -1,0 +1,447 @@
+"""A lean HTTP/1.1 client for the model servers: keep-alive pools on asyncio protocols.
+
+The relay needs little of a general client: POST a body, read the status and headers,
+then either the whole body (Content-Length or chunked) or its chunks as they arrive. No
+cookies, redirects, proxies, compression or multiplexing. Measured against aiohttp's
+client in the same gateway it costs about half the CPU per request (docs/PERFORMANCE.md),
+which is most of the gateway's own overhead.
+
+Errors are raised as :class:`UpstreamConnectError` (nothing was answered: refused, reset,
+closed before the status line; safe to retry elsewhere), :class:`UpstreamStreamError` (the
+answer broke off after it started) and ``TimeoutError``. A reused keep-alive connection that
+the server closed meanwhile is retried once on a fresh connection, since nothing was sent
+back on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import cast
+
+_MAX_HEADER_BYTES = 64 * 1024
+_HIGH_WATER = 1 << 20  # pause reading from the server past this much unread body
+
+
+class UpstreamConnectError(ConnectionError):
+    """The request got no answer at all (connect failed, or closed before a status line)."""
+
+
+class UpstreamStreamError(ConnectionError):
+    """The answer started but broke off (server closed mid-body, bad framing)."""
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; parses one response at a time."""
+
+    def __init__(self, pool: _HostPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.closed = False
+        self.resp: UpstreamResponse | None = None
+        self.head_waiter: asyncio.Future[None] | None = None
+        self.used = 0  # responses completed on this connection
+        self.paused = False
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.resp
+        if resp is None:  # unsolicited bytes: the connection is unusable
+            self._fail(UpstreamStreamError("unexpected data from server"))
+            return
+        if not resp.head_done:
+            self.buf += data
+            if not self._parse_head(resp):
+                return
+            data = bytes(self.buf)
+            self.buf.clear()
+            if not data:
+                return
+        resp._feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._discard(self)
+        resp = self.resp
+        if resp is None:
+            return
+        if not resp.head_done:
+            self._fail(UpstreamConnectError(f"connection closed before an answer: {exc or 'EOF'}"))
+        else:
+            resp._eof(closed=True)
+
+    # --- parsing ----------------------------------------------------------------------------
+
+    def _parse_head(self, resp: UpstreamResponse) -> bool:
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buf) > _MAX_HEADER_BYTES:
+                self._fail(UpstreamStreamError("response headers too large"))
+            return False
+        head = bytes(self.buf[:end]).decode("latin-1")
+        del self.buf[: end + 4]
+        lines = head.split("\r\n")
+        parts = lines[0].split(" ", 2)
+        try:
+            resp.status = int(parts[1])
+        except (IndexError, ValueError):
+            self._fail(UpstreamStreamError(f"bad status line {lines[0][:80]!r}"))
+            return False
+        headers = resp.headers
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers.append((name.strip(), value.strip()))
+        length: int | None = None
+        chunked = False
+        keep_alive = True
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    self._fail(UpstreamStreamError("bad Content-Length"))
+                    return False
+            elif lower == "transfer-encoding":
+                chunked = "chunked" in value.lower()
+            elif lower == "connection":
+                keep_alive = "close" not in value.lower()
+            elif lower == "content-type":
+                resp.content_type = value
+        resp.keep_alive = keep_alive
+        if chunked:
+            resp._mode = "chunked"
+        elif length is not None:
+            resp._mode = "length"
+            resp._remaining = length
+        elif resp.status in (204, 304) or 100 <= resp.status < 200:
+            resp._mode = "length"
+            resp._remaining = 0
+        else:
+            resp._mode = "close"  # read until the server closes
+            resp.keep_alive = False
+        resp.head_done = True
+        waiter = self.head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if resp._mode == "length" and resp._remaining == 0:
+            resp._eof(closed=False)
+        return True
+
+    def _fail(self, exc: Exception) -> None:
+        waiter = self.head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self.resp is not None and self.resp.head_done:
+            self.resp._error(exc)
+        self.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # flow control for slow consumers
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+
+@dataclass(eq=False)
+class UpstreamResponse:
+    """Status, headers and body of one answer; read it with :meth:`read` or :meth:`iter_chunks`,
+    then :meth:`release` (always; also on errors, which closes the connection)."""
+
+    status: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str = ""
+    keep_alive: bool = True
+    head_done: bool = False
+    _conn: _Conn | None = None
+    _mode: str = ""
+    _remaining: int = 0
+    _chunk_buf: bytearray = field(default_factory=bytearray)
+    _chunks: collections.deque[bytes] = field(default_factory=collections.deque)
+    _buffered: int = 0
+    _done: bool = False
+    _exc: Exception | None = None
+    _waiter: asyncio.Future[None] | None = None
+    _released: bool = False
+
+    # --- fed by the connection --------------------------------------------------------------
+
+    def _push(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            if self._buffered > _HIGH_WATER and self._conn is not None:
+                self._conn.pause()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        if self._done:
+            return
+        if self._mode == "length":
+            take = data[: self._remaining]
+            self._remaining -= len(take)
+            self._push(take)
+            if self._remaining <= 0:
+                self._eof(closed=False)
+        elif self._mode == "chunked":
+            self._feed_chunked(data)
+        else:
+            self._push(data)
+
+    def _feed_chunked(self, data: bytes) -> None:
+        buf = self._chunk_buf
+        buf += data
+        out: list[bytes] = []
+        while True:
+            if self._remaining > 0:  # inside a chunk's data
+                take = bytes(buf[: self._remaining])
+                del buf[: len(take)]
+                self._remaining -= len(take)
+                out.append(take)
+                if self._remaining > 0:
+                    break
+                self._remaining = -2  # expect CRLF after data
+            if self._remaining == -2:
+                if len(buf) < 2:
+                    break
+                del buf[:2]
+                self._remaining = 0
+            line_end = buf.find(b"\r\n")
+            if line_end < 0:
+                break
+            size_text = bytes(buf[:line_end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                self._error(UpstreamStreamError(f"bad chunk size {size_text[:20]!r}"))
+                return
+            if size == 0:
+                # the last chunk; optional trailers (ignored) end with an empty line
+                rest = bytes(buf[line_end + 2 :])
+                if not (rest.startswith(b"\r\n") or b"\r\n\r\n" in rest):
+                    break
+                buf.clear()
+                if out:
+                    self._push(b"".join(out))
+                self._eof(closed=False)
+                return
+            del buf[: line_end + 2]
+            self._remaining = size
+        if out:
+            self._push(out[0] if len(out) == 1 else b"".join(out))
+
+    def _eof(self, *, closed: bool) -> None:
+        if self._done:
+            return
+        if closed and self._mode in ("length", "chunked"):
+            self._error(UpstreamStreamError("server closed the connection mid-answer"))
+            return
+        self._done = True
+        conn = self._conn
+        if conn is not None and not closed:
+            conn.used += 1
+        self._wake()
+
+    def _error(self, exc: Exception) -> None:
+        if self._done and self._exc is None and not self._chunks:
+            return
+        self._exc = exc
+        self._done = True
+        self._wake()
+
+    # --- consumer side ----------------------------------------------------------------------
+
+    async def _next(self) -> bytes | None:
+        while not self._chunks:
+            if self._done:
+                if self._exc is not None:
+                    raise self._exc
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self._conn is not None and self._conn.paused and self._buffered < _HIGH_WATER // 2:
+            self._conn.resume()
+        return data
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive (chunked framing removed)."""
+        while True:
+            data = await self._next()
+            if data is None:
+                return
+            yield data
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.iter_chunks()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def release(self) -> None:
+        """Give the connection back if the answer was read whole, else close it (which makes
+        the server abort the request)."""
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        self._conn = None
+        if conn is None:
+            return
+        conn.resp = None
+        conn.head_waiter = None
+        if self._done and self._exc is None and self.keep_alive and not conn.closed:
+            conn.pool._put_back(conn)
+        else:
+            conn.abort()
+
+
+class _HostPool:
+    """Idle keep-alive connections to one host:port (LIFO, so warm ones are reused)."""
+
+    def __init__(self, client: UpstreamClient, host: str, port: int, tls: bool) -> None:
+        self.client = client
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.idle: list[_Conn] = []
+        self.all: set[_Conn] = set()
+
+    def _discard(self, conn: _Conn) -> None:
+        self.all.discard(conn)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+
+    def _put_back(self, conn: _Conn) -> None:
+        if len(self.idle) < self.client.max_idle_per_host:
+            self.idle.append(conn)
+        else:
+            conn.abort()
+
+    async def connect(self, timeout_s: float) -> _Conn:
+        loop = asyncio.get_running_loop()
+        ssl_ctx = self.client._ssl_context() if self.tls else None
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self), self.host, self.port, ssl=ssl_ctx
+                )
+        except TimeoutError as exc:
+            raise UpstreamConnectError(
+                f"connect to {self.host}:{self.port} timed out after {timeout_s}s"
+            ) from exc
+        except OSError as exc:
+            raise UpstreamConnectError(
+                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        self.all.add(conn)
+        return conn
+
+
+class UpstreamClient:
+    """Keep-alive HTTP/1.1 client for the relay; one per gateway."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float = 5.0,
+        verify_tls: bool = True,
+        max_idle_per_host: int = 256,
+    ) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.verify_tls = verify_tls
+        self.max_idle_per_host = max_idle_per_host
+        self._pools: dict[tuple[str, int, bool], _HostPool] = {}
+        self._ssl: ssl.SSLContext | None = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            ctx = ssl.create_default_context()
+            if not self.verify_tls:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._ssl = ctx
+        return self._ssl
+
+    async def post(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        tls: bool = False,
+        host_header: str | None = None,
+    ) -> UpstreamResponse:
+        """Send a POST and wait for the status line and headers (not the body)."""
+        key = (host, port, tls)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _HostPool(self, host, port, tls)
+        lines = [f"POST {path} HTTP/1.1\r\nHost: {host_header or f'{host}:{port}'}\r\n"]
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
+        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+        head = "".join(lines).encode("latin-1")
+        for attempt in (0, 1):
+            reused = bool(pool.idle)
+            conn = pool.idle.pop() if reused else await pool.connect(self.connect_timeout_s)
+            if conn.closed:
+                continue
+            resp = UpstreamResponse(_conn=conn)
+            conn.resp = resp
+            waiter = asyncio.get_running_loop().create_future()
+            conn.head_waiter = waiter
+            assert conn.transport is not None
+            conn.transport.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                conn.transport.write(body)
+            try:
+                await waiter
+            except UpstreamConnectError:
+                resp.release()
+                if reused and attempt == 0:
+                    continue  # the server had closed this idle connection: try a fresh one
+                raise
+            except BaseException:
+                resp.release()
+                raise
+            return resp
+        raise UpstreamConnectError(f"{host}:{port} closed every connection")  # pragma: no cover
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            for conn in list(pool.all):
+                conn.abort()
+            pool.idle.clear()
+            pool.all.clear()
+        self._pools.clear()
