@@ -127,7 +127,8 @@ def main() -> None:
     for label, values in runs.items():
         print(
             f"  {label:15s} median {statistics.median(values) * 1e6:7.1f} us"
-            f"   p99 {percentile(values, 0.99) * 1e6:7.1f} us   ({notes[label]})"
+            f"   p99 {percentile(values, 0.99) * 1e6:7.1f} us   min {min(values) * 1e6:6.1f} us"
+            f"   ({notes[label]})"
         )
 
 
