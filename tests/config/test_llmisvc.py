@@ -186,3 +186,32 @@ def test_scheduler_source_accepts_both_kinds(tmp_path: Path) -> None:
     )
     assert load_scheduler_source(tmp_path / "svc.yaml").profiles[0].scorers
     assert load_scheduler_source(tmp_path / "epp.yaml").profiles[0].picker == "max-score-picker"
+
+
+def test_child_name_is_shortened_past_63_characters() -> None:
+    from kvgate.config.llmisvc import child_name
+
+    assert child_name("qwen", "-inference-pool") == "qwen-inference-pool"
+    long = child_name("m" * 60, "-inference-pool")
+    assert len(long) == 63 and long.endswith("-inference-pool")
+    assert long != child_name("m" * 61, "-inference-pool")
+
+
+def test_inline_scheduler_config(tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(
+        "apiVersion: serving.kserve.io/v1alpha1\nkind: LLMInferenceService\n"
+        "metadata: {name: tiny}\nspec:\n  model: {uri: hf://x/y}\n  router:\n    scheduler:\n"
+        "      config:\n        inline:\n"
+        "          apiVersion: llm-d.ai/v1alpha1\n          kind: EndpointPickerConfig\n"
+        "          plugins: [{type: random-picker}, {type: bogus}]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_llm_inference_service(path)
+    assert [p.path for p in info.value.problems] == [
+        "spec.router.scheduler.config.inline.plugins[bogus].type"
+    ]
+    path.write_text(path.read_text().replace(", {type: bogus}", ""))
+    svc = load_llm_inference_service(path)
+    assert svc.picker_config_origin == "inline"
+    assert svc.require_picker_config().profiles[0].picker == "random-picker"
