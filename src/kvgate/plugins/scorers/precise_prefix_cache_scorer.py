@@ -22,8 +22,10 @@ Reads what each engine actually stored and evicted, from vLLM's KV events over Z
   - ``kvEventsConfig``: ``zmqEndpoint`` (default ``tcp://*:5557``; the SUB binds it),
     ``topicFilter`` (``kv@``), ``concurrency`` (accepted; intake is one task per socket),
     ``discoverPods`` (connect a SUB to every candidate's publisher at
-    ``podDiscoveryConfig.socketPort``, default 5556), ``replayEndpoints`` (kvgate: endpoint
-    ``host:port`` -> replay ROUTER address, for gap repair), ``replayTimeout`` (seconds).
+    ``podDiscoveryConfig.socketPort``, default 5556), ``publishers`` (kvgate: endpoint
+    ``host:port`` -> the address of a PUB that binds, e.g. vLLM with ``tcp://*:5557``; one SUB
+    connects to each), ``replayEndpoints`` (kvgate: endpoint ``host:port`` -> replay ROUTER
+    address, for gap repair and late joins), ``replayTimeout`` (seconds, default 2).
   - ``tierWeights`` (kvgate shorthand for kvCacheBackendConfigs): ``{gpu: 1.0, cpu: 0.8}``.
 
 * Tokenizer: ``tokenizerPath`` / ``modelTokenizerMap`` when given, else the gateway's
@@ -46,7 +48,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,7 @@ class EventsSettings:
     socket_port: int
     replay_endpoints: Mapping[str, str]
     replay_timeout_s: float
+    publishers: Mapping[str, str] = field(default_factory=dict)  # endpoint id -> PUB address
 
 
 class PrecisePrefixCacheScorer:
@@ -137,6 +140,9 @@ class PrecisePrefixCacheScorer:
             replay_timeout_s=self.events.replay_timeout_s,
         )
         await subscriber.start()
+        for endpoint_id, address in self.events.publishers.items():
+            subscriber.connect(endpoint_id, address)
+            self._connected.add(endpoint_id)
         self.subscriber = subscriber
 
     async def stop(self) -> None:
@@ -383,6 +389,14 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
                         str(endpoint_id), f"expected a tcp:// or ipc:// address, got {address!r}"
                     )
                 replay[str(endpoint_id)] = address
+        publishers: dict[str, str] = {}
+        with _at("publishers"):
+            for endpoint_id, address in events.get_mapping("publishers").items():
+                if not isinstance(address, str) or not address.startswith(("tcp://", "ipc://")):
+                    raise PluginParameterError(
+                        str(endpoint_id), f"expected a tcp:// or ipc:// address, got {address!r}"
+                    )
+                publishers[str(endpoint_id)] = address
         replay_timeout_s = events.get_float("replayTimeout", 2.0, minimum=0.01)
         events.check_unknown()
 
@@ -395,9 +409,10 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
         tier_weights=tiers,
         max_blocks=max_blocks,
     )
-    # With discoverPods the SUBs connect to each pod; bind too only when asked explicitly.
+    # With discoverPods or publishers the SUBs connect to each publisher; bind too only when
+    # zmqEndpoint is given explicitly.
     bind: str | None = zmq_endpoint
-    if discover and not events.has("zmqEndpoint"):
+    if (discover or publishers) and not events.has("zmqEndpoint"):
         bind = None
     settings = EventsSettings(
         zmq_endpoint=bind,
@@ -406,6 +421,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
         socket_port=socket_port,
         replay_endpoints=replay,
         replay_timeout_s=replay_timeout_s,
+        publishers=publishers,
     )
     return PrecisePrefixCacheScorer(
         name, index, settings, tokenizer=tokenizer, model_tokenizers=model_tokenizers
