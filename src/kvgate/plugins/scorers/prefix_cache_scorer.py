@@ -205,9 +205,7 @@ class ApproxPrefixIndex:
                 del blocks[h]
 
     def seen(self, names: Sequence[str], now: float) -> None:
-        last_seen = self._last_seen
-        for name in names:
-            last_seen[name] = now
+        self._last_seen.update(dict.fromkeys(names, now))
 
     def purge_unseen(self, now: float, max_age_s: float) -> list[str]:
         """Drop endpoints last seen more than ``max_age_s`` ago; returns their names."""
@@ -289,10 +287,11 @@ class PrefixCacheScorer:
         found = PrefixCacheState(chain, matches, len(prefix_input(request)))
         state.write(self.state_key, found)
         request.extra[self.state_key] = found  # PreRequest has no cycle state
+        scores = dict.fromkeys(names, 0.0)
         n = chain.num_blocks
-        if n == 0:
-            return dict.fromkeys(names, 0.0)
-        return {name: matches.get(name, 0) / n for name in names}
+        for name, matched in matches.items():
+            scores[name] = matched / n
+        return scores
 
     def pre_request(
         self, request: Request, result: SchedulingResult, headers: dict[str, str]
