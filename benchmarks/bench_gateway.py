@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,6 +146,80 @@ async def _serve_upstream(port: int) -> None:
         await server.serve_forever()
 
 
+# --- minimal relays, for choosing the HTTP stack (no scheduling, no metrics) ----------------
+
+
+async def _relay_aiohttp(port: int, upstream: str) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+    async def handle(req: web.Request) -> web.Response:
+        body = await req.read()
+        async with session.post(
+            upstream + req.path, data=body, headers={"content-type": "application/json"}
+        ) as r:
+            data = await r.read()
+            return web.Response(body=data, status=r.status, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+_asgi_session: Any = None
+
+
+async def asgi_relay(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same relay as an ASGI app (run by granian or uvicorn); upstream from $UPSTREAM."""
+    global _asgi_session
+    import aiohttp
+
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if _asgi_session is None:
+        _asgi_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    async with _asgi_session.post(
+        os.environ["UPSTREAM"] + scope["path"],
+        data=body,
+        headers={"content-type": "application/json"},
+    ) as r:
+        data = await r.read()
+        status = r.status
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
 # --- the load generator ---------------------------------------------------------------------
 
 
@@ -213,6 +288,7 @@ async def _load(
         elapsed = time.perf_counter() - started
     return {
         "requests": len(latencies),
+        "warmup_requests": min(connections, 50),
         "errors": errors,
         "elapsed_s": round(elapsed, 3),
         "achieved_rps": round(len(latencies) / elapsed, 1),
@@ -255,6 +331,78 @@ def _wait(url: str, timeout_s: float = 30.0) -> None:
     raise TimeoutError(url)
 
 
+def _wait_port(port: int, timeout_s: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(port)
+
+
+def _worker_pid(pid: int) -> int:
+    """The process doing the work: ``pid`` itself, or its only child (granian's worker)."""
+    time.sleep(0.5)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        kids = children.read_text().split()
+    except OSError:
+        return pid
+    return (
+        int(kids[0])
+        if len(kids) == 1 and "granian" in Path(f"/proc/{pid}/cmdline").read_text()
+        else pid
+    )
+
+
+def _wrk(cpus: str | None, url: str, connections: int, duration_s: float) -> dict[str, Any]:
+    """Closed-loop max throughput with wrk (C, so the load generator is not the limit)."""
+    import tempfile
+
+    body = json.dumps(
+        {
+            "model": "bench",
+            "messages": [{"role": "user", "content": "hello there, how are you?"}],
+            "max_tokens": 1,
+        }
+    )
+    script = (
+        'wrk.method = "POST"\n'
+        f"wrk.body = [[{body}]]\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{int(duration_s)}s",
+        "--latency",
+        "-s",
+        f.name,
+        url,
+    ]
+    out = subprocess.run(_pinned(cpus, cmd), capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    return {
+        "tool": "wrk",
+        "requests": total,
+        "achieved_rps": rps,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+        "p50": "".join(p50.groups()) if p50 else None,
+    }
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -291,68 +439,134 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
         _wait(f"http://127.0.0.1:{up_port}/health")
-        gateway_cmd = [
-            sys.executable,
-            "-m",
-            "kvgate",
-            "serve",
-            "--policy",
-            args.policy,
-            "--endpoint",
-            f"http://127.0.0.1:{up_port}",
-            "--port",
-            str(gw_port),
-            "--log-format",
-            "json",
-            *args.gateway_args.split(),
-        ]
+        upstream_url = f"http://127.0.0.1:{up_port}"
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        ready_path = "/ready"
+        if args.target == "kvgate":
+            gateway_cmd = [
+                sys.executable,
+                "-m",
+                "kvgate",
+                "serve",
+                "--policy",
+                args.policy,
+                "--endpoint",
+                upstream_url,
+                "--port",
+                str(gw_port),
+                "--log-format",
+                "json",
+                *args.gateway_args.split(),
+            ]
+        elif args.target == "relay-aiohttp":
+            gateway_cmd = [
+                sys.executable,
+                __file__,
+                "relay",
+                "--port",
+                str(gw_port),
+                "--upstream",
+                upstream_url,
+            ]
+            ready_path = ""
+        else:  # relay-granian: granian must be importable (pip install granian)
+            gateway_cmd = [
+                sys.executable,
+                "-m",
+                "granian",
+                "--interface",
+                "asgi",
+                "--loop",
+                "uvloop",
+                "--workers",
+                "1",
+                "--runtime-threads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gw_port),
+                "bench_gateway:asgi_relay",
+            ]
+            env["UPSTREAM"] = upstream_url
+            env["PYTHONPATH"] = str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", "")
+            ready_path = ""
         procs.append(
             subprocess.Popen(
-                _pinned(args.gateway_cpus, gateway_cmd),
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONHASHSEED": "0"},
+                _pinned(args.gateway_cpus, gateway_cmd), stdout=log, stderr=log, env=env
             )
         )
-        _wait(f"http://127.0.0.1:{gw_port}/ready")
+        if ready_path:
+            _wait(f"http://127.0.0.1:{gw_port}{ready_path}")
+        else:
+            _wait_port(gw_port)
+        gw_pid = _worker_pid(procs[-1].pid)
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         via = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-        report: dict[str, Any] = {"policy": args.policy, "gateway_cpus": args.gateway_cpus}
+        report: dict[str, Any] = {
+            "target": args.target,
+            "policy": args.policy,
+            "gateway_cpus": args.gateway_cpus,
+            "other_cpus": args.other_cpus,
+            "load_average_at_start": os.getloadavg()[0],
+        }
         common = {"duration": args.duration, "connections": args.connections}
         report["direct_500rps"] = _load_cmd(args.other_cpus, direct, rate=500, **common)
+        c0 = _cpu_s(gw_pid)
         report["gateway_500rps"] = _load_cmd(args.other_cpus, via, rate=500, **common)
+        c1 = _cpu_s(gw_pid)
+        done = report["gateway_500rps"]["requests"] + report["gateway_500rps"]["warmup_requests"]
+        report["gateway_cpu_ms_per_request_at_500rps"] = round((c1 - c0) / done * 1e3, 4)
         report["added_p50_ms"] = round(
             report["gateway_500rps"]["p50_ms"] - report["direct_500rps"]["p50_ms"], 3
         )
         report["added_p99_ms"] = round(
             report["gateway_500rps"]["p99_ms"] - report["direct_500rps"]["p99_ms"], 3
         )
-        report["gateway_max"] = _load_cmd(
-            args.other_cpus, via, rate=0, duration=args.duration, connections=args.max_connections
-        )
+        c0 = _cpu_s(gw_pid)
+        if shutil.which("wrk"):
+            report["gateway_max"] = _wrk(args.other_cpus, via, args.max_connections, args.duration)
+        else:
+            report["gateway_max"] = _load_cmd(
+                args.other_cpus,
+                via,
+                rate=0,
+                duration=args.duration,
+                connections=args.max_connections,
+            )
+        c1 = _cpu_s(gw_pid)
+        cpu_per_req = (c1 - c0) / max(1, report["gateway_max"]["requests"])
+        report["gateway_cpu_ms_per_request_at_max"] = round(cpu_per_req * 1e3, 4)
+        report["one_core_capacity_rps"] = round(1.0 / cpu_per_req) if cpu_per_req else None
+        if args.target != "kvgate":
+            return report
         n = args.chunks
         sc = {"duration": args.duration, "connections": args.connections}
-        cpu0 = _cpu_s(procs[1].pid)
+        cpu0 = _cpu_s(gw_pid)
         report["direct_stream_n"] = _load_cmd(
             args.other_cpus, direct, rate=100, stream_tokens=n, **sc
         )
         report["gateway_stream_n"] = _load_cmd(
             args.other_cpus, via, rate=100, stream_tokens=n, **sc
         )
-        cpu1 = _cpu_s(procs[1].pid)
+        cpu1 = _cpu_s(gw_pid)
         report["direct_stream_1"] = _load_cmd(
             args.other_cpus, direct, rate=100, stream_tokens=1, **sc
         )
         report["gateway_stream_1"] = _load_cmd(
             args.other_cpus, via, rate=100, stream_tokens=1, **sc
         )
-        cpu2 = _cpu_s(procs[1].pid)
+        cpu2 = _cpu_s(gw_pid)
         added_n = report["gateway_stream_n"]["p50_ms"] - report["direct_stream_n"]["p50_ms"]
         added_1 = report["gateway_stream_1"]["p50_ms"] - report["direct_stream_1"]["p50_ms"]
         report["per_chunk_added_latency_ms"] = round((added_n - added_1) / (n - 1), 4)
         # gateway CPU per relayed chunk: CPU of the n-chunk run minus the 1-chunk run
-        reqs_n = report["gateway_stream_n"]["requests"]
-        reqs_1 = report["gateway_stream_1"]["requests"]
+        reqs_n = (
+            report["gateway_stream_n"]["requests"] + report["gateway_stream_n"]["warmup_requests"]
+        )
+        reqs_1 = (
+            report["gateway_stream_1"]["requests"] + report["gateway_stream_1"]["warmup_requests"]
+        )
         if reqs_n and reqs_1:
             per_req_n = (cpu1 - cpu0) / reqs_n
             per_req_1 = (cpu2 - cpu1) / reqs_1
@@ -382,7 +596,16 @@ def main() -> None:
     ld.add_argument("--duration", type=float, default=10.0)
     ld.add_argument("--connections", type=int, default=64)
     ld.add_argument("--stream-tokens", type=int, default=0)
+    rl = sub.add_parser("relay", help="a minimal aiohttp relay (stack comparison)")
+    rl.add_argument("--port", type=int, required=True)
+    rl.add_argument("--upstream", required=True)
     rn = sub.add_parser("run")
+    rn.add_argument(
+        "--target",
+        choices=("kvgate", "relay-aiohttp", "relay-granian"),
+        default="kvgate",
+        help="what sits between load and upstream",
+    )
     rn.add_argument("--policy", default="random")
     rn.add_argument("--gateway-cpus", default=None, help="taskset list for the gateway, e.g. 0,1")
     rn.add_argument("--other-cpus", default=None, help="taskset list for upstream and load")
@@ -398,6 +621,11 @@ def main() -> None:
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_serve_upstream(args.port))
+    elif args.cmd == "relay":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_relay_aiohttp(args.port, args.upstream))
     elif args.cmd == "load":
         print(json.dumps(_run_load(args)))
     else:

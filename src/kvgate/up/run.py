@@ -71,6 +71,21 @@ def _model_uri(uri: str) -> str:
     return uri
 
 
+def kv_events_collector(picker_config: Any) -> str | None:
+    """Where replicas should send KV events: the bind address of a precise-prefix-cache-scorer
+    in the config (llm-d's one-collector pattern, ``tcp://*:5557`` by default), else None."""
+    for spec in getattr(picker_config, "plugins", ()):
+        if getattr(spec, "canonical_type", None) != "precise-prefix-cache-scorer":
+            continue
+        params = spec.parameters or {}
+        events = params.get("kvEventsConfig") or {}
+        if events.get("publishers") or events.get("discoverPods"):
+            return None  # the scorer connects to the replicas' own PUB sockets
+        bind = str(events.get("zmqEndpoint") or "tcp://*:5557")
+        return bind.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+    return None
+
+
 def up_from_args(args: argparse.Namespace) -> int:
     from kvgate.config import load_llm_inference_service
     from kvgate.engines import EngineConfig, plan_launch, resolve_model
@@ -95,6 +110,7 @@ def up_from_args(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         extra_args=tuple(svc.vllm_additional_args),
         vllm_python=args.vllm_python,
+        kv_events_collector=kv_events_collector(svc.require_picker_config()),
     )
     plan = plan_launch(config, replicas)
     _say(
