@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 from dataclasses import dataclass, field
@@ -207,6 +208,8 @@ async def serve(opts: EppOptions) -> int:
 
 
 def run(opts: EppOptions) -> int:
+    if os.environ.get("KVGATE_NO_UVLOOP"):
+        return asyncio.run(serve(opts))
     try:
         import uvloop
 

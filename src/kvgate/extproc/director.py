@@ -88,9 +88,10 @@ class Director:
         headers = self.scheduler.pre_request(request, result)
         targets = result.primary.targets
         destination = ",".join(t.hostport for t in targets)
+        m = self.metrics
         labels = (request.model, request.effective_model)
-        self.metrics.requests.labels(*labels).inc()
-        self.metrics.running.labels(request.model).inc()
+        m.child(m.requests, *labels).inc()
+        m.child(m.running, request.model).inc()
         return Decision(result, targets[0], destination, headers)
 
     def pick_without_body(self, subset: Sequence[str] | None) -> Decision:
@@ -105,20 +106,21 @@ class Director:
         self, request: Request, endpoint: Endpoint, info: ResponseInfo, elapsed_s: float
     ) -> None:
         """Run the ResponseComplete hooks once and record the request's metrics."""
+        m = self.metrics
         labels = (request.model, request.effective_model)
-        self.metrics.running.labels(request.model).dec()
-        self.metrics.duration.labels(*labels).observe(elapsed_s)
+        m.child(m.running, request.model).dec()
+        m.child(m.duration, *labels).observe(elapsed_s)
         if info.prompt_tokens is not None:
-            self.metrics.input_tokens.labels(*labels).observe(info.prompt_tokens)
+            m.child(m.input_tokens, *labels).observe(info.prompt_tokens)
         if info.completion_tokens is not None:
-            self.metrics.output_tokens.labels(*labels).observe(info.completion_tokens)
+            m.child(m.output_tokens, *labels).observe(info.completion_tokens)
         if not info.ok:
             code = str(info.status) if info.status else (info.error or "unknown")
-            self.metrics.errors.labels(*labels, code).inc()
+            m.child(m.errors, *labels, code).inc()
         try:
             self.scheduler.response_complete(request, info, endpoint)
         except Exception:  # a plugin bug must not break the stream
             log.exception("response_complete hook failed for request %s", request.request_id)
 
     def record_error(self, model: str, status: int) -> None:
-        self.metrics.errors.labels(model, model, str(status)).inc()
+        self.metrics.child(self.metrics.errors, model, model, str(status)).inc()

@@ -8,6 +8,7 @@ keep working. kvgate-only series are prefixed ``kvgate_epp_``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -130,5 +131,16 @@ class EppMetrics:
         )
         r.register(_PoolCollector(pool, pool_name))
 
+        # labels() costs a lock and a dict build per call; the request path keeps children
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised (label sets are few: models x plugins)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe_plugin(self, point: str, type_name: str, name: str, seconds: float) -> None:
-        self.plugin_duration.labels(point, type_name, name).observe(seconds)
+        self.child(self.plugin_duration, point, type_name, name).observe(seconds)

@@ -70,6 +70,13 @@ STREAMED = pm.ProcessingMode.STREAMED
 HEADER_WENT_INTO_RESP = "x-went-into-resp-headers"
 
 _encoder = msgspec.json.Encoder()
+# Replies that never vary, built once (protobuf messages are only read when sent).
+_RESPONSE_HEADERS_REPLY = ep.ProcessingResponse(
+    response_headers=ep.HeadersResponse(
+        response=ep.CommonResponse(header_mutation=header_mutation({HEADER_WENT_INTO_RESP: "true"}))
+    )
+)
+_EMPTY_RESPONSE_BODY_REPLY = ep.ProcessingResponse(response_body=ep.BodyResponse())
 
 
 class RequestStream:
@@ -280,15 +287,7 @@ class RequestStream:
         except ValueError:
             self.status = 0
         self.usage = UsageReader(values.get("content-type", ""))
-        out = [
-            ep.ProcessingResponse(
-                response_headers=ep.HeadersResponse(
-                    response=ep.CommonResponse(
-                        header_mutation=header_mutation({HEADER_WENT_INTO_RESP: "true"})
-                    )
-                )
-            )
-        ]
+        out = [_RESPONSE_HEADERS_REPLY]
         if headers.end_of_stream:
             self._complete(None)
         return out
@@ -311,7 +310,7 @@ class RequestStream:
                 )
             ]
         else:
-            out = [ep.ProcessingResponse(response_body=ep.BodyResponse())]
+            out = [_EMPTY_RESPONSE_BODY_REPLY]
         if body.end_of_stream:
             self._complete(None)
         return out
@@ -367,7 +366,8 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     break
         finally:
             outcome = stream.close()
-            self.director.metrics.streams.labels(outcome).inc()
+            metrics = self.director.metrics
+            metrics.child(metrics.streams, outcome).inc()
 
 
 def add_to_server(servicer: ExtProcServicer, server: grpc.aio.Server) -> None:
