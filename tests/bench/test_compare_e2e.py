@@ -18,7 +18,7 @@ def test_tiny_compare_writes_results(tmp_path: Path) -> None:
         "--replicas", "2",
         "--speed", "4",
         "--num-gpu-blocks", "400",
-        "-W", "num_groups=2", "-W", "prompts_per_group=3",
+        "-W", "num_groups=2", "-W", "prompts_per_group=3", "-W", "warmup_per_group=1",
         "-W", "system_prompt_len=200", "-W", "question_len=10", "-W", "output_len=4",
         "--rate", "20",
         "--output", str(out),
@@ -32,7 +32,8 @@ def test_tiny_compare_writes_results(tmp_path: Path) -> None:
         assert set(RESULT_KEYS) <= set(r)
         assert r["requests"] == 6 and r["errors"] == 0
         assert r["ttft_p50_s"] > 0 and r["output_tok_s"] > 0
-        # hit rate and balance come from the replicas' own counters
+        # hit rate and balance come from the replicas' own counters, scraped after the
+        # two warm-up requests
         assert r["hit_rate_source"] == "server"
         assert sum(r["replica_requests"].values()) == 6
     rr = results[0]

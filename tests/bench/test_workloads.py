@@ -170,3 +170,17 @@ def test_bad_parameters_name_the_field(tmp_path: Path) -> None:
     assert parse_params(["num-groups=3", "x= y"]) == {"num_groups": "3", "x": "y"}
     with pytest.raises(WorkloadError):
         parse_params(["novalue"])
+
+
+def test_shared_prefix_warmup_comes_first_one_per_group() -> None:
+    w = build_workload(
+        "shared-prefix",
+        {"num_groups": 3, "prompts_per_group": 2, "warmup_per_group": 1, "system_prompt_len": 20},
+    )
+    assert w.num_requests == 6  # measured only
+    assert [s.warmup for s in w.sessions] == [True] * 3 + [False] * 6
+    assert [s.turns[0].group for s in w.sessions[:3]] == ["g0", "g1", "g2"]
+    warm_prompts = {s.turns[0].group: s.turns[0].prompt or "" for s in w.sessions[:3]}
+    for s in w.sessions[3:]:
+        t = s.turns[0]
+        assert (t.prompt or "")[:40] == warm_prompts[t.group][:40]  # same system prompt

@@ -340,7 +340,13 @@ def run_policy(
         )
         scale = cluster.speed if cluster.engine == "sim" else 1.0
         records, _wall = run_sync(
-            cfg, workload, load, progress(policy) if progress else None, time_scale=scale
+            cfg,
+            workload,
+            load,
+            progress(policy) if progress else None,
+            time_scale=scale,
+            # counters count from the end of the warm-up
+            after_warmup=lambda: before.update(scrape_counters(plan.endpoints)),
         )
         after = scrape_counters(plan.endpoints)
         names = {r.base_url: r.name for r in plan.replicas}
@@ -354,6 +360,8 @@ def run_policy(
             load=load.describe(),
             workload=workload.name,
         )
+        with contextlib.suppress(OSError):
+            summary.load_average_1m = os.getloadavg()[0]
         return PolicyRun(policy, summary, records, replicas=plan.endpoints)
     finally:
         for p in reversed(procs):

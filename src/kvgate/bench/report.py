@@ -166,6 +166,8 @@ class Summary:
     load: str = ""
     workload: str = ""
     stages: list[StageSummary] = field(default_factory=list)
+    #: the machine's 1-minute load average when the run ended (contention shows up here)
+    load_average_1m: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -201,6 +201,11 @@ class Runner:
         self._scale = time_scale
         self._wall_clock = clock
         self._records: list[RequestRecord] = []
+        self.warmup_records: list[RequestRecord] = []
+        #: Called between the warm-up and the measured phase (e.g. to scrape counters).
+        self.after_warmup: Callable[[], None] | None = None
+        self._warming = False
+        self._active: tuple[Session, ...] = workload.sessions
         self._issued = 0
         self._t0 = 0.0
         self._deadline = float("inf")
@@ -209,19 +214,21 @@ class Runner:
 
     @property
     def max_requests(self) -> int:
+        if self._warming:
+            return sum(len(s.turns) for s in self._active)
         if self.load.cycle:
             return self.load.max_requests or 10**9
-        total = self.workload.num_requests
+        total = sum(len(s.turns) for s in self._active)
         if self.load.max_requests is not None:
             total = min(total, self.load.max_requests)
         return total
 
     def _sessions(self) -> Iterator[Session]:
-        """The workload's sessions, repeated (with a round suffix) when cycling."""
-        yield from self.workload.sessions
+        """The phase's sessions, repeated (with a round suffix) when cycling."""
+        yield from self._active
         round_no = 1
-        while self.load.cycle and self.workload.sessions:
-            for s in self.workload.sessions:
+        while self.load.cycle and not self._warming and self._active:
+            for s in self._active:
                 yield Session(f"{s.session_id}-r{round_no}", s.turns, s.arrival_s)
             round_no += 1
 
@@ -239,20 +246,33 @@ class Runner:
                 "/v1/completions" if self.workload.api == "completions" else "/v1/chat/completions"
             )
             self._url = self.config.base_url.rstrip("/") + path
-            total = self.max_requests
-            self.progress.started(total)
+            warm = tuple(s for s in self.workload.sessions if s.warmup)
+            if warm:
+                # Warm-up: sent at the same load, waited for, not recorded.
+                self._warming, self._active = True, warm
+                self._t0 = self._clock()
+                await self._run_phase(http)
+                self.warmup_records, self._records, self._issued = self._records, [], 0
+                self._warming = False
+                if self.after_warmup is not None:
+                    self.after_warmup()
+            self._active = tuple(s for s in self.workload.sessions if not s.warmup)
+            self.progress.started(self.max_requests)
             self._t0 = self._clock()
             if self.load.duration_s is not None:
                 self._deadline = self._t0 + self.load.duration_s
             try:
-                if self.load.mode == "concurrency":
-                    await self._run_closed(http)
-                else:
-                    await self._run_open(http)
+                await self._run_phase(http)
             finally:
                 self.progress.finished()
             wall = self._clock() - self._t0
         return self._records, wall
+
+    async def _run_phase(self, http: aiohttp.ClientSession) -> None:
+        if self.load.mode == "concurrency":
+            await self._run_closed(http)
+        else:
+            await self._run_open(http)
 
     async def _first_model(self, http: aiohttp.ClientSession) -> str:
         url = self.config.base_url.rstrip("/") + "/v1/models"
@@ -273,10 +293,8 @@ class Runner:
     async def _run_open(self, http: aiohttp.ClientSession) -> None:
         tasks: list[asyncio.Task[None]] = []
         if self.load.mode == "trace" or self.workload.is_trace:
-            sessions: Iterator[Session] = iter(self.workload.sessions)
-            schedule: Iterator[tuple[float, int]] = (
-                (s.arrival_s or 0.0, 0) for s in self.workload.sessions
-            )
+            sessions: Iterator[Session] = iter(self._active)
+            schedule: Iterator[tuple[float, int]] = ((s.arrival_s or 0.0, 0) for s in self._active)
         else:
             sessions = self._sessions()
             schedule = arrival_times(self.load, self.max_requests)
@@ -311,7 +329,8 @@ class Runner:
             self._issued += 1
             record = await self._send(http, session.session_id, k, turn, stage)
             self._records.append(record)
-            self.progress.request_done(record)
+            if not self._warming:
+                self.progress.request_done(record)
             if not record.ok:
                 return  # the conversation cannot go on without this turn
 
@@ -431,9 +450,11 @@ def run_sync(
     load: LoadSpec,
     progress: Progress | None = None,
     time_scale: float = 1.0,
+    after_warmup: Callable[[], None] | None = None,
 ) -> tuple[list[RequestRecord], float]:
     """Run in a fresh event loop (uvloop when available)."""
     runner = Runner(config, workload, load, progress, time_scale=time_scale)
+    runner.after_warmup = after_warmup
     try:
         import uvloop
 

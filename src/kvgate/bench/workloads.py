@@ -67,6 +67,7 @@ class Session:
     session_id: str
     turns: tuple[Turn, ...]
     arrival_s: float | None = None
+    warmup: bool = False  # sent before the measured phase and not recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +79,18 @@ class Workload:
 
     @property
     def num_requests(self) -> int:
-        return sum(len(s.turns) for s in self.sessions)
+        """Measured requests (warm-up sessions excluded)."""
+        return sum(len(s.turns) for s in self.sessions if not s.warmup)
 
     @property
     def is_trace(self) -> bool:
         return any(s.arrival_s is not None for s in self.sessions)
 
     def prompt_tokens(self) -> list[int]:
-        return [t.prompt_tokens for s in self.sessions for t in s.turns]
+        return [t.prompt_tokens for s in self.sessions if not s.warmup for t in s.turns]
 
     def output_tokens(self) -> list[int]:
-        return [t.max_tokens for s in self.sessions for t in s.turns]
+        return [t.max_tokens for s in self.sessions if not s.warmup for t in s.turns]
 
 
 # --- text of exact token lengths ---------------------------------------------------------------
@@ -158,6 +160,7 @@ class SharedPrefixParams:
     turns: int = 1  # > 1: every prompt is a conversation resending its history
     think_time_s: float = 0.0
     order: str = "random"  # random (seeded shuffle) | grouped (a group's prompts back to back)
+    warmup_per_group: int = 0  # extra prompts per group sent first, not measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +208,7 @@ def shared_prefix(p: SharedPrefixParams, api: Api, seed: int) -> list[Session]:
     systems = [gen.text(p.system_prompt_len) for _ in range(p.num_groups)]
     sessions: list[Session] = []
     for g in range(p.num_groups):
-        for i in range(p.prompts_per_group):
+        for i in range(p.prompts_per_group + p.warmup_per_group):
             parts: list[tuple[str, str]] = [("system", systems[g])]
             num = p.system_prompt_len
             turns: list[Turn] = []
@@ -216,12 +219,18 @@ def shared_prefix(p: SharedPrefixParams, api: Api, seed: int) -> list[Session]:
                 turns.append(_turn(api, parts, num, p.output_len, think, f"g{g}"))
                 parts.append(("assistant", gen.text(p.output_len)))
                 num += p.output_len
-            sessions.append(Session(f"g{g}-p{i}", tuple(turns)))
+            warm = i >= p.prompts_per_group
+            sessions.append(Session(f"g{g}-{'w' if warm else 'p'}{i}", tuple(turns), warmup=warm))
+    measured = [s for s in sessions if not s.warmup]
+    # warm-up: every group's first warm-up prompt, then the second ..., groups in order
+    warmup = sorted(
+        (s for s in sessions if s.warmup), key=lambda s: int(s.session_id.split("w")[-1])
+    )
     if p.order == "random":
-        random.Random(seed + 1).shuffle(sessions)
+        random.Random(seed + 1).shuffle(measured)
     elif p.order != "grouped":
         raise WorkloadError(f"shared-prefix: order: expected random or grouped, got {p.order!r}")
-    return sessions
+    return warmup + measured
 
 
 def multi_turn(p: MultiTurnParams, api: Api, seed: int) -> list[Session]:
