@@ -24,6 +24,7 @@ import random
 import statistics
 import string
 import time
+import timeit
 from collections.abc import Sequence
 
 from kvgate.config import build_scheduler, load_picker_config
@@ -182,6 +183,8 @@ def main() -> None:
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     print(f"python {platform.python_version()} on {platform.machine()}, CPUs allowed: {affinity}")
     print(f"calibration: 1M-iteration Python loop {calibration_ms():.1f} ms (best of 5)")
+    reference = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000
+    print(f"reference: sum(range(1000)) {reference * 1e6:.1f} us (about 10 us on an idle core)")
     gc.collect()
 
     sched, sched_cpu, pre = measure(32 * KIB, 16, args.iterations, warmup=200)
