@@ -294,11 +294,13 @@ def test_replica_killed_mid_run(spawn: Callable[..., Proc]) -> None:
     assert metric_values(base, "kvgate_requests_in_flight")[""] == 0
 
 
-def test_retries_and_no_healthy_endpoint(spawn: Callable[..., Proc]) -> None:
+def test_retries_and_no_healthy_endpoint(
+    spawn: Callable[..., Proc], cluster: dict[str, Any]
+) -> None:
     failing = start_sim(
         spawn, model=MODEL, speed=50, failure_rate=1.0, failure_kinds="500", name="bad"
     )
-    good = start_sim(spawn, model=MODEL, speed=50, name="good")
+    good = cluster["sims"][0]
     base, gw = start_gateway(
         spawn,
         failing.url,
@@ -335,14 +337,16 @@ def test_client_disconnect_cancels_upstream(spawn: Callable[..., Proc]) -> None:
         max_tokens=2000,
         stream=True,
     )
-    next(iter(stream))
-    stream.close()
 
     def running() -> float:
         _, _, raw = http("GET", sim.url + "/metrics")
         m = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", raw.decode(), re.M)
         return float(m.group(1)) if m else -1.0
 
+    next(iter(stream))
+    # the first chunk reached the client while the replica is still generating: no buffering
+    assert running() == 1.0
+    stream.close()
     wait_until(lambda: running() == 0.0, timeout_s=5, what="upstream request aborted")
     wait_until(
         lambda: (
@@ -356,9 +360,10 @@ def test_client_disconnect_cancels_upstream(spawn: Callable[..., Proc]) -> None:
     )
 
 
-def test_endpoints_file_add_and_remove(spawn: Callable[..., Proc], tmp_path: Path) -> None:
-    a = start_sim(spawn, model=MODEL, speed=50, name="a")
-    b = start_sim(spawn, model=MODEL, speed=50, name="b")
+def test_endpoints_file_add_and_remove(
+    spawn: Callable[..., Proc], tmp_path: Path, cluster: dict[str, Any]
+) -> None:
+    a, b = cluster["sims"]
     f = tmp_path / "endpoints.yaml"
     f.write_text(f"- {a.url}\n")
     base, gw = start_gateway(spawn, extra=("--endpoints-file", str(f), "--policy", "round-robin"))
