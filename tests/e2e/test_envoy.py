@@ -277,6 +277,42 @@ def test_fail_closed_and_fail_open_with_the_epp_down(rig: Rig) -> None:
             envoy.proc.stop()
 
 
+@pytest.mark.parametrize(
+    ("header_mode", "body_mode"),
+    [("SEND", "NONE"), ("SKIP", "NONE")],
+    ids=["headers-only", "no-response"],
+)
+def test_lean_response_modes_still_complete_requests(
+    rig: Rig, header_mode: str, body_mode: str
+) -> None:
+    """Response bodies bypass the EPP (fewer gRPC messages per request); the completion
+    hooks still run once per request, without usage."""
+    lean = start_envoy(
+        rig.tmp,
+        f"envoy-lean-{header_mode}",
+        rig.epp_port,
+        response_header_mode=header_mode,
+        response_body_mode=body_mode,
+    )
+    broken_before = metric_sum(rig, 'kvgate_epp_streams_total{outcome="broken"}')
+    try:
+        home = None
+        for body in (completion(LONG_PROMPT), completion(LONG_PROMPT, stream=True)):
+            reply = lean.post("/v1/completions", body)
+            assert reply.status == 200, reply.body
+            served = lean.served_by(reply.request_id)[0]
+            home = home or served
+            assert served == home
+        wait_until(
+            lambda: metric_sum(rig, "inference_objective_running_requests") == 0,
+            timeout_s=5,
+            what="completion hooks ran",
+        )
+        assert metric_sum(rig, 'kvgate_epp_streams_total{outcome="broken"}') == broken_before
+    finally:
+        lean.proc.stop()
+
+
 def test_a_dying_replica_leaves_rotation(rig: Rig) -> None:
     """Runs last in this module: it kills a replica."""
     home = rig.envoy.served_by(

@@ -114,7 +114,7 @@ class Director:
             m.child(m.input_tokens, *labels).observe(info.prompt_tokens)
         if info.completion_tokens is not None:
             m.child(m.output_tokens, *labels).observe(info.completion_tokens)
-        if not info.ok:
+        if not info.ok and (info.status or info.error):  # status 0, no error: not observed
             code = str(info.status) if info.status else (info.error or "unknown")
             m.child(m.errors, *labels, code).inc()
         try:

@@ -56,6 +56,8 @@ def adapt(
     failure_mode_allow: bool | None = None,
     fallback: Sequence[tuple[str, int]] | None = None,
     body_mode: str | None = None,
+    response_body_mode: str | None = None,
+    response_header_mode: str | None = None,
     epp_tls: bool = False,
     strip_destination_header: bool = True,
 ) -> dict[str, Any]:
@@ -74,13 +76,18 @@ def adapt(
     tc = ext_proc["typed_config"]
     if failure_mode_allow is not None:
         tc["failure_mode_allow"] = failure_mode_allow
+    mode = tc["processing_mode"]
     if body_mode is not None:
-        mode = tc["processing_mode"]
         mode["request_body_mode"] = body_mode
         mode["response_body_mode"] = body_mode
-        if body_mode != "FULL_DUPLEX_STREAMED":
-            mode["request_trailer_mode"] = "SKIP"
-            mode["response_trailer_mode"] = "SKIP"
+    if response_body_mode is not None:
+        mode["response_body_mode"] = response_body_mode
+    if response_header_mode is not None:
+        mode["response_header_mode"] = response_header_mode
+    # trailers must be SEND only where a body is FULL_DUPLEX_STREAMED (Envoy's validation)
+    for side in ("request", "response"):
+        duplex = mode[f"{side}_body_mode"] == "FULL_DUPLEX_STREAMED"
+        mode[f"{side}_trailer_mode"] = "SEND" if duplex else "SKIP"
     for cluster in cfg["static_resources"]["clusters"]:
         if cluster["name"] == EPP_CLUSTER:
             cluster["load_assignment"]["endpoints"] = [

@@ -288,7 +288,8 @@ class RequestStream:
             self.status = 0
         self.usage = UsageReader(values.get("content-type", ""))
         out = [_RESPONSE_HEADERS_REPLY]
-        if headers.end_of_stream:
+        if headers.end_of_stream or self.response_mode == pm.ProcessingMode.NONE:
+            # no body will come (response_body_mode NONE: bodies bypass the EPP, no usage)
             self._complete(None)
         return out
 
@@ -334,9 +335,17 @@ class RequestStream:
             self.request, self.decision.endpoint, info, time.monotonic() - self.started
         )
 
-    def close(self) -> str:
-        """The gRPC stream ended; force completion if the response never finished."""
+    def close(self, clean: bool = False) -> str:
+        """The gRPC stream ended; force completion if the response never finished.
+
+        ``clean``: Envoy closed the stream itself, with nothing more to send. With response
+        processing off (response_header_mode SKIP) that is how a request ends: it completes
+        without a status (0, no error) rather than as a failure.
+        """
         if self.request is not None and not self.completed:
+            if clean and self.usage is None:
+                self._complete(None)
+                return "ok"
             self._complete("client_disconnect" if self.status == 0 else "stream_error")
             return "broken"
         if self.closed:
@@ -357,15 +366,16 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ep.ProcessingResponse]:
         stream = RequestStream(self.director, self.default_body_mode)
-        outcome = "ok"
+        clean = False
         try:
             async for msg in request_iterator:
                 for reply in stream.on_message(msg):
                     yield reply
                 if stream.closed:
                     break
+            clean = True
         finally:
-            outcome = stream.close()
+            outcome = stream.close(clean)
             metrics = self.director.metrics
             metrics.child(metrics.streams, outcome).inc()
 
