@@ -3,7 +3,10 @@ base URLs, shows a cache hit on a repeated prompt, and stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,6 +41,26 @@ def start_up(
     return base, proc
 
 
+def listening_pid(port: int) -> int:
+    """The process that listens on 127.0.0.1:``port`` (from /proc, no external tools)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return int(proc.name)
+    raise LookupError(f"nothing listens on {port}")
+
+
 def replica_urls(log: str) -> list[str]:
     return re.findall(r"starting replica-\d+ on (http://\S+)", log)
 
@@ -66,6 +89,17 @@ def test_seed_file_with_sim_engine(spawn: Callable[..., Proc], tmp_path: Path) -
     assert (second.usage.prompt_tokens_details.cached_tokens or 0) > 0
     plain = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in plain.models.list()] == ["Qwen/Qwen3-0.6B"]
+    # a replica that dies is reported, restarted with backoff, and serves again
+    os.kill(listening_pid(int(replicas[0].rsplit(":", 1)[1])), signal.SIGKILL)
+    wait_until(
+        lambda: re.search(r"replica-0 exited.*\n(.*\n)*.*replica-0 ready", proc.log()) is not None,
+        timeout_s=30,
+        what="replica-0 restarted",
+    )
+    wait_until(lambda: http_ok(replicas[0] + "/health"), timeout_s=10, what="replica-0 healthy")
+    for _ in range(3):
+        r = plain.completions.create(model="Qwen/Qwen3-0.6B", prompt="Hello", max_tokens=2)
+        assert r.choices
     assert proc.stop() == 0
     log = proc.log_path.read_text()
     assert "received SIGTERM" in log and "kvgate up: stopped" in log
