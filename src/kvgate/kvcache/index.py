@@ -128,6 +128,8 @@ class KVBlockIndex:
             max((weights[t] for t in range(self._tier_count) if f >> t & 1), default=0.0)
             for f in range(1 << self._tier_count)
         ]
+        self._best_tier = max(range(self._tier_count), key=lambda t: weights[t])
+        self._w_best = weights[self._best_tier]
         self._slot_fill = (1 << self._tier_count) - 1  # base bit * fill = all tier bits of a slot
         self._engine: dict[int | bytes, int] = {}  # normalised: ints only
         self._holders: dict[int, int] = {}
@@ -418,8 +420,10 @@ class KVBlockIndex:
     def match(self, keys: Sequence[int], endpoints: Sequence[str]) -> PrefixMatch:
         """Longest consecutive prefix of ``keys`` held by each of ``endpoints``.
 
-        Walks once over the keys for all candidates: ``live`` holds the tier bits of the
-        candidates still matching; runs of identical masks are counted, not re-decoded.
+        One walk over the keys for all candidates at once: ``live`` holds every tier bit of
+        the candidates still matching; only where the mask changes is anything decoded. A
+        candidate's block count is where it dropped out; its weight is ``blocks * w_best``
+        minus, over runs where it lacked the best tier, ``length * (w_best - w_held)``.
         """
         n = len(keys)
         stats = self.stats
@@ -428,52 +432,69 @@ class KVBlockIndex:
         tiers = self._tier_count
         fill = self._slot_fill
         slots = self._slots
-        live = 0
+        live_base = 0
         for name in endpoints:
             slot = slots.get(name)
             if slot is not None:
-                live |= fill << (slot * tiers)
-        if not live or not n:
+                live_base |= 1 << (slot * tiers)
+        if not live_base or not n:
             return PrefixMatch(n)
         get = self._holders.get
         base_all = self._base_all
-        runs: list[tuple[int, int]] = []
+        best_tier = self._best_tier
+        live = live_base * fill
+        drops: list[tuple[int, int]] = []  # (slots that stopped matching, at key index)
+        penalties: list[tuple[int, int, int]] = []  # (mask, slots lacking best tier, length)
         prev = -1
-        run = 0
-        for key in keys:
+        run_start = 0
+        lacking = 0
+        end = n
+        for i, key in enumerate(keys):
             mask = get(key, 0) & live
             if mask == prev:
-                run += 1
                 continue
+            if lacking:
+                penalties.append((prev, lacking, i - run_start))
             if not mask:
+                end = i
+                lacking = 0
                 break
-            if run:
-                runs.append((prev, run))
             present = mask
             for t in range(1, tiers):
                 present |= mask >> t
-            live = (present & base_all) * fill  # every tier bit of each slot still matching
+            present &= base_all
+            if present != live_base:
+                drops.append((live_base & ~present, i))
+                live_base = present
+                live = present * fill
+            lacking = present & ~(mask >> best_tier)
             prev = mask
-            run = 1
-        if run:
-            runs.append((prev, run))
+            run_start = i
+        if lacking:
+            penalties.append((prev, lacking, end - run_start))
+        drops.append((live_base, end))
         blocks: dict[int, int] = {}
-        weighted: dict[int, float] = {}
-        field_weight = self._field_weight
-        for mask, length in runs:
-            m = mask
-            while m:
-                low = m & -m
-                slot = (low.bit_length() - 1) // tiers
-                shift = slot * tiers
-                blocks[slot] = blocks.get(slot, 0) + length
-                weighted[slot] = (
-                    weighted.get(slot, 0.0) + length * field_weight[(mask >> shift) & fill]
-                )
-                m &= ~(fill << shift)
+        for bits, position in drops:
+            if not position:
+                continue
+            while bits:
+                low = bits & -bits
+                blocks[(low.bit_length() - 1) // tiers] = position
+                bits ^= low
+        w_best = self._w_best
+        weighted = {slot: count * w_best for slot, count in blocks.items()}
+        if penalties:
+            field_weight = self._field_weight
+            for mask, bits, length in penalties:
+                while bits:
+                    low = bits & -bits
+                    bits ^= low
+                    shift = low.bit_length() - 1
+                    weighted[shift // tiers] -= length * (
+                        w_best - field_weight[(mask >> shift) & fill]
+                    )
         names = self._slot_names
-        best = max(blocks.values(), default=0)
-        stats.lookup_hit_blocks += best
+        stats.lookup_hit_blocks += max(blocks.values(), default=0)
         return PrefixMatch(
             n,
             {names[s]: b for s, b in blocks.items()},
