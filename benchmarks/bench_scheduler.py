@@ -187,25 +187,34 @@ def main() -> None:
     print(f"reference: sum(range(1000)) {reference * 1e6:.1f} us (about 10 us on an idle core)")
     gc.collect()
 
-    sched, sched_cpu, pre = measure(32 * KIB, 16, args.iterations, warmup=200)
     print()
     print("Headline: llm-d default config (queue 2 / kv 2 / prefix 3), 16 endpoints, 32 KiB prompt")
-    print(
-        f"  schedule() wall: median {us(statistics.median(sched))} us, "
-        f"p99 {us(pct(sched, 0.99))} us, mean {us(statistics.fmean(sched))} us (n={len(sched)})"
+    print()
+    print("| workload | wall median | wall p99 | CPU min | CPU p10 | CPU median | CPU p99 |")
+    print("|---|---|---|---|---|---|---|")
+    pre_all: list[float] = []
+    workloads = (
+        ("mixed: groups of 4 share 7/8 of the prompt", 4),
+        ("every prompt new (prefix misses)", 1),
+        ("one long shared prefix (256-block hits)", 10**9),
     )
+    for label, group in workloads:
+        wall, cpu, pre = measure(32 * KIB, 16, args.iterations, warmup=200, group=group)
+        pre_all += pre
+        row = [
+            us(statistics.median(wall)),
+            us(pct(wall, 0.99)),
+            us(min(cpu)),
+            us(pct(cpu, 0.10)),
+            us(statistics.median(cpu)),
+            us(pct(cpu, 0.99)),
+        ]
+        print(f"| {label} | " + " | ".join(row) + " |")
+    print()
     print(
-        f"  schedule() CPU:  median {us(statistics.median(sched_cpu))} us, "
-        f"p99 {us(pct(sched_cpu, 0.99))} us, min {us(min(sched_cpu))} us"
+        f"pre_request() (index update, after the decision): median "
+        f"{us(statistics.median(pre_all))} us, p99 {us(pct(pre_all, 0.99))} us"
     )
-    print(f"  pre_request():   median {us(statistics.median(pre))} us, p99 {us(pct(pre, 0.99))} us")
-    for label, group in (("every prompt new (prefix misses)", 1), ("long shared prefixes", 10**9)):
-        s, c, _ = measure(32 * KIB, 16, args.iterations // 2, warmup=200, group=group)
-        print(
-            f"  {label}: wall median {us(statistics.median(s))} us, "
-            f"p99 {us(pct(s, 0.99))} us; CPU median {us(statistics.median(c))} us, "
-            f"min {us(min(c))} us"
-        )
     print("  per-plugin medians, long shared prefixes:")
     print("    " + breakdown(32 * KIB, 16, args.iterations // 4, 10**9))
     print("  per-plugin medians, prefix misses:")
