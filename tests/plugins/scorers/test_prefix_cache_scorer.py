@@ -97,6 +97,14 @@ def test_chat_input_is_compact_json_with_go_escapes() -> None:
     )
 
 
+def test_chat_input_accepts_any_mapping() -> None:
+    from types import MappingProxyType
+
+    plain = request(messages=[{"role": "user", "content": "hi"}])
+    proxied = request(messages=[MappingProxyType({"role": "user", "content": "hi"})])
+    assert prefix_input(proxied) == prefix_input(plain) == b'[{"role":"user","content":"hi"}]'
+
+
 def test_chat_requests_hit_after_being_served() -> None:
     plugin = make("prefix-cache-scorer", FIXED)
     msgs = [

@@ -43,6 +43,7 @@ hash → endpoints map, which halves the memory; scoring walks each candidate's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice, takewhile
@@ -134,7 +135,15 @@ def prefix_input(request: Request) -> bytes:
     if isinstance(cached, bytes):
         return cached
     if request.messages is not None:
-        data = msgspec.json.encode(request.messages)
+        try:
+            data = msgspec.json.encode(request.messages)
+        except (TypeError, msgspec.EncodeError):  # a Mapping type msgspec does not know
+            data = json.dumps(
+                [dict(m) for m in request.messages],
+                separators=(",", ":"),
+                ensure_ascii=False,
+                default=str,
+            ).encode()
         for raw, escaped in _HTML_ESCAPES:
             if raw in data:
                 data = data.replace(raw, escaped)
