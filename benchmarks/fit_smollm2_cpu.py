@@ -30,6 +30,7 @@ import asyncio
 import itertools
 import json
 import random
+import signal
 import statistics
 import sys
 import time
@@ -191,7 +192,13 @@ def fit(points: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
     return latency, quality
 
 
-def start(engine: str, replicas: int, run_dir: Path, profile: str | None = None) -> Supervisor:
+def start(
+    engine: str,
+    replicas: int,
+    run_dir: Path,
+    profile: str | None = None,
+    cpus: tuple[int, ...] | None = None,
+) -> Supervisor:
     model = resolve_model("smollm2", name=MODEL, require_local=engine == "vllm")
     config = EngineConfig(
         engine=engine,  # type: ignore[arg-type]
@@ -203,6 +210,7 @@ def start(engine: str, replicas: int, run_dir: Path, profile: str | None = None)
         sim_profile=profile,
         kv_events=False,
         device="cpu",
+        cpus=cpus,
     )
     plan = plan_launch(config, replicas)
     sup = Supervisor(plan)
@@ -212,7 +220,8 @@ def start(engine: str, replicas: int, run_dir: Path, profile: str | None = None)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    sup = start("vllm", 1, Path(args.run_dir) / "fit")
+    # One core, as each replica of a 2-replica cluster on this 2-core machine gets.
+    sup = start("vllm", 1, Path(args.run_dir) / "fit", cpus=(args.cpu,))
     try:
         url = sup.plan.replicas[0].base_url
         print(
@@ -342,6 +351,7 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit")
     f.add_argument("--repeats", type=int, default=3)
+    f.add_argument("--cpu", type=int, default=0, help="the core the measured replica runs on")
     f.add_argument("--output", default=str(PROFILE_PATH))
     f.add_argument("--machine", default="a 2-core AMD EPYC VM (AVX-512), shared")
     c = sub.add_parser("compare")
@@ -356,6 +366,8 @@ def main() -> int:
         p.add_argument("--seed", type=int, default=7)
         p.add_argument("--run-dir", default="/tmp/kvgate-fit-smollm2")
     args = parser.parse_args()
+    # Stop the replicas (in finally blocks) on SIGTERM too, not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return cmd_fit(args) if args.cmd == "fit" else cmd_compare(args)
 
 

@@ -162,3 +162,48 @@ async def test_a_port_already_in_use_is_refused_not_mistaken_for_the_replica(
         with pytest.raises(EngineError, match="already in use"):
             sup.start()
         await sup.stop()
+
+
+def test_replicas_do_not_outlive_a_supervisor_that_is_killed(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    plan = _plan(tmp_path, ["plain"], delay_s=0.0)
+    spec = plan.replicas[0]
+    driver = """
+import json, sys, time
+from pathlib import Path
+from kvgate.engines import LaunchPlan, ModelSource, ReplicaSpec, Supervisor
+spec = ReplicaSpec(**json.loads(sys.argv[1]) | {"log_path": Path(sys.argv[2])})
+plan = LaunchPlan("sim", ModelSource("m", "m", None, None), Path(sys.argv[3]), (spec,), 20.0)
+sup = Supervisor(plan, progress=False)
+sup.start()
+sup.wait_ready_blocking()
+print(sup.replicas[0].pid, flush=True)
+time.sleep(300)
+"""
+    fields = {
+        f: getattr(spec, f)
+        for f in ReplicaSpec.__dataclass_fields__
+        if f not in ("log_path", "cpus", "gpus")
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver, json.dumps(fields), str(spec.log_path), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        replica_pid = int(proc.stdout.readline())
+        assert _alive(replica_pid)
+        proc.kill()  # SIGKILL: no finally block, no stop()
+        proc.wait(timeout=5)
+        deadline = time.monotonic() + 10
+        while _alive(replica_pid):
+            assert time.monotonic() < deadline, "the replica outlived its killed supervisor"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()

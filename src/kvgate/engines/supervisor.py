@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -88,6 +90,37 @@ def _last_line(path: Path) -> str:
     return ""
 
 
+def _load_prctl() -> Callable[[int, int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(cpus: set[int] | None, parent_pid: int) -> Callable[[], None]:
+    """Runs in the child between fork and exec (keep it to plain system calls).
+
+    The replica gets SIGTERM if kvgate dies without stopping it (crash, SIGKILL), so no
+    engine outlives its supervisor; without ``taskset`` the child is pinned here.
+    """
+
+    def setup() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -119,7 +152,11 @@ class Supervisor:
     # --- starting ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Spawn every replica (returns at once; see :meth:`wait_ready`)."""
+        """Spawn every replica (returns at once; see :meth:`wait_ready`).
+
+        Call it from a thread that outlives the replicas (the main or event-loop thread):
+        a replica is told to stop when the thread that started it ends.
+        """
         self._stopping = False
         (self.plan.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         for rp in self.replicas:
@@ -145,13 +182,8 @@ class Supervisor:
         header = f"--- kvgate: starting {spec.name}: {' '.join(spec.argv)}\n"
         rp.log_file.write(header.encode())
         rp.log_file.flush()
-        preexec: Callable[[], None] | None = None
-        if spec.cpus and spec.argv and not spec.argv[0].endswith("taskset"):
-            cpus = set(spec.cpus)
-
-            def preexec() -> None:  # no taskset on this host: pin the child directly
-                os.sched_setaffinity(0, cpus)
-
+        pin = set(spec.cpus) if spec.cpus and not spec.argv[0].endswith("taskset") else None
+        preexec = _child_setup(pin, os.getpid())
         try:
             rp.popen = subprocess.Popen(
                 list(spec.argv),
