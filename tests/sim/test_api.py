@@ -24,9 +24,9 @@ def post(sim: SimHandle, path: str, body: dict[str, Any]) -> tuple[int, dict[str
         return exc.code, json.loads(exc.read())
 
 
-@pytest.fixture
-def sim(spawn: Any) -> SimHandle:
-    return start_sim(spawn, model="m1", speed=20, max_model_len=512)
+@pytest.fixture(scope="module")
+def sim(module_spawn: Any) -> SimHandle:
+    return start_sim(module_spawn, model="m1", speed=20, max_model_len=512)
 
 
 def test_openai_client_chat_completions_and_streaming(sim: SimHandle) -> None:
@@ -121,8 +121,8 @@ def test_tokenize_matches_chat_usage(sim: SimHandle) -> None:
     assert status == 200 and chat["usage"]["prompt_tokens"] == tok["count"]
 
 
-def test_stop_and_echo(spawn: Any) -> None:
-    sim = start_sim(spawn, model="e", speed=20, mode="echo")
+def test_stop_and_echo(module_spawn: Any) -> None:
+    sim = start_sim(module_spawn, model="e", speed=20, mode="echo")
     status, body = post(
         sim,
         "/v1/chat/completions",

@@ -173,6 +173,17 @@ class SimRequest:
         finally:
             self.waiter = None
 
+    async def wait_finished(self) -> None:
+        """Return when the request finished (for whatever reason)."""
+        loop = asyncio.get_running_loop()
+        while self.status != FINISHED:
+            fut = loop.create_future()
+            self.waiter = fut
+            try:
+                await fut
+            finally:
+                self.waiter = None
+
     def _wake(self) -> None:
         fut = self.waiter
         if fut is not None and not fut.done():

@@ -401,13 +401,14 @@ async def _full(
 ) -> web.StreamResponse:
     if drop:
         req.notify_each_token = True
-    while not req.finished:
-        req.delivered = req.num_output_tokens
-        await req.wait_for_output()
-        if drop and req.num_output_tokens > 0:
-            state.engine.abort(req)
-            _drop_connection(request)
-            return web.Response(status=500)
+        while not req.finished:
+            req.delivered = req.num_output_tokens
+            await req.wait_for_output()
+            if req.num_output_tokens > 0:
+                state.engine.abort(req)
+                _drop_connection(request)
+                return web.Response(status=500)
+    await req.wait_finished()
     vocab = state.vocab
     outputs = req.output_token_ids
     texts = [vocab.text(t) for t in outputs]

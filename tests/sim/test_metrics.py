@@ -1,0 +1,141 @@
+"""/metrics parsed with prometheus_client's parser: names, types, labels, and counts that
+match the requests sent."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.procs import Proc
+from support.sim import SimHandle, start_sim
+
+
+def scrape(sim: SimHandle) -> dict[str, Any]:
+    with urllib.request.urlopen(sim.url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def value(families: dict[str, Any], name: str, sample: str | None = None, **labels: str) -> float:
+    fam = families[name]
+    for s in fam.samples:
+        if s.name == (sample or name) and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    raise KeyError(f"{sample or name} {labels}")
+
+
+@pytest.fixture(scope="module")
+def sim(module_spawn: Callable[..., Proc]) -> SimHandle:
+    return start_sim(
+        module_spawn,
+        "--lora-modules", "sql=/adapters/sql", "chat=/adapters/chat",
+        "--legacy-gpu-cache-usage-metric",
+        model="base",
+        speed=50,
+        max_loras=2,
+    )  # fmt: skip
+
+
+def test_metrics_match_the_requests_sent(sim: SimHandle) -> None:
+    before = scrape(sim)
+    assert value(before, "vllm:kv_cache_usage_perc", engine="0", model_name="base") == 0.0
+    client = openai.OpenAI(base_url=sim.base_url, api_key="none")
+    prompt = "The quick brown fox jumps over the lazy dog. " * 12
+    usages = []
+    for model in ("base", "base", "sql", "base"):
+        r = client.completions.create(model=model, prompt=prompt, max_tokens=5)
+        assert r.usage is not None
+        usages.append(r.usage)
+    r2 = client.completions.create(
+        model="base", prompt=prompt, max_tokens=3, stop=None, extra_body={"ignore_eos": True}
+    )
+    assert r2.usage is not None
+    usages.append(r2.usage)
+    after = scrape(sim)
+    n = len(usages)
+    prompt_tokens = sum(u.prompt_tokens for u in usages)
+    cached = sum(u.prompt_tokens_details.cached_tokens for u in usages if u.prompt_tokens_details)
+    generated = sum(u.completion_tokens for u in usages)
+
+    def delta(name: str, sample: str | None = None, **labels: str) -> float:
+        labels = {"engine": "0", "model_name": "base", **labels}
+        return value(after, name, sample, **labels) - value(before, name, sample, **labels)
+
+    assert (
+        delta("vllm:request_success", "vllm:request_success_total", finished_reason="length") == n
+    )
+    assert delta("vllm:prompt_tokens", "vllm:prompt_tokens_total") == prompt_tokens
+    assert delta("vllm:generation_tokens", "vllm:generation_tokens_total") == generated
+    assert delta("vllm:prefix_cache_queries", "vllm:prefix_cache_queries_total") == prompt_tokens
+    assert delta("vllm:prefix_cache_hits", "vllm:prefix_cache_hits_total") == cached
+    # base hits base's blocks; the LoRA request hashes with its adapter name and misses.
+    assert [u.prompt_tokens_details.cached_tokens for u in usages if u.prompt_tokens_details] == [
+        0, (usages[0].prompt_tokens - 1) // 16 * 16, 0, (usages[0].prompt_tokens - 1) // 16 * 16,
+        (usages[0].prompt_tokens - 1) // 16 * 16,
+    ]  # fmt: skip
+    assert delta("vllm:time_to_first_token_seconds", "vllm:time_to_first_token_seconds_count") == n
+    assert delta("vllm:e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds_count") == n
+    assert delta("vllm:request_queue_time_seconds", "vllm:request_queue_time_seconds_count") == n
+    assert (
+        delta("vllm:inter_token_latency_seconds", "vllm:inter_token_latency_seconds_count")
+        == generated - n
+    )
+    assert value(after, "vllm:kv_cache_usage_perc", engine="0", model_name="base") == 0.0
+    assert value(after, "vllm:gpu_cache_usage_perc", engine="0", model_name="base") == 0.0
+    assert value(after, "vllm:num_requests_running", engine="0", model_name="base") == 0
+
+
+def test_types_and_labels_follow_vllm(sim: SimHandle) -> None:
+    fams = scrape(sim)
+    types = {
+        "vllm:num_requests_running": "gauge",
+        "vllm:num_requests_waiting": "gauge",
+        "vllm:kv_cache_usage_perc": "gauge",
+        "vllm:prefix_cache_queries": "counter",
+        "vllm:prefix_cache_hits": "counter",
+        "vllm:num_preemptions": "counter",
+        "vllm:prompt_tokens": "counter",
+        "vllm:generation_tokens": "counter",
+        "vllm:request_success": "counter",
+        "vllm:time_to_first_token_seconds": "histogram",
+        "vllm:inter_token_latency_seconds": "histogram",
+        "vllm:e2e_request_latency_seconds": "histogram",
+        "vllm:request_queue_time_seconds": "histogram",
+        "vllm:cache_config_info": "gauge",
+        "vllm:lora_requests_info": "gauge",
+    }
+    for name, kind in types.items():
+        assert fams[name].type == kind, name
+    info = fams["vllm:cache_config_info"].samples[0].labels
+    assert info["block_size"] == "16" and info["num_gpu_blocks"] == "37246"
+    assert info["prefix_caching_hash_algo"] == "sha256" and info["enable_prefix_caching"] == "True"
+    lora = fams["vllm:lora_requests_info"].samples[0].labels
+    assert lora == {"max_lora": "2", "running_lora_adapters": "", "waiting_lora_adapters": ""}
+    reasons = {
+        s.labels["finished_reason"]
+        for s in fams["vllm:request_success"].samples
+        if s.name.endswith("_total")
+    }
+    assert reasons == {"stop", "length", "abort", "error", "repetition"}
+    # Every vllm: series but the cache/lora info carries engine and model_name.
+    for fam in fams.values():
+        if fam.name.startswith("vllm:") and fam.name not in (
+            "vllm:cache_config_info",
+            "vllm:lora_requests_info",
+        ):
+            for s in fam.samples:
+                assert s.labels.get("engine") == "0" and s.labels.get("model_name") == "base", s
+    with urllib.request.urlopen(sim.base_url + "/models", timeout=5) as resp:
+        import json
+
+        cards = json.loads(resp.read())["data"]
+    assert [(c["id"], c["parent"]) for c in cards] == [
+        ("base", None),
+        ("sql", "base"),
+        ("chat", "base"),
+    ]
