@@ -328,7 +328,9 @@ def test_retries_and_no_healthy_endpoint(
 
 def test_client_disconnect_cancels_upstream(spawn: Callable[..., Proc]) -> None:
     (sim,) = _slow_cluster(spawn, 1, speed=1)
-    base, gw = start_gateway(spawn, sim.url, extra=("--policy", "random"))
+    base, gw = start_gateway(
+        spawn, sim.url, extra=("--policy", "random", "--request-timeout", "2s")
+    )
     gw.wait_http(base + "/ready", timeout_s=15)
     c = client(base)
     stream = c.chat.completions.create(
@@ -358,6 +360,14 @@ def test_client_disconnect_cancels_upstream(spawn: Callable[..., Proc]) -> None:
         timeout_s=5,
         what="499 counted",
     )
+    # a request that outlives --request-timeout ends in a 504 in OpenAI's shape
+    status, _, raw = http(
+        "POST",
+        base + "/v1/chat/completions",
+        {"model": MODEL, "messages": chat(tag="t"), "max_tokens": 2000},
+    )
+    assert status == 504
+    assert json.loads(raw)["error"]["code"] == "timeout"
 
 
 def test_endpoints_file_add_and_remove(
