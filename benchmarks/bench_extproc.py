@@ -5,14 +5,15 @@ Processes (each pinned with ``taskset`` when CPU lists are given):
 * two instant upstreams (``bench_gateway.py upstream``: OpenAI-shaped answers in microseconds,
   /metrics and /health for the EPP's scraper);
 * ``kvgate epp --policy llm-d-default`` (queue 2 / kv 2 / approximate prefix 3) over both;
-* Envoy from examples/envoy/envoy.yaml, once per ext_proc body mode (FULL_DUPLEX_STREAMED as
-  GIE configures it, and BUFFERED), and once with the ext_proc filter removed so requests
-  take the config's plain round-robin route: "Envoy routing alone";
+* Envoy from examples/envoy/envoy.yaml in each of the VARIANTS below (GIE's full-duplex
+  layout, buffered bodies, a lean layout whose responses bypass the EPP), and once with
+  the ext_proc filter removed so requests take the config's plain round-robin route:
+  "Envoy routing alone";
 * the open-loop load generator of ``bench_gateway.py load`` at a fixed rate.
 
 Envoy (``--concurrency 2``) and the EPP share the ``--proxy-cpus`` (2 cores, as the issue
 asks); upstreams and load run on ``--other-cpus``. Rounds alternate the configurations so
-drift hits them alike; the report gives each run's percentiles and, per body mode, the
+drift hits them alike; the report gives each run's percentiles and, per variant, the
 added median = median(ext_proc) - median(routing alone) over the rounds::
 
     python benchmarks/bench_extproc.py --rate 500 --duration 10 --rounds 3 \\
@@ -83,18 +84,33 @@ def _load(
     return result
 
 
+#: Envoy variants: None = routing alone (no ext_proc); else options for envoyconfig.adapt.
+VARIANTS: dict[str, dict[str, str] | None] = {
+    "routing_alone": None,
+    # GIE's layout: every request and response byte passes through the EPP
+    "ext_proc_full_duplex": {"body_mode": "FULL_DUPLEX_STREAMED"},
+    "ext_proc_buffered": {"body_mode": "BUFFERED"},
+    # the request goes through the EPP, the response bypasses it (no usage for the hooks)
+    "ext_proc_lean": {
+        "body_mode": "FULL_DUPLEX_STREAMED",
+        "response_header_mode": "SKIP",
+        "response_body_mode": "NONE",
+    },
+}
+
+
 def _envoy_config(
-    tmp: Path, name: str, epp_port: int, upstreams: list[int], body_mode: str | None
-) -> tuple[Path, int]:
+    tmp: Path, name: str, epp_port: int, upstreams: list[int], options: dict[str, str] | None
+) -> tuple[Path, envoyconfig.EnvoyPorts]:
     ports = envoyconfig.EnvoyPorts(listen=_free_port(), admin=_free_port(), epp=epp_port)
     cfg = envoyconfig.adapt(
         EXAMPLE,
         ports,
         access_log=Path("/dev/null"),
         fallback=[("127.0.0.1", p) for p in upstreams],
-        body_mode=body_mode or "FULL_DUPLEX_STREAMED",
+        **(options or {}),  # type: ignore[arg-type]
     )
-    if body_mode is None:  # routing alone: no ext_proc, the round-robin fallback route
+    if options is None:  # routing alone: no ext_proc, the round-robin fallback route
         hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
             "typed_config"
         ]
@@ -135,24 +151,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         epp = spawn(epp_cmd, args.proxy_cpus)
         _wait(f"http://127.0.0.1:{metrics_port}/healthz")
         configs: dict[str, str] = {}
-        for name, mode in (
-            ("routing_alone", None),
-            ("ext_proc_full_duplex", "FULL_DUPLEX_STREAMED"),
-            ("ext_proc_buffered", "BUFFERED"),
-        ):
+        envoys: dict[str, subprocess.Popen[bytes]] = {}
+        for name, mode in VARIANTS.items():
             path, ports = _envoy_config(tmp, name, epp_port, upstreams, mode)
-            spawn([*envoyconfig.command(path), "--concurrency", "2"], args.proxy_cpus)
+            envoys[name] = spawn(
+                [*envoyconfig.command(path), "--concurrency", "2"], args.proxy_cpus
+            )
             _wait(f"http://127.0.0.1:{ports.admin}/ready")
             configs[name] = f"http://127.0.0.1:{ports.listen}/v1/chat/completions"
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
-        epp_cpu: list[float] = []
         for _ in range(args.rounds):
             for name, url in configs.items():
-                cpu0 = _cpu_s(epp.pid)
+                envoy_pid = envoys[name].pid
+                cpu0, env0 = _cpu_s(epp.pid), _cpu_s(envoy_pid)
                 result = _load(args.other_cpus, url, args.rate, args.duration, args.connections)
-                cpu1 = _cpu_s(epp.pid)
-                if name != "routing_alone" and result["requests"]:
-                    epp_cpu.append((cpu1 - cpu0) / result["requests"] * 1e3)
+                cpu1, env1 = _cpu_s(epp.pid), _cpu_s(envoy_pid)
+                n = max(1, result["requests"] + result.get("warmup_requests", 0))
+                # CPU per request counts only these processes' own cycles: far less
+                # sensitive to a busy machine than latency
+                result["epp_cpu_ms_per_request"] = round((cpu1 - cpu0) / n * 1e3, 3)
+                result["envoy_cpu_ms_per_request"] = round((env1 - env0) / n * 1e3, 3)
                 runs[name].append(result)
         base = statistics.median(r["p50_ms"] for r in runs["routing_alone"])
         added = {
@@ -170,7 +188,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "runs": runs,
             "routing_alone_p50_ms": base,
             "added_p50_ms": added,
-            "epp_cpu_ms_per_request": round(statistics.median(epp_cpu), 3) if epp_cpu else None,
+            "added_cpu_ms_per_request": {
+                name: round(
+                    statistics.median(
+                        r["epp_cpu_ms_per_request"] + r["envoy_cpu_ms_per_request"]
+                        for r in runs[name]
+                    )
+                    - statistics.median(
+                        r["envoy_cpu_ms_per_request"] for r in runs["routing_alone"]
+                    ),
+                    3,
+                )
+                for name in configs
+                if name != "routing_alone"
+            },
+            "load_average": os.getloadavg(),
         }
     finally:
         for proc in reversed(procs):
