@@ -18,6 +18,10 @@ added median = median(ext_proc) - median(routing alone) over the rounds::
 
     python benchmarks/bench_extproc.py --rate 500 --duration 10 --rounds 3 \\
         --proxy-cpus 0,1 --other-cpus 2-7
+
+``--grpc-floor`` measures instead what part of the EPP's CPU is gRPC itself: the same
+Envoy-like message exchange (full-duplex, one JSON request and response) driven against a
+do-nothing grpc.aio ext_proc servicer and against ``kvgate epp``.
 """
 
 from __future__ import annotations
@@ -215,6 +219,155 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.close()
 
 
+# --- gRPC floor: kvgate's own cost over a do-nothing ext_proc server -----------------------
+
+_NULL_SERVER = """
+import asyncio, sys
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+REPLIES = {
+    "request_body": [ep.ProcessingResponse(request_headers=ep.HeadersResponse()),
+                     ep.ProcessingResponse(request_body=ep.BodyResponse())],
+    "response_headers": [ep.ProcessingResponse(response_headers=ep.HeadersResponse())],
+    "response_body": [ep.ProcessingResponse(response_body=ep.BodyResponse())],
+}
+class Null(ep_grpc.ExternalProcessorServicer):
+    async def Process(self, requests, context):
+        async for msg in requests:
+            for reply in REPLIES.get(msg.WhichOneof("request"), ()):
+                yield reply
+async def main():
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    ep_grpc.add_ExternalProcessorServicer_to_server(Null(), server)
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    await server.start()
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+async def _drive_streams(port: int, streams: int, concurrency: int) -> float:
+    """Play Envoy (full-duplex, one JSON request and response); returns elapsed seconds."""
+    import asyncio
+
+    import grpc
+    from envoy.config.core.v3 import base_pb2 as core
+    from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+    def headers(values: dict[str, str]) -> ep.HttpHeaders:
+        items = [core.HeaderValue(key=k, raw_value=v.encode()) for k, v in values.items()]
+        return ep.HttpHeaders(headers=core.HeaderMap(headers=items))
+
+    duplex = pm.ProcessingMode.FULL_DUPLEX_STREAMED
+    body = json.dumps(
+        {"model": "bench", "messages": [{"role": "user", "content": "hello there"}]}
+    ).encode()
+    answer = json.dumps({"usage": {"prompt_tokens": 10, "completion_tokens": 1}}).encode()
+    request_headers = ep.ProcessingRequest(
+        request_headers=headers(
+            {":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "r"}
+        ),
+        protocol_config=ep.ProtocolConfiguration(
+            request_body_mode=duplex, response_body_mode=duplex
+        ),
+    )
+    request_body = ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=True))
+    response_headers = ep.ProcessingRequest(
+        response_headers=headers({":status": "200", "content-type": "application/json"})
+    )
+    response_body = ep.ProcessingRequest(response_body=ep.HttpBody(body=answer, end_of_stream=True))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = ep_grpc.ExternalProcessorStub(channel)
+
+        async def one() -> None:
+            call = stub.Process()
+            await call.write(request_headers)
+            await call.write(request_body)
+            await call.read()
+            await call.read()
+            await call.write(response_headers)
+            await call.read()
+            await call.write(response_body)
+            await call.read()
+            await call.done_writing()
+
+        for _ in range(50):
+            await one()
+        gate = asyncio.Semaphore(concurrency)
+
+        async def gated() -> None:
+            async with gate:
+                await one()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(gated() for _ in range(streams)))
+        return time.perf_counter() - started
+
+
+def grpc_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """Server CPU per ext_proc stream: a do-nothing grpc.aio servicer vs kvgate epp."""
+    import asyncio
+
+    tmp = Path(args.workdir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "null_extproc.py").write_text(_NULL_SERVER)
+    procs: list[subprocess.Popen[bytes]] = []
+    log = open(tmp / "grpc_floor.log", "wb")  # noqa: SIM115
+    out: dict[str, Any] = {"streams": args.streams, "concurrency": 8}
+    try:
+        upstreams = [_free_port() for _ in range(2)]
+        for port in upstreams:
+            cmd = [sys.executable, str(GATEWAY_BENCH), "upstream", "--port", str(port)]
+            procs.append(subprocess.Popen(_pinned(args.other_cpus, cmd), stdout=log, stderr=log))
+        for port in upstreams:
+            _wait(f"http://127.0.0.1:{port}/health")
+        null_port, epp_port, metrics_port = _free_port(), _free_port(), _free_port()
+        null = subprocess.Popen(
+            _pinned(
+                args.proxy_cpus, [sys.executable, str(tmp / "null_extproc.py"), str(null_port)]
+            ),
+            stdout=log,
+            stderr=log,
+        )
+        epp_cmd = [sys.executable, "-m", "kvgate", "epp", "--host", "127.0.0.1"]
+        epp_cmd += ["--grpc-port", str(epp_port), "--grpc-health-port", str(_free_port())]
+        epp_cmd += ["--metrics-port", str(metrics_port), "--policy", args.policy]
+        for port in upstreams:
+            epp_cmd += ["--endpoint", f"127.0.0.1:{port}"]
+        epp = subprocess.Popen(_pinned(args.proxy_cpus, epp_cmd), stdout=log, stderr=log)
+        procs += [null, epp]
+        _wait(f"http://127.0.0.1:{metrics_port}/healthz")
+        time.sleep(1.0)
+        for _ in range(args.rounds):
+            for name, proc, port in (
+                ("null_servicer", null, null_port),
+                ("kvgate_epp", epp, epp_port),
+            ):
+                idle0 = _cpu_s(proc.pid)
+                time.sleep(1.0)
+                idle_per_s = _cpu_s(proc.pid) - idle0  # the EPP scrapes in the background
+                cpu0 = _cpu_s(proc.pid)
+                elapsed = asyncio.run(_drive_streams(port, args.streams, 8))
+                used = _cpu_s(proc.pid) - cpu0 - idle_per_s * elapsed
+                out.setdefault(name, []).append(
+                    {
+                        "server_cpu_ms_per_stream": round(used / args.streams * 1e3, 3),
+                        "streams_per_s": round(args.streams / elapsed, 1),
+                    }
+                )
+        out["load_average"] = os.getloadavg()
+        return out
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+        log.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,7 +383,14 @@ def main() -> None:
     p.add_argument("--other-cpus", default=None, help="taskset list for upstreams and load")
     p.add_argument("--workdir", default="/tmp/bench_extproc")
     p.add_argument("--epp-profile", default=None, help="run kvgate epp under cProfile, into FILE")
-    print(json.dumps(run(p.parse_args()), indent=2))
+    p.add_argument(
+        "--grpc-floor",
+        action="store_true",
+        help="instead: server CPU per stream of a do-nothing ext_proc server vs kvgate epp",
+    )
+    p.add_argument("--streams", type=int, default=2000, help="streams per --grpc-floor round")
+    args = p.parse_args()
+    print(json.dumps(grpc_floor(args) if args.grpc_floor else run(args), indent=2))
 
 
 if __name__ == "__main__":
