@@ -29,7 +29,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import groupby, islice
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -445,33 +445,31 @@ class KVBlockIndex:
         live = live_base * fill
         drops: list[tuple[int, int]] = []  # (slots that stopped matching, at key index)
         penalties: list[tuple[int, int, int]] = []  # (mask, slots lacking best tier, length)
-        prev = -1
-        run_start = 0
-        lacking = 0
-        end = n
-        for i, key in enumerate(keys):
-            mask = get(key, 0) & live
-            if mask == prev:
-                continue
-            if lacking:
-                penalties.append((prev, lacking, i - run_start))
+        # C-level lookups and run grouping; Python only runs once per run of equal masks.
+        masks = list(map(get, keys))
+        try:
+            end = masks.index(None)
+        except ValueError:
+            end = n
+        position = 0
+        for raw, group in groupby(masks[:end] if end < n else masks):
+            length = len(list(group))
+            mask = raw & live  # type: ignore[operator]  # None only past `end`
             if not mask:
-                end = i
-                lacking = 0
+                end = position
                 break
             present = mask
             for t in range(1, tiers):
                 present |= mask >> t
             present &= base_all
             if present != live_base:
-                drops.append((live_base & ~present, i))
+                drops.append((live_base & ~present, position))
                 live_base = present
                 live = present * fill
             lacking = present & ~(mask >> best_tier)
-            prev = mask
-            run_start = i
-        if lacking:
-            penalties.append((prev, lacking, end - run_start))
+            if lacking:
+                penalties.append((mask, lacking, length))
+            position += length
         drops.append((live_base, end))
         blocks: dict[int, int] = {}
         for bits, position in drops:
