@@ -34,6 +34,7 @@ class Preset:
     sim_args: tuple[str, ...] = ()
     cycle: bool = False
     speed: float = 1.0
+    max_model_len: int | None = None
     policies: tuple[str, ...] | None = None  # None: compare.DEFAULT_POLICIES
     note: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -87,6 +88,8 @@ PRESETS: dict[str, Preset] = {
             "output_len": 16,
         },
         rates=(1.0,),
+        # vLLM refuses to start when one max-length request does not fit the KV cache
+        max_model_len=2048,
         policies=("round-robin", "llm-d-default", "precise"),
     ),
     # llm-d's published shape (blog 2025-09-24): 8 pods, 150 groups x 5 prompts,
@@ -97,7 +100,10 @@ PRESETS: dict[str, Preset] = {
         model="meta-llama/Llama-3.1-8B-Instruct",
         profile="llama-3.1-8b-h100",
         block_size=16,
-        num_gpu_blocks=None,
+        # llm-d sized the prefixes at ~73% of the cluster's KV cache: 900k prefix tokens over
+        # 8 x 9600 blocks x 16 = 1.23M tokens (the profile's own 25,650 blocks would hold
+        # them 3.6 times over)
+        num_gpu_blocks=9600,
         kv_cache_bytes=None,
         workload="shared-prefix",
         workload_params={
@@ -179,6 +185,12 @@ def register(subparsers: Any) -> None:
     run = sub.add_parser("run", help="drive one OpenAI-compatible base URL with a workload")
     run.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
     run.add_argument("--name", default="run", help="label of this run in the report")
+    run.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="target is kvgate sim --speed F: offer load and report times in model time",
+    )
     run.add_argument(
         "--replica-metrics",
         action="append",
@@ -336,6 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workload,
         load,
         factory(args.name) if factory else None,
+        time_scale=args.time_scale,
         after_warmup=(
             (lambda: before.update(scrape_counters(args.replica_metrics)))
             if before is not None
@@ -411,6 +424,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         block_size=args.block_size or preset.block_size,
         num_gpu_blocks=args.num_gpu_blocks or preset.num_gpu_blocks,
         kv_cache_bytes=args.kv_cache_bytes or preset.kv_cache_bytes,
+        max_model_len=preset.max_model_len,
         sim_args=tuple(sim_args),
         speed=args.speed if args.speed is not None else preset.speed,
         gateway_args=tuple(a for s in args.gateway_arg for a in shlex.split(s)),
