@@ -1,270 +1,27 @@
-"""Model-server metrics: a fast Prometheus text parser and a scraper task per endpoint.
+"""Model-server scraping: one task per endpoint reads ``/metrics`` and probes ``/health``.
 
-The metric names follow GIE's flags (``--total-queued-requests-metric`` and friends, see
-:class:`MetricNames`); a spec may carry a label filter, ``name{k="v"}``. The parser is
-hand-written because it runs every 50 ms per endpoint: it jumps with ``str.find`` to the
-lines of the few names it needs and never looks at the hundreds of others a vLLM page has
-(about 20x faster than ``prometheus_client``'s parser on tests/data/vllm-cpu-metrics.txt,
-see docs/PERFORMANCE.md).
-
-When a page has several series of one gauge (one per ``engine`` or ``model_name``), queue
-and running counts are summed, KV-cache usage takes the maximum, and prefix-cache counters
-are summed. The LoRA info metric uses the series with the largest value (a timestamp), as
-GIE does.
+The parser lives in :mod:`kvgate.endpoints.promtext` and is re-exported here, so
+``from kvgate.endpoints.scrape import MetricNames, Scraper, parse_metrics`` is the whole API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import re
 import ssl
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aiohttp
 import msgspec
 
 from kvgate.endpoints.pool import EndpointPool
-from kvgate.scheduling.types import Endpoint, Metrics
+from kvgate.endpoints.promtext import MetricNames, MetricSpec, parse_metrics
+from kvgate.scheduling.types import Endpoint
 
 log = logging.getLogger("kvgate.endpoints")
-
-_LABEL_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """A metric name with an optional label filter, parsed from ``name{k="v",...}``."""
-
-    name: str
-    labels: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def parse(cls, spec: str) -> MetricSpec:
-        spec = spec.strip()
-        brace = spec.find("{")
-        if brace < 0:
-            if not spec:
-                raise ValueError("empty metric name")
-            return cls(spec)
-        if not spec.endswith("}"):
-            raise ValueError(f'metric spec {spec!r}: expected name{{label="value",...}}')
-        labels = tuple(_parse_labels(spec[brace + 1 : -1]).items())
-        return cls(spec[:brace], labels)
-
-    def __str__(self) -> str:
-        if not self.labels:
-            return self.name
-        inner = ",".join(f'{k}="{v}"' for k, v in self.labels)
-        return f"{self.name}{{{inner}}}"
-
-
-def _spec(text: str) -> MetricSpec:
-    return MetricSpec.parse(text)
-
-
-@dataclass(frozen=True, slots=True)
-class MetricNames:
-    """Which metrics to read, with GIE's defaults for vLLM (its flag names in comments)."""
-
-    queued: MetricSpec = field(
-        default_factory=lambda: _spec("vllm:num_requests_waiting")
-    )  # --total-queued-requests-metric
-    running: MetricSpec = field(
-        default_factory=lambda: _spec("vllm:num_requests_running")
-    )  # --total-running-requests-metric
-    kv_usage: MetricSpec = field(
-        default_factory=lambda: _spec("vllm:kv_cache_usage_perc")
-    )  # --kv-cache-usage-percentage-metric
-    # vLLM < 0.10 called it gpu_cache_usage_perc; read when the main name is absent.
-    kv_usage_fallback: MetricSpec | None = field(
-        default_factory=lambda: _spec("vllm:gpu_cache_usage_perc")
-    )
-    lora_info: MetricSpec | None = field(
-        default_factory=lambda: _spec("vllm:lora_requests_info")
-    )  # --lora-info-metric
-    cache_info: MetricSpec | None = field(
-        default_factory=lambda: _spec("vllm:cache_config_info")
-    )  # --cache-info-metric
-    prefix_queries: MetricSpec = field(
-        default_factory=lambda: _spec("vllm:prefix_cache_queries_total")
-    )
-    prefix_hits: MetricSpec = field(default_factory=lambda: _spec("vllm:prefix_cache_hits_total"))
-
-    @classmethod
-    def from_flags(
-        cls,
-        *,
-        queued: str | None = None,
-        running: str | None = None,
-        kv_usage: str | None = None,
-        lora_info: str | None = None,
-        cache_info: str | None = None,
-    ) -> MetricNames:
-        """Build from GIE-style flag values; None keeps the default, '' disables optional ones."""
-        base = cls()
-        return cls(
-            queued=_spec(queued) if queued else base.queued,
-            running=_spec(running) if running else base.running,
-            kv_usage=_spec(kv_usage) if kv_usage else base.kv_usage,
-            # an explicit kv name means the user knows the server: no fallback guessing
-            kv_usage_fallback=None if kv_usage else base.kv_usage_fallback,
-            lora_info=base.lora_info
-            if lora_info is None
-            else (_spec(lora_info) if lora_info else None),
-            cache_info=base.cache_info
-            if cache_info is None
-            else (_spec(cache_info) if cache_info else None),
-        )
-
-
-@functools.lru_cache(maxsize=512)
-def _parse_labels_cached(text: str) -> tuple[tuple[str, str], ...]:
-    return tuple(_parse_labels_uncached(text).items())
-
-
-def _parse_labels(text: str) -> dict[str, str]:
-    """Labels of a sample; memoised, since info metrics repeat the same long label text."""
-    return dict(_parse_labels_cached(text))
-
-
-def _parse_labels_uncached(text: str) -> dict[str, str]:
-    labels = {}
-    for match in _LABEL_RE.finditer(text):
-        value = match.group(2)
-        if "\\" in value:
-            value = value.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-        labels[match.group(1)] = value
-    return labels
-
-
-def _series(text: str, spec: MetricSpec) -> Iterator[tuple[str, float]]:
-    """(label text, value) of every sample line of ``spec.name`` matching its label filter."""
-    name = spec.name
-    n = len(name)
-    pos = 0
-    while True:
-        i = text.find(name, pos)
-        if i < 0:
-            return
-        pos = i + n
-        # must start a line and be the whole name
-        if i > 0 and text[i - 1] != "\n":
-            continue
-        if pos >= len(text):
-            return
-        nxt = text[pos]
-        end = text.find("\n", pos)
-        if end < 0:
-            end = len(text)
-        if nxt == "{":
-            close = text.rfind("}", pos, end)
-            if close < 0:
-                continue
-            label_text = text[pos + 1 : close]
-            rest = text[close + 1 : end]
-        elif nxt == " " or nxt == "\t":
-            label_text = ""
-            rest = text[pos:end]
-        else:
-            continue  # a longer name sharing the prefix
-        # The samples of one family are contiguous in the text format: once this line is
-        # read, stop unless the next line is the same metric (saves scanning the rest).
-        if not text.startswith(name, end + 1):
-            pos = len(text)
-        if spec.labels:
-            labels = _parse_labels(label_text)
-            if any(labels.get(k) != v for k, v in spec.labels):
-                continue
-        parts = rest.split()
-        if not parts:
-            continue
-        try:
-            value = float(parts[0])
-        except ValueError:
-            continue
-        yield label_text, value
-
-
-def _sum(text: str, spec: MetricSpec) -> float | None:
-    total = None
-    for _, value in _series(text, spec):
-        if value == value:  # skip NaN
-            total = value if total is None else total + value
-    return total
-
-
-def _max(text: str, spec: MetricSpec) -> float | None:
-    best = None
-    for _, value in _series(text, spec):
-        if value == value and (best is None or value > best):
-            best = value
-    return best
-
-
-def _adapters(value: str | None) -> frozenset[str]:
-    if not value:
-        return frozenset()
-    return frozenset(a.strip() for a in value.split(",") if a.strip())
-
-
-def _int_label(labels: dict[str, str], key: str) -> int:
-    try:
-        return int(float(labels.get(key, "0")))
-    except ValueError:
-        return 0
-
-
-def parse_metrics(text: str, names: MetricNames | None = None, now: float | None = None) -> Metrics:
-    """Parse a Prometheus text page into a :class:`Metrics` snapshot stamped ``now``.
-
-    Absent metrics read as 0 (GIE stores partial results too).
-    """
-    names = names or MetricNames()
-    queued = _sum(text, names.queued) or 0.0
-    running = _sum(text, names.running) or 0.0
-    kv = _max(text, names.kv_usage)
-    if kv is None and names.kv_usage_fallback is not None:
-        kv = _max(text, names.kv_usage_fallback)
-    active: frozenset[str] = frozenset()
-    waiting: frozenset[str] = frozenset()
-    max_lora = 0
-    if names.lora_info is not None:
-        best_value = None
-        best_labels = ""
-        for label_text, value in _series(text, names.lora_info):
-            if best_value is None or value > best_value:
-                best_value, best_labels = value, label_text
-        if best_value is not None:
-            labels = _parse_labels(best_labels)
-            active = _adapters(labels.get("running_lora_adapters"))
-            waiting = _adapters(labels.get("waiting_lora_adapters"))
-            max_lora = _int_label(labels, "max_lora")
-    block_size = 0
-    num_blocks = 0
-    if names.cache_info is not None:
-        for label_text, _ in _series(text, names.cache_info):
-            labels = _parse_labels(label_text)
-            block_size = _int_label(labels, "block_size")
-            num_blocks = _int_label(labels, "num_gpu_blocks")
-            break
-    return Metrics(
-        waiting_queue_size=int(queued),
-        running_requests_size=int(running),
-        kv_cache_usage_percent=float(kv or 0.0),
-        active_models=active,
-        waiting_models=waiting,
-        max_active_models=max_lora,
-        cache_block_size=block_size,
-        cache_num_gpu_blocks=num_blocks,
-        prefix_cache_queries=_sum(text, names.prefix_queries) or 0.0,
-        prefix_cache_hits=_sum(text, names.prefix_hits) or 0.0,
-        updated_at=time.monotonic() if now is None else now,
-    )
 
 
 class _ModelList(msgspec.Struct):

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP gateway: parse, schedule, forward, relay, account.
 
-One :class:`Gateway` owns an aiohttp server, one aiohttp client session to the model
-servers, the endpoint pool and its scraper, and the scheduler. Per inference request::
+One :class:`Gateway` owns an aiohttp server, one keep-alive client to the model servers
+(:mod:`.upstream`), the endpoint pool and its scraper, and the scheduler; forwarding and
+relaying live in :mod:`.forward`. Per inference request::
 
     auth -> body (413 past the limit) -> parse (400) -> model check (404) -> candidates (503)
     -> Scheduler.schedule (429 on failure) -> for each attempt, best first:
@@ -19,11 +20,8 @@ incremented exactly once per request in a ``finally``, so the counters reconcile
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -39,136 +37,28 @@ from kvgate.errors import (
     SchedulingFailedError,
 )
 from kvgate.gateway.auth import ApiKeyChecker
+from kvgate.gateway.forward import (
+    HEADER_SERVED_BY,
+    JSON,
+    Forwarder,
+    Outcome,
+    attempt_order,
+    json_error,
+)
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.openai import (
     build_request,
-    error_body,
     parse_body,
     request_error_body,
     strip_routing_headers,
 )
-from kvgate.gateway.proxy import (
-    downstream_headers,
-    sse_error_event,
-    upstream_headers,
-    usage_from_json,
-    usage_from_sse,
-)
 from kvgate.gateway.reqlog import log_request, scores_of
-from kvgate.gateway.upstream import (
-    UpstreamClient,
-    UpstreamConnectError,
-    UpstreamResponse,
-    UpstreamStreamError,
-)
+from kvgate.gateway.settings import GatewaySettings
+from kvgate.gateway.upstream import UpstreamClient
 from kvgate.scheduling.scheduler import Scheduler
-from kvgate.scheduling.types import (
-    HEADER_REQUEST_ID,
-    Endpoint,
-    ProfileRunResult,
-    Request,
-    RequestKind,
-    ResponseInfo,
-    SchedulingResult,
-)
+from kvgate.scheduling.types import Endpoint, RequestKind
 
 log = logging.getLogger("kvgate.gateway")
-
-JSON = "application/json"
-#: Response header naming the endpoint that served the request.
-HEADER_SERVED_BY = "x-kvgate-endpoint"
-_SSE_TAIL_BYTES = 16384
-
-
-@dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    """How the gateway serves; the CLI fills it from flags."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_retries: int = 2  # extra attempts after the first, on other endpoints
-    connect_timeout_s: float = 5.0
-    request_timeout_s: float = 600.0  # whole upstream exchange, per attempt
-    retry_after_s: int = 1
-    api_keys: frozenset[str] = frozenset()
-    #: ``namespace/name`` for the seed's path shape; None serves any ``/<ns>/<name>/v1/...``.
-    service_path: str | None = None
-    #: Model names known from configuration, used for 404s before any replica listed models.
-    models: frozenset[str] = frozenset()
-    shutdown_timeout_s: float = 10.0
-    log_requests: bool = True
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """What the per-request log line and counters report."""
-
-    model: str = ""
-    endpoint: str = ""
-    status: int = 0
-    error: str | None = None
-    attempts: int = 0
-    ttft_s: float | None = None
-    stream: bool = False
-    request_id: str = ""
-    prompt_tokens: int | None = None
-    cached_tokens: int | None = None
-    result: SchedulingResult | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _Attempt:
-    """Guards the exactly-once ``response_complete`` of one forwarded attempt."""
-
-    __slots__ = ("done", "endpoint", "request", "scheduler")
-
-    def __init__(self, scheduler: Scheduler, request: Request, endpoint: Endpoint) -> None:
-        self.scheduler = scheduler
-        self.request = request
-        self.endpoint = endpoint
-        self.done = False
-
-    def complete(self, info: ResponseInfo) -> None:
-        if not self.done:
-            self.done = True
-            self.scheduler.response_complete(self.request, info, self.endpoint)
-
-
-def _json_error(
-    status: int,
-    message: str,
-    *,
-    headers: dict[str, str] | None = None,
-    param: str | None = None,
-    code: str | int | None = None,
-) -> web.Response:
-    return web.Response(
-        status=status,
-        body=error_body(message, status=status, param=param, code=code),
-        content_type=JSON,
-        headers=headers,
-    )
-
-
-def _retarget(result: SchedulingResult, endpoint: Endpoint) -> SchedulingResult:
-    """The same cycle's result with ``endpoint`` as the primary target (for a retry)."""
-    primary = result.primary
-    results = dict(result.profile_results)
-    results[result.primary_profile_name] = ProfileRunResult((endpoint,), primary.scored)
-    return SchedulingResult(results, result.primary_profile_name)
-
-
-def attempt_order(result: SchedulingResult) -> list[Endpoint]:
-    """The pick, then the picker's other targets, then the other survivors by score."""
-    primary = result.primary
-    order: list[Endpoint] = list(primary.targets)
-    seen = {id(e) for e in order}
-    for scored in sorted(primary.scored, key=lambda s: -s.score):
-        if id(scored.endpoint) not in seen:
-            seen.add(id(scored.endpoint))
-            order.append(scored.endpoint)
-    return order
 
 
 class Gateway:
@@ -193,6 +83,7 @@ class Gateway:
         scheduler.observe = self.metrics.observe_plugin
         self.auth = ApiKeyChecker(settings.api_keys)
         self._client: UpstreamClient | None = None
+        self._forwarder: Forwarder | None = None
         self._runner: web.AppRunner | None = None
         self.port: int = settings.port
         self.app = self._build_app()
@@ -217,6 +108,15 @@ class Gateway:
     async def start(self) -> None:
         """Start the client, scraper, watcher and plugins, then listen."""
         self._client = UpstreamClient(connect_timeout_s=self.settings.connect_timeout_s)
+        self._forwarder = Forwarder(
+            self.settings,
+            self.pool,
+            self.scheduler,
+            self.scraper,
+            self.metrics,
+            self.auth,
+            self._client,
+        )
         await self.scheduler.start()
         self._started_plugins = True
         await self.scraper.start()
@@ -275,14 +175,14 @@ class Gateway:
         )
 
     async def _not_found(self, req: web.Request) -> web.Response:
-        return _json_error(404, f"no route for {req.method} {req.path}", code="not_found")
+        return json_error(404, f"no route for {req.method} {req.path}", code="not_found")
 
     def _check_service_path(self, req: web.Request) -> web.Response | None:
         ns = req.match_info.get("namespace")
         if ns is None or self.settings.service_path is None:
             return None
         if f"{ns}/{req.match_info.get('name')}" != self.settings.service_path:
-            return _json_error(
+            return json_error(
                 404,
                 f"no service {ns}/{req.match_info.get('name')} here; "
                 f"use /{self.settings.service_path}/v1 or /v1",
@@ -292,7 +192,7 @@ class Gateway:
 
     async def _models(self, req: web.Request) -> web.Response:
         if not self.auth.check(req.headers.get("Authorization")):
-            return _json_error(401, "missing or invalid API key (Authorization: Bearer <key>)")
+            return json_error(401, "missing or invalid API key (Authorization: Bearer <key>)")
         bad = self._check_service_path(req)
         if bad is not None:
             return bad
@@ -317,7 +217,7 @@ class Gateway:
         self, req: web.Request, kind: RequestKind, upstream_path: str
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        out = _Outcome()
+        out = Outcome()
         m = self.metrics
         m.in_flight.inc()
         try:
@@ -333,7 +233,7 @@ class Gateway:
             log.exception("request failed unexpectedly")
             out.status = 500
             out.error = out.error or f"internal: {type(exc).__name__}"
-            return _json_error(500, f"internal gateway error: {type(exc).__name__}")
+            return json_error(500, f"internal gateway error: {type(exc).__name__}")
         finally:
             elapsed = time.perf_counter() - started
             m.in_flight.dec()
@@ -398,12 +298,12 @@ class Gateway:
         req: web.Request,
         kind: RequestKind,
         upstream_path: str,
-        out: _Outcome,
+        out: Outcome,
         started: float,
     ) -> web.StreamResponse:
         if not self.auth.check(req.headers.get("Authorization")):
             out.error = "unauthorized"
-            return _json_error(
+            return json_error(
                 401,
                 "missing or invalid API key (send Authorization: Bearer <key>)",
                 code="invalid_api_key",
@@ -425,7 +325,7 @@ class Gateway:
             return web.Response(status=exc.status, body=request_error_body(exc), content_type=JSON)
         if not candidates:
             out.error = "no_healthy_endpoint"
-            return _json_error(
+            return json_error(
                 503,
                 "no model server is healthy right now; retry shortly",
                 headers={"Retry-After": str(self.settings.retry_after_s)},
@@ -435,201 +335,20 @@ class Gateway:
             result = self.scheduler.schedule(request, candidates)
         except NoCandidatesError as exc:
             out.error = "no_candidates"
-            return _json_error(
+            return json_error(
                 503, str(exc), headers={"Retry-After": str(self.settings.retry_after_s)}
             )
         except SchedulingFailedError as exc:
             out.error = "scheduling_failed"
-            return _json_error(429, f"scheduling failed: {exc}", code="scheduling_failed")
+            return json_error(429, f"scheduling failed: {exc}", code="scheduling_failed")
         finally:
             self.metrics.scheduling.observe(time.perf_counter() - t0)
         out.result = result
         self.metrics.picked(result.target.name)
-        return await self._forward(req, request, result, body, upstream_path, out, started)
-
-    def _payload(self, request: Request, body: bytes) -> bytes:
-        """The body to send: unchanged unless a plugin rewrote the model."""
-        target = request.target_model
-        if target and target != request.model and request.body is not None:
-            return msgspec.json.encode({**request.body, "model": target})
-        return body
-
-    async def _forward(
-        self,
-        req: web.Request,
-        request: Request,
-        result: SchedulingResult,
-        body: bytes,
-        upstream_path: str,
-        out: _Outcome,
-        started: float,
-    ) -> web.StreamResponse:
-        assert self._client is not None
-        client = self._client
-        order = attempt_order(result)[: self.settings.max_retries + 1]
-        payload = self._payload(request, body)
-        query = req.query_string
-        path = upstream_path + ("?" + query if query else "")
-        last_error = "no endpoint could be reached"
-        all_connect = True
-        loop = asyncio.get_running_loop()
-        for i, endpoint in enumerate(order):
-            if i > 0:
-                if not self.pool.is_healthy(endpoint.name) and self.pool.get(endpoint.name):
-                    continue
-                self.metrics.retries.labels("connect" if all_connect else "upstream_5xx").inc()
-            attempt_result = result if i == 0 else _retarget(result, endpoint)
-            extra = self.scheduler.pre_request(request, attempt_result)
-            extra[HEADER_REQUEST_ID] = request.request_id
-            hdrs = upstream_headers(
-                req.headers.items(), extra, drop_authorization=self.auth.enabled
-            )
-            attempt = _Attempt(self.scheduler, request, endpoint)
-            out.endpoint = endpoint.name
-            out.attempts += 1
-            is_last = i == len(order) - 1
-            deadline = loop.time() + self.settings.request_timeout_s
-            try:
-                async with asyncio.timeout_at(deadline):
-                    upstream = await client.post(
-                        endpoint.address,
-                        endpoint.port,
-                        path,
-                        hdrs.items(),
-                        payload,
-                        tls=endpoint.scheme == "https",
-                        host_header=endpoint.hostport,
-                    )
-            except asyncio.CancelledError:
-                attempt.complete(ResponseInfo(error="client_disconnect"))
-                raise
-            except (UpstreamConnectError, UpstreamStreamError) as exc:
-                attempt.complete(ResponseInfo(error="connect"))
-                self.metrics.upstream_errors.labels(endpoint.name, "connect").inc()
-                if "cannot connect" in str(exc):
-                    self.scraper.mark_failed(endpoint.name)
-                last_error = f"endpoint {endpoint.name} failed: {exc}"
-                log.warning("request %s: %s", request.request_id, last_error)
-                continue
-            except TimeoutError:
-                attempt.complete(ResponseInfo(error="timeout"))
-                self.metrics.upstream_errors.labels(endpoint.name, "timeout").inc()
-                out.error = "timeout"
-                return _json_error(
-                    504, f"endpoint {endpoint.name} did not answer in time", code="timeout"
-                )
-            try:
-                if upstream.status >= 500 and not is_last:
-                    with contextlib.suppress(UpstreamStreamError, TimeoutError):
-                        async with asyncio.timeout_at(deadline):
-                            await upstream.read()
-                    attempt.complete(ResponseInfo(status=upstream.status, error="upstream_5xx"))
-                    self.metrics.upstream_errors.labels(endpoint.name, "upstream_5xx").inc()
-                    last_error = f"endpoint {endpoint.name} answered {upstream.status}"
-                    all_connect = False
-                    continue
-                return await self._relay(req, request, upstream, attempt, out, started, deadline)
-            except asyncio.CancelledError:
-                attempt.complete(ResponseInfo(status=upstream.status, error="client_disconnect"))
-                raise
-            finally:
-                upstream.release()
-        out.error = "upstream_unreachable" if all_connect else "upstream_5xx"
-        if all_connect:
-            return _json_error(
-                503,
-                f"{last_error} (after {out.attempts} attempt(s))",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            )
-        return _json_error(502, f"{last_error} (after {out.attempts} attempt(s))")
-
-    async def _relay(
-        self,
-        req: web.Request,
-        request: Request,
-        upstream: UpstreamResponse,
-        attempt: _Attempt,
-        out: _Outcome,
-        started: float,
-        deadline: float,
-    ) -> web.StreamResponse:
-        endpoint = attempt.endpoint
-        info = ResponseInfo(status=upstream.status)
-        headers = downstream_headers(upstream.headers)
-        headers[HEADER_REQUEST_ID] = request.request_id
-        headers[HEADER_SERVED_BY] = endpoint.name
-        if not upstream.content_type.startswith("text/event-stream"):
-            out.stream = False
-            try:
-                async with asyncio.timeout_at(deadline):
-                    data = await upstream.read()
-            except TimeoutError:
-                attempt.complete(ResponseInfo(status=upstream.status, error="timeout"))
-                out.error = "timeout"
-                return _json_error(504, f"endpoint {endpoint.name} did not finish in time")
-            except UpstreamStreamError as exc:
-                attempt.complete(ResponseInfo(status=upstream.status, error="stream_error"))
-                out.error = "stream_error"
-                return _json_error(502, f"endpoint {endpoint.name} broke off its answer: {exc}")
-            if upstream.status < 300:
-                usage = usage_from_json(data)
-                if usage is not None:
-                    info.prompt_tokens = usage.prompt_tokens
-                    info.completion_tokens = usage.completion_tokens
-                    info.cached_tokens = usage.cached_tokens
-            elif upstream.status >= 500:
-                info.error = "upstream_5xx"
-                if not data.lstrip().startswith(b"{"):
-                    data = error_body(
-                        f"endpoint {endpoint.name} answered {upstream.status}",
-                        status=upstream.status,
-                    )
-                    headers["Content-Type"] = JSON
-            attempt.complete(info)
-            headers.update(info.headers)
-            out.prompt_tokens, out.cached_tokens = info.prompt_tokens, info.cached_tokens
-            out.error = info.error
-            return web.Response(status=upstream.status, body=data, headers=headers)
-        # Streaming: pass each chunk on as it arrives; no buffering.
-        resp = web.StreamResponse(status=upstream.status, headers=headers)
-        await resp.prepare(req)
-        out.ttft_s = time.perf_counter() - started  # headers are out; refined below
-        first = True
-        tail = b""
-        try:
-            async with asyncio.timeout_at(deadline):
-                async for chunk in upstream.iter_chunks():
-                    if first:
-                        out.ttft_s = time.perf_counter() - started
-                        first = False
-                    try:
-                        await resp.write(chunk)
-                    except ConnectionResetError:
-                        info.error = "client_disconnect"
-                        break
-                    tail = tail + chunk if len(tail) < _SSE_TAIL_BYTES else tail[-4096:] + chunk
-        except (UpstreamStreamError, TimeoutError) as exc:
-            info.error = "timeout" if isinstance(exc, TimeoutError) else "stream_error"
-            message = f"endpoint {endpoint.name} " + (
-                "timed out" if info.error == "timeout" else f"broke off the stream: {exc}"
-            )
-            log.warning("request %s: %s", request.request_id, message)
-            with contextlib.suppress(ConnectionResetError):
-                await resp.write(sse_error_event(message, status=502))
-        usage = usage_from_sse(tail)
-        if usage is not None:
-            info.prompt_tokens = usage.prompt_tokens
-            info.completion_tokens = usage.completion_tokens
-            info.cached_tokens = usage.cached_tokens
-        out.prompt_tokens, out.cached_tokens = info.prompt_tokens, info.cached_tokens
-        out.error = info.error
-        attempt.complete(info)
-        if info.error == "client_disconnect":
-            out.status = 499
-            return resp
-        with contextlib.suppress(ConnectionResetError):
-            await resp.write_eof()
-        return resp
+        assert self._forwarder is not None
+        return await self._forwarder.forward(
+            req, request, result, body, upstream_path, out, started
+        )
 
 
 __all__ = ["HEADER_SERVED_BY", "Gateway", "GatewaySettings", "attempt_order"]
