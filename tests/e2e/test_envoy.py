@@ -161,9 +161,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         )  # fmt: skip
         procs.append(epp)
         for hp, proc in sims.items():
-            proc.wait_http(f"http://{hp}/health", timeout_s=30)
+            proc.wait_http(f"http://{hp}/health", timeout_s=90)
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        epp.wait_http(f"http://127.0.0.1:{metrics_port}/healthz", timeout_s=30)
+        epp.wait_http(f"http://127.0.0.1:{metrics_port}/healthz", timeout_s=90)
         envoy = start_envoy(tmp, "envoy", epp_port)
         procs.append(envoy.proc)
         the_rig = Rig(sims, epp, epp_port, metrics_url, envoy, tmp)

@@ -16,7 +16,7 @@ from support.fake_kube import FakeKube
 LABELS = {"app": "qwen", "llm-d.ai/role": "decode"}
 
 
-async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not check():
         if asyncio.get_running_loop().time() > deadline:

@@ -58,7 +58,7 @@ def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
-async def eventually(check: Callable[[], object], what: str, timeout_s: float = 15) -> None:
+async def eventually(check: Callable[[], object], what: str, timeout_s: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
@@ -111,7 +111,9 @@ async def test_seed_args_drive_discovery_tls_and_routing(kube: FakeKube, tmp_pat
             assert proc.alive(), proc.log()[-3000:]
             return bool(await check(b"", timeout=1) == b"\x08\x01")
 
-        await eventually(serving, "health SERVING")
+        await eventually(
+            serving, "health SERVING", timeout_s=90
+        )  # start-up imports are slow on a busy 2-core machine
         # the seed's JSON logging: one JSON object per line
         first = next(line for line in proc.log().splitlines() if line.startswith("{"))
         assert json.loads(first)["level"] in ("info", "warning")
