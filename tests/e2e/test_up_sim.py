@@ -7,13 +7,12 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 import openai
+import pytest
 import yaml
 
 from support.procs import Proc, free_port, http_ok, kvgate_cmd, wait_until
@@ -128,14 +127,22 @@ def test_auth_annotation_generates_a_key(spawn: Callable[..., Proc], tmp_path: P
     assert proc.stop() == 0
 
 
-def test_vllm_engine_with_missing_model_says_what_to_do(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "kvgate", "up", str(SEED), "--engine", "vllm"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"HF_HUB_CACHE": str(tmp_path / "empty-hf"), "PATH": "/usr/bin:/bin"},
-    )
-    assert out.returncode == 1
-    assert "Qwen/Qwen3-0.6B" in out.stderr
-    assert "--engine sim" in out.stderr
+def test_vllm_engine_with_missing_model_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from kvgate.cli import main
+
+    root = logging.getLogger("kvgate")  # `up` configures kvgate's logging; put it back after
+    saved = (list(root.handlers), root.level, root.propagate)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))
+    try:
+        assert main(["up", str(SEED), "--engine", "vllm", "--run-dir", str(tmp_path)]) == 1
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        root.propagate = saved[2]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1  # one clear line: why, and what to run instead
+    assert "Qwen/Qwen3-0.6B" in err[0] and "--engine sim" in err[0]
