@@ -105,7 +105,7 @@ def start_envoy(tmp: Path, name: str, epp_port: int, **options: Any) -> Envoy:
     path = envoyconfig.write(cfg, tmp / f"{name}.yaml")
     proc = Proc(envoyconfig.command(path), tmp / f"{name}.log")
     admin = f"http://127.0.0.1:{ports.admin}"
-    proc.wait_http(admin + "/ready", timeout_s=15)
+    proc.wait_http(admin + "/ready", timeout_s=30)
     return Envoy(proc, f"http://127.0.0.1:{ports.listen}", admin, log)
 
 

@@ -261,6 +261,17 @@ async def test_bad_requests_get_openai_errors(
     await call.done_writing()
 
 
+async def test_streamed_body_mode_is_refused_with_the_fix(epp: Epp) -> None:
+    msg = headers_msg(BASE, mode=pm.ProcessingMode.STREAMED)
+    replies, call = await exchange(epp, [msg], expect=1)
+    assert replies[0].immediate_response.status.code == 500
+    assert (
+        "FULL_DUPLEX_STREAMED or BUFFERED"
+        in json.loads(replies[0].immediate_response.body)["error"]["message"]
+    )
+    await call.done_writing()
+
+
 async def test_request_without_body_gets_an_endpoint(epp: Epp) -> None:
     msg = headers_msg({":method": "GET", ":path": "/v1/models"}, end_of_stream=True)
     replies, call = await exchange(epp, [msg], expect=1)

@@ -72,7 +72,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--cert-path", default=None, help="folder with tls.crt and tls.key to use")
     g.add_argument(
         "--request-body-mode",
-        choices=["FULL_DUPLEX_STREAMED", "BUFFERED", "STREAMED"],
+        choices=["FULL_DUPLEX_STREAMED", "BUFFERED"],
         default="FULL_DUPLEX_STREAMED",
         help="body mode assumed when Envoy does not announce it (Envoy >= 1.33 does)",
     )

@@ -65,7 +65,6 @@ log = logging.getLogger("kvgate.epp")
 
 FULL_DUPLEX = pm.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = pm.ProcessingMode.BUFFERED
-STREAMED = pm.ProcessingMode.STREAMED
 #: Response header GIE's EPP adds to show the response went through it.
 HEADER_WENT_INTO_RESP = "x-went-into-resp-headers"
 
@@ -133,6 +132,15 @@ class RequestStream:
             self.added_headers[HEADER_REQUEST_ID] = str(uuid.uuid4())
         if msg.request_headers.end_of_stream or self.request_mode == pm.ProcessingMode.NONE:
             return self._route_without_body()
+        if self.request_mode not in (FULL_DUPLEX, BUFFERED):
+            # STREAMED / BUFFERED_PARTIAL forward the headers before the whole body is seen,
+            # so there is no way to route on it: say so rather than misroute silently.
+            mode = pm.ProcessingMode.BodySendMode.Name(self.request_mode)
+            return self._fail(
+                500,
+                f"kvgate epp cannot route with ext_proc request_body_mode {mode}; "
+                "configure FULL_DUPLEX_STREAMED or BUFFERED",
+            )
         if self.request_mode == FULL_DUPLEX:
             return []  # the headers reply carries the decision; wait for the body
         return [
@@ -151,15 +159,6 @@ class RequestStream:
         self.body.append(body.body)
         if body.end_of_stream:
             return self._route_with_body()
-        if self.request_mode == STREAMED:
-            # Envoy wants a reply per chunk; the chunk itself is held and re-sent at the end.
-            return [
-                ep.ProcessingResponse(
-                    request_body=ep.BodyResponse(
-                        response=ep.CommonResponse(body_mutation=ep.BodyMutation(clear_body=True))
-                    )
-                )
-            ]
         return []
 
     def _pass_request_body(self, body: ep.HttpBody) -> list[ep.ProcessingResponse]:
@@ -236,7 +235,7 @@ class RequestStream:
                 ),
                 *streamed_body_responses(body, request_side=True),
             ]
-        if body != raw or self.request_mode == STREAMED:
+        if body != raw:
             common.body_mutation.body = body
         return [
             ep.ProcessingResponse(
