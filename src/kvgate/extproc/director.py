@@ -92,6 +92,16 @@ class Director:
         labels = (request.model, request.effective_model)
         m.child(m.requests, *labels).inc()
         m.child(m.running, request.model).inc()
+        if log.isEnabledFor(logging.DEBUG):  # one line per request at --v 4 / debug
+            scores = {s.endpoint.name: round(s.score, 3) for s in result.primary.scored}
+            log.debug(
+                "request %s model %s -> %s (profile %s, scores %s)",
+                request.request_id,
+                request.effective_model,
+                destination,
+                result.primary_profile_name,
+                scores,
+            )
         return Decision(result, targets[0], destination, headers)
 
     def pick_without_body(self, subset: Sequence[str] | None) -> Decision:
