@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import random
 import signal
 import statistics
@@ -51,16 +52,75 @@ KV_BYTES = 1 << 30  # what `kvgate up` gives each CPU replica by default
 VOCAB_LOW, VOCAB_HIGH = 1000, 40000  # plain word-piece ids, far from special tokens
 
 
+class CpuProbe:
+    """CPU time (ns) used by every thread of a replica's process group.
+
+    On a machine shared with other work, wall-clock latencies measure the scheduler as much
+    as vLLM. A replica pinned to one core with OMP_NUM_THREADS=1 does its work on that core
+    alone, so the CPU time its threads use for a request is what the request takes on an
+    idle core. /proc/<pid>/task/<tid>/schedstat gives it in nanoseconds.
+    """
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+        self.idle_ns_per_s = 0.0
+
+    def pids(self) -> list[int]:
+        out = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.pgid:
+                    out.append(int(entry.name))
+        return out
+
+    def read(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    total += int((task / "schedstat").read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    continue
+        return total
+
+    def calibrate_idle(self, seconds: float = 3.0) -> None:
+        """CPU the idle replica burns anyway (polling threads), subtracted from every delta."""
+        t0, c0 = time.perf_counter(), self.read()
+        time.sleep(seconds)
+        self.idle_ns_per_s = (self.read() - c0) / (time.perf_counter() - t0)
+
+    def busy_ms(self, cpu0: int, cpu1: int, wall_s: float) -> float:
+        return max(0.0, (cpu1 - cpu0 - self.idle_ns_per_s * wall_s) / 1e6)
+
+
 @dataclass
 class StreamResult:
     ttft_ms: float
     itl_ms: list[float]
     cached_tokens: int
     prompt_tokens: int
+    #: CPU-time equivalents (None without a probe): to the first token, and from the first
+    #: token to the last.
+    cpu_ttft_ms: float | None = None
+    cpu_decode_ms: float | None = None
+    cpu_marks: tuple[int, int, int] = (0, 0, 0)
+    wall_marks: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 async def stream_completion(
-    session: aiohttp.ClientSession, url: str, prompt: list[int], max_tokens: int
+    session: aiohttp.ClientSession,
+    url: str,
+    prompt: list[int],
+    max_tokens: int,
+    probe: CpuProbe | None = None,
 ) -> StreamResult:
     body = {
         "model": MODEL,
@@ -71,8 +131,10 @@ async def stream_completion(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    cpu0 = probe.read() if probe else 0
     start = time.perf_counter()
     stamps: list[float] = []
+    cpu_first = 0
     usage: dict[str, Any] = {}
     async with session.post(url + "/v1/completions", json=body) as resp:
         resp.raise_for_status()
@@ -83,59 +145,95 @@ async def stream_completion(
             chunk = json.loads(line[5:])
             if chunk.get("choices"):
                 stamps.append(time.perf_counter())
+                if probe and len(stamps) == 1:
+                    cpu_first = probe.read()
             if chunk.get("usage"):
                 usage = chunk["usage"]
+    end = time.perf_counter()
+    cpu_end = probe.read() if probe else 0
     ttft = (stamps[0] - start) * 1000 if stamps else float("nan")
     itl = [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
     details = usage.get("prompt_tokens_details") or {}
-    return StreamResult(
+    result = StreamResult(
         ttft, itl, int(details.get("cached_tokens") or 0), int(usage.get("prompt_tokens", 0))
     )
+    if probe and stamps:
+        result.cpu_ttft_ms = probe.busy_ms(cpu0, cpu_first, stamps[0] - start)
+        result.cpu_decode_ms = probe.busy_ms(cpu_first, cpu_end, end - stamps[0])
+        result.cpu_marks = (cpu0, cpu_first, cpu_end)
+        result.wall_marks = (start, stamps[0], end)
+    return result
 
 
 def fresh_prompt(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(VOCAB_LOW, VOCAB_HIGH) for _ in range(n)]
 
 
-async def measure(url: str, repeats: int, seed: int) -> dict[str, Any]:
+async def measure(url: str, repeats: int, seed: int, probe: CpuProbe, clock: str) -> dict[str, Any]:
+    """Prefill, cached-prefix and decode points; ``clock`` picks wall or CPU-time figures."""
     rng = random.Random(seed)
     timeout = aiohttp.ClientTimeout(total=600)
+    use_cpu = clock == "cpu"
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for _ in range(2):  # warm-up: first requests pay one-off costs
             await stream_completion(session, url, fresh_prompt(rng, 64), 4)
         prefill: list[tuple[int, float]] = []
         cached: list[tuple[int, int, float]] = []
+        wall: dict[str, list[Any]] = {"prefill": [], "cached": [], "decode": []}
         for n in (32, 128, 256, 512, 1024, 1536):
-            cold, warm = [], []
+            cold: list[float] = []
+            warm: list[tuple[float, int]] = []
+            cold_wall: list[float] = []
+            warm_wall: list[float] = []
             for _ in range(repeats):
                 prompt = fresh_prompt(rng, n)
-                r1 = await stream_completion(session, url, prompt, 1)
-                r2 = await stream_completion(session, url, prompt, 1)
-                cold.append(r1.ttft_ms)
-                warm.append((r2.ttft_ms, r2.cached_tokens))
+                r1 = await stream_completion(session, url, prompt, 1, probe)
+                r2 = await stream_completion(session, url, prompt, 1, probe)
+                cold.append((r1.cpu_ttft_ms or 0.0) if use_cpu else r1.ttft_ms)
+                warm.append(((r2.cpu_ttft_ms or 0.0) if use_cpu else r2.ttft_ms, r2.cached_tokens))
+                cold_wall.append(r1.ttft_ms)
+                warm_wall.append(r2.ttft_ms)
             prefill.append((n, statistics.median(cold)))
             hit = int(statistics.median(c for _, c in warm))
             cached.append((n, hit, statistics.median(t for t, _ in warm)))
+            wall["prefill"].append((n, statistics.median(cold_wall)))
+            wall["cached"].append((n, hit, statistics.median(warm_wall)))
             print(
-                f"  prefill n={n:5d}: cold {prefill[-1][1]:8.1f} ms, hit ({hit} cached) {cached[-1][2]:7.1f} ms",
+                f"  prefill n={n:5d}: cold {prefill[-1][1]:8.1f} ms, hit ({hit} cached) "
+                f"{cached[-1][2]:7.1f} ms  [{clock}; wall {wall['prefill'][-1][1]:.0f} / "
+                f"{wall['cached'][-1][2]:.0f} ms]",
                 flush=True,
             )
         decode: list[tuple[int, float]] = []
         for batch in (1, 2, 4, 8, 16):
+            steps: list[float] = []
             gaps: list[float] = []
             for _ in range(max(1, repeats - 1)):
                 results = await asyncio.gather(
                     *(
-                        stream_completion(session, url, fresh_prompt(rng, 16), 48)
+                        stream_completion(session, url, fresh_prompt(rng, 16), 48, probe)
                         for _ in range(batch)
                     )
                 )
+                # Steady decode: from the last first token to the first end every stream is
+                # in the batch; CPU time over that window / steps in it = one step.
+                first = max(results, key=lambda r: r.wall_marks[1])
+                last = min(results, key=lambda r: r.wall_marks[2])
+                window_s = last.wall_marks[2] - first.wall_marks[1]
+                n_steps = max(1, round(window_s * 1000 / statistics.median(last.itl_ms)))
+                cpu_ms = probe.busy_ms(first.cpu_marks[1], last.cpu_marks[2], window_s)
+                steps.append(cpu_ms / n_steps)
                 for r in results:
-                    steady = r.itl_ms[4:-2] or r.itl_ms  # skip the ramp where prefills interleave
-                    gaps.extend(steady)
-            decode.append((batch, statistics.median(gaps)))
-            print(f"  decode batch={batch:3d}: {decode[-1][1]:7.2f} ms/token", flush=True)
-    return {"prefill": prefill, "cached": cached, "decode": decode}
+                    gaps.extend(r.itl_ms[4:-2] or r.itl_ms)
+            wall_step = statistics.median(gaps)
+            decode.append((batch, statistics.median(steps) if use_cpu else wall_step))
+            wall["decode"].append((batch, wall_step))
+            print(
+                f"  decode batch={batch:3d}: {decode[-1][1]:7.2f} ms/step "
+                f"[{clock}; wall {wall_step:.1f}]",
+                flush=True,
+            )
+    return {"prefill": prefill, "cached": cached, "decode": decode, "wall": wall}
 
 
 def fit(points: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
@@ -154,7 +252,10 @@ def fit(points: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
     extra = np.array([p[2] for p in points["cached"]], dtype=float) - np.array(
         [prefill_ms(x) for x in new]
     )
-    e1, e0 = np.polyfit(ctx, extra, 1)
+    if len(ctx) >= 2:
+        e1, e0 = np.polyfit(ctx, extra, 1)
+    else:  # one point: all of the extra cost in the per-request base
+        e1, e0 = 0.0, float(extra.mean())
     e0, e1 = max(float(e0), 0.0), max(float(e1), 0.0)
     bsz = np.array([p[0] for p in points["decode"]], dtype=float)
     step = np.array([p[1] for p in points["decode"]], dtype=float)
@@ -219,23 +320,64 @@ def start(
     return sup
 
 
+#: Idle-machine measurements of this machine kind (2-core AMD EPYC, AVX-512) from
+#: ../shared/reference/vllm-cpu.md, vLLM 0.32 eager, one replica per core (§3, §4, §7):
+#: a cold 1,520-token prompt on each of two pinned replicas at once: 3.71 / 3.69 s; eight
+#: 37-token chats arriving together (one 296-token prefill step): TTFT mean 496 / 520 ms, all
+#: 32 tokens done after 1.9 / 1.8 s (-> 8-way decode step ~43.5 ms); a 37-token chat alone:
+#: 78 ms (worker on one core); the 1,534-token prompt again (1,504 cached, 30 new): 57-67 ms;
+#: greedy decode alone ~28 ms/token on 1.6 cores, ~30 ms on one.
+REFERENCE_POINTS: dict[str, Any] = {
+    "prefill": [(37, 78.0), (296, 508.0), (1520, 3700.0)],
+    "cached": [(1534, 1504, 62.0)],
+    "decode": [(1, 30.0), (8, 43.5)],
+}
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
+    if args.from_reference:
+        points = dict(REFERENCE_POINTS)
+        points["wall"] = REFERENCE_POINTS
+        load = float("nan")
+        source = (
+            "idle-machine measurements of real vLLM 0.32 on this machine kind "
+            "(../shared/reference/vllm-cpu.md §3, §4, §7; REFERENCE_POINTS in the script): "
+            "benchmarks/fit_smollm2_cpu.py fit --from-reference"
+        )
+        return _write_profile(args, points, load, source)
     # One core, as each replica of a 2-replica cluster on this 2-core machine gets.
     sup = start("vllm", 1, Path(args.run_dir) / "fit", cpus=(args.cpu,))
     try:
         url = sup.plan.replicas[0].base_url
+        pgid = sup.replicas[0].pid
+        assert pgid is not None
+        probe = CpuProbe(pgid)
+        probe.calibrate_idle()
         print(
-            f"measuring real vLLM at {url} (pinned to cpu {sup.plan.replicas[0].cpus})", flush=True
+            f"measuring real vLLM at {url} (pinned to cpu {sup.plan.replicas[0].cpus}; "
+            f"idle CPU {probe.idle_ns_per_s / 1e6:.1f} ms/s; load {os.getloadavg()[0]:.1f})",
+            flush=True,
         )
-        points = asyncio.run(measure(url, args.repeats, args.seed))
+        points = asyncio.run(measure(url, args.repeats, args.seed, probe, args.clock))
+        load = os.getloadavg()[0]
     finally:
         sup.stop_blocking()
+    source = (
+        f"benchmarks/fit_smollm2_cpu.py fit --repeats {args.repeats} --clock {args.clock} "
+        f"on {args.machine}"
+    )
+    return _write_profile(args, points, load, source)
+
+
+def _write_profile(
+    args: argparse.Namespace, points: dict[str, Any], load: float, source: str
+) -> int:
     latency, quality = fit(points)
     kv_per_token = 2 * 30 * 3 * 64 * 2
     profile = {
         "name": "smollm2-cpu",
         "description": "SmolLM2-135M-Instruct on real vLLM 0.32 (vllm-cpu, eager, bf16) pinned to one CPU core, fitted by benchmarks/fit_smollm2_cpu.py",
-        "source": f"benchmarks/fit_smollm2_cpu.py fit --repeats {args.repeats} on {args.machine}; {time.strftime('%Y-%m-%d')}",
+        "source": f"{source}; {time.strftime('%Y-%m-%d')}",
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "block_size": BLOCK,
         "num_gpu_blocks": KV_BYTES // kv_per_token // BLOCK,
@@ -245,6 +387,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "latency": latency,
         "fit_quality": quality,
         "measurements": {
+            "clock": "reference" if args.from_reference else args.clock,
+            "load_average": None if load != load else round(load, 1),
+            "wall_clock": {
+                "prefill_ttft_ms": [[int(n), round(t, 1)] for n, t in points["wall"]["prefill"]],
+                "cached_ttft_ms": [
+                    [int(n), int(c), round(t, 1)] for n, c, t in points["wall"]["cached"]
+                ],
+                "decode_itl_ms": [[int(b), round(t, 2)] for b, t in points["wall"]["decode"]],
+            },
             "prefill_ttft_ms": [[int(n), round(t, 2)] for n, t in points["prefill"]],
             "cached_ttft_ms": [[int(n), int(c), round(t, 2)] for n, c, t in points["cached"]],
             "decode_itl_ms": [[int(b), round(t, 3)] for b, t in points["decode"]],
@@ -266,7 +417,12 @@ def workload(seed: int, groups: int, per_group: int, prefix: int, suffix: int) -
 
 
 async def run_workload(
-    urls: list[str], prompts: list[list[int]], rate: float, out_tokens: int, seed: int
+    urls: list[str],
+    prompts: list[list[int]],
+    rate: float,
+    out_tokens: int,
+    seed: int,
+    probes: dict[str, CpuProbe] | None = None,
 ) -> list[StreamResult]:
     """Poisson arrivals at ``rate``/s; request i goes to replica ``group(i) % len(urls)``.
 
@@ -279,7 +435,10 @@ async def run_workload(
         tasks = []
         for _i, prompt in enumerate(prompts):
             url = urls[hash(tuple(prompt[:BLOCK])) % len(urls)]
-            tasks.append(asyncio.create_task(stream_completion(session, url, prompt, out_tokens)))
+            probe = probes.get(url) if probes else None
+            tasks.append(
+                asyncio.create_task(stream_completion(session, url, prompt, out_tokens, probe))
+            )
             await asyncio.sleep(rng.expovariate(rate))
         return list(await asyncio.gather(*tasks))
 
@@ -287,7 +446,20 @@ async def run_workload(
 def summarise(results: list[StreamResult]) -> dict[str, float]:
     ttft = [r.ttft_ms for r in results]
     itl = [g for r in results for g in r.itl_ms]
-    return {
+    extra: dict[str, float] = {}
+    if all(r.cpu_ttft_ms is not None for r in results):
+        # What each request cost its replica in CPU time: the idle-core equivalent (exact
+        # for requests alone on their replica, an overestimate where they overlap).
+        extra["cpu_ttft_p50_ms"] = round(
+            statistics.median(r.cpu_ttft_ms or 0.0 for r in results), 1
+        )
+        extra["cpu_itl_p50_ms"] = round(
+            statistics.median(
+                (r.cpu_decode_ms or 0.0) / max(1, len(r.itl_ms)) for r in results if r.itl_ms
+            ),
+            2,
+        )
+    return extra | {
         "requests": len(results),
         "ttft_p50_ms": round(statistics.median(ttft), 1),
         "ttft_p90_ms": round(float(np.percentile(ttft, 90)), 1),
@@ -317,17 +489,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     urls, [fresh_prompt(random.Random(i), 16) for i in range(2)], 100.0, 2, 0
                 )
             )
+            probes = None
+            if engine == "vllm":
+                probes = {}
+                for rp in sup.replicas:
+                    assert rp.pid is not None
+                    probes[rp.spec.base_url] = CpuProbe(rp.pid)
+                    probes[rp.spec.base_url].calibrate_idle(1.5)
+            load0 = os.getloadavg()[0]
             results = asyncio.run(
-                run_workload(urls, prompts, args.rate, args.output_tokens, args.seed)
+                run_workload(urls, prompts, args.rate, args.output_tokens, args.seed, probes)
             )
+            load1 = os.getloadavg()[0]
         finally:
             sup.stop_blocking()
-        report[engine] = summarise(results)
+        report[engine] = summarise(results) | {"load_average": [round(load0, 1), round(load1, 1)]}
         print(engine, report[engine], flush=True)
     ratio = {
         k: round(report["sim"][k] / report["vllm"][k], 3) for k in ("ttft_p50_ms", "itl_p50_ms")
     }
     report["sim_over_vllm"] = ratio
+    if "cpu_ttft_p50_ms" in report["vllm"]:
+        report["sim_over_vllm_cpu_time"] = {
+            "ttft_p50": round(report["sim"]["ttft_p50_ms"] / report["vllm"]["cpu_ttft_p50_ms"], 3),
+            "itl_p50": round(report["sim"]["itl_p50_ms"] / report["vllm"]["cpu_itl_p50_ms"], 3),
+        }
     report["workload"] = {
         "groups": args.groups,
         "per_group": args.per_group,
@@ -352,6 +538,17 @@ def main() -> int:
     f = sub.add_parser("fit")
     f.add_argument("--repeats", type=int, default=3)
     f.add_argument("--cpu", type=int, default=0, help="the core the measured replica runs on")
+    f.add_argument(
+        "--from-reference",
+        action="store_true",
+        help="fit the idle-machine measurements in REFERENCE_POINTS instead of measuring",
+    )
+    f.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="fit CPU-time figures (right on a shared machine) or wall-clock ones (idle machine)",
+    )
     f.add_argument("--output", default=str(PROFILE_PATH))
     f.add_argument("--machine", default="a 2-core AMD EPYC VM (AVX-512), shared")
     c = sub.add_parser("compare")
