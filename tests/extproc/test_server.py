@@ -279,8 +279,25 @@ async def test_request_without_body_gets_an_endpoint(epp: Epp) -> None:
     await call.done_writing()
 
 
-async def test_streamed_response_usage_and_completion(epp: Epp) -> None:
+SSE_ANSWER = (
+    b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[],"usage":{"prompt_tokens":7,'
+    b'"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4}}}\n\ndata: [DONE]\n\n'
+)
+JSON_ANSWER = json.dumps(
+    {"choices": [{"text": "abc"}], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "answer"),
+    [(b"text/event-stream", SSE_ANSWER), (b"application/json", JSON_ANSWER)],
+    ids=["sse", "json"],
+)
+async def test_response_usage_reaches_the_completion_hooks(
+    epp: Epp, content_type: bytes, answer: bytes
+) -> None:
     before_out = await metric(epp, "inference_objective_output_tokens_sum")
+    before_in = await metric(epp, "inference_objective_input_tokens_sum")
     body = json.dumps({"model": "m", "prompt": "hello", "stream": True}).encode()
     _replies, call = await exchange(epp, [headers_msg(BASE), body_msg(body)], expect=2)
     assert await metric(epp, "inference_objective_running_requests") == 1
@@ -289,7 +306,7 @@ async def test_streamed_response_usage_and_completion(epp: Epp) -> None:
             headers=core.HeaderMap(
                 headers=[
                     core.HeaderValue(key=":status", raw_value=b"200"),
-                    core.HeaderValue(key="content-type", raw_value=b"text/event-stream"),
+                    core.HeaderValue(key="content-type", raw_value=content_type),
                 ]
             )
         )
@@ -297,12 +314,8 @@ async def test_streamed_response_usage_and_completion(epp: Epp) -> None:
     await call.write(resp_headers)
     reply = await asyncio.wait_for(call.read(), 5)
     assert set_headers(reply)["x-went-into-resp-headers"] == "true"
-    sse = (
-        b'data: {"choices":[{"text":"a"}]}\n\ndata: {"choices":[],"usage":{"prompt_tokens":7,'
-        b'"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4}}}\n\ndata: [DONE]\n\n'
-    )
-    # split inside a line: the reader must carry the partial line over
-    for piece, last in ((sse[:40], False), (sse[40:], True)):
+    # split inside a line / inside the JSON: the reader must carry the partial part over
+    for piece, last in ((answer[:40], False), (answer[40:], True)):
         await call.write(
             ep.ProcessingRequest(response_body=ep.HttpBody(body=piece, end_of_stream=last))
         )
@@ -311,6 +324,7 @@ async def test_streamed_response_usage_and_completion(epp: Epp) -> None:
         assert streamed.body == piece and streamed.end_of_stream == last
     await call.done_writing()
     assert await metric(epp, "inference_objective_output_tokens_sum") == before_out + 3
+    assert await metric(epp, "inference_objective_input_tokens_sum") == before_in + 7
     assert await metric(epp, "inference_objective_running_requests") == 0
 
 
