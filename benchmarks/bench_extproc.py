@@ -103,6 +103,20 @@ VARIANTS: dict[str, dict[str, str] | None] = {
 }
 
 
+def _decision_mean_ms(metrics_port: int) -> float | None:
+    """Mean of the EPP's own decision time (kvgate_epp_decision_duration_seconds)."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = re.search(r"^kvgate_epp_decision_duration_seconds_sum (\S+)$", text, re.M)
+    count = re.search(r"^kvgate_epp_decision_duration_seconds_count (\S+)$", text, re.M)
+    if not total or not count or float(count.group(1)) == 0:
+        return None
+    return round(float(total.group(1)) / float(count.group(1)) * 1e3, 3)
+
+
 def _envoy_config(
     tmp: Path, name: str, epp_port: int, upstreams: list[int], options: dict[str, str] | None
 ) -> tuple[Path, envoyconfig.EnvoyPorts]:
@@ -206,6 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name in configs
                 if name != "routing_alone"
             },
+            "epp_decision_mean_ms": _decision_mean_ms(metrics_port),
             "load_average": os.getloadavg(),
         }
     finally:

@@ -123,6 +123,13 @@ class EppMetrics:
             buckets=_SCHED_BUCKETS,
             registry=r,
         )
+        self.decision = Histogram(
+            "kvgate_epp_decision_duration_seconds",
+            "Time from the end of the request body to the routing reply being built: parsing, "
+            "scheduling, PreRequest hooks and the ext_proc messages (gRPC transport excluded).",
+            buckets=_SCHED_BUCKETS,
+            registry=r,
+        )
         self.streams = Counter(
             "kvgate_epp_streams_total",
             "ext_proc streams (one per HTTP request through Envoy), by how they ended.",

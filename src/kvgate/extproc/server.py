@@ -192,6 +192,12 @@ class RequestStream:
         ]
 
     def _route_with_body(self) -> list[ep.ProcessingResponse]:
+        started = time.perf_counter()
+        replies = self._decide()
+        self.director.metrics.decision.observe(time.perf_counter() - started)
+        return replies
+
+    def _decide(self) -> list[ep.ProcessingResponse]:
         self.routed = True
         raw = b"".join(self.body)
         self.body = []
