@@ -125,3 +125,34 @@ async def test_events_add_up_to_exactly_the_cached_blocks(vocab: OutputVocab) ->
     assert first.block_hashes == [to_event_hash(h) for h in expected[: len(first.block_hashes)]]
     # The later requests reused the shared prefix (as cached tokens, full blocks only).
     assert reqs[1].num_cached_tokens == 16 and reqs[4].num_cached_tokens >= 0
+
+
+async def test_cpu_offload_tier_serves_evicted_prefix_and_costs_load_time(
+    vocab: OutputVocab,
+) -> None:
+    events: list[KVCacheEvent] = []
+    latency = LatencyModel(2.0, 0.01, 0.0, 0.0, 0.0, 2.0, 0.1, offload_load_ms_per_block=1.5)
+    engine = Engine(
+        EngineConfig(block_size=4, num_gpu_blocks=6, max_num_seqs=4, max_num_batched_tokens=512,
+                     max_model_len=24, speed=1000.0, offload_blocks=32),
+        latency,
+        publish=events.extend,
+    )  # fmt: skip
+    first = request(vocab, 1, list(range(300, 317)), 2)  # 17 tokens: 4 full blocks
+    other = request(vocab, 2, list(range(400, 417)), 2)  # evicts most of first's blocks
+    again = request(vocab, 3, list(range(300, 317)), 2)
+    prices: list[float] = []
+    orig = engine._price
+
+    def spy(scheduled, loaded):  # type: ignore[no-untyped-def]
+        ms = orig(scheduled, loaded)
+        prices.append(loaded)
+        return ms
+
+    engine._price = spy  # type: ignore[method-assign]
+    await run_all(engine, [first], [other], [again])
+    assert again.num_cached_tokens == 16
+    assert engine.stats.prompt_tokens_cached_cpu > 0
+    assert max(prices) > 0  # blocks were loaded back from CPU
+    assert any(isinstance(e, BlockStored) and e.medium == "CPU" for e in events)
+    assert any(isinstance(e, BlockRemoved) and e.medium == "GPU" for e in events)

@@ -139,3 +139,31 @@ def test_types_and_labels_follow_vllm(sim: SimHandle) -> None:
         ("sql", "base"),
         ("chat", "base"),
     ]
+
+
+def test_fast_render_is_exactly_prometheus_clients_text() -> None:
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    from kvgate.sim.profiles import load_profile
+    from kvgate.sim.server import SimSettings, SimState
+
+    async def build() -> bytes:
+        settings = SimSettings(
+            host="127.0.0.1", port=1, model="m", served_model_names=["m"],
+            profile=load_profile("qwen3-0.6b-h100"), legacy_gpu_cache_usage_metric=True,
+        )  # fmt: skip
+        state = SimState(settings)
+        m = state.metrics
+        for i in range(50):
+            m.h_ttft.observe(i * 0.013)
+            m.h_prompt.observe(i * 97)
+        m.h_itl.observe(1e9)
+        assert m.render() == generate_latest(m.registry)
+        return m.render()
+
+    text = asyncio.run(build()).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    ttft = fams["vllm:time_to_first_token_seconds"]
+    assert next(s.value for s in ttft.samples if s.name.endswith("_count")) == 50

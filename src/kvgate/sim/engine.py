@@ -75,8 +75,15 @@ class EngineStats:
     preemptions: int = 0
     steps: int = 0
     busy_model_s: float = 0.0
-    lag_s: float = 0.0
+    lag_s: float = 0.0  # wall seconds the schedule was restarted late (process overloaded)
     lag_events: int = 0
+    late_s_sum: float = 0.0  # wall seconds steps completed after their modelled end
+    late_s_max: float = 0.0
+    # What the model says clients should see (wall seconds, from each step's planned end):
+    model_ttft_s_sum: float = 0.0
+    model_ttft_count: int = 0
+    model_itl_s_sum: float = 0.0
+    model_itl_count: int = 0
     finished: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("stop", "length", "abort", "error", "repetition"), 0)
     )
@@ -100,6 +107,7 @@ class SimRequest:
         "last_token_time",
         "lora",
         "max_tokens",
+        "model_token_time",
         "notify_each_token",
         "num_cached_blocks",
         "num_cached_tokens",
@@ -152,6 +160,7 @@ class SimRequest:
         self.first_token_time = 0.0
         self.decode_start_time = 0.0
         self.last_token_time = 0.0
+        self.model_token_time = 0.0  # planned (modelled) time of the latest token
         self.finished_time = 0.0
 
     @property
@@ -261,26 +270,28 @@ class Engine:
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = time.monotonic
         speed = self.config.speed
         tolerance = self.config.lag_tolerance_s
-        next_start = loop.time()
+        next_start = clock()
         while not self._stopped:
             if self._num_aborted:
                 self._drop_aborted()
             if not self.waiting and not self.running:
                 self._wake.clear()
                 await self._wake.wait()
-                next_start = loop.time()
+                next_start = clock()
                 continue
-            now = loop.time()
+            now = clock()
             if now - next_start > tolerance:
+                # The process fell behind the modelled schedule (CPU starved): restart it
+                # from now and count the lag, rather than compressing later steps.
                 self.stats.lag_s += now - next_start
                 self.stats.lag_events += 1
                 start = now
             else:
-                start = max(next_start, now) if next_start > now else next_start
-            scheduled, loaded = self._schedule(time.monotonic())
+                start = next_start
+            scheduled, loaded = self._schedule(now)
             self._flush_events()
             if not scheduled:
                 # Nothing fits right now (only possible while every waiting request is
@@ -288,16 +299,28 @@ class Engine:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 0.05)
-                next_start = loop.time()
+                next_start = clock()
                 continue
             step_ms = self._price(scheduled, loaded)
             self.last_step_ms = step_ms
             self.stats.steps += 1
             self.stats.busy_model_s += step_ms / 1000.0
             end = start + step_ms / 1000.0 / speed
-            delay = end - loop.time()
-            await asyncio.sleep(delay if delay > 0 else 0)
-            self._complete(scheduled, time.monotonic())
+            # uvloop's timers have millisecond granularity and may fire up to 1 ms early.
+            remaining = end - clock()
+            if remaining <= 0.0002:
+                await asyncio.sleep(0)  # always let I/O run between steps
+            while remaining > 0.0002:
+                await asyncio.sleep(remaining)
+                remaining = end - clock()
+            done = clock()
+            late = done - end
+            if late > 0:
+                st = self.stats
+                st.late_s_sum += late
+                if late > st.late_s_max:
+                    st.late_s_max = late
+            self._complete(scheduled, done, end)
             self._flush_events()
             next_start = end
 
@@ -460,7 +483,9 @@ class Engine:
 
     # --- completing a step -----------------------------------------------------------------
 
-    def _complete(self, scheduled: list[tuple[SimRequest, int, int]], now: float) -> None:
+    def _complete(
+        self, scheduled: list[tuple[SimRequest, int, int]], now: float, planned: float
+    ) -> None:
         st = self.stats
         max_len = self.config.max_model_len
         generated = 0
@@ -480,9 +505,14 @@ class Engine:
             if k == 0:
                 req.first_token_time = now
                 req.decode_start_time = now
+                st.model_ttft_s_sum += planned - req.arrival_time
+                st.model_ttft_count += 1
             else:
                 itl.append(now - req.last_token_time)
+                st.model_itl_s_sum += planned - req.model_token_time
+                st.model_itl_count += 1
             req.last_token_time = now
+            req.model_token_time = planned
             if req.num_output_tokens >= len(stream_ids):
                 self._finish(req, req.stream.finish_reason, now)
                 any_finished = True

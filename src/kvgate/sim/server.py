@@ -545,6 +545,32 @@ async def reset_prefix_cache(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def sim_stats(request: web.Request) -> web.Response:
+    """kvgate's own engine counters (not a vLLM route): steps, modelled busy time, lateness."""
+    state = request.app[STATE_KEY]
+    st = state.engine.stats
+    out = {
+        "steps": st.steps,
+        "busy_model_s": st.busy_model_s,
+        "lag_s": st.lag_s,
+        "lag_events": st.lag_events,
+        "late_s_sum": st.late_s_sum,
+        "late_s_max": st.late_s_max,
+        "model_ttft_s_sum": st.model_ttft_s_sum,
+        "model_ttft_count": st.model_ttft_count,
+        "model_itl_s_sum": st.model_itl_s_sum,
+        "model_itl_count": st.model_itl_count,
+        "preemptions": st.preemptions,
+        "running": state.engine.num_running,
+        "waiting": state.engine.num_waiting,
+        "kv_free_blocks": state.engine.kv.num_free_blocks,
+        "kv_cached_blocks": len(state.engine.kv.cached),
+        "kv_cpu_blocks": len(state.engine.kv.cpu),
+        "speed": state.engine.config.speed,
+    }
+    return web.Response(body=_enc.encode(out), content_type="application/json")
+
+
 def build_app(state: SimState) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = state
@@ -558,6 +584,7 @@ def build_app(state: SimState) -> web.Application:
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
     app.router.add_post("/reset_prefix_cache", reset_prefix_cache)
+    app.router.add_get("/sim/stats", sim_stats)
     return app
 
 

@@ -1,0 +1,337 @@
+"""How many streams and requests one ``kvgate sim`` process serves, and how closely clients
+see the latency model.
+
+Usage (results for docs/PERFORMANCE.md, "Simulator")::
+
+    .venv/bin/python benchmarks/bench_sim.py                 # full run, ~2 minutes
+    .venv/bin/python benchmarks/bench_sim.py --quick         # smaller sweep
+
+The simulator is pinned to one core (``taskset -c 0``) and the load generators to the
+others (``--client-cores``). Two scenarios:
+
+1. **concurrency**: C streams start together (C = 1 … 256), 16-token prompts, 64 tokens each,
+   profile qwen3-0.6b-h100 at real time. Once all are decoding, every step is a decode of
+   batch C, so the model's ITL is ``d0 + d1·C``.
+2. **rate**: open-loop arrivals at R requests/s (short requests: 32-token prompts, 8 tokens
+   each, streaming) for a few seconds each, on a profile with a faster decode (so the
+   modelled GPU, not the process, sets the limit only far above 1000 req/s).
+
+For every request the engine records what the model says a client should see: the planned
+end of the step that produced each token (``/sim/stats``). The client measures the same
+TTFT and inter-token gaps on the wire. ``drift`` is client mean / model mean - 1: the time
+the process (HTTP, event loop, CPU contention) adds to the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAST_PROFILE = {
+    "name": "bench-fast-decode",
+    "description": "qwen3-0.6b-h100 prefill with a vLLM-like decode cost (CUDA graphs): d1 = 0.02 ms per sequence",
+    "block_size": 16,
+    "num_gpu_blocks": 37246,
+    "max_num_seqs": 256,
+    "max_num_batched_tokens": 8192,
+    "max_model_len": 40960,
+    "latency": {
+        "prefill_base_ms": 3.655,
+        "prefill_ms_per_token": 0.004319,
+        "prefill_ms_per_token_sq": 2.603e-07,
+        "cached_base_ms": 0.5886,
+        "cached_ms_per_token": 0.0013,
+        "decode_base_ms": 3.662,
+        "decode_ms_per_seq": 0.02,
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str, timeout: float = 5) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def start_sim(args: list[str], core: int | None, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "kvgate", "sim", "--port", str(port), "--model", "bench", *args]
+    if core is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(core), *cmd]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sim did not start:\n{log.read_text()[-2000:]}") from None
+            time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- load generator (runs in worker processes) --------------------------------------------------
+
+
+async def _stream(session: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    start = time.perf_counter()
+    times: list[float] = []
+    try:
+        async with session.post(url + "/v1/completions", json=body) as resp:
+            if resp.status != 200:
+                return {"ok": False, "status": resp.status}
+            async for line in resp.content:
+                if line.startswith(b"data: {"):
+                    times.append(time.perf_counter())
+    except Exception as exc:  # counted, not raised: the benchmark reports errors
+        return {"ok": False, "error": repr(exc)}
+    if not times:
+        return {"ok": False, "error": "no tokens"}
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return {"ok": True, "ttft": times[0] - start, "gaps": gaps, "tokens": len(times)}
+
+
+async def _run_plan(
+    url: str, plan: list[tuple[float, dict[str, Any]]], t0: float
+) -> list[dict[str, Any]]:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(offset: float, body: dict[str, Any]) -> dict[str, Any]:
+            delay = t0 + offset - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return await _stream(session, url, body)
+
+        return list(await asyncio.gather(*(one(o, b) for o, b in plan)))
+
+
+def _worker(
+    url: str, plan: list[tuple[float, dict[str, Any]]], t0: float, cores: list[int], out: Any
+) -> None:
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out.put(asyncio.run(_run_plan(url, plan, t0)))
+
+
+def run_load(
+    url: str, plan: list[tuple[float, dict[str, Any]]], workers: int, cores: list[int]
+) -> list[dict[str, Any]]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    t0 = time.time() + 1.5  # every worker is up before the first request is due
+    shards = [plan[i::workers] for i in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(url, shard, t0, cores, queue))
+        for shard in shards
+        if shard
+    ]
+    for p in procs:
+        p.start()
+    results: list[dict[str, Any]] = []
+    for _ in procs:
+        results.extend(queue.get())
+    for p in procs:
+        p.join()
+    return results
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+
+def prompt_ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(1000, 40000) for _ in range(n)]
+
+
+def summarise(
+    results: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any]
+) -> dict[str, Any]:
+    ok = [r for r in results if r["ok"]]
+    gaps = [g for r in ok for g in r["gaps"]]
+    n_ttft = after["model_ttft_count"] - before["model_ttft_count"]
+    n_itl = after["model_itl_count"] - before["model_itl_count"]
+    model_ttft = (after["model_ttft_s_sum"] - before["model_ttft_s_sum"]) / max(1, n_ttft)
+    model_itl = (after["model_itl_s_sum"] - before["model_itl_s_sum"]) / max(1, n_itl)
+    client_ttft = statistics.fmean(r["ttft"] for r in ok) if ok else float("nan")
+    client_itl = statistics.fmean(gaps) if gaps else float("nan")
+    return {
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "ttft_ms": round(client_ttft * 1000, 2),
+        "model_ttft_ms": round(model_ttft * 1000, 2),
+        "ttft_drift_pct": round((client_ttft / model_ttft - 1) * 100, 2) if model_ttft else None,
+        "itl_ms": round(client_itl * 1000, 3),
+        "model_itl_ms": round(model_itl * 1000, 3),
+        "itl_drift_pct": round((client_itl / model_itl - 1) * 100, 2) if model_itl else None,
+        "itl_p99_ms": round(sorted(gaps)[int(len(gaps) * 0.99)] * 1000, 2) if gaps else None,
+        "engine_lag_s": round(after["lag_s"] - before["lag_s"], 3),
+        "engine_late_mean_ms": round(
+            (after["late_s_sum"] - before["late_s_sum"])
+            / max(1, after["steps"] - before["steps"])
+            * 1000,
+            3,
+        ),
+    }
+
+
+def concurrency_sweep(
+    levels: list[int],
+    max_tokens: int,
+    sim_core: int | None,
+    client_cores: list[int],
+    workers: int,
+    tmp: Path,
+) -> list[dict[str, Any]]:
+    from kvgate.sim.profiles import load_profile
+
+    model = load_profile("qwen3-0.6b-h100").latency
+    proc, url = start_sim(["--profile", "qwen3-0.6b-h100"], sim_core, tmp / "sim-concurrency.log")
+    rows = []
+    try:
+        rng = random.Random(1)
+        for c in levels:
+            plan = [
+                (0.0, {"model": "bench", "prompt": prompt_ids(rng, 16), "max_tokens": max_tokens,
+                       "ignore_eos": True, "stream": True})
+                for _ in range(c)
+            ]  # fmt: skip
+            before = http_json(url + "/sim/stats")
+            cpu0 = cpu_seconds(proc.pid)
+            wall0 = time.monotonic()
+            results = run_load(url, plan, min(workers, c), client_cores)
+            wall = time.monotonic() - wall0 - 1.5
+            after = http_json(url + "/sim/stats")
+            row = {"concurrency": c, **summarise(results, before, after)}
+            row["formula_itl_ms"] = round(model.decode_step_ms(c), 3)
+            row["sim_cpu_pct"] = round((cpu_seconds(proc.pid) - cpu0) / wall * 100, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return rows
+
+
+def rate_sweep(
+    rates: list[int],
+    duration_s: float,
+    sim_core: int | None,
+    client_cores: list[int],
+    workers: int,
+    tmp: Path,
+) -> list[dict[str, Any]]:
+    profile = tmp / "bench-fast.json"
+    profile.write_text(json.dumps(FAST_PROFILE))
+    proc, url = start_sim(["--profile", str(profile)], sim_core, tmp / "sim-rate.log")
+    rows = []
+    try:
+        rng = random.Random(2)
+        for rate in rates:
+            n = int(rate * duration_s)
+            plan = [
+                (i / rate, {"model": "bench", "prompt": prompt_ids(rng, 32), "max_tokens": 8,
+                            "ignore_eos": True, "stream": True})
+                for i in range(n)
+            ]  # fmt: skip
+            before = http_json(url + "/sim/stats")
+            cpu0 = cpu_seconds(proc.pid)
+            wall0 = time.monotonic()
+            results = run_load(url, plan, workers, client_cores)
+            wall = time.monotonic() - wall0 - 1.5
+            after = http_json(url + "/sim/stats")
+            ok = sum(1 for r in results if r["ok"])
+            row = {
+                "rate_rps": rate,
+                "achieved_rps": round(ok / wall, 1),
+                **summarise(results, before, after),
+            }
+            row["sim_cpu_pct"] = round((cpu_seconds(proc.pid) - cpu0) / wall * 100, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--sim-core", type=int, default=0, help="core for the simulator (taskset -c)"
+    )
+    parser.add_argument(
+        "--client-cores",
+        default="",
+        help="cores for the load generators, e.g. 1 (default: all but the sim's)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    ncpu = os.cpu_count() or 1
+    client_cores = [int(c) for c in args.client_cores.split(",") if c] or [
+        c for c in range(ncpu) if c != args.sim_core
+    ]
+    levels = [1, 32, 256] if args.quick else [1, 16, 64, 128, 256]
+    rates = [250, 500] if args.quick else [100, 250, 500, 750]
+    with tempfile.TemporaryDirectory(prefix="bench-sim-") as d:
+        tmp = Path(d)
+        result = {
+            "machine": {
+                "cpus": ncpu,
+                "sim_core": args.sim_core,
+                "client_cores": client_cores,
+                "load_avg_at_start": os.getloadavg(),
+            },
+            "concurrency": concurrency_sweep(
+                levels, 32 if args.quick else 64, args.sim_core, client_cores, args.workers, tmp
+            ),
+            "rate": rate_sweep(
+                rates, 4.0 if args.quick else 6.0, args.sim_core, client_cores, args.workers, tmp
+            ),
+        }
+    result["machine"]["load_avg_at_end"] = os.getloadavg()
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
