@@ -14,13 +14,18 @@ from typing import Any
 
 import pytest
 
-from support.procs import Proc, free_port, kvgate_cmd, wait_until
-from support.sim import start_sim
+from kvgate.sim.server import FAULT_HEADER
+from support.procs import Proc, wait_until
+from support.sim import SimHandle, start_sim
 
 
-def post(url: str, body: dict[str, Any], timeout: float = 10) -> tuple[int, bytes]:
+def post(
+    url: str, body: dict[str, Any], timeout: float = 10, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -29,32 +34,31 @@ def post(url: str, body: dict[str, Any], timeout: float = 10) -> tuple[int, byte
         return exc.code, exc.read()
 
 
-def test_injected_status_failures(module_spawn: Callable[..., Proc]) -> None:
-    sim = start_sim(
+@pytest.fixture(scope="module")
+def faulty(module_spawn: Callable[..., Proc]) -> SimHandle:
+    return start_sim(
         module_spawn, model="f", speed=50, failure_rate=0.5, failure_kinds="429,503", seed=3
     )
-    statuses = [
-        post(sim.url + "/v1/completions", {"model": "f", "prompt": "hi", "max_tokens": 2})[0]
-        for _ in range(30)
-    ]
+
+
+def test_injected_status_failures(faulty: SimHandle) -> None:
+    url = faulty.url + "/v1/completions"
+    statuses = [post(url, {"model": "f", "prompt": "hi", "max_tokens": 2})[0] for _ in range(30)]
     assert set(statuses) == {200, 429, 503}
     assert 5 <= statuses.count(200) <= 25
     status, body = post(
-        sim.url + "/v1/completions", {"model": "f", "prompt": "hi", "max_tokens": 2}
+        url, {"model": "f", "prompt": "hi", "max_tokens": 2}, headers={FAULT_HEADER: "500"}
     )
-    if status != 200:
-        err = json.loads(body)["error"]
-        assert err["code"] == status and "Injected failure" in err["message"]
+    assert status == 500
+    err = json.loads(body)["error"]
+    assert err["code"] == 500 and "Injected failure" in err["message"]
 
 
-def test_drop_and_hang(module_spawn: Callable[..., Proc]) -> None:
-    drop = start_sim(module_spawn, model="d", speed=50, failure_rate=1, failure_kinds="drop")
-    conn = http.client.HTTPConnection("127.0.0.1", drop.port, timeout=10)
+def test_drop_and_hang(faulty: SimHandle) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", faulty.port, timeout=10)
+    body = json.dumps({"model": "f", "prompt": "hi", "max_tokens": 20, "stream": True})
     conn.request(
-        "POST",
-        "/v1/completions",
-        json.dumps({"model": "d", "prompt": "hi", "max_tokens": 20, "stream": True}),
-        {"Content-Type": "application/json"},
+        "POST", "/v1/completions", body, {"Content-Type": "application/json", FAULT_HEADER: "drop"}
     )
     try:
         resp = conn.getresponse()
@@ -66,14 +70,17 @@ def test_drop_and_hang(module_spawn: Callable[..., Proc]) -> None:
     finally:
         conn.close()
     with pytest.raises((ConnectionError, http.client.RemoteDisconnected, urllib.error.URLError)):
-        post(drop.url + "/v1/completions", {"model": "d", "prompt": "hi", "max_tokens": 5})
-
-    hang = start_sim(module_spawn, model="h", speed=50, failure_rate=1, failure_kinds="hang")
+        post(
+            faulty.url + "/v1/completions",
+            {"model": "f", "prompt": "hi", "max_tokens": 5},
+            headers={FAULT_HEADER: "drop"},
+        )
     with pytest.raises((TimeoutError, urllib.error.URLError)):
         post(
-            hang.url + "/v1/completions",
-            {"model": "h", "prompt": "hi", "max_tokens": 2},
+            faulty.url + "/v1/completions",
+            {"model": "f", "prompt": "hi", "max_tokens": 2},
             timeout=0.5,
+            headers={FAULT_HEADER: "hang"},
         )
 
 

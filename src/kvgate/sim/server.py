@@ -37,6 +37,8 @@ log = logging.getLogger("kvgate.sim")
 
 _enc = msgspec.json.Encoder()
 FAILURE_KINDS = ("429", "500", "503", "drop", "hang")
+#: A request header that forces one fault on that request (a test seam; not in vLLM).
+FAULT_HEADER = "x-kvgate-sim-fault"
 VLLM_VERSION = "0.32.0"
 
 
@@ -249,7 +251,14 @@ async def _completion_inner(
             raise
         return _error(BadRequestError(f"could not prepare the prompt: {exc}"))
 
-    fault = _draw_fault(state)
+    fault = request.headers.get(FAULT_HEADER) or _draw_fault(state)
+    if fault not in FAILURE_KINDS and fault is not None:
+        return _error(
+            BadRequestError(
+                f"{FAULT_HEADER}: unknown fault {fault!r} (known: {', '.join(FAILURE_KINDS)})",
+                param=FAULT_HEADER,
+            )
+        )
     if fault in ("429", "500", "503"):
         return _fault_response(fault)
     if fault == "hang":
