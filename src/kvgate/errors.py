@@ -32,7 +32,7 @@ class Problem:
     """One mistake in a configuration file.
 
     ``path`` is a dotted field path such as ``schedulingProfiles[default].plugins[2].pluginRef``;
-    ``line``/``column`` are 1-based and set only for syntax errors.
+    ``line``/``column`` are 1-based: where the syntax error or the named field is, when known.
     """
 
     file: str

@@ -53,9 +53,9 @@ def test_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
-        f"error: {path}: plugins[queue-scorer].paramters: unknown field; did you mean "
+        f"error: {path}:5:3: plugins[queue-scorer].paramters: unknown field; did you mean "
         "'parameters'? (known: name, type, parameters)",
-        f"error: {path}: schedulingProfiles[default].plugins[0].pluginRef: unknown plugin "
+        f"error: {path}:9:5: schedulingProfiles[default].plugins[0].pluginRef: unknown plugin "
         "'prefix-cache-scorer' (known: queue-scorer)",
     ]
 

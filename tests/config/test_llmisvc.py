@@ -140,11 +140,14 @@ def test_lora_adapters(tmp_path: Path) -> None:
 
 def test_embedded_config_errors_point_into_the_outer_file(tmp_path: Path) -> None:
     path = tmp_path / "svc.yaml"
-    path.write_text(seed_text().replace("- pluginRef: prefix-cache-scorer", "- pluginRef: prefix"))
+    text = seed_text().replace("- pluginRef: prefix-cache-scorer", "- pluginRef: prefix")
+    path.write_text(text)
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if "pluginRef: prefix" in s)
     with pytest.raises(ConfigError) as info:
         load_scheduler_source(path)
     assert [str(p) for p in info.value.problems] == [
-        f"{path}: {ARGS}[16].schedulingProfiles[default].plugins[2].pluginRef: unknown plugin "
+        f"{path}:{line}:21: {ARGS}[16].schedulingProfiles[default].plugins[2].pluginRef: "
+        "unknown plugin "
         "'prefix' (known: single-profile-handler, queue-scorer, kv-cache-utilization-scorer, "
         "prefix-cache-scorer)"
     ]
@@ -215,3 +218,13 @@ def test_inline_scheduler_config(tmp_path: Path) -> None:
     svc = load_llm_inference_service(path)
     assert svc.picker_config_origin == "inline"
     assert svc.require_picker_config().profiles[0].picker == "random-picker"
+
+
+def test_outer_field_errors_have_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(seed_text().replace("  replicas: 1\n", "  replicas: many\n"))
+    with pytest.raises(ConfigError) as info:
+        load_llm_inference_service(path)
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:13:3: spec.replicas: expected an integer >= 0, got string 'many'"
+    ]

@@ -292,11 +292,11 @@ def test_every_builtin_policy_loads_and_builds(name: str) -> None:
 
 def test_unknown_field_suggests_the_known_one() -> None:
     assert errors(HEADER + "plugins:\n- type: queue-scorer\n  paramters: {}\n") == [
-        "epp.yaml: plugins[queue-scorer].paramters: unknown field; did you mean 'parameters'? "
+        "epp.yaml:5:3: plugins[queue-scorer].paramters: unknown field; did you mean 'parameters'? "
         "(known: name, type, parameters)"
     ]
     assert errors(HEADER + "schedulingProfile: []\n") == [
-        "epp.yaml: schedulingProfile: unknown field; did you mean 'schedulingProfiles'? "
+        "epp.yaml:3:1: schedulingProfile: unknown field; did you mean 'schedulingProfiles'? "
         "(known: apiVersion, kind, plugins, schedulingProfiles, featureGates, "
         "saturationDetector, data, flowControl, parser)"
     ]
@@ -304,14 +304,14 @@ def test_unknown_field_suggests_the_known_one() -> None:
 
 def test_unknown_plugin_type_lists_the_known_ones() -> None:
     assert errors(HEADER + "plugins:\n- type: prefix-scorer\n") == [
-        f"epp.yaml: plugins[prefix-scorer].type: unknown plugin type 'prefix-scorer' "
+        f"epp.yaml:4:3: plugins[prefix-scorer].type: unknown plugin type 'prefix-scorer' "
         f"(known: {known_types()})"
     ]
 
 
 def test_duplicate_plugin_name() -> None:
     assert errors(HEADER + "plugins:\n- type: queue-scorer\n- type: queue-scorer\n") == [
-        "epp.yaml: plugins[1].name: duplicate plugin name 'queue-scorer' (first declared at "
+        "epp.yaml:5:3: plugins[1].name: duplicate plugin name 'queue-scorer' (first declared at "
         "plugins[0]); give one of them a distinct 'name'"
     ]
 
@@ -319,7 +319,7 @@ def test_duplicate_plugin_name() -> None:
 def test_dangling_plugin_ref() -> None:
     text = SEED_CONFIG.replace("pluginRef: prefix-cache-scorer", "pluginRef: prefix-scorer")
     assert errors(text) == [
-        "epp.yaml: schedulingProfiles[default].plugins[2].pluginRef: unknown plugin "
+        "epp.yaml:15:5: schedulingProfiles[default].plugins[2].pluginRef: unknown plugin "
         "'prefix-scorer' (known: single-profile-handler, queue-scorer, "
         "kv-cache-utilization-scorer, prefix-cache-scorer)"
     ]
@@ -327,11 +327,11 @@ def test_dangling_plugin_ref() -> None:
 
 def test_bad_weight_type() -> None:
     assert errors(SEED_CONFIG.replace("weight: 3", "weight: high")) == [
-        "epp.yaml: schedulingProfiles[default].plugins[2].weight: expected a number "
+        "epp.yaml:16:5: schedulingProfiles[default].plugins[2].weight: expected a number "
         "(int or float), got string 'high'"
     ]
     assert errors(SEED_CONFIG.replace("weight: 3", "weight: true")) == [
-        "epp.yaml: schedulingProfiles[default].plugins[2].weight: expected a number "
+        "epp.yaml:16:5: schedulingProfiles[default].plugins[2].weight: expected a number "
         "(int or float), got boolean true"
     ]
 
@@ -350,14 +350,14 @@ schedulingProfiles:
 """
     )
     assert errors(text) == [
-        "epp.yaml: schedulingProfiles[default].plugins[1].pluginRef: profile 'default' already "
+        "epp.yaml:10:5: schedulingProfiles[default].plugins[1].pluginRef: profile 'default' already "
         "has picker 'random-picker'; a profile has exactly one picker"
     ]
 
 
 def test_two_pickers_without_profiles() -> None:
     assert errors(HEADER + "plugins:\n- type: random-picker\n- type: max-score-picker\n") == [
-        "epp.yaml: plugins[max-score-picker].type: a second picker for the 'default' profile "
+        "epp.yaml:5:3: plugins[max-score-picker].type: a second picker for the 'default' profile "
         "(already 'random-picker'); with no schedulingProfiles every picker joins that "
         "profile, and a profile has exactly one picker: declare schedulingProfiles"
     ]
@@ -366,7 +366,7 @@ def test_two_pickers_without_profiles() -> None:
 def test_two_profile_handlers() -> None:
     text = HEADER + "plugins:\n- type: single-profile-handler\n- type: pd-profile-handler\n"
     assert errors(text) == [
-        "epp.yaml: plugins[pd-profile-handler].type: a second profile handler "
+        "epp.yaml:5:3: plugins[pd-profile-handler].type: a second profile handler "
         "('single-profile-handler' is the first); exactly one profile handler is allowed"
     ]
 
@@ -385,7 +385,7 @@ schedulingProfiles:
 """
     )
     assert errors(text) == [
-        "epp.yaml: schedulingProfiles: single-profile-handler 'single-profile-handler' runs "
+        "epp.yaml:6:1: schedulingProfiles: single-profile-handler 'single-profile-handler' runs "
         "exactly one profile, but 2 are configured (prefill, decode); use a multi-profile "
         "handler such as pd-profile-handler"
     ]
@@ -394,7 +394,7 @@ schedulingProfiles:
 def test_two_profiles_and_no_handler() -> None:
     text = HEADER + "schedulingProfiles:\n- name: a\n- name: b\n"
     assert errors(text) == [
-        "epp.yaml: plugins: 2 scheduling profiles need a profile handler plugin "
+        "epp.yaml:1:1: plugins: 2 scheduling profiles need a profile handler plugin "
         "(e.g. pd-profile-handler); single-profile-handler is added only for one profile"
     ]
 
@@ -404,7 +404,7 @@ def test_duplicate_profile_name() -> None:
         HEADER + "plugins:\n- type: pd-profile-handler\nschedulingProfiles:\n- name: a\n- name: a\n"
     )
     assert errors(text) == [
-        "epp.yaml: schedulingProfiles[1].name: duplicate profile name 'a' "
+        "epp.yaml:7:3: schedulingProfiles[1].name: duplicate profile name 'a' "
         "(first declared at schedulingProfiles[0])"
     ]
 
@@ -429,40 +429,40 @@ def test_json_syntax_error_has_line_and_column() -> None:
 
 def test_wrong_api_version_and_kind() -> None:
     assert errors("apiVersion: v1\nkind: ConfigMap\n") == [
-        "epp.yaml: apiVersion: expected 'inference.networking.x-k8s.io/v1alpha1' or "
+        "epp.yaml:1:1: apiVersion: expected 'inference.networking.x-k8s.io/v1alpha1' or "
         "'llm-d.ai/v1alpha1', got string 'v1'",
-        "epp.yaml: kind: expected 'EndpointPickerConfig', got string 'ConfigMap'",
+        "epp.yaml:2:1: kind: expected 'EndpointPickerConfig', got string 'ConfigMap'",
     ]
     assert errors("plugins: []\n") == [
-        "epp.yaml: apiVersion: required field is missing; expected "
+        "epp.yaml:1:1: apiVersion: required field is missing; expected "
         "'inference.networking.x-k8s.io/v1alpha1' or 'llm-d.ai/v1alpha1'",
-        "epp.yaml: kind: required field is missing; expected 'EndpointPickerConfig'",
+        "epp.yaml:1:1: kind: required field is missing; expected 'EndpointPickerConfig'",
     ]
 
 
 def test_bad_plugin_parameters() -> None:
     text = HEADER + "plugins:\n- type: load-aware-scorer\n  parameters:\n    threshold: many\n"
     assert errors(text) == [
-        "epp.yaml: plugins[load-aware-scorer].parameters.threshold: expected an integer, "
+        "epp.yaml:6:5: plugins[load-aware-scorer].parameters.threshold: expected an integer, "
         "got string 'many'"
     ]
     text = HEADER + "plugins:\n- type: queue-scorer\n  parameters: {threshold: 3}\n"
     assert errors(text) == [
-        "epp.yaml: plugins[queue-scorer].parameters.threshold: unknown parameter (known: none)"
+        "epp.yaml:5:16: plugins[queue-scorer].parameters.threshold: unknown parameter (known: none)"
     ]
 
 
 def test_wrong_types_and_unknown_feature_gate() -> None:
     assert errors(HEADER + "plugins: {type: queue-scorer}\nfeatureGates: [speed]\n") == [
-        "epp.yaml: featureGates[0]: unknown feature gate 'speed' (known: dataLayer, "
+        "epp.yaml:4:16: featureGates[0]: unknown feature gate 'speed' (known: dataLayer, "
         "flowControl, prepareDataPlugins)",
-        "epp.yaml: plugins: expected a list, got a mapping",
+        "epp.yaml:3:1: plugins: expected a list, got a mapping",
     ]
 
 
 def test_data_needs_the_data_layer_gate() -> None:
     assert errors(HEADER + "data: {sources: []}\n") == [
-        "epp.yaml: data: allowed only with the dataLayer feature gate (add it to featureGates)"
+        "epp.yaml:3:1: data: allowed only with the dataLayer feature gate (add it to featureGates)"
     ]
 
 

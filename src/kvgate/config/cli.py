@@ -102,7 +102,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str]:
             f"{svc.picker_config_origin})"
         )
         return svc.require_picker_config(), header
-    config = picker_config_from_data(doc.data, source=doc.source, text=doc.text)
+    config = picker_config_from_data(doc.data, source=doc.source, text=doc.text, locate=doc.locate)
     return config, f"{args.file}: ok (EndpointPickerConfig {config.api_version})"
 
 

@@ -9,6 +9,7 @@ Go decoders llm-d uses refuse them in strict mode).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,87 @@ from kvgate.errors import ConfigError, Problem
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One parsed file or text: ``data`` is the decoded value, ``source`` names it in errors."""
+    """One parsed file or text: ``data`` is the decoded value, ``source`` names it in errors.
+
+    ``line_offset``/``column_offset`` place the text inside an outer file (``--config-text``
+    in an LLMInferenceService), so that :meth:`locate` answers in the outer file's terms.
+    """
 
     data: Any
     source: str
     text: str
+    line_offset: int = 0
+    column_offset: int = 0
+
+    def locate(self, path: str) -> tuple[int, int] | None:
+        """1-based (line, column) of the field at ``path`` (``plugins[x].parameters.y``).
+
+        Walks as far as the path exists, so a missing field points at its parent. Only used
+        when reporting problems, so the text is composed again on demand.
+        """
+        try:
+            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            return None
+        node = find_node(root, path)
+        if node is None:
+            return None
+        mark = node.start_mark
+        return mark.line + 1 + self.line_offset, mark.column + 1 + self.column_offset
+
+
+_PATH_TOKEN = re.compile(r"\[([^\]]*)\]|([^.\[\]]+)")
+
+
+def find_node(root: yaml.Node | None, path: str) -> yaml.Node | None:
+    """The deepest node along ``path``; a key step yields the key's node (where the field is).
+
+    ``[i]`` selects a list item by index; ``[name]`` the item whose ``name`` (or, lacking a
+    name, ``type``) is ``name``, as kvgate's field paths name plugins and profiles.
+    """
+    if root is None:
+        return None
+    here: yaml.Node = root  # the node we are inside
+    found: yaml.Node = root  # what to point at
+    for m in _PATH_TOKEN.finditer(path):
+        selector, key = m.group(1), m.group(2)
+        if key is not None:
+            if not isinstance(here, yaml.MappingNode):
+                break
+            pair = next(
+                (
+                    (k, v)
+                    for k, v in here.value
+                    if isinstance(k, yaml.ScalarNode) and k.value == key
+                ),
+                None,
+            )
+            if pair is None:
+                break
+            found, here = pair[0], pair[1]
+        else:
+            if not isinstance(here, yaml.SequenceNode):
+                break
+            item = _select(here, selector)
+            if item is None:
+                break
+            found = here = item
+    return found
+
+
+def _select(seq: yaml.SequenceNode, selector: str) -> yaml.Node | None:
+    items: list[yaml.Node] = list(seq.value)
+    if selector.isdigit():
+        index = int(selector)
+        return items[index] if index < len(items) else None
+    for item in items:
+        if not isinstance(item, yaml.MappingNode):
+            continue
+        fields = {k.value: v for k, v in item.value if isinstance(k, yaml.ScalarNode)}
+        name = fields.get("name") or fields.get("type")
+        if isinstance(name, yaml.ScalarNode) and name.value == selector:
+            return item
+    return None
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -79,7 +156,7 @@ def parse_text(text: str, source: str, *, line_offset: int = 0, column_offset: i
                     )
                 ]
             ) from exc
-        return Document(data, source, text)
+        return Document(data, source, text, line_offset, column_offset)
     try:
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
@@ -94,7 +171,7 @@ def parse_text(text: str, source: str, *, line_offset: int = 0, column_offset: i
         ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(source, "", f"YAML syntax error: {exc}")]) from exc
-    return Document(data, source, text)
+    return Document(data, source, text, line_offset, column_offset)
 
 
 def read_document(path: str | Path) -> Document:

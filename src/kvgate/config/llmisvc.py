@@ -147,7 +147,9 @@ def llm_inference_service_from_document(
     src = doc.source
 
     def bad(path: str, message: str) -> None:
-        problems.append(Problem(src, path, message))
+        where = doc.locate(path)
+        line, column = where if where is not None else (None, None)
+        problems.append(Problem(src, path, message, line, column))
 
     data = doc.data
     if not isinstance(data, dict):
@@ -335,7 +337,12 @@ def _scheduler_config(
         from kvgate.config.loader import picker_config_from_data
 
         config = picker_config_from_data(
-            inline, source=doc.source, text=text, env=env, path_prefix=path
+            inline,
+            source=doc.source,
+            text=text,
+            env=env,
+            path_prefix=path,
+            locate=lambda p: doc.locate(f"{path}.{p}" if p else path),
         )
         return config, text, "inline"
     from kvgate.config.policies import DEFAULT_POLICY, policy_config_text
@@ -425,7 +432,9 @@ def load_scheduler_source(
         )
     from kvgate.config.loader import picker_config_from_data
 
-    return picker_config_from_data(doc.data, source=doc.source, text=doc.text, env=env)
+    return picker_config_from_data(
+        doc.data, source=doc.source, text=doc.text, env=env, locate=doc.locate
+    )
 
 
 # ---- small typed readers -----------------------------------------------------------------

@@ -22,7 +22,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +80,27 @@ SD_ENV_KV = "SD_KV_CACHE_UTIL_THRESHOLD"
 SD_ENV_STALENESS = "SD_METRICS_STALENESS_THRESHOLD"
 
 
-class _Problems:
-    """Collects problems for one document; ``prefix`` is prepended to every field path."""
+#: Finds the (line, column) of a field path in the document, if it can.
+Locator = Callable[[str], "tuple[int, int] | None"]
 
-    def __init__(self, source: str, prefix: str = "") -> None:
+
+class _Problems:
+    """Collects problems for one document; ``prefix`` is prepended to every field path.
+
+    ``locate`` (given the path without the prefix) adds the line and column of the field.
+    """
+
+    def __init__(self, source: str, prefix: str = "", locate: Locator | None = None) -> None:
         self.source = source
         self.prefix = prefix
+        self.locate = locate
         self.items: list[Problem] = []
 
     def add(self, path: str, message: str) -> None:
         full = f"{self.prefix}.{path}" if self.prefix and path else (self.prefix or path)
-        self.items.append(Problem(self.source, full, message))
+        where = self.locate(path) if self.locate is not None else None
+        line, column = where if where is not None else (None, None)
+        self.items.append(Problem(self.source, full, message, line, column))
 
 
 def load_picker_config(
@@ -121,7 +131,7 @@ def load_picker_config(
         source = source_name or f"<policy {DEFAULT_POLICY}>"
         doc = parse_text(policy_config_text(DEFAULT_POLICY), source)
     return picker_config_from_data(
-        doc.data, source=doc.source, text=doc.text, registry=registry, env=env
+        doc.data, source=doc.source, text=doc.text, registry=registry, env=env, locate=doc.locate
     )
 
 
@@ -143,7 +153,13 @@ def load_picker_config_text(
             [_prefixed(p, path_prefix) if path_prefix else p for p in exc.problems]
         ) from exc
     return picker_config_from_data(
-        doc.data, source=source, text=text, registry=registry, env=env, path_prefix=path_prefix
+        doc.data,
+        source=source,
+        text=text,
+        registry=registry,
+        env=env,
+        path_prefix=path_prefix,
+        locate=doc.locate,
     )
 
 
@@ -160,9 +176,14 @@ def picker_config_from_data(
     registry: Registry | None = None,
     env: Mapping[str, str] | None = None,
     path_prefix: str = "",
+    locate: Locator | None = None,
 ) -> PickerConfig:
-    """Validate decoded EndpointPickerConfig data and apply llm-d's defaulting rules."""
-    problems = _Problems(source, path_prefix)
+    """Validate decoded EndpointPickerConfig data and apply llm-d's defaulting rules.
+
+    ``locate`` maps a field path to its (line, column) for the messages (see
+    :meth:`kvgate.config.documents.Document.locate`); ``path_prefix`` is prepended to paths.
+    """
+    problems = _Problems(source, path_prefix, locate)
     reg = InspectingRegistry(registry if registry is not None else default_registry())
     if not isinstance(data, dict):
         problems.add("", f"expected a mapping (an {KIND}), got {describe(data)}")
