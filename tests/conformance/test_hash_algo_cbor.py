@@ -16,11 +16,13 @@ from kvgate.kvcache.tokenize import Tokenizer
 from support.vllm import (
     BLOCK_SIZE,
     MODEL_NAME,
+    STARTUP_TIMEOUT_S,
     EventRecorder,
     VllmPair,
     get_text,
     iter_events,
     post_json,
+    pytest_timeout_paused,
     unique_words,
     vllm_config,
 )
@@ -51,8 +53,9 @@ def cbor_replicas(
             connect = plans[name].replicas[0].kv_events_connect
             assert connect is not None
             recorders[name] = EventRecorder([connect])
-        for sup in sups.values():
-            sup.wait_ready_blocking()
+        with pytest_timeout_paused():
+            for sup in sups.values():
+                sup.wait_ready_blocking(STARTUP_TIMEOUT_S)
         yield {name: (plans[name].replicas[0], recorders[name]) for name in plans}
     finally:
         for rec in recorders.values():

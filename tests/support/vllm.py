@@ -18,8 +18,10 @@ fails the tests, with the end of its log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
 import threading
 import time
 import urllib.error
@@ -196,6 +198,29 @@ def vllm_config(run_dir: Path, **overrides: Any) -> EngineConfig:
     return EngineConfig(**base)
 
 
+#: Start-up deadline: ~25 s on an idle 2-core machine, 4+ minutes on one shared with busy work.
+STARTUP_TIMEOUT_S = 600.0
+
+
+@contextlib.contextmanager
+def pytest_timeout_paused() -> Iterator[None]:
+    """Pause pytest-timeout's per-test alarm while replicas start (restored afterwards).
+
+    The session's replicas start inside whichever vLLM test runs first; that test's own
+    timeout should not include a start-up that other tests share. The start-up has its own
+    deadline (STARTUP_TIMEOUT_S). Only the signal method uses an interval timer; with any
+    other this is a no-op.
+    """
+    remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+    if remaining:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    try:
+        yield
+    finally:
+        if remaining:
+            signal.setitimer(signal.ITIMER_REAL, remaining)
+
+
 def start_vllm_pair(run_dir: Path, num_replicas: int = 2) -> VllmPair:
     """Start the shared replicas (skips the calling test when the engine venv is missing)."""
     reason = engine_skip_reason()
@@ -207,7 +232,8 @@ def start_vllm_pair(run_dir: Path, num_replicas: int = 2) -> VllmPair:
     sup.start()
     recorder = EventRecorder([r.kv_events_connect for r in plan.replicas if r.kv_events_connect])
     try:
-        sup.wait_ready_blocking()
+        with pytest_timeout_paused():
+            sup.wait_ready_blocking(STARTUP_TIMEOUT_S)
     except BaseException:
         recorder.close()
         sup.stop_blocking()

@@ -290,7 +290,7 @@ def plan_vllm(config: EngineConfig, num_replicas: int) -> LaunchPlan:
     # About 20-40 s per replica on its own idle core, but several minutes on a busy machine
     # (imports dominate); replicas sharing cores start slower still.
     per_core = -(-num_replicas // max(1, len(cpus)))
-    timeout_s = 300.0 if on_gpu else 240.0 + 60.0 * (per_core - 1)
+    timeout_s = 300.0 if on_gpu else 360.0 + 60.0 * (per_core - 1)
     return LaunchPlan(
         engine="vllm",
         model=model,
