@@ -85,11 +85,8 @@ def test_drop_and_hang(faulty: SimHandle) -> None:
 
 
 def test_startup_delay_then_sigterm_finishes_inflight_stream(spawn: Callable[..., Proc]) -> None:
-    port = free_port()
-    proc = spawn(
-        kvgate_cmd("sim", "--port", str(port), "--model", "g", "--startup-delay", "0.5"), name="sim"
-    )
-    proc.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=30)
+    sim = start_sim(spawn, model="g", startup_delay=0.5)
+    proc, port = sim.proc, sim.port
     # 40 tokens of ~25 ms decode each (qwen3-0.6b profile at speed 1 ... batch 1: ~4 ms).
     body = {"model": "g", "prompt": "hi", "max_tokens": 400, "stream": True, "ignore_eos": True}
     result: dict[str, bytes] = {}
