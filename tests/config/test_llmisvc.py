@@ -228,3 +228,15 @@ def test_outer_field_errors_have_line_and_column(tmp_path: Path) -> None:
     assert [str(p) for p in info.value.problems] == [
         f"{path}:13:3: spec.replicas: expected an integer >= 0, got string 'many'"
     ]
+
+
+def test_outer_and_embedded_problems_are_reported_together(tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    text = seed_text().replace("  replicas: 1\n", "  replicas: -1\n")
+    path.write_text(text.replace("- pluginRef: prefix-cache-scorer", "- pluginRef: prefix"))
+    with pytest.raises(ConfigError) as info:
+        load_llm_inference_service(path)
+    assert [p.path for p in info.value.problems] == [
+        "spec.replicas",
+        f"{ARGS}[16].schedulingProfiles[default].plugins[2].pluginRef",
+    ]

@@ -247,12 +247,14 @@ def llm_inference_service_from_document(
         sched_container.get("env"), f"{_SCHEDULER_CONTAINERS}[{container_key}].env", bad
     )
 
+    try:
+        picker, text, origin = _scheduler_config(
+            doc, args, args_path, scheduler.get("config"), base_dir, env
+        )
+    except ConfigError as exc:  # report the embedded config's problems with the outer ones
+        raise ConfigError(problems + exc.problems) from exc
     if problems:
         raise ConfigError(problems)
-
-    picker, text, origin = _scheduler_config(
-        doc, args, args_path, scheduler.get("config"), base_dir, env
-    )
     return LLMInferenceService(
         name=name,
         namespace=namespace,
