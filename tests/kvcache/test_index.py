@@ -222,3 +222,50 @@ def test_metrics_are_exported_with_kvgate_kv_index_names() -> None:
         assert line in text
     assert index.stats.hit_ratio == pytest.approx(0.5)
     assert index.stats.last_lag_s == pytest.approx(0.25)
+
+
+# --- compact engine map -------------------------------------------------------------------------
+
+
+def test_engine_map_segments_merge_lookup_and_trim() -> None:
+    from kvgate.kvcache.engine_map import EngineMap
+
+    rng = random.Random(5)
+    emap = EngineMap(young_max=64)
+    truth: dict[int, int] = {}
+    for _ in range(40):
+        pairs = [(rng.getrandbits(64), rng.getrandbits(64)) for _ in range(rng.randint(1, 30))]
+        truth.update(pairs)
+        emap.update(pairs)
+    emap.update(list(truth.items())[:50])  # duplicates of frozen translations
+    assert 1 <= emap.num_segments <= 4 and len(emap) >= len(truth)
+    sample = list(truth)[::7]
+    assert [emap.get(h) for h in sample] == [truth[h] for h in sample]
+    absent = [rng.getrandbits(64) for _ in range(10)]
+    queries = sample[:5] + absent + sample[5:12] + [2**64 + 5, -1]
+    expected = [truth.get(h) for h in queries]
+    assert emap.get_many(queries) == expected
+    assert emap.get(2**64 + 5) is None and emap.get(-1) is None
+    before = len(emap)
+    dropped = emap.trim(before // 2)
+    assert dropped > 0 and len(emap) <= before // 2
+    assert emap.trim(10**9) == 0
+
+
+def test_index_works_across_frozen_engine_segments() -> None:
+    from kvgate.kvcache.engine_map import EngineMap
+
+    index = KVBlockIndex(block_size=2)
+    index._engine = EngineMap(young_max=4)
+    tokens = list(range(40))  # 20 blocks in 10 chained events of 2 blocks
+    keys = index.request_keys(tokens)
+    parent = None
+    for i in range(10):
+        hashes = [100 + 2 * i, 101 + 2 * i]
+        index.apply_batch(A, _batch(BlockStored(hashes, parent, tokens[4 * i : 4 * i + 4], 2)))
+        parent = hashes[-1]
+    assert index._engine.num_segments >= 1
+    assert index.match(keys, [A]).blocks == {A: 20}
+    index.apply_batch(A, _batch(BlockRemoved([100 + 7, 100 + 3, 100 + 9, 100 + 11], "GPU")))
+    assert index.match(keys, [A]).blocks == {A: 3}
+    assert index.num_entries == 16

@@ -2,8 +2,9 @@
 
 Two maps, as in llm-d's kv-cache manager (since it stopped recomputing vLLM's hashes):
 
-- ``engine hash -> request key``: a BlockStored event carries the engine's 64-bit block
-  hashes and the token ids; kvgate chains its own request keys over those tokens from the
+- ``engine hash -> request key`` (:class:`~kvgate.kvcache.engine_map.EngineMap`, 16 bytes
+  per translation once frozen into sorted numpy segments): a BlockStored event carries the
+  engine's 64-bit block hashes and the token ids; kvgate chains its own request keys over those tokens from the
   parent block's request key (``hashing.request_keys``), so the router never needs vLLM's
   hash algorithm or seed. The translation is a pure function of the tokens, so it stays
   valid after the blocks are evicted and is kept (bounded) to chain later events.
@@ -34,6 +35,7 @@ from itertools import groupby, islice
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from kvgate.kvcache.engine_map import EngineMap
 from kvgate.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from kvgate.kvcache.hashing import RequestKey, request_key_seed, request_keys
 
@@ -131,7 +133,7 @@ class KVBlockIndex:
         self._best_tier = max(range(self._tier_count), key=lambda t: weights[t])
         self._w_best = weights[self._best_tier]
         self._slot_fill = (1 << self._tier_count) - 1  # base bit * fill = all tier bits of a slot
-        self._engine: dict[int | bytes, int] = {}  # normalised: ints only
+        self._engine = EngineMap()
         self._holders: dict[int, int] = {}
         self._slots: dict[str, int] = {}
         self._slot_names: dict[int, str] = {}
@@ -259,7 +261,7 @@ class KVBlockIndex:
                 self.lora_names.add(lora)
             parent = self.seed_key(lora)
         else:
-            found = engine.get(parent_hash)
+            found = engine.get(parent_hash)  # type: ignore[arg-type]  # normalised: an int
             if found is None:
                 self._drop("unknown_parent")
                 return
@@ -276,8 +278,7 @@ class KVBlockIndex:
         else:
             # No tokens (e.g. a CPU-offload placeholder): the engine hashes must be known.
             keys = []
-            for h in hashes:
-                key = engine.get(h)
+            for key in engine.get_many(hashes):  # type: ignore[arg-type]
                 if key is None:
                     break
                 keys.append(key)
@@ -288,7 +289,7 @@ class KVBlockIndex:
                 hashes = hashes[: len(keys)]
         holders = self._holders
         # Translations are pure functions of the tokens: overwrite without reordering.
-        engine.update(zip(hashes, keys, strict=True))
+        engine.update(zip(hashes, keys, strict=True))  # type: ignore[arg-type]
         masks = list(map(holders.get, keys))
         if masks.count(None) == len(masks):
             # common case, blocks new to the index: one C-level update, appended young
@@ -331,8 +332,7 @@ class KVBlockIndex:
         engine = self._engine
         holders = self._holders
         removed = 0
-        for h in event.block_hashes:
-            key = engine.get(h)
+        for key in engine.get_many(event.block_hashes):  # type: ignore[arg-type]
             if key is None:
                 continue
             mask = holders.get(key)
@@ -372,11 +372,8 @@ class KVBlockIndex:
             self._num_entries -= lost
             self.stats.evicted_blocks += len(victims)
         # Engine translations outlive evicted blocks (later events chain from them): 2x cap.
-        engine = self._engine
-        over = len(engine) - 2 * self.max_blocks
-        if over > 0:
-            for h in list(islice(iter(engine), over + self.max_blocks // 32)):
-                del engine[h]
+        if len(self._engine) > 2 * self.max_blocks:
+            self._engine.trim(2 * self.max_blocks - self.max_blocks // 32)
 
     def drop_endpoint(self, endpoint: str) -> None:
         """Forget everything ``endpoint`` holds (left the pool, cleared, or out of sync)."""

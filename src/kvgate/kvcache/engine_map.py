@@ -1,0 +1,125 @@
+"""Engine block hash -> request key, compact: a young dict plus frozen sorted numpy segments.
+
+The precise index keeps one translation per engine block hash it has seen. In a dict that
+costs about 70 bytes each (a 36-byte int key plus the table slot); frozen into sorted
+``uint64`` arrays it costs 16. New translations land in the young dict (fast inserts and
+lookups); when it reaches ``young_max`` entries it is frozen into a segment, and segments
+are merged size-tiered so that there are only a few (lookups search each, newest first).
+
+Translations are pure functions of the tokens (the same engine hash always maps to the same
+request key), so duplicates across segments are harmless and nothing is ever updated in
+place. Trimming drops the oldest entries: the oldest segment first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["EngineMap"]
+
+_U64_MAX = (1 << 64) - 1
+
+
+class EngineMap:
+    """See the module docstring. Keys and values are ints in [0, 2**64)."""
+
+    __slots__ = ("_keys", "_size", "_vals", "young", "young_max")
+
+    def __init__(self, young_max: int = 1 << 18) -> None:
+        self.young: dict[int, int] = {}
+        self.young_max = young_max
+        self._keys: list[np.ndarray] = []  # sorted uint64, oldest segment first
+        self._vals: list[np.ndarray] = []
+        self._size = 0  # entries in segments
+
+    def __len__(self) -> int:
+        return len(self.young) + self._size
+
+    @property
+    def num_segments(self) -> int:
+        return len(self._keys)
+
+    def get(self, h: int) -> int | None:
+        value = self.young.get(h)
+        if value is not None or not self._keys or not 0 <= h <= _U64_MAX:
+            return value
+        q = np.uint64(h)
+        for keys, vals in zip(reversed(self._keys), reversed(self._vals), strict=True):
+            i = int(keys.searchsorted(q))
+            if i < len(keys) and keys[i] == q:
+                return int(vals[i])
+        return None
+
+    def get_many(self, hashes: Sequence[int]) -> list[int | None]:
+        out: list[int | None] = list(map(self.young.get, hashes))
+        if not self._keys or None not in out:
+            return out
+        missing = [i for i, v in enumerate(out) if v is None and 0 <= hashes[i] <= _U64_MAX]
+        if not missing:
+            return out
+        if len(missing) < 4:
+            for i in missing:
+                out[i] = self.get(hashes[i])
+            return out
+        q = np.array([hashes[i] for i in missing], dtype=np.uint64)
+        found = np.zeros(len(q), dtype=bool)
+        result = np.zeros(len(q), dtype=np.uint64)
+        for keys, vals in zip(reversed(self._keys), reversed(self._vals), strict=True):
+            idx = keys.searchsorted(q)
+            np.minimum(idx, len(keys) - 1, out=idx)
+            hit = (keys[idx] == q) & ~found
+            result[hit] = vals[idx[hit]]
+            found |= hit
+        for j, i in enumerate(missing):
+            if found[j]:
+                out[i] = int(result[j])
+        return out
+
+    def update(self, pairs: Iterable[tuple[int, int]]) -> None:
+        self.young.update(pairs)
+        if len(self.young) >= self.young_max:
+            self.freeze()
+
+    def freeze(self) -> None:
+        """Turn the young dict into a segment (and merge segments of similar size)."""
+        young = self.young
+        n = len(young)
+        if not n:
+            return
+        keys = np.fromiter(young.keys(), dtype=np.uint64, count=n)
+        vals = np.fromiter(young.values(), dtype=np.uint64, count=n)
+        self.young = {}
+        order = np.argsort(keys, kind="stable")
+        self._keys.append(keys[order])
+        self._vals.append(vals[order])
+        self._size += n
+        # size-tiered: merge the two newest while the older is at most 4x the newer
+        while len(self._keys) >= 2 and len(self._keys[-2]) <= 4 * len(self._keys[-1]):
+            newer_k, newer_v = self._keys.pop(), self._vals.pop()
+            older_k, older_v = self._keys.pop(), self._vals.pop()
+            keys = np.concatenate((older_k, newer_k))
+            vals = np.concatenate((older_v, newer_v))
+            order = np.argsort(keys, kind="stable")
+            keys, vals = keys[order], vals[order]
+            if len(keys) > 1:  # drop duplicate translations (same key, same value)
+                keep = np.empty(len(keys), dtype=bool)
+                keep[0] = True
+                np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+                keys, vals = keys[keep], vals[keep]
+            self._size -= len(older_k) + len(newer_k) - len(keys)
+            self._keys.append(keys)
+            self._vals.append(vals)
+
+    def trim(self, max_entries: int) -> int:
+        """Drop the oldest entries until at most ``max_entries`` remain; returns how many."""
+        dropped = 0
+        while len(self) > max_entries and self._keys:
+            dropped += len(self._keys[0])
+            self._size -= len(self._keys[0])
+            del self._keys[0], self._vals[0]
+        while len(self) > max_entries and self.young:
+            self.young.pop(next(iter(self.young)))
+            dropped += 1
+        return dropped
