@@ -208,6 +208,8 @@ async def serve(opts: EppOptions) -> int:
 
 
 def run(opts: EppOptions) -> int:
+    """Serve on uvloop; ``KVGATE_NO_UVLOOP=1`` uses asyncio's own loop (for comparisons:
+    grpc.aio measured the same on both, docs/PERFORMANCE.md)."""
     if os.environ.get("KVGATE_NO_UVLOOP"):
         return asyncio.run(serve(opts))
     try:
