@@ -100,7 +100,7 @@ def test_predicted_cached_tokens_match_real_vllm(
     gateway.wait_http(base + "/ready", timeout_s=60)
     # private system prompts (unique words), so nothing cached by other tests matches
     histories = [
-        [{"role": "system", "content": unique_words(f"precise-e2e-{c}", 160)}] for c in range(3)
+        [{"role": "system", "content": unique_words(f"precise-e2e-{c}", 120)}] for c in range(2)
     ]
     results = []
     for turn in range(3):
