@@ -79,7 +79,8 @@ def test_bad_requests_answered_with_status_and_field(sim: SimHandle) -> None:
         {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
     )
     assert status == 404
-    assert body["error"]["message"] == "The model `nope` does not exist."
+    assert body["error"]["message"] == "The model `nope` does not exist. Valid aliases: m1."
+    assert body["error"]["type"] == "NotFoundError" and body["error"]["param"] == "model"
     status, body = post(
         sim,
         "/v1/chat/completions",
@@ -89,20 +90,29 @@ def test_bad_requests_answered_with_status_and_field(sim: SimHandle) -> None:
     status, body = post(sim, "/v1/completions", {"model": "m1", "prompt": "x", "max_tokens": 0})
     assert status == 400 and "max_tokens" in body["error"]["message"]
     status, body = post(sim, "/v1/chat/completions", {"model": "m1"})
-    assert status == 400 and body["error"]["param"] == "messages"
+    assert status == 400 and body["error"]["param"] == "body.messages"
+    assert body["error"]["type"] == "Bad Request" and "Field required" in body["error"]["message"]
     status, body = post(
         sim, "/v1/completions", {"model": "m1", "prompt": "word " * 600, "max_tokens": 4}
     )
     assert status == 400
-    assert body["error"]["message"].startswith("This model's maximum context length is 512 tokens.")
+    assert body["error"]["message"].startswith(
+        "This model's maximum context length is 512 tokens. However, your prompt contains at "
+        "least 513 input tokens"
+    )
+    assert body["error"]["param"] == "input_tokens"
     status, body = post(
         sim, "/v1/completions", {"model": "m1", "prompt": "hello", "max_tokens": 600}
     )
-    assert (
-        status == 400
-        and "'max_tokens' or 'max_completion_tokens' is too large: 600" in body["error"]["message"]
+    assert status == 400 and body["error"]["message"] == (
+        "max_tokens=600 cannot be greater than max_model_len=512. Please request fewer output "
+        "tokens. (parameter=max_tokens, value=600)"
     )
     assert body["error"]["code"] == 400
+    status, body = post(
+        sim, "/v1/completions", {"model": "m1", "prompt": "word " * 300, "max_tokens": 300}
+    )
+    assert status == 400 and "However, you requested 300 output tokens" in body["error"]["message"]
 
     client = openai.OpenAI(base_url=sim.base_url, api_key="none", max_retries=0)
     with pytest.raises(openai.NotFoundError):

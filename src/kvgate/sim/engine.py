@@ -112,6 +112,7 @@ class SimRequest:
         "num_cached_blocks",
         "num_cached_tokens",
         "num_computed_tokens",
+        "num_created_cache_tokens",
         "num_output_tokens",
         "num_preemptions",
         "num_prompt_tokens",
@@ -146,6 +147,7 @@ class SimRequest:
         self.num_output_tokens = 0
         self.num_cached_blocks = 0
         self.num_cached_tokens = -1
+        self.num_created_cache_tokens = 0  # prompt tokens this request put into the cache
         self.num_preemptions = 0
         self.block_ids: list[int] = []
         self.block_hashes: list[BlockHash] = []
@@ -466,7 +468,12 @@ class Engine:
                     lora.name if lora is not None else None,
                 )
             )
-        self.kv.cache_blocks(req.block_ids[start:full], metas)
+        created = self.kv.cache_blocks(req.block_ids[start:full], metas)
+        if req.num_output_tokens == 0 and created:
+            # vLLM's usage.prompt_tokens_details.created_cache_tokens (chat): prompt blocks
+            # this request computed and cached.
+            prompt_blocks = req.num_prompt_tokens // bs
+            req.num_created_cache_tokens += max(0, min(full, prompt_blocks) - start) * bs
         req.num_cached_blocks = full
 
     def _price(self, scheduled: list[tuple[SimRequest, int, int]], loaded: int) -> float:

@@ -159,15 +159,17 @@ class KVCache:
             out.append(b)
         return out
 
-    def cache_blocks(self, block_ids: list[int], metas: list[BlockMeta]) -> None:
+    def cache_blocks(self, block_ids: list[int], metas: list[BlockMeta]) -> int:
         """Register newly computed full blocks under their hashes and announce them.
 
         A block whose hash is already cached (computed by another request in the same step)
-        stays an uncached duplicate, as no second copy is needed.
+        stays an uncached duplicate, as no second copy is needed. Returns how many blocks
+        entered the cache.
         """
         if not self.enable_prefix_caching:
-            return
+            return 0
         stored: list[BlockMeta] = []
+        created = 0
         for b, meta in zip(block_ids, metas, strict=True):
             if meta.block_hash in self.cached:
                 if stored:
@@ -177,8 +179,10 @@ class KVCache:
             self.cached[meta.block_hash] = b
             self.meta[b] = meta
             stored.append(meta)
+            created += 1
         if stored:
             self._emit_stored(stored, GPU)
+        return created
 
     def free_blocks(self, block_ids: list[int]) -> None:
         """Drop one reference from each block; unreferenced ones join the free queue tail-first."""

@@ -239,7 +239,7 @@ class OutputVocab:
 class TokenStream:
     """The tokens one request will generate, decided up front and revealed one per step."""
 
-    __slots__ = ("finish_reason", "ids", "last_text")
+    __slots__ = ("finish_reason", "ids", "last_text", "stop_reason")
 
     def __init__(
         self,
@@ -271,6 +271,7 @@ class TokenStream:
             words = vocab.word_ids
             ids = [rng.choice(words) for _ in range(length)]
         self.last_text: str | None = None
+        self.stop_reason: str | None = None
         if stop and ids:
             # End at the token that completes a stop string; the text stops before it
             # (vLLM drops the stop string from the output) and finish_reason is "stop".
@@ -278,11 +279,13 @@ class TokenStream:
             for i, token in enumerate(ids):
                 piece = vocab.text(token)
                 text += piece
-                found = [text.find(s) for s in stop if s and s in text]
+                found = [(text.find(s), s) for s in stop if s and s in text]
                 if found:
                     ids = ids[: i + 1]
                     start = len(text) - len(piece)
-                    self.last_text = text[start : max(start, min(found))]
+                    at, matched = min(found)
+                    self.last_text = text[start : max(start, at)]
+                    self.stop_reason = matched
                     finish = "stop"
                     break
         self.ids = ids

@@ -39,7 +39,7 @@ _enc = msgspec.json.Encoder()
 FAILURE_KINDS = ("429", "500", "503", "drop", "hang")
 #: A request header that forces one fault on that request (a test seam; not in vLLM).
 FAULT_HEADER = "x-kvgate-sim-fault"
-VLLM_VERSION = "0.32.0"
+VLLM_VERSION = api.VLLM_VERSION
 
 
 @dataclass(slots=True)
@@ -122,21 +122,46 @@ class SimState:
 
 
 def cache_config_labels(s: SimSettings) -> dict[str, str]:
+    """vllm:cache_config_info's labels as vLLM 0.32 exports them (vLLM's defaults where the
+    simulator has no such setting)."""
     p = s.profile
+    tokens = p.block_size * p.num_gpu_blocks
     return {
+        "_block_size_resolved": "True",
         "block_size": str(p.block_size),
         "cache_dtype": "auto",
+        "cache_hit_alignment_tokens": "None",
+        "effective_attention_block_size": str(p.block_size),
+        "enable_mamba_shared_prefix_checkpoint": "False",
         "enable_prefix_caching": str(s.enable_prefix_caching),
         "gpu_memory_utilization": "0.9",
+        "hash_block_size": "None",
         "is_attention_free": "False",
-        "kv_cache_size_tokens": str(p.block_size * p.num_gpu_blocks),
+        "kv_cache_dtype_skip_layers": "[]",
+        "kv_cache_layout": "None",
+        "kv_cache_max_concurrency": str(round(tokens / p.max_model_len, 2)),
+        "kv_cache_memory_bytes": "None",
+        "kv_cache_size_tokens": str(tokens),
         "kv_offloading_backend": "native",
         "kv_offloading_size": "None",
+        "kv_sharing_fast_prefill": "False",
+        "mamba_block_size": "None",
+        "mamba_cache_dtype": "auto",
+        "mamba_cache_mode": "none",
+        "mamba_page_size_padded": "None",
+        "mamba_ssm_cache_dtype": "auto",
         "num_cpu_blocks": str(s.kv_offload_blocks) if s.kv_offload_blocks else "None",
         "num_gpu_blocks": str(p.num_gpu_blocks),
         "num_gpu_blocks_override": "None",
+        "prefix_cache_retention_interval": "0",
         "prefix_caching_hash_algo": s.hash_algo,
+        "prefix_match_unit": "None",
+        "replayssm_buffer_len": "16",
+        "skip_page_size_padded": "None",
         "sliding_window": "None",
+        "swa_bounded_replay": "True",
+        "use_kda_recoverssm": "False",
+        "use_replayssm": "False",
         "user_specified_block_size": "True",
     }
 
@@ -155,9 +180,12 @@ def _error(exc: RequestError) -> web.Response:
 
 
 def _vllm_type(exc: RequestError) -> str:
-    # vLLM names the error class in "type" (BadRequestError, NotFoundError).
+    # vLLM names the error class in "type" (BadRequestError, NotFoundError; pydantic's
+    # schema errors say "Bad Request").
     if exc.status == 404:
         return "NotFoundError"
+    if isinstance(exc, api.ValidationFailure):
+        return exc.error_type
     if exc.status == 400:
         return "BadRequestError"
     return exc.error_type
@@ -174,6 +202,13 @@ def _plain_error(status: int, message: str, error_type: str) -> web.Response:
 # --- handlers ---------------------------------------------------------------------------------
 
 
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        return parse_body(raw)
+    except BadRequestError as exc:
+        raise api.ValidationFailure("", "json_invalid", "JSON decode error", {}) from exc
+
+
 def _resolve_model(state: SimState, body: dict[str, Any]) -> tuple[str, LoraAdapter | None]:
     model = body.get("model")
     if model is None:
@@ -185,7 +220,10 @@ def _resolve_model(state: SimState, body: dict[str, Any]) -> tuple[str, LoraAdap
     lora = state.loras.get(model)
     if lora is not None:
         return model, lora
-    raise api.NotFoundError(f"The model `{model}` does not exist.", param="model")
+    aliases = ", ".join([*state.model_names, *state.loras])
+    raise api.NotFoundError(
+        f"The model `{model}` does not exist. Valid aliases: {aliases}.", param="model"
+    )
 
 
 def _generation_seed(state: SimState, seed: int | None, prompt_ids: list[int]) -> int:
@@ -216,7 +254,7 @@ async def _completion_inner(
     settings = state.settings
     engine = state.engine
     try:
-        body = parse_body(await request.read())
+        body = _parse_json(await request.read())
         model, lora = _resolve_model(state, body)
         sampling = api.parse_sampling(body, chat=chat)
         tok = state.tokenizer
@@ -240,7 +278,9 @@ async def _completion_inner(
             prompt_ids = tok.encode(prompt) if isinstance(prompt, str) else prompt
             echo_ids = prompt_ids
         max_model_len = engine.config.max_model_len
-        api.check_context_length(len(prompt_ids), sampling.max_tokens, max_model_len, chat)
+        api.check_context_length(
+            len(prompt_ids), sampling.max_tokens, sampling.max_tokens_param, max_model_len
+        )
         salt = body.get("cache_salt")
         if salt is not None and not isinstance(salt, str):
             raise BadRequestError("'cache_salt' must be a string", param="cache_salt")
@@ -328,10 +368,18 @@ async def _hang(state: SimState) -> web.StreamResponse:
     return _plain_error(503, "The server is shutting down.", "ServiceUnavailableError")
 
 
-def _usage(req: SimRequest) -> dict[str, Any]:
-    return api.usage_dict(
-        req.num_prompt_tokens, req.num_output_tokens, max(req.num_cached_tokens, 0)
-    )
+def _usage(
+    req: SimRequest, chat: bool, *, full: bool, completion: int | None = None
+) -> dict[str, Any]:
+    """vLLM 0.32's usage object: chat reports created_cache_tokens, completions do not;
+    the non-streaming body carries more (null) fields than the streamed usage chunk."""
+    done = req.num_output_tokens if completion is None else completion
+    cached = max(req.num_cached_tokens, 0)
+    if chat:
+        return api.chat_usage(
+            req.num_prompt_tokens, done, cached, req.num_created_cache_tokens, full=full
+        )
+    return api.completion_usage(req.num_prompt_tokens, done, cached, full=full)
 
 
 def _drop_connection(request: web.Request) -> None:
@@ -354,7 +402,7 @@ async def _stream(
     )
     await resp.prepare(request)
     vocab = state.vocab
-    chat = writer._chat
+    chat = writer.chat
     sent_role = not chat
     drop_after = max(1, len(req.stream.ids) // 2) if drop else -1
     continuous = sampling.include_usage and sampling.continuous_usage
@@ -377,21 +425,25 @@ async def _stream(
                     if last_text is not None and req.finish_reason == "stop"
                     else vocab.json(token)
                 )
-                usage = _usage(req) if continuous else None
-                parts.append(writer.last(text, req.finish_reason or "length", usage))
-            elif continuous:
+                usage = _usage(req, chat, full=False) if continuous else None
                 parts.append(
-                    writer.token_with_usage(
-                        vocab.json(token),
-                        api.usage_dict(req.num_prompt_tokens, k + 1, max(req.num_cached_tokens, 0)),
+                    writer.last(
+                        text,
+                        req.finish_reason or "length",
+                        req.stream.stop_reason if req.finish_reason == "stop" else None,
+                        fingerprint=not sampling.include_usage,
+                        usage=usage,
                     )
                 )
+            elif continuous:
+                usage = _usage(req, chat, full=False, completion=k + 1)
+                parts.append(writer.token_with_usage(vocab.json(token), usage))
             else:
                 parts.append(writer.token(vocab.json(token)))
         req.delivered = n
         if done:
             if sampling.include_usage:
-                parts.append(writer.usage(_usage(req)))
+                parts.append(writer.usage(_usage(req, chat, full=False)))
             parts.append(api.DONE)
         if parts:
             await resp.write(b"".join(parts))
@@ -423,7 +475,9 @@ async def _full(
     texts = [vocab.text(t) for t in outputs]
     if req.finish_reason == "stop" and req.stream.last_text is not None and texts:
         texts[-1] = req.stream.last_text
-    body = writer.full("".join(texts), req.finish_reason or "length", _usage(req))
+    reason = req.finish_reason or "length"
+    stop_reason = req.stream.stop_reason if reason == "stop" else None
+    body = writer.full("".join(texts), reason, stop_reason, _usage(req, writer.chat, full=True))
     return web.Response(body=body, content_type="application/json")
 
 
