@@ -312,20 +312,93 @@ async def test_response_usage_reaches_the_completion_hooks(
         )
     )
     await call.write(resp_headers)
-    reply = await asyncio.wait_for(call.read(), 5)
-    assert set_headers(reply)["x-went-into-resp-headers"] == "true"
-    # split inside a line / inside the JSON: the reader must carry the partial part over
-    for piece, last in ((answer[:40], False), (answer[40:], True)):
-        await call.write(
-            ep.ProcessingRequest(response_body=ep.HttpBody(body=piece, end_of_stream=last))
-        )
+    pieces = ((answer[:40], False), (answer[40:], True))  # split inside a line / the JSON
+    if content_type == b"text/event-stream":
+        # SSE is never held: headers at once, every chunk echoed as it comes
+        reply = await asyncio.wait_for(call.read(), 5)
+        assert set_headers(reply)["x-went-into-resp-headers"] == "true"
+        for piece, last in pieces:
+            await call.write(
+                ep.ProcessingRequest(response_body=ep.HttpBody(body=piece, end_of_stream=last))
+            )
+            echoed = await asyncio.wait_for(call.read(), 5)
+            streamed = echoed.response_body.response.body_mutation.streamed_response
+            assert streamed.body == piece and streamed.end_of_stream == last
+    else:
+        # a JSON answer is held to its end, then headers and body go out together
+        for piece, last in pieces:
+            await call.write(
+                ep.ProcessingRequest(response_body=ep.HttpBody(body=piece, end_of_stream=last))
+            )
+        reply = await asyncio.wait_for(call.read(), 5)
+        assert set_headers(reply)["x-went-into-resp-headers"] == "true"
         echoed = await asyncio.wait_for(call.read(), 5)
         streamed = echoed.response_body.response.body_mutation.streamed_response
-        assert streamed.body == piece and streamed.end_of_stream == last
+        assert streamed.body == answer and streamed.end_of_stream
     await call.done_writing()
     assert await metric(epp, "inference_objective_output_tokens_sum") == before_out + 3
     assert await metric(epp, "inference_objective_input_tokens_sum") == before_in + 7
     assert await metric(epp, "inference_objective_running_requests") == 0
+
+
+SESSION_AFFINITY = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: session-affinity-scorer
+- type: max-score-picker
+"""
+
+
+@pytest.mark.parametrize("mode", [FULL_DUPLEX, BUFFERED], ids=["full-duplex", "buffered"])
+async def test_session_token_reaches_the_client_and_steers_the_next_request(mode: int) -> None:
+    server, runners, _ = await start_epp(policy=None, config_text=SESSION_AFFINITY)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
+    stub = ep_grpc.ExternalProcessorStub(channel)
+    answer = json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+    resp_headers = ep.ProcessingRequest(
+        response_headers=ep.HttpHeaders(
+            headers=core.HeaderMap(
+                headers=[
+                    core.HeaderValue(key=":status", raw_value=b"200"),
+                    core.HeaderValue(key="content-type", raw_value=b"application/json"),
+                ]
+            )
+        )
+    )
+    body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+
+    async def one(token: str | None) -> tuple[str, str]:
+        call = stub.Process()
+        headers = {**BASE, **({"x-session-token": token} if token else {})}
+        await call.write(headers_msg(headers, mode=mode))
+        if mode == BUFFERED:
+            await asyncio.wait_for(call.read(), 5)
+        await call.write(body_msg(body))
+        first = await asyncio.wait_for(call.read(), 5)
+        destination = set_headers(first)["x-gateway-destination-endpoint"]
+        if mode == FULL_DUPLEX:
+            await asyncio.wait_for(call.read(), 5)  # the re-sent request body
+        await call.write(resp_headers)
+        if mode == BUFFERED:
+            await asyncio.wait_for(call.read(), 5)
+        await call.write(
+            ep.ProcessingRequest(response_body=ep.HttpBody(body=answer, end_of_stream=True))
+        )
+        carrying = await asyncio.wait_for(call.read(), 5)  # headers (full duplex) / body reply
+        await call.done_writing()
+        return destination, set_headers(carrying)["x-session-token"]
+
+    try:
+        destination, token = await one(None)
+        for _ in range(8):  # the token names the endpoint; it wins every time
+            again, _ = await one(token)
+            assert again == destination
+    finally:
+        await channel.close()
+        await server.stop()
+        for runner in runners:
+            await runner.cleanup()
 
 
 async def test_broken_stream_still_completes_the_request(epp: Epp) -> None:

@@ -78,6 +78,19 @@ _RESPONSE_HEADERS_REPLY = ep.ProcessingResponse(
 _EMPTY_RESPONSE_BODY_REPLY = ep.ProcessingResponse(response_body=ep.BodyResponse())
 
 
+def _response_headers_reply(info: ResponseInfo | None) -> ep.ProcessingResponse:
+    """The response-headers reply, with any headers ResponseComplete plugins added."""
+    if info is None or not info.headers:
+        return _RESPONSE_HEADERS_REPLY
+    return ep.ProcessingResponse(
+        response_headers=ep.HeadersResponse(
+            response=ep.CommonResponse(
+                header_mutation=header_mutation({HEADER_WENT_INTO_RESP: "true", **info.headers})
+            )
+        )
+    )
+
+
 class RequestStream:
     """State of one ext_proc stream; :meth:`on_message` returns the replies to send."""
 
@@ -95,6 +108,7 @@ class RequestStream:
         self.started = time.monotonic()
         self.status = 0
         self.usage: UsageReader | None = None
+        self.held_response: list[bytes] | None = None  # a JSON answer held until its end
         self.completed = False
         self.closed = False  # an immediate response ended the HTTP request
 
@@ -116,8 +130,7 @@ class RequestStream:
         if which == "response_body":
             return self._on_response_body(msg.response_body)
         if which == "response_trailers":
-            self._complete(None)
-            return [ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
+            return self._on_response_trailers()
         return []
 
     # --- request side ---------------------------------------------------------------------
@@ -292,15 +305,30 @@ class RequestStream:
         except ValueError:
             self.status = 0
         self.usage = UsageReader(values.get("content-type", ""))
-        out = [_RESPONSE_HEADERS_REPLY]
         if headers.end_of_stream or self.response_mode == pm.ProcessingMode.NONE:
             # no body will come (response_body_mode NONE: bodies bypass the EPP, no usage)
-            self._complete(None)
-        return out
+            info = self._complete(None)
+            return [_response_headers_reply(info)]
+        if (
+            self.response_mode == FULL_DUPLEX
+            and self.request is not None
+            and not self.usage.streaming
+        ):
+            # A whole JSON answer: hold the headers until its end, as the request side
+            # does, so ResponseComplete plugins' headers (session affinity's x-session-token)
+            # can still be added. Server-sent events are never held.
+            self.held_response = []
+            return []
+        return [_RESPONSE_HEADERS_REPLY]
 
     def _on_response_body(self, body: ep.HttpBody) -> list[ep.ProcessingResponse]:
         if self.usage is not None:
             self.usage.feed(body.body)
+        if self.held_response is not None:
+            self.held_response.append(body.body)
+            if not body.end_of_stream:
+                return []
+            return self._release_response(end_of_stream=True)
         if self.response_mode == FULL_DUPLEX:
             out = [
                 ep.ProcessingResponse(
@@ -318,13 +346,41 @@ class RequestStream:
         else:
             out = [_EMPTY_RESPONSE_BODY_REPLY]
         if body.end_of_stream:
-            self._complete(None)
+            info = self._complete(None)
+            if info is not None and info.headers and self.response_mode == BUFFERED:
+                # A buffered response's headers are still held by Envoy: ResponseComplete
+                # plugins' headers (session-affinity's x-session-token) can reach the client.
+                out = [
+                    ep.ProcessingResponse(
+                        response_body=ep.BodyResponse(
+                            response=ep.CommonResponse(
+                                header_mutation=header_mutation(info.headers)
+                            )
+                        )
+                    )
+                ]
         return out
 
-    def _complete(self, error: str | None) -> None:
+    def _on_response_trailers(self) -> list[ep.ProcessingResponse]:
+        out = self._release_response(end_of_stream=False) if self.held_response is not None else []
+        self._complete(None)
+        return [*out, ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
+
+    def _release_response(self, *, end_of_stream: bool) -> list[ep.ProcessingResponse]:
+        """Send held response headers (with the completion hooks' headers) and body."""
+        body = b"".join(self.held_response or ())
+        self.held_response = None
+        info = self._complete(None)
+        replies = [_response_headers_reply(info)]
+        chunks = streamed_body_responses(body, request_side=False)
+        if not end_of_stream:  # trailers follow: the body does not end the stream
+            chunks[-1].response_body.response.body_mutation.streamed_response.end_of_stream = False
+        return [*replies, *chunks]
+
+    def _complete(self, error: str | None) -> ResponseInfo | None:
         """Run the completion hooks exactly once for a forwarded request."""
         if self.completed or self.request is None or self.decision is None:
-            return
+            return None
         self.completed = True
         usage = self.usage.finish() if self.usage is not None else None
         if error is None and self.status >= 500:
@@ -339,6 +395,7 @@ class RequestStream:
         self.director.complete(
             self.request, self.decision.endpoint, info, time.monotonic() - self.started
         )
+        return info
 
     def close(self, clean: bool = False) -> str:
         """The gRPC stream ended; force completion if the response never finished.
@@ -348,7 +405,11 @@ class RequestStream:
         without a status (0, no error) rather than as a failure.
         """
         if self.request is not None and not self.completed:
-            if clean and self.usage is None:
+            # With response bodies off (NONE), Envoy may end the stream by a reset rather
+            # than a close once the request is forwarded (a race with the response); either
+            # way nothing about the response was ever going to arrive.
+            unobserved = clean or self.response_mode == pm.ProcessingMode.NONE
+            if unobserved and self.usage is None:
                 self._complete(None)
                 return "ok"
             self._complete("client_disconnect" if self.status == 0 else "stream_error")
