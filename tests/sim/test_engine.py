@@ -156,3 +156,27 @@ async def test_cpu_offload_tier_serves_evicted_prefix_and_costs_load_time(
     assert max(prices) > 0  # blocks were loaded back from CPU
     assert any(isinstance(e, BlockStored) and e.medium == "CPU" for e in events)
     assert any(isinstance(e, BlockRemoved) and e.medium == "GPU" for e in events)
+
+
+async def test_max_loras_defers_other_adapters(vocab: OutputVocab) -> None:
+    from kvgate.sim.engine import LoraAdapter
+
+    engine = make_engine(max_num_seqs=8)
+    a, b = LoraAdapter("a", "/a", 1), LoraAdapter("b", "/b", 2)
+    reqs = [request(vocab, i, list(range(10 * i, 10 * i + 8)), 6) for i in range(4)]
+    reqs[0].lora = reqs[1].lora = a
+    reqs[2].lora = reqs[3].lora = b
+    seen: list[set[str]] = []
+    orig = engine._schedule
+
+    def spy(now: float):  # type: ignore[no-untyped-def]
+        out = orig(now)
+        seen.append({r.lora.name for r in engine.running if r.lora is not None})
+        return out
+
+    engine._schedule = spy  # type: ignore[method-assign]
+    await run_all(engine, reqs)
+    assert all(len(names) <= 1 for names in seen)  # --max-loras 1 (the default)
+    assert {"a"} in seen and {"b"} in seen
+    # Adapter blocks hash with the adapter's name: the same tokens under two adapters differ.
+    assert reqs[0].block_hashes[0] != block_hashes(reqs[0].token_ids, 4)[0]

@@ -173,7 +173,7 @@ def completion_prompt(body: Mapping[str, Any]) -> str | list[int]:
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+        if set(map(type, prompt)) == {int}:  # token ids (bool is not an int here)
             return list(prompt)
         if len(prompt) == 1 and isinstance(prompt[0], str):
             return str(prompt[0])
