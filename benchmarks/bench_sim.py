@@ -14,7 +14,10 @@ others (``--client-cores``). Two scenarios:
    batch C, so the model's ITL is ``d0 + d1·C``.
 2. **rate**: open-loop arrivals at R requests/s (short requests: 32-token prompts, 8 tokens
    each, streaming) for a few seconds each, on a profile with a faster decode (so the
-   modelled GPU, not the process, sets the limit only far above 1000 req/s).
+   modelled GPU, not the process, sets the limit only far above 1000 req/s), while /metrics
+   is scraped every 50 ms as an endpoint picker does. ``sim_cpu_ms_per_request`` (CPU time of
+   the simulator process / requests) gives the capacity of one fully used core, which holds
+   even when the machine is shared; the timing drift needs an otherwise idle machine.
 
 For every request the engine records what the model says a client should see: the planned
 end of the step that produced each token (``/sim/stats``). The client measures the same
@@ -37,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -240,7 +244,10 @@ def concurrency_sweep(
             after = http_json(url + "/sim/stats")
             row = {"concurrency": c, **summarise(results, before, after)}
             row["formula_itl_ms"] = round(model.decode_step_ms(c), 3)
-            row["sim_cpu_pct"] = round((cpu_seconds(proc.pid) - cpu0) / wall * 100, 1)
+            cpu = cpu_seconds(proc.pid) - cpu0
+            row["sim_cpu_pct"] = round(cpu / wall * 100, 1)
+            tokens = sum(r.get("tokens", 0) for r in results)
+            row["sim_cpu_us_per_token"] = round(cpu / max(1, tokens) * 1e6, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -273,8 +280,25 @@ def rate_sweep(
             before = http_json(url + "/sim/stats")
             cpu0 = cpu_seconds(proc.pid)
             wall0 = time.monotonic()
+            # An endpoint picker scrapes /metrics every 50 ms; that is part of a replica's load.
+            stop = threading.Event()
+            scrapes = [0]
+
+            def scrape(stop: threading.Event = stop, scrapes: list[int] = scrapes) -> None:
+                while not stop.wait(0.05):
+                    try:
+                        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+                            resp.read()
+                        scrapes[0] += 1
+                    except OSError:  # a starved replica; the scrape counter shows it
+                        pass
+
+            scraper = threading.Thread(target=scrape, daemon=True)
+            scraper.start()
             results = run_load(url, plan, workers, client_cores)
             wall = time.monotonic() - wall0 - 1.5
+            stop.set()
+            scraper.join()
             after = http_json(url + "/sim/stats")
             ok = sum(1 for r in results if r["ok"])
             row = {
@@ -282,7 +306,11 @@ def rate_sweep(
                 "achieved_rps": round(ok / wall, 1),
                 **summarise(results, before, after),
             }
-            row["sim_cpu_pct"] = round((cpu_seconds(proc.pid) - cpu0) / wall * 100, 1)
+            cpu = cpu_seconds(proc.pid) - cpu0
+            row["sim_cpu_pct"] = round(cpu / wall * 100, 1)
+            row["sim_cpu_ms_per_request"] = round(cpu / max(1, len(results)) * 1000, 3)
+            # What one fully used core could serve at this CPU cost per request.
+            row["one_core_capacity_rps"] = round(len(results) / cpu) if cpu else None
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -304,6 +332,8 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--only", choices=("concurrency", "rate"), default=None)
+    parser.add_argument("--rates", default=None, help="comma list of request rates")
     args = parser.parse_args()
     ncpu = os.cpu_count() or 1
     client_cores = [int(c) for c in args.client_cores.split(",") if c] or [
@@ -311,22 +341,26 @@ def main() -> int:
     ]
     levels = [1, 32, 256] if args.quick else [1, 16, 64, 128, 256]
     rates = [250, 500] if args.quick else [100, 250, 500, 750]
+    if args.rates:
+        rates = [int(r) for r in args.rates.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as d:
         tmp = Path(d)
-        result = {
+        result: dict[str, Any] = {
             "machine": {
                 "cpus": ncpu,
                 "sim_core": args.sim_core,
                 "client_cores": client_cores,
                 "load_avg_at_start": os.getloadavg(),
             },
-            "concurrency": concurrency_sweep(
-                levels, 32 if args.quick else 64, args.sim_core, client_cores, args.workers, tmp
-            ),
-            "rate": rate_sweep(
-                rates, 4.0 if args.quick else 6.0, args.sim_core, client_cores, args.workers, tmp
-            ),
         }
+        if args.only in (None, "concurrency"):
+            result["concurrency"] = concurrency_sweep(
+                levels, 32 if args.quick else 64, args.sim_core, client_cores, args.workers, tmp
+            )
+        if args.only in (None, "rate"):
+            result["rate"] = rate_sweep(
+                rates, 4.0 if args.quick else 6.0, args.sim_core, client_cores, args.workers, tmp
+            )
     result["machine"]["load_avg_at_end"] = os.getloadavg()
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
