@@ -530,6 +530,56 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: vllm-cpu.md §7, two real replicas pinned one per core, idle machine: one cold ~1,520-token
+#: prompt at each at once, then 8 concurrent short chats (37 prompt tokens, 32 out) at each.
+REFERENCE_SCENARIO = {
+    "cold_ttft_ms": [3710.0, 3690.0],
+    "chats_ttft_mean_ms": [496.0, 520.0],
+    "chats_all_done_ms": [1900.0, 1800.0],
+}
+
+
+async def _scenario(urls: list[str], seed: int) -> dict[str, list[float]]:
+    rng = random.Random(seed)
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        cold = await asyncio.gather(
+            *(stream_completion(session, url, fresh_prompt(rng, 1520), 1) for url in urls)
+        )
+
+        async def chats(url: str) -> tuple[float, float]:
+            t0 = time.perf_counter()
+            results = await asyncio.gather(
+                *(stream_completion(session, url, fresh_prompt(rng, 37), 32) for _ in range(8))
+            )
+            return statistics.fmean(r.ttft_ms for r in results), (time.perf_counter() - t0) * 1000
+
+        per_replica = await asyncio.gather(*(chats(url) for url in urls))
+        mean_ttft = [m for m, _ in per_replica]
+        done = [d for _, d in per_replica]
+    return {
+        "cold_ttft_ms": [round(r.ttft_ms, 1) for r in cold],
+        "chats_ttft_mean_ms": [round(x, 1) for x in mean_ttft],
+        "chats_all_done_ms": [round(x, 1) for x in done],
+    }
+
+
+def cmd_scenario(args: argparse.Namespace) -> int:
+    """The reference's two-replica scenario against 2 simulated replicas (smollm2-cpu)."""
+    sup = start("sim", 2, Path(args.run_dir) / "scenario-sim", profile="smollm2-cpu")
+    try:
+        measured = asyncio.run(_scenario(sup.plan.endpoints, args.seed))
+    finally:
+        sup.stop_blocking()
+    report = {"real_vllm_idle_reference": REFERENCE_SCENARIO, "sim_smollm2_cpu": measured}
+    report["sim_over_real"] = {
+        k: [round(a / b, 3) for a, b in zip(measured[k], REFERENCE_SCENARIO[k], strict=True)]
+        for k in REFERENCE_SCENARIO
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -559,13 +609,15 @@ def main() -> int:
     c.add_argument("--output-tokens", type=int, default=32)
     c.add_argument("--rate", type=float, default=1.0)
     c.add_argument("--json", default=None)
-    for p in (f, c):
+    sc = sub.add_parser("scenario", help="the reference's 2-replica scenario on the simulator")
+    for p in (f, c, sc):
         p.add_argument("--seed", type=int, default=7)
         p.add_argument("--run-dir", default="/tmp/kvgate-fit-smollm2")
     args = parser.parse_args()
     # Stop the replicas (in finally blocks) on SIGTERM too, not only on Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    return cmd_fit(args) if args.cmd == "fit" else cmd_compare(args)
+    commands = {"fit": cmd_fit, "compare": cmd_compare, "scenario": cmd_scenario}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":
