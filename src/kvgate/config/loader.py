@@ -18,23 +18,31 @@ once with a throw-away context (which also catches parameter errors early).
 
 from __future__ import annotations
 
-import difflib
 import math
-import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kvgate.config.build import InspectingRegistry, parameter_path, roles_of, trial_context
 from kvgate.config.documents import describe, parse_text, read_document
+from kvgate.config.fields import (
+    Locator,
+    Problems,
+    as_list,
+    check_fields,
+    optional_mapping,
+    required_str,
+)
 from kvgate.config.model import (
     PickerConfig,
     PluginSpec,
     ProfileSpec,
-    SaturationDetectorConfig,
     WeightedRef,
 )
+from kvgate.config.sections import FEATURE_GATES as FEATURE_GATES  # re-exported
+from kvgate.config.sections import data_section, feature_gates, flow_control, saturation_detector
+from kvgate.config.sections import format_duration as format_duration  # re-exported
+from kvgate.config.sections import parse_duration as parse_duration  # re-exported
 from kvgate.errors import ConfigError, PluginParameterError, Problem
 from kvgate.plugins.registry import Registry, default_registry
 
@@ -43,7 +51,6 @@ API_VERSIONS: tuple[str, ...] = (
     "llm-d.ai/v1alpha1",
 )
 KIND = "EndpointPickerConfig"
-FEATURE_GATES: tuple[str, ...] = ("dataLayer", "flowControl", "prepareDataPlugins")
 DEFAULT_PROFILE = "default"
 DEFAULT_HANDLER_TYPE = "single-profile-handler"
 DEFAULT_PICKER_TYPE = "max-score-picker"
@@ -62,45 +69,6 @@ _TOP_FIELDS = (
 _PLUGIN_FIELDS = ("name", "type", "parameters")
 _PROFILE_FIELDS = ("name", "plugins")
 _REF_FIELDS = ("pluginRef", "weight")
-_SD_FIELDS = ("queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold")
-_DATA_FIELDS = ("sources",)
-_SOURCE_FIELDS = ("pluginRef", "extractors")
-_EXTRACTOR_FIELDS = ("pluginRef",)
-_FLOW_CONTROL_FIELDS = (
-    "maxBytes",
-    "maxRequests",
-    "defaultRequestTTL",
-    "defaultPriorityBand",
-    "priorityBands",
-)
-
-#: Environment variables that override ``saturationDetector`` (as in GIE).
-SD_ENV_QUEUE = "SD_QUEUE_DEPTH_THRESHOLD"
-SD_ENV_KV = "SD_KV_CACHE_UTIL_THRESHOLD"
-SD_ENV_STALENESS = "SD_METRICS_STALENESS_THRESHOLD"
-
-
-#: Finds the (line, column) of a field path in the document, if it can.
-Locator = Callable[[str], "tuple[int, int] | None"]
-
-
-class _Problems:
-    """Collects problems for one document; ``prefix`` is prepended to every field path.
-
-    ``locate`` (given the path without the prefix) adds the line and column of the field.
-    """
-
-    def __init__(self, source: str, prefix: str = "", locate: Locator | None = None) -> None:
-        self.source = source
-        self.prefix = prefix
-        self.locate = locate
-        self.items: list[Problem] = []
-
-    def add(self, path: str, message: str) -> None:
-        full = f"{self.prefix}.{path}" if self.prefix and path else (self.prefix or path)
-        where = self.locate(path) if self.locate is not None else None
-        line, column = where if where is not None else (None, None)
-        self.items.append(Problem(self.source, full, message, line, column))
 
 
 def load_picker_config(
@@ -183,12 +151,12 @@ def picker_config_from_data(
     ``locate`` maps a field path to its (line, column) for the messages (see
     :meth:`kvgate.config.documents.Document.locate`); ``path_prefix`` is prepended to paths.
     """
-    problems = _Problems(source, path_prefix, locate)
+    problems = Problems(source, path_prefix, locate)
     reg = InspectingRegistry(registry if registry is not None else default_registry())
     if not isinstance(data, dict):
         problems.add("", f"expected a mapping (an {KIND}), got {describe(data)}")
         raise ConfigError(problems.items)
-    _check_fields(problems, "", data, _TOP_FIELDS)
+    check_fields(problems, "", data, _TOP_FIELDS)
 
     api_version = data.get("apiVersion")
     if api_version is None:
@@ -201,13 +169,13 @@ def picker_config_from_data(
     elif kind != KIND:
         problems.add("kind", f"expected '{KIND}', got {describe(kind)}")
 
-    gates = _feature_gates(problems, data.get("featureGates"))
+    gates = feature_gates(problems, data.get("featureGates"))
     plugins = _plugins(problems, reg, data.get("plugins"))
     profiles_raw = _profiles(problems, plugins, data.get("schedulingProfiles"))
-    sd = _saturation_detector(problems, data.get("saturationDetector"), env)
-    data_layer = _data_section(problems, data, gates, plugins)
-    flow_control = _flow_control(problems, data.get("flowControl"))
-    parser = _optional_mapping(problems, "parser", data.get("parser"))
+    sd = saturation_detector(problems, data.get("saturationDetector"), env)
+    data_layer = data_section(problems, data, gates, plugins)
+    flow_control_section = flow_control(problems, data.get("flowControl"))
+    parser = optional_mapping(problems, "parser", data.get("parser"))
 
     resolved_plugins, profiles, handler = _apply_defaults(
         problems, reg, plugins, profiles_raw, has_profiles=bool(data.get("schedulingProfiles"))
@@ -223,85 +191,17 @@ def picker_config_from_data(
         feature_gates=frozenset(gates),
         saturation_detector=sd,
         data=data_layer,
-        flow_control=flow_control,
+        flow_control=flow_control_section,
         parser=parser,
         text=text,
     )
-
-
-# ---- field helpers -----------------------------------------------------------------------
 
 
 def _alternatives() -> str:
     return " or ".join(f"'{v}'" for v in API_VERSIONS)
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _check_fields(
-    problems: _Problems, path: str, mapping: Mapping[Any, Any], known: tuple[str, ...]
-) -> None:
-    for key in mapping:
-        if key in known:
-            continue
-        where = _join(path, str(key))
-        close = difflib.get_close_matches(str(key), known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        problems.add(where, f"unknown field{hint} (known: {', '.join(known)})")
-
-
-def _list(problems: _Problems, path: str, value: Any) -> list[Any]:
-    """``value`` as a list; null/absent is empty; anything else is a problem."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        problems.add(path, f"expected a list, got {describe(value)}")
-        return []
-    return value
-
-
-def _mapping(problems: _Problems, path: str, value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, dict):
-        problems.add(path, f"expected a mapping, got {describe(value)}")
-        return None
-    return value
-
-
-def _optional_mapping(problems: _Problems, path: str, value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    return _mapping(problems, path, value)
-
-
-def _required_str(problems: _Problems, path: str, entry: Mapping[str, Any], key: str) -> str | None:
-    if key not in entry or entry[key] is None:
-        problems.add(_join(path, key), "required field is missing; expected a string")
-        return None
-    value = entry[key]
-    if not isinstance(value, str) or not value:
-        problems.add(_join(path, key), f"expected a non-empty string, got {describe(value)}")
-        return None
-    return value
-
-
-# ---- sections ----------------------------------------------------------------------------
-
-
-def _feature_gates(problems: _Problems, value: Any) -> list[str]:
-    gates: list[str] = []
-    for i, gate in enumerate(_list(problems, "featureGates", value)):
-        if not isinstance(gate, str):
-            problems.add(f"featureGates[{i}]", f"expected a string, got {describe(gate)}")
-        elif gate not in FEATURE_GATES:
-            problems.add(
-                f"featureGates[{i}]",
-                f"unknown feature gate {gate!r} (known: {', '.join(FEATURE_GATES)})",
-            )
-        else:
-            gates.append(gate)
-    return gates
+# ---- plugins and profiles ----------------------------------------------------------------
 
 
 class _DeclaredPlugin:
@@ -320,12 +220,10 @@ class _DeclaredPlugin:
         self.effective: dict[str, Any] = {}
 
 
-def _plugins(
-    problems: _Problems, reg: InspectingRegistry, value: Any
-) -> dict[str, _DeclaredPlugin]:
+def _plugins(problems: Problems, reg: InspectingRegistry, value: Any) -> dict[str, _DeclaredPlugin]:
     declared: dict[str, _DeclaredPlugin] = {}
     ctx = trial_context()
-    for i, entry in enumerate(_list(problems, "plugins", value)):
+    for i, entry in enumerate(as_list(problems, "plugins", value)):
         path = f"plugins[{i}]"
         if not isinstance(entry, dict):
             problems.add(path, f"expected a mapping with 'type', got {describe(entry)}")
@@ -333,11 +231,11 @@ def _plugins(
         raw_name = entry.get("name") if entry.get("name") is not None else entry.get("type")
         if isinstance(raw_name, str) and raw_name and raw_name not in declared:
             path = f"plugins[{raw_name}]"  # name the plugin where it is unambiguous
-        _check_fields(problems, path, entry, _PLUGIN_FIELDS)
-        type_name = _required_str(problems, path, entry, "type")
+        check_fields(problems, path, entry, _PLUGIN_FIELDS)
+        type_name = required_str(problems, path, entry, "type")
         name: str | None = type_name
         if entry.get("name") is not None:
-            name = _required_str(problems, path, entry, "name")
+            name = required_str(problems, path, entry, "name")
         parameters = entry.get("parameters")
         if parameters is None:
             parameters = {}
@@ -387,18 +285,18 @@ class _RawProfile:
 
 
 def _profiles(
-    problems: _Problems, plugins: Mapping[str, _DeclaredPlugin], value: Any
+    problems: Problems, plugins: Mapping[str, _DeclaredPlugin], value: Any
 ) -> list[_RawProfile]:
     profiles: list[_RawProfile] = []
     seen: dict[str, int] = {}
-    for i, entry in enumerate(_list(problems, "schedulingProfiles", value)):
+    for i, entry in enumerate(as_list(problems, "schedulingProfiles", value)):
         path = f"schedulingProfiles[{i}]"
         if not isinstance(entry, dict):
             problems.add(
                 path, f"expected a mapping with 'name' and 'plugins', got {describe(entry)}"
             )
             continue
-        name = _required_str(problems, path, entry, "name")
+        name = required_str(problems, path, entry, "name")
         if name is not None:
             if name in seen:
                 problems.add(
@@ -408,17 +306,17 @@ def _profiles(
             else:
                 seen[name] = i
                 path = f"schedulingProfiles[{name}]"
-        _check_fields(problems, path, entry, _PROFILE_FIELDS)
+        check_fields(problems, path, entry, _PROFILE_FIELDS)
         profile = _RawProfile(name or f"#{i}", path)
         refs_seen: dict[str, int] = {}
-        for j, ref in enumerate(_list(problems, f"{path}.plugins", entry.get("plugins"))):
+        for j, ref in enumerate(as_list(problems, f"{path}.plugins", entry.get("plugins"))):
             ref_path = f"{path}.plugins[{j}]"
             if not isinstance(ref, dict):
                 problems.add(ref_path, f"expected a mapping with 'pluginRef', got {describe(ref)}")
                 continue
-            _check_fields(problems, ref_path, ref, _REF_FIELDS)
+            check_fields(problems, ref_path, ref, _REF_FIELDS)
             weight = _weight(problems, f"{ref_path}.weight", ref.get("weight"))
-            plugin_name = _required_str(problems, ref_path, ref, "pluginRef")
+            plugin_name = required_str(problems, ref_path, ref, "pluginRef")
             if plugin_name is None:
                 continue
             declared = plugins.get(plugin_name)
@@ -457,7 +355,7 @@ def _profiles(
     return profiles
 
 
-def _weight(problems: _Problems, path: str, value: Any) -> int | float | None:
+def _weight(problems: Problems, path: str, value: Any) -> int | float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -470,7 +368,7 @@ def _weight(problems: _Problems, path: str, value: Any) -> int | float | None:
 
 
 def _apply_defaults(
-    problems: _Problems,
+    problems: Problems,
     reg: InspectingRegistry,
     plugins: dict[str, _DeclaredPlugin],
     raw_profiles: list[_RawProfile],
@@ -578,7 +476,7 @@ def _unused_name(base: str, plugins: Mapping[str, _DeclaredPlugin]) -> str:
 
 
 def _added_plugin(
-    problems: _Problems, reg: InspectingRegistry, name: str, type_name: str
+    problems: Problems, reg: InspectingRegistry, name: str, type_name: str
 ) -> PluginSpec:
     """A plugin the defaulting rules add (built once to learn its roles and parameters)."""
     roles: frozenset[str] = frozenset()
@@ -601,164 +499,3 @@ def _added_plugin(
         effective_parameters=effective,
         added_by_default=True,
     )
-
-
-# ---- saturation detector, data layer, flow control ---------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str) -> float | None:
-    """A Go duration string (``200ms``, ``1m30s``, ``0``) in seconds, or None if invalid."""
-    s = text.strip()
-    if s in ("0", "+0", "-0"):
-        return 0.0
-    sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
-    if not s:
-        return None
-    total, pos = 0.0, 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if m is None:
-            return None
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    return sign * total
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as a short Go-style duration (``200ms``, ``2s``)."""
-    if seconds and seconds < 1 and (seconds * 1000).is_integer():
-        return f"{int(seconds * 1000)}ms"
-    if float(seconds).is_integer():
-        return f"{int(seconds)}s"
-    return f"{seconds:g}s"
-
-
-def _saturation_detector(
-    problems: _Problems, value: Any, env: Mapping[str, str] | None
-) -> SaturationDetectorConfig:
-    defaults = SaturationDetectorConfig()
-    queue = defaults.queue_depth_threshold
-    kv = defaults.kv_cache_util_threshold
-    staleness = defaults.metrics_staleness_threshold_s
-    section = _optional_mapping(problems, "saturationDetector", value) or {}
-    _check_fields(problems, "saturationDetector", section, _SD_FIELDS)
-    q = section.get("queueDepthThreshold")
-    if q is not None:
-        if isinstance(q, bool) or not isinstance(q, int):
-            problems.add(
-                "saturationDetector.queueDepthThreshold", f"expected an integer, got {describe(q)}"
-            )
-        elif q > 0:  # <= 0 means "use the default", as in GIE
-            queue = q
-    k = section.get("kvCacheUtilThreshold")
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int | float):
-            problems.add(
-                "saturationDetector.kvCacheUtilThreshold", f"expected a number, got {describe(k)}"
-            )
-        elif 0 < k < 1:  # honoured only strictly between 0 and 1, as in GIE
-            kv = float(k)
-    st = section.get("metricsStalenessThreshold")
-    if st is not None:
-        parsed = parse_duration(st) if isinstance(st, str) else None
-        if parsed is None:
-            problems.add(
-                "saturationDetector.metricsStalenessThreshold",
-                f"expected a duration such as '200ms' or '1s', got {describe(st)}",
-            )
-        elif parsed > 0:
-            staleness = parsed
-
-    environ = os.environ if env is None else env
-    env_problems = _Problems("environment")
-    if SD_ENV_QUEUE in environ:
-        raw = environ[SD_ENV_QUEUE]
-        try:
-            parsed_q = int(raw)
-        except ValueError:
-            env_problems.add(SD_ENV_QUEUE, f"expected an integer, got {raw!r}")
-        else:
-            if parsed_q > 0:
-                queue = parsed_q
-    if SD_ENV_KV in environ:
-        raw = environ[SD_ENV_KV]
-        try:
-            parsed_k = float(raw)
-        except ValueError:
-            env_problems.add(SD_ENV_KV, f"expected a number, got {raw!r}")
-        else:
-            if 0 < parsed_k < 1:
-                kv = parsed_k
-    if SD_ENV_STALENESS in environ:
-        raw = environ[SD_ENV_STALENESS]
-        parsed_st = parse_duration(raw)
-        if parsed_st is None:
-            env_problems.add(SD_ENV_STALENESS, f"expected a duration such as '200ms', got {raw!r}")
-        elif parsed_st > 0:
-            staleness = parsed_st
-    problems.items.extend(env_problems.items)
-    return SaturationDetectorConfig(queue, kv, staleness)
-
-
-def _data_section(
-    problems: _Problems,
-    data: Mapping[str, Any],
-    gates: list[str],
-    plugins: Mapping[str, _DeclaredPlugin],
-) -> dict[str, Any] | None:
-    if data.get("data") is None:
-        return None
-    section = _mapping(problems, "data", data["data"])
-    if section is None:
-        return None
-    if "dataLayer" not in gates:
-        problems.add(
-            "data", "allowed only with the dataLayer feature gate (add it to featureGates)"
-        )
-    _check_fields(problems, "data", section, _DATA_FIELDS)
-    for i, src in enumerate(_list(problems, "data.sources", section.get("sources"))):
-        path = f"data.sources[{i}]"
-        if not isinstance(src, dict):
-            problems.add(path, f"expected a mapping with 'pluginRef', got {describe(src)}")
-            continue
-        _check_fields(problems, path, src, _SOURCE_FIELDS)
-        _plugin_ref(problems, path, src, plugins)
-        for j, ext in enumerate(_list(problems, f"{path}.extractors", src.get("extractors"))):
-            ext_path = f"{path}.extractors[{j}]"
-            if not isinstance(ext, dict):
-                problems.add(ext_path, f"expected a mapping with 'pluginRef', got {describe(ext)}")
-                continue
-            _check_fields(problems, ext_path, ext, _EXTRACTOR_FIELDS)
-            _plugin_ref(problems, ext_path, ext, plugins)
-    return section
-
-
-def _plugin_ref(
-    problems: _Problems, path: str, entry: Mapping[str, Any], plugins: Mapping[str, _DeclaredPlugin]
-) -> None:
-    name = _required_str(problems, path, entry, "pluginRef")
-    if name is not None and name not in plugins:
-        problems.add(
-            f"{path}.pluginRef",
-            f"unknown plugin {name!r} (known: {', '.join(plugins) or 'none declared'})",
-        )
-
-
-def _flow_control(problems: _Problems, value: Any) -> dict[str, Any] | None:
-    section = _optional_mapping(problems, "flowControl", value)
-    if section is not None:
-        _check_fields(problems, "flowControl", section, _FLOW_CONTROL_FIELDS)
-    return section

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kvgate.config.loader import format_duration
 from kvgate.config.model import ROLE_NAMES, PickerConfig, PluginSpec
+from kvgate.config.sections import format_duration
 
 _ADDED = "  [added by default]"
 
