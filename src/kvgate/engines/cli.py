@@ -99,9 +99,12 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from kvgate.engines.model import prepare_model
+    from kvgate.engines.model import STAMP, is_builtin, prepare_model, smollm2_dir
 
-    print("kvgate model prepare: converting if needed (about 30 s the first time) ...", flush=True)
+    if is_builtin(args.model or "smollm2") and (
+        args.force or not (smollm2_dir() / STAMP).is_file()
+    ):
+        print("kvgate model prepare: converting the SmolLM2 GGUF (about 30 s) ...", flush=True)
     done = prepare_model(args.model, force=args.force, engine_python=args.vllm_python)
     if done.prepared_now:
         print(f"prepared {done.path} in {done.seconds:.0f} s")
