@@ -14,7 +14,7 @@ from kvgate.kvcache.hashing import HASH_ALGOS
 from kvgate.sim.engine import LoraAdapter
 from kvgate.sim.profiles import DEFAULT_PROFILE, load_profile
 from kvgate.sim.publisher import parse_kv_events_config
-from kvgate.sim.server import FAILURE_KINDS, SimSettings
+from kvgate.sim.state import FAILURE_KINDS, SimSettings
 
 __all__ = ["parse_lora_modules", "settings_from_args"]
 

@@ -1,0 +1,294 @@
+"""POST /v1/chat/completions and /v1/completions: validate, tokenize, run through the engine,
+answer streamed (pre-encoded SSE chunks) or whole; inject faults when asked."""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from typing import Any
+
+import msgspec
+import xxhash
+from aiohttp import web
+
+from kvgate.errors import BadRequestError, RequestError
+from kvgate.sim import api
+from kvgate.sim.engine import SimRequest
+from kvgate.sim.output import TokenStream
+from kvgate.sim.state import (
+    FAILURE_KINDS,
+    FAULT_HEADER,
+    STATE_KEY,
+    SimState,
+    error_response,
+    parse_json,
+    plain_error,
+    resolve_model,
+)
+
+__all__ = ["chat_completions", "completions"]
+
+_enc = msgspec.json.Encoder()
+
+
+def _generation_seed(state: SimState, seed: int | None, prompt_ids: list[int]) -> int:
+    if seed is not None:
+        return (state.settings.seed * 1_000_003) ^ seed
+    return xxhash.xxh64_intdigest(
+        array("I", prompt_ids).tobytes(), seed=state.settings.seed & ((1 << 64) - 1)
+    )
+
+
+async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    if state.draining:
+        return plain_error(503, "The server is shutting down.", "ServiceUnavailableError")
+    state.inflight += 1
+    state.idle.clear()
+    try:
+        return await _completion_inner(request, state, chat=chat)
+    finally:
+        state.inflight -= 1
+        if state.inflight == 0:
+            state.idle.set()
+
+
+async def _completion_inner(
+    request: web.Request, state: SimState, *, chat: bool
+) -> web.StreamResponse:
+    settings = state.settings
+    engine = state.engine
+    try:
+        body = parse_json(await request.read())
+        model, lora = resolve_model(state, body)
+        sampling = api.parse_sampling(body, chat=chat)
+        tok = state.tokenizer
+        if chat:
+            messages = api.chat_messages(body)
+            add_gen = body.get("add_generation_prompt", True)
+            prompt_ids = tok.encode_chat(messages, add_generation_prompt=bool(add_gen))
+            echo_ids: list[int] = []
+            if settings.mode == "echo":
+                for message in reversed(messages):
+                    if message.get("role") == "user":
+                        content = message.get("content")
+                        if isinstance(content, list):
+                            content = "".join(
+                                p.get("text", "") for p in content if isinstance(p, dict)
+                            )
+                        echo_ids = tok.encode(content or "", add_special_tokens=False)
+                        break
+        else:
+            prompt = api.completion_prompt(body)
+            prompt_ids = tok.encode(prompt) if isinstance(prompt, str) else prompt
+            echo_ids = prompt_ids
+        max_model_len = engine.config.max_model_len
+        api.check_context_length(
+            len(prompt_ids), sampling.max_tokens, sampling.max_tokens_param, max_model_len
+        )
+        salt = body.get("cache_salt")
+        if salt is not None and not isinstance(salt, str):
+            raise BadRequestError("'cache_salt' must be a string", param="cache_salt")
+    except RequestError as exc:
+        return error_response(exc)
+    except Exception as exc:  # a template or tokenizer failure on odd input
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return error_response(BadRequestError(f"could not prepare the prompt: {exc}"))
+
+    fault = request.headers.get(FAULT_HEADER) or _draw_fault(state)
+    if fault not in FAILURE_KINDS and fault is not None:
+        return error_response(
+            BadRequestError(
+                f"{FAULT_HEADER}: unknown fault {fault!r} (known: {', '.join(FAILURE_KINDS)})",
+                param=FAULT_HEADER,
+            )
+        )
+    if fault in ("429", "500", "503"):
+        return _fault_response(fault)
+    if fault == "hang":
+        return await _hang(state)
+
+    limit = max_model_len - len(prompt_ids)
+    max_tokens = sampling.max_tokens if sampling.max_tokens is not None else limit
+    stream_ids = TokenStream(
+        state.vocab,
+        mode=settings.mode,
+        seed=_generation_seed(state, sampling.seed, prompt_ids),
+        max_tokens=max_tokens,
+        echo_ids=echo_ids,
+        natural_length=sampling.max_tokens is None,
+        stop=sampling.stop,
+        ignore_eos=sampling.ignore_eos,
+    )
+    if not stream_ids.ids:
+        stream_ids.ids = [state.vocab.word_ids[0]]
+    req = SimRequest(
+        request_id=request.headers.get("x-request-id") or "",
+        prompt_token_ids=prompt_ids,
+        stream=stream_ids,
+        max_tokens=max_tokens,
+        lora=lora,
+        cache_salt=salt,
+    )
+    req.notify_each_token = sampling.stream
+    state.metrics.observe_admitted(sampling.max_tokens, max_tokens)
+    engine.add(req)
+    writer = api.ChunkWriter(model, chat=chat)
+    try:
+        if sampling.stream:
+            return await _stream(request, state, req, writer, sampling, drop=fault == "drop")
+        return await _full(request, state, req, writer, drop=fault == "drop")
+    finally:
+        if not req.finished:
+            engine.abort(req)
+
+
+def _draw_fault(state: SimState) -> str | None:
+    s = state.settings
+    if s.failure_rate <= 0 or state.fault_rng.random() >= s.failure_rate:
+        return None
+    return state.fault_rng.choice(s.failure_kinds)
+
+
+def _fault_response(kind: str) -> web.Response:
+    if kind == "429":
+        return plain_error(
+            429, "Injected failure: rate limit reached, retry later.", "RateLimitError"
+        )
+    if kind == "503":
+        return plain_error(
+            503, "Injected failure: the engine is overloaded.", "ServiceUnavailableError"
+        )
+    return plain_error(500, "Injected failure: internal server error.", "InternalServerError")
+
+
+async def _hang(state: SimState) -> web.StreamResponse:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    state.hanging.add(fut)
+    try:
+        await fut
+    finally:
+        state.hanging.discard(fut)
+    return plain_error(503, "The server is shutting down.", "ServiceUnavailableError")
+
+
+def _usage(
+    req: SimRequest, chat: bool, *, full: bool, completion: int | None = None
+) -> dict[str, Any]:
+    """vLLM 0.32's usage object: chat reports created_cache_tokens, completions do not;
+    the non-streaming body carries more (null) fields than the streamed usage chunk."""
+    done = req.num_output_tokens if completion is None else completion
+    cached = max(req.num_cached_tokens, 0)
+    if chat:
+        return api.chat_usage(
+            req.num_prompt_tokens, done, cached, req.num_created_cache_tokens, full=full
+        )
+    return api.completion_usage(req.num_prompt_tokens, done, cached, full=full)
+
+
+def _drop_connection(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def _stream(
+    request: web.Request,
+    state: SimState,
+    req: SimRequest,
+    writer: api.ChunkWriter,
+    sampling: api.ParsedRequest,
+    *,
+    drop: bool,
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    vocab = state.vocab
+    chat = writer.chat
+    sent_role = not chat
+    drop_after = max(1, len(req.stream.ids) // 2) if drop else -1
+    continuous = sampling.include_usage and sampling.continuous_usage
+    while True:
+        await req.wait_for_output()
+        n = req.num_output_tokens
+        done = req.finished
+        parts: list[bytes] = []
+        if not sent_role and (n > 0 or done):
+            parts.append(writer.role())
+            sent_role = True
+        out = req.token_ids
+        base = req.num_prompt_tokens
+        for k in range(req.delivered, n):
+            token = out[base + k]
+            if done and k == n - 1:
+                last_text = req.stream.last_text
+                text = (
+                    _enc.encode(last_text)
+                    if last_text is not None and req.finish_reason == "stop"
+                    else vocab.json(token)
+                )
+                usage = _usage(req, chat, full=False) if continuous else None
+                parts.append(
+                    writer.last(
+                        text,
+                        req.finish_reason or "length",
+                        req.stream.stop_reason if req.finish_reason == "stop" else None,
+                        fingerprint=not sampling.include_usage,
+                        usage=usage,
+                    )
+                )
+            elif continuous:
+                usage = _usage(req, chat, full=False, completion=k + 1)
+                parts.append(writer.token_with_usage(vocab.json(token), usage))
+            else:
+                parts.append(writer.token(vocab.json(token)))
+        req.delivered = n
+        if done:
+            if sampling.include_usage:
+                parts.append(writer.usage(_usage(req, chat, full=False)))
+            parts.append(api.DONE)
+        if parts:
+            await resp.write(b"".join(parts))
+        if drop and n >= drop_after:
+            state.engine.abort(req)
+            _drop_connection(request)
+            return resp
+        if done:
+            break
+    await resp.write_eof()
+    return resp
+
+
+async def _full(
+    request: web.Request, state: SimState, req: SimRequest, writer: api.ChunkWriter, *, drop: bool
+) -> web.StreamResponse:
+    if drop:
+        req.notify_each_token = True
+        while not req.finished:
+            req.delivered = req.num_output_tokens
+            await req.wait_for_output()
+            if req.num_output_tokens > 0:
+                state.engine.abort(req)
+                _drop_connection(request)
+                return web.Response(status=500)
+    await req.wait_finished()
+    vocab = state.vocab
+    outputs = req.output_token_ids
+    texts = [vocab.text(t) for t in outputs]
+    if req.finish_reason == "stop" and req.stream.last_text is not None and texts:
+        texts[-1] = req.stream.last_text
+    reason = req.finish_reason or "length"
+    stop_reason = req.stream.stop_reason if reason == "stop" else None
+    body = writer.full("".join(texts), reason, stop_reason, _usage(req, writer.chat, full=True))
+    return web.Response(body=body, content_type="application/json")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _completion(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _completion(request, chat=False)
