@@ -194,3 +194,34 @@ def test_merge_args_replaces_flags_in_both_spellings() -> None:
     assert argv == ["python", "-m", "x", "--c", "--b", "3", "--a=4", "--d"]
     assert flag_value(argv, "--a") == "4" and flag_value(argv, "--b") == "3"
     assert len(notes) == 2
+
+
+def test_engine_plan_cli_prints_each_replica(tmp_path: Path) -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvgate",
+            "engine",
+            "plan",
+            "--engine",
+            "sim",
+            "--replicas",
+            "2",
+            "--model",
+            "hf://Qwen/Qwen3-0.6B",
+            "--run-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("# replica-") for line in lines) == 2
+    assert sum("-m kvgate sim" in line for line in lines) == 2
+    assert "kv@127.0.0.1:" in proc.stdout and "@Qwen/Qwen3-0.6B" in proc.stdout
