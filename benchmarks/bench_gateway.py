@@ -544,17 +544,17 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         sc = {"duration": args.duration, "connections": args.connections}
         cpu0 = _cpu_s(gw_pid)
         report["direct_stream_n"] = _load_cmd(
-            args.other_cpus, direct, rate=100, stream_tokens=n, **sc
+            args.other_cpus, direct, rate=args.stream_rate, stream_tokens=n, **sc
         )
         report["gateway_stream_n"] = _load_cmd(
-            args.other_cpus, via, rate=100, stream_tokens=n, **sc
+            args.other_cpus, via, rate=args.stream_rate, stream_tokens=n, **sc
         )
         cpu1 = _cpu_s(gw_pid)
         report["direct_stream_1"] = _load_cmd(
-            args.other_cpus, direct, rate=100, stream_tokens=1, **sc
+            args.other_cpus, direct, rate=args.stream_rate, stream_tokens=1, **sc
         )
         report["gateway_stream_1"] = _load_cmd(
-            args.other_cpus, via, rate=100, stream_tokens=1, **sc
+            args.other_cpus, via, rate=args.stream_rate, stream_tokens=1, **sc
         )
         cpu2 = _cpu_s(gw_pid)
         added_n = report["gateway_stream_n"]["p50_ms"] - report["direct_stream_n"]["p50_ms"]
@@ -613,6 +613,7 @@ def main() -> None:
     rn.add_argument("--connections", type=int, default=64)
     rn.add_argument("--max-connections", type=int, default=128)
     rn.add_argument("--chunks", type=int, default=100)
+    rn.add_argument("--stream-rate", type=float, default=50.0, help="streams/s for the chunk test")
     rn.add_argument("--gateway-args", default="", help="extra kvgate serve flags")
     rn.add_argument("--log", type=Path, default=Path("/tmp/bench_gateway.log"))
     args = parser.parse_args()
