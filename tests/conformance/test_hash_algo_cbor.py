@@ -68,7 +68,7 @@ def test_sha256_cbor_block_hashes_match_kvgate_hashing(
     cbor_replicas: dict[str, tuple[ReplicaSpec, EventRecorder]], vllm_pair: VllmPair
 ) -> None:
     tokenizer = Tokenizer.from_path(vllm_pair.model_path)
-    prompt = unique_words("cbor-hashes", 90)
+    prompt = unique_words("cbor-hashes", 70)
     token_ids = tokenizer.encode(prompt)
     expected = [to_event_hash(h) for h in block_hashes(token_ids, BLOCK_SIZE, algo=ALGO)]
     default = [to_event_hash(h) for h in block_hashes(token_ids, BLOCK_SIZE, algo="sha256")]

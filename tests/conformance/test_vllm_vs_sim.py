@@ -103,7 +103,7 @@ def test_streaming_chunk_shapes(twins: Twins, kind: str) -> None:
 
 
 def test_usage_reports_the_same_cached_tokens(twins: Twins) -> None:
-    body = _chat("conf-cached", words=150, max_tokens=1)
+    body = _chat("conf-cached", words=70, max_tokens=1)
     first = _both(twins, "/v1/chat/completions", body)
     second = _both(twins, "/v1/chat/completions", body)
     usage = {name: (first[name][1]["usage"], second[name][1]["usage"]) for name in first}
@@ -195,7 +195,7 @@ def _stored_events(twins: Twins, which: str, body: dict[str, Any]) -> list[dict[
 
 def test_kv_event_wire_format_and_block_hashes(twins: Twins) -> None:
     tokenizer = Tokenizer.from_path(twins.model_path)
-    prompt = unique_words("conf-events", 100)
+    prompt = unique_words("conf-events", 70)
     token_ids = tokenizer.encode(prompt)
     body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": 1}
     stored = {which: _stored_events(twins, which, body) for which in ("vllm", "sim")}
@@ -230,7 +230,7 @@ def test_kv_event_frames_and_seq(twins: Twins) -> None:
     for which, replica in twins.both:
         recorder = twins.events(which)
         mark = recorder.mark()
-        body = {"model": MODEL_NAME, "prompt": unique_words(f"conf-frames-{which}", 80)}
+        body = {"model": MODEL_NAME, "prompt": unique_words(f"conf-frames-{which}", 40)}
         post_json(replica.base_url + "/v1/completions", body | {"max_tokens": 1})
         post_json(replica.base_url + "/v1/completions", body | {"prompt": body["prompt"] + " x"})
         msgs = recorder.wait(lambda ms: len(ms) >= 1, mark=mark, replica=0)
@@ -311,7 +311,7 @@ def test_cache_config_info_matches(twins: Twins) -> None:
 
 
 def test_prefix_cache_counters_count_tokens_and_idle_usage_is_zero(twins: Twins) -> None:
-    body = {"model": MODEL_NAME, "prompt": unique_words("conf-counters", 120), "max_tokens": 1}
+    body = {"model": MODEL_NAME, "prompt": unique_words("conf-counters", 70), "max_tokens": 1}
     deltas: dict[str, tuple[float, float, int, int]] = {}
     for name, r in twins.both:
         post_json(r.base_url + "/v1/completions", body)  # warm the cache

@@ -61,7 +61,7 @@ def test_a_repeated_prompt_hits_the_prefix_cache(vllm_pair: VllmPair) -> None:
     r = vllm_pair.replicas[0]
     body = {
         "model": MODEL_NAME,
-        "messages": [{"role": "user", "content": unique_words("repeat-hit", 120)}],
+        "messages": [{"role": "user", "content": unique_words("repeat-hit", 60)}],
         "max_tokens": 2,
         "temperature": 0,
     }
@@ -81,7 +81,7 @@ def test_each_replica_publishes_kv_events_on_its_topic(vllm_pair: VllmPair) -> N
         mark = vllm_pair.events.mark()
         body = {
             "model": MODEL_NAME,
-            "prompt": unique_words(f"events-{r.index}", 80),
+            "prompt": unique_words(f"events-{r.index}", 40),
             "max_tokens": 1,
         }
         status, _ = post_json(r.base_url + "/v1/completions", body)
