@@ -15,7 +15,7 @@ import pytest
 from support.procs import Proc, free_port, http_ok, kvgate_cmd, wait_until
 from support.vllm import engine_skip_reason, unique_words
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(540)]  # vLLM start-up on a busy CPU
 
 
 def _ttft_and_cached(client: openai.OpenAI, model: str, prompt: str) -> tuple[float, int]:
