@@ -4,6 +4,7 @@ answer streamed (pre-encoded SSE chunks) or whole; inject faults when asked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from array import array
 from typing import Any
 
@@ -251,14 +252,18 @@ async def _stream(
                 parts.append(writer.usage(_usage(req, chat, full=False)))
             parts.append(api.DONE)
         if parts:
-            await resp.write(b"".join(parts))
+            try:
+                await resp.write(b"".join(parts))
+            except ConnectionResetError:
+                return resp  # the client went away; the caller aborts the request
         if drop and n >= drop_after:
             state.engine.abort(req)
             _drop_connection(request)
             return resp
         if done:
             break
-    await resp.write_eof()
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
     return resp
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from kvgate.errors import BadRequestError, RequestError
+from kvgate.errors import BadRequestError, EngineError, RequestError
 from kvgate.sim import api
 from kvgate.sim.completions import chat_completions, completions
 from kvgate.sim.publisher import ZmqPublisher
@@ -241,6 +241,19 @@ async def serve(
     site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
     await site.start()
     engine_task = loop.create_task(state.engine.run())
+    engine_failure: list[BaseException] = []
+
+    def engine_done(task: asyncio.Task[None]) -> None:
+        # The engine loop never ends on its own; if it fails, stop serving loudly rather
+        # than leave every request waiting.
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            log.error("engine loop failed", exc_info=exc)
+            engine_failure.append(exc)
+            stop.set()
+
+    engine_task.add_done_callback(engine_done)
     log.info(
         "kvgate sim serving %s on http://%s:%d",
         ", ".join(state.model_names),
@@ -262,15 +275,18 @@ async def serve(
         for fut in list(state.hanging):
             if not fut.done():
                 fut.set_result(None)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(state.idle.wait(), settings.shutdown_timeout_s)
+        if not engine_failure:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(state.idle.wait(), settings.shutdown_timeout_s)
         state.engine.stop()
         engine_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await engine_task
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await engine_task  # its failure, if any, was logged and is raised below
         await runner.cleanup()
         if publisher is not None:
             await publisher.close()
+    if engine_failure:
+        raise EngineError(f"kvgate sim: the engine loop failed: {engine_failure[0]!r}")
 
 
 def _topic_host(settings: SimSettings) -> str:
