@@ -389,13 +389,20 @@ def plot_ttft_cdf(runs: Mapping[str, Sequence[RequestRecord]], path: Path, title
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
         ax.step([x * 1000 for x in xs], ys, where="post", label=policy)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    lo, hi = ax.get_xlim()
+    ticks = [m * 10**e for e in range(-1, 7) for m in (1, 2, 5) if lo <= m * 10**e <= hi]
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("time to first token (ms, log scale)")
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.01)
     ax.axhline(0.9, color="grey", lw=0.5, ls=":")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
-    ax.set_title(title or "TTFT CDF per policy")
+    ax.set_title(title or "TTFT CDF per policy", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
