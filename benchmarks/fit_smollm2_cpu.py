@@ -479,7 +479,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             engine,
             2,
             Path(args.run_dir) / f"compare-{engine}",
-            profile="smollm2-cpu" if engine == "sim" else None,
+            profile=args.profile if engine == "sim" else None,
         )
         try:
             urls = sup.plan.endpoints
@@ -610,6 +610,7 @@ def main() -> int:
     c.add_argument("--output-tokens", type=int, default=32)
     c.add_argument("--rate", type=float, default=1.0)
     c.add_argument("--json", default=None)
+    c.add_argument("--profile", default="smollm2-cpu", help="the simulator's profile")
     sc = sub.add_parser("scenario", help="the reference's 2-replica scenario on the simulator")
     for p in (f, c, sc):
         p.add_argument("--seed", type=int, default=7)
