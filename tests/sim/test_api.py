@@ -152,6 +152,7 @@ def test_stop_and_echo(module_spawn: Any) -> None:
     )
     assert status == 200
     assert body["choices"][0]["text"] == "one two"
+    assert body["choices"][0]["stop_reason"] == " three"  # vLLM names the stop string
     assert body["choices"][0]["finish_reason"] == "stop"
 
 
