@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -70,9 +69,18 @@ def test_events_decode_into_exactly_the_blocks_stored_and_removed(
                 sim.url + "/v1/completions",
                 {"model": "ev", "prompt": prompt, "max_tokens": 10, "ignore_eos": True},
             )
-        # Every batch is published before the response that caused it completes.
-        wait_until(lambda: len(received) >= 5, timeout_s=5, what="KV events")
-        time.sleep(0.2)  # and nothing more is in flight
+        # Every batch is published before the response that caused it, in order: once the
+        # last request's decode block (the child of its second prompt block) is in, all are.
+        last_parent = to_event_hash(block_hashes(prompts[-1], 16, algo="sha256_cbor")[1])
+
+        def last_block_seen() -> bool:
+            return any(
+                isinstance(e, BlockStored) and e.parent_block_hash == last_parent
+                for _, _, payload in list(received)
+                for e in decode_batch(payload).events
+            )
+
+        wait_until(last_block_seen, timeout_s=10, what="the last request's KV events")
         stop.set()
         collector.join()
         batches = []
