@@ -143,9 +143,10 @@ async def _run_plan(
             delay = t0 + offset - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            # How late the load generator itself sends the request (its own CPU starvation).
+            send_lag = max(0.0, time.time() - (t0 + offset))
             result = await _stream(session, url, body)
-            # How late the load generator itself sent the request (its own CPU starvation).
-            result["send_lag"] = max(0.0, -delay) if delay < 0 else 0.0
+            result["send_lag"] = send_lag
             return result
 
         return list(await asyncio.gather(*(one(o, b) for o, b in plan)))
