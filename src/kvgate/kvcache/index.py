@@ -27,17 +27,14 @@ Not thread-safe: the subscriber and the scheduler share one event loop.
 from __future__ import annotations
 
 import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, islice
-
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from kvgate.kvcache.engine_map import EngineMap
 from kvgate.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from kvgate.kvcache.hashing import RequestKey, request_key_seed, request_keys
+from kvgate.kvcache.metrics import track_index
 
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
@@ -145,8 +142,7 @@ class KVBlockIndex:
         self._num_entries = 0
         self._seeds: dict[str | None, int] = {}
         self.lora_names: set[str] = set()  # adapters seen in BlockStored events
-        _LIVE.add(self)
-        register_metrics()
+        track_index(self)
 
     # --- sizes ----------------------------------------------------------------------------------
 
@@ -506,104 +502,3 @@ class KVBlockIndex:
             if field_bits:
                 out[name] = [tier_names[t] for t in range(self._tier_count) if field_bits >> t & 1]
         return out
-
-
-_LIVE: weakref.WeakSet[KVBlockIndex] = weakref.WeakSet()
-
-
-def live_indexes() -> Iterator[KVBlockIndex]:
-    """Every index alive in this process (for the metrics collector)."""
-    return iter(list(_LIVE))
-
-
-class _IndexCollector:
-    """Reads the plain counters of every live index at scrape time (sums over indexes)."""
-
-    def collect(self) -> Iterator[Metric]:
-        indexes = list(_LIVE)
-        stats = [i.stats for i in indexes]
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"kvgate_kv_index_{name}", doc, value=value)
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(f"kvgate_kv_index_{name}", doc, value=value)
-
-        yield gauge(
-            "blocks", "Request keys (blocks) in the index.", sum(i.num_blocks for i in indexes)
-        )
-        yield gauge(
-            "entries",
-            "(block, endpoint) entries in the index.",
-            sum(i.num_entries for i in indexes),
-        )
-        yield gauge(
-            "engine_hashes",
-            "Engine block hashes with a known request key.",
-            sum(i.num_engine_hashes for i in indexes),
-        )
-        yield gauge(
-            "endpoints", "Endpoints with entries.", sum(len(i.endpoints()) for i in indexes)
-        )
-        asked = sum(s.lookup_blocks for s in stats)
-        hits = sum(s.lookup_hit_blocks for s in stats)
-        yield gauge(
-            "hit_ratio",
-            "Blocks of the best candidate's cached prefix / blocks looked up, since start.",
-            hits / asked if asked else 0.0,
-        )
-        yield counter("lookups", "Prefix lookups.", sum(s.lookups for s in stats))
-        yield counter("lookup_blocks", "Blocks looked up.", asked)
-        yield counter("lookup_hit_blocks", "Blocks found (best candidate).", hits)
-        yield gauge(
-            "lag_seconds",
-            "Receive time minus the engine's timestamp of the latest event batch.",
-            max((s.last_lag_s for s in stats), default=0.0),
-        )
-        yield gauge(
-            "max_lag_seconds",
-            "Largest event-batch lag seen.",
-            max((s.max_lag_s for s in stats), default=0.0),
-        )
-        events = CounterMetricFamily(
-            "kvgate_kv_index_events", "KV events applied, by type.", labels=["type"]
-        )
-        events.add_metric(["BlockStored"], sum(s.events_stored for s in stats))
-        events.add_metric(["BlockRemoved"], sum(s.events_removed for s in stats))
-        events.add_metric(["AllBlocksCleared"], sum(s.events_cleared for s in stats))
-        yield events
-        yield counter("blocks_stored", "Blocks stored.", sum(s.blocks_stored for s in stats))
-        yield counter("blocks_removed", "Blocks removed.", sum(s.blocks_removed for s in stats))
-        yield counter(
-            "evicted_blocks",
-            "Blocks evicted by the index's own cap (LRU).",
-            sum(s.evicted_blocks for s in stats),
-        )
-        yield counter(
-            "purged_endpoints",
-            "Endpoints whose entries were dropped.",
-            sum(s.purged_endpoints for s in stats),
-        )
-        dropped = CounterMetricFamily(
-            "kvgate_kv_index_dropped_events", "Events not applied, by reason.", labels=["reason"]
-        )
-        reasons: dict[str, int] = {}
-        for s in stats:
-            for reason, n in s.dropped_events.items():
-                reasons[reason] = reasons.get(reason, 0) + n
-        for reason, n in sorted(reasons.items()):
-            dropped.add_metric([reason], n)
-        yield dropped
-
-
-_COLLECTOR_REGISTERED = False
-
-
-def register_metrics(registry: CollectorRegistry = REGISTRY) -> None:
-    """Expose ``kvgate_kv_index_*`` on ``registry`` (idempotent for the default registry)."""
-    global _COLLECTOR_REGISTERED
-    if registry is REGISTRY:
-        if _COLLECTOR_REGISTERED:
-            return
-        _COLLECTOR_REGISTERED = True
-    registry.register(_IndexCollector())

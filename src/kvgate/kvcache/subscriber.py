@@ -44,6 +44,7 @@ from kvgate.kvcache.events import (
     parse_topic,
 )
 from kvgate.kvcache.index import KVBlockIndex
+from kvgate.kvcache.metrics import track_subscriber
 
 __all__ = ["DEFAULT_ZMQ_ENDPOINT", "KVEventSubscriber", "SubscriberStats"]
 
@@ -109,6 +110,7 @@ class KVEventSubscriber:
         self._bound_task: asyncio.Task[None] | None = None
         self._removed: set[str] = set()
         self.bound_address: str | None = None  # the resolved address once bound
+        track_subscriber(self)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -204,6 +206,10 @@ class KVEventSubscriber:
         """The seq of the last batch applied for ``endpoint`` (None before the first)."""
         stream = self._streams.get(endpoint)
         return None if stream is None else stream.last_seq
+
+    def last_seqs(self) -> dict[str, int]:
+        """Endpoint -> seq of the last batch applied, for endpoints with one."""
+        return {e: s.last_seq for e, s in self._streams.items() if s.last_seq is not None}
 
     # --- receive --------------------------------------------------------------------------------
 
