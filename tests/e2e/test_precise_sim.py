@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from support.procs import Proc, free_port, kvgate_cmd
+from support.procs import Proc, free_port, kvgate_cmd, wait_until
 from support.sim import SimHandle, start_sim
 
 MODEL = "sim-model"
@@ -91,11 +91,42 @@ def start_cluster(
         sim.proc.wait_http(sim.url + "/health", timeout_s=60)
     url = f"http://127.0.0.1:{gw_port}"
     gateway.wait_http(url + "/ready", timeout_s=60)
+    for sim in sims:  # the gateway's SUB has subscribed: no batch is lost to the slow joiner
+        wait_until(
+            lambda sim=sim: json.loads(get(sim.url + "/sim/stats"))["kv_event_subscriptions"] > 0,
+            timeout_s=30,
+            what=f"{sim.url}'s KV-event publisher to have a subscriber",
+        )
     return url, sims
 
 
+def wait_for_events(url: str, sims: list[SimHandle], timeout_s: float = 10.0) -> None:
+    """Until the gateway's index has applied every batch each replica has published."""
+
+    def caught_up() -> bool:
+        applied: dict[str, int] = {}
+        for line in get(url + "/metrics").decode().splitlines():
+            if line.startswith("kvgate_kv_events_last_seq{"):
+                endpoint = line.split('endpoint="', 1)[1].split('"', 1)[0]
+                applied[endpoint] = int(float(line.rsplit(" ", 1)[1])) + 1
+        for sim in sims:
+            published = json.loads(get(sim.url + "/sim/stats"))["kv_event_batches"]
+            if applied.get(f"{sim.host}:{sim.port}", 0) < published:
+                return False
+        return True
+
+    wait_until(caught_up, timeout_s=timeout_s, what="the gateway to apply every KV event")
+
+
 def run_conversations(
-    url: str, *, conversations: int, turns: int, seed: int, prefix_words: int
+    url: str,
+    sims: list[SimHandle],
+    *,
+    conversations: int,
+    turns: int,
+    seed: int,
+    prefix_words: int,
+    groups: int = 1,
 ) -> list[tuple[str, int, int, int]]:
     """Sequential multi-turn chats, interleaved across conversations.
 
@@ -103,9 +134,11 @@ def run_conversations(
     """
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(400)]
-    shared = " ".join(rng.choice(words) for _ in range(prefix_words))
+    # Conversation c shares its system prompt's first ``prefix_words`` words with the others
+    # of its group (c % groups).
+    shared = [" ".join(rng.choice(words) for _ in range(prefix_words)) for _ in range(groups)]
     histories: list[list[dict[str, str]]] = [
-        [{"role": "system", "content": f"{shared} (conversation {c})"}]
+        [{"role": "system", "content": f"{shared[c % groups]} (conversation {c})"}]
         for c in range(conversations)
     ]
     out = []
@@ -113,9 +146,9 @@ def run_conversations(
         for history in histories:
             question = " ".join(rng.choice(words) for _ in range(rng.randint(10, 30)))
             history.append({"role": "user", "content": question})
-            # Barrier: a /metrics round trip lets the gateway's loop apply every KV event the
-            # replicas published before the previous answer came back (loopback ZMQ).
-            get(url + "/metrics")
+            # Barrier: the gateway has applied every KV-event batch the replicas published
+            # (their /sim/stats count against its kvgate_kv_events_last_seq per endpoint).
+            wait_for_events(url, sims)
             headers, body = post(
                 url + "/v1/chat/completions",
                 {"model": MODEL, "messages": history, "max_tokens": 24, "temperature": 0},
@@ -154,9 +187,13 @@ def _sim_counter(sim: SimHandle, name: str, label: str = "") -> float:
 
 def test_predictions_match_cached_tokens_with_evictions(spawn: Callable[..., Proc]) -> None:
     # 3 replicas with 64 blocks (1024 tokens) each: 8 growing conversations do not fit,
-    # so the replicas evict while the workload runs.
-    url, _sims = start_cluster(spawn, 3, num_gpu_blocks=64)
-    results = run_conversations(url, conversations=8, turns=4, seed=1, prefix_words=60)
+    # so the replicas evict while the workload runs. Four system prompts, so that prefix
+    # affinity spreads the conversations (one shared prompt sends every sequential request
+    # to the replica holding it: the load scorers see idle replicas).
+    url, sims = start_cluster(spawn, 3, num_gpu_blocks=64)
+    results = run_conversations(
+        url, sims, conversations=8, turns=4, seed=1, prefix_words=60, groups=4
+    )
     _check(results)
     # Evictions happened: some replica computed more new KV than its cache holds.
     computed: dict[str, int] = {}
@@ -168,7 +205,7 @@ def test_predictions_match_cached_tokens_with_evictions(spawn: Callable[..., Pro
 
 def test_predictions_match_with_a_cpu_offload_tier(spawn: Callable[..., Proc]) -> None:
     url, sims = start_cluster(spawn, 2, num_gpu_blocks=64, kv_offload_blocks=256)
-    results = run_conversations(url, conversations=6, turns=3, seed=2, prefix_words=60)
+    results = run_conversations(url, sims, conversations=6, turns=3, seed=2, prefix_words=60)
     _check(results)
     host_hits = sum(
         _sim_counter(sim, "vllm:prompt_tokens_cached_by_source", 'source="host"') for sim in sims
@@ -177,6 +214,6 @@ def test_predictions_match_with_a_cpu_offload_tier(spawn: Callable[..., Proc]) -
 
 
 def test_legacy_array_events(spawn: Callable[..., Proc]) -> None:
-    url, _sims = start_cluster(spawn, 2, kv_events_format="array")
-    results = run_conversations(url, conversations=3, turns=3, seed=3, prefix_words=60)
+    url, sims = start_cluster(spawn, 2, kv_events_format="array")
+    results = run_conversations(url, sims, conversations=3, turns=3, seed=3, prefix_words=60)
     _check(results)

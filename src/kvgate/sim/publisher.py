@@ -107,7 +107,11 @@ class ZmqPublisher:
         self.layout: Layout = layout
         self.data_parallel_rank = data_parallel_rank
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self._pub = self._ctx.socket(zmq.PUB)
+        # XPUB rather than vLLM's PUB: the same wire protocol for subscribers, and it lets the
+        # simulator see subscriptions arrive, so tests and tools can wait until a router
+        # listens instead of losing the first batches to ZMQ's slow-joiner window.
+        self._pub = self._ctx.socket(zmq.XPUB)
+        self._pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self._pub.setsockopt(zmq.SNDHWM, hwm)
         self._pub.setsockopt(zmq.LINGER, 1000)
         if binds(endpoint):
@@ -126,6 +130,7 @@ class ZmqPublisher:
             self._replay.setsockopt(zmq.LINGER, 0)
             self._replay.bind(replay_endpoint)
         self.num_batches = 0
+        self._subscriptions = 0
 
     def start(self) -> None:
         if self._replay is not None and self._replay_task is None:
@@ -145,6 +150,18 @@ class ZmqPublisher:
         if self._replay is not None:
             self._buffer.append((seq, payload))
         self.num_batches += 1
+
+    def subscriptions(self) -> int:
+        """Subscriptions currently received from SUB sockets (subscribes minus unsubscribes)."""
+        while True:
+            try:
+                msg = self._pub.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return self._subscriptions
+            if msg[:1] == b"\x01":
+                self._subscriptions += 1
+            elif msg[:1] == b"\x00":
+                self._subscriptions = max(0, self._subscriptions - 1)
 
     async def _serve_replay(self) -> None:
         assert self._replay is not None

@@ -183,6 +183,12 @@ async def sim_stats(request: web.Request) -> web.Response:
         "kv_cached_blocks": len(state.engine.kv.cached),
         "kv_cpu_blocks": len(state.engine.kv.cpu),
         "speed": state.engine.config.speed,
+        # KV-event batches published so far (the last one's seq is this minus one).
+        "kv_event_batches": state.publisher.num_batches if state.publisher is not None else 0,
+        # Subscriptions the publisher has seen (a router listens once this is above 0).
+        "kv_event_subscriptions": (
+            state.publisher.subscriptions() if state.publisher is not None else 0
+        ),
     }
     return web.Response(body=_enc.encode(out), content_type="application/json")
 
