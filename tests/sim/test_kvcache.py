@@ -73,3 +73,28 @@ def test_cpu_tier_keeps_evicted_blocks_and_loads_them_back() -> None:
     hit = kv.lookup([m.block_hash for m in a], 2)
     assert hit.gpu_blocks == [blocks[0]] and hit.cpu_hashes == [a[1].block_hash]
     assert not kv.can_allocate(hit, 0)  # no free GPU block to load into
+
+
+def test_loading_from_a_full_cpu_tier_keeps_every_block_of_the_hit() -> None:
+    # Loading CPU blocks back takes GPU blocks; the GPU blocks they evict go to the CPU tier,
+    # which is full and evicts its oldest entries: those must not be the hit's own blocks.
+    kv = KVCache(4, 2, offload_blocks=2)
+    x = metas([1, 2, 3, 4], 2)
+    bx = kv.allocate(2)
+    kv.cache_blocks(bx, x)
+    kv.free_blocks(bx)
+    y = metas([5, 6, 7, 8, 9, 10, 11, 12], 2)
+    by = kv.allocate(4)  # evicts both blocks of x to CPU
+    kv.cache_blocks(by, y)
+    kv.free_blocks(by)
+    hit = kv.lookup([m.block_hash for m in x], 2)
+    assert hit.gpu_blocks == [] and hit.cpu_hashes == [m.block_hash for m in x]
+    assert kv.can_allocate(hit, 0)
+    kv.take_events()
+    loaded = kv.take_hit(hit)
+    assert len(loaded) == 2
+    assert [kv.cached[m.block_hash] for m in x] == loaded
+    stored_gpu = [e for e in kv.take_events() if isinstance(e, BlockStored) and e.medium == "GPU"]
+    assert [h for e in stored_gpu for h in e.block_hashes] == [
+        to_event_hash(m.block_hash) for m in x
+    ]

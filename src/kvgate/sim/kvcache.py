@@ -136,16 +136,17 @@ class KVCache:
             if self.ref_cnt[b] == 0:
                 del self.free[b]
             self.ref_cnt[b] += 1
-        loaded: list[BlockMeta] = []
+        # Take the CPU copies first: each load pops a GPU block, whose eviction may offload it
+        # into a full CPU tier and push out the oldest CPU entries, the hit's later ones too.
+        loaded = [self.cpu[h] for h in hit.cpu_hashes]
         for h in hit.cpu_hashes:
-            meta = self.cpu[h]
             self.cpu.move_to_end(h)
+        for meta in loaded:
             b = self._pop_free()
             self.ref_cnt[b] = 1
             self.meta[b] = meta
             self.cached[meta.block_hash] = b
             blocks.append(b)
-            loaded.append(meta)
         if loaded:
             self._emit_stored(loaded, GPU)
         return blocks
