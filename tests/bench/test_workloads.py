@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kvgate.bench.workloads import WorkloadError, build_workload, parse_params
+from kvgate.bench.workloads import TextGen, WorkloadError, build_workload, parse_params
 from kvgate.kvcache.tokenize import Tokenizer
 
 
@@ -184,3 +184,12 @@ def test_shared_prefix_warmup_comes_first_one_per_group() -> None:
     for s in w.sessions[3:]:
         t = s.turns[0]
         assert (t.prompt or "")[:40] == warm_prompts[t.group][:40]  # same system prompt
+
+
+def test_text_has_the_density_of_english(tok: Tokenizer) -> None:
+    # ~4.4 characters per token, as English under BPE tokenizers and as the approximate
+    # prefix scorer's character blocks assume; a uniform draw of the vocabulary gives ~8.
+    text = TextGen(seed=5).text(4000)
+    assert len(tok.encode(text, add_special_tokens=False)) == 4000
+    assert 4.0 <= len(text) / 4000 <= 4.8
+    assert len(set(text.split())) > 1500  # still a large vocabulary: no accidental sharing
