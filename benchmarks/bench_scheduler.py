@@ -10,8 +10,8 @@ Each timed request is a fresh ``Request`` (the gateway builds one per HTTP reque
 per-request hash memo starts empty): half share a long prefix with an earlier request, half
 are new. Only ``schedule`` is timed; ``pre_request`` (the index update) is reported apart.
 
-    taskset -c 0 .venv/bin/python benchmarks/bench_scheduler.py           # headline + table
-    taskset -c 0 .venv/bin/python benchmarks/bench_scheduler.py --quick   # smaller table
+    taskset -c 1 .venv/bin/python benchmarks/bench_scheduler.py           # headline + tables
+    taskset -c 1 .venv/bin/python benchmarks/bench_scheduler.py --quick   # smaller tables
 """
 
 from __future__ import annotations
@@ -228,20 +228,38 @@ def main() -> None:
     lengths = [1, 4, 16, 32, 64, 256] if not args.quick else [1, 32, 256]
     counts = [4, 16, 64, 256] if not args.quick else [4, 16, 256]
     iters = args.table_iterations if not args.quick else 150
+    cells: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
+    for kib in lengths:
+        for n in counts:
+            w, c, _ = measure(kib * KIB, n, iters, warmup=min(100, 4 * n))
+            cells[kib, n] = (w, c)
+    header = "| prompt | " + " | ".join(f"{n} endpoints" for n in counts) + " |"
+    rule = "|---|" + "---|" * len(counts)
     print()
     print(
         "schedule() CPU time p10 / median / p99 in us (mixed workload), by prompt length "
         "(rows) and endpoint count"
     )
     print()
-    print("| prompt | " + " | ".join(f"{n} endpoints" for n in counts) + " |")
-    print("|---|" + "---|" * len(counts))
+    print(header)
+    print(rule)
     for kib in lengths:
-        cells = []
+        row = []
         for n in counts:
-            _, c, _ = measure(kib * KIB, n, iters, warmup=min(100, 4 * n))
-            cells.append(f"{us(pct(c, 0.1))} / {us(statistics.median(c))} / {us(pct(c, 0.99))}")
-        print(f"| {kib} KiB | " + " | ".join(cells) + " |")
+            c = cells[kib, n][1]
+            row.append(f"{us(pct(c, 0.1))} / {us(statistics.median(c))} / {us(pct(c, 0.99))}")
+        print(f"| {kib} KiB | " + " | ".join(row) + " |")
+    print()
+    print("schedule() wall time median / p99 in us, same runs")
+    print()
+    print(header)
+    print(rule)
+    for kib in lengths:
+        row = []
+        for n in counts:
+            w = cells[kib, n][0]
+            row.append(f"{us(statistics.median(w))} / {us(pct(w, 0.99))}")
+        print(f"| {kib} KiB | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
