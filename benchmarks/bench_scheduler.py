@@ -233,33 +233,31 @@ def main() -> None:
         for n in counts:
             w, c, _ = measure(kib * KIB, n, iters, warmup=min(100, 4 * n))
             cells[kib, n] = (w, c)
-    header = "| prompt | " + " | ".join(f"{n} endpoints" for n in counts) + " |"
-    rule = "|---|" + "---|" * len(counts)
-    print()
-    print(
-        "schedule() CPU time p10 / median / p99 in us (mixed workload), by prompt length "
-        "(rows) and endpoint count"
+
+    def cpu_cell(c: list[float]) -> str:
+        return f"{us(pct(c, 0.1))} / {us(statistics.median(c))} / {us(pct(c, 0.99))}"
+
+    def wall_cell(w: list[float]) -> str:
+        return f"{us(statistics.median(w))} / {us(pct(w, 0.99))}"
+
+    tables = (
+        (
+            "schedule() CPU time p10 / median / p99 in us (mixed workload), by prompt length "
+            "(rows) and endpoint count",
+            1,
+            cpu_cell,
+        ),
+        ("schedule() wall time median / p99 in us, same runs", 0, wall_cell),
     )
-    print()
-    print(header)
-    print(rule)
-    for kib in lengths:
-        row = []
-        for n in counts:
-            c = cells[kib, n][1]
-            row.append(f"{us(pct(c, 0.1))} / {us(statistics.median(c))} / {us(pct(c, 0.99))}")
-        print(f"| {kib} KiB | " + " | ".join(row) + " |")
-    print()
-    print("schedule() wall time median / p99 in us, same runs")
-    print()
-    print(header)
-    print(rule)
-    for kib in lengths:
-        row = []
-        for n in counts:
-            w = cells[kib, n][0]
-            row.append(f"{us(statistics.median(w))} / {us(pct(w, 0.99))}")
-        print(f"| {kib} KiB | " + " | ".join(row) + " |")
+    for title, which, cell in tables:
+        print()
+        print(title)
+        print()
+        print("| prompt | " + " | ".join(f"{n} endpoints" for n in counts) + " |")
+        print("|---|" + "---|" * len(counts))
+        for kib in lengths:
+            row = " | ".join(cell(cells[kib, n][which]) for n in counts)
+            print(f"| {kib} KiB | {row} |")
 
 
 if __name__ == "__main__":
