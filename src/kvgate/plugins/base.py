@@ -59,7 +59,8 @@ class Filter(Plugin, Protocol):
 class Scorer(Plugin, Protocol):
     """Scores candidates in [0, 1] (clamped by the framework); endpoints left out score 0.
 
-    Returns a mapping from endpoint name to score.
+    Returns a mapping from endpoint name to score, owned by the framework from then on: it
+    is read after the profile's later scorers have run, so return a fresh one each call.
     """
 
     def score(

@@ -124,12 +124,13 @@ def test_lru_eviction_per_endpoint_and_hits_refresh() -> None:
     _send(plugin, "aaaabbbb", A)  # 2 blocks
     _send(plugin, "ccccdddd", A)  # 4 blocks: full
     _send(plugin, "aaaabbbb", A)  # hit: aaaa/bbbb become most recent
-    _send(plugin, "eeee", A)  # evicts the oldest: cccc
+    _send(plugin, "eeee", A)  # evicts the least recent: dddd, the tail of its chain
     assert plugin.index.num_blocks("a") == 4
     assert score(plugin, [A], request("aaaabbbb")) == {"a": 1.0}
-    assert score(plugin, [A], request("ccccdddd")) == {"a": 0.0}  # first block gone, so no prefix
-    _send(plugin, "ffffgggghhhhiiiijjjj", B)  # longer than capacity: keeps the last 4 blocks
+    assert score(plugin, [A], request("ccccdddd")) == {"a": 0.5}  # the head outlives its tail
+    _send(plugin, "ffffgggghhhhiiiijjjj", B)  # longer than capacity: keeps the first 4 blocks
     assert plugin.index.num_blocks("b") == 4
+    assert score(plugin, [B], request("ffffgggghhhhiiii")) == {"b": 1.0}
 
 
 def test_auto_tune_lru_capacity_from_num_gpu_blocks() -> None:

@@ -30,15 +30,20 @@ to each endpoint, as GIE's approximate prefix plugin does.
 * State: one LRU of block hashes per endpoint (capacity ``num_gpu_blocks`` of that endpoint
   when autoTune and known, else ``lruCapacityPerServer``). Updated in **PreRequest** with
   every hash of the request for the primary target and for the target of a profile literally
-  named ``prefill``. Endpoints are dropped when they leave the pool (``endpoints_removed``)
-  and when they have not been a candidate for 2 minutes.
+  named ``prefill``, inserted tail first so that eviction drops a chain's last blocks
+  before its first, as vLLM evicts (**another difference from llm-d**, whose LRU drops a
+  chain's first block first and so keeps a tail nobody can reuse). Endpoints are dropped
+  when they leave the pool (``endpoints_removed``) and when they have not been a candidate
+  for 2 minutes.
 * Cycle state: :class:`PrefixCacheState` ``{chain (hashes), matches, input_len}`` under
   ``"<name>/prefix-cache-scorer"``, read by ``no-hit-lru-scorer`` and ``pd-profile-handler``.
 
 Memory: each endpoint's LRU is an insertion-ordered ``dict`` of hash → None (hits move to the
 end; eviction drops from the front, batched once per request). There is no global
-hash → endpoints map, which halves the memory; scoring walks each candidate's dict instead
-(a C-level ``takewhile`` per endpoint). About 90 B per entry; see docs/PERFORMANCE.md.
+hash → endpoints map, which halves the memory; scoring probes each candidate's dict instead.
+Because tail-first insertion keeps every endpoint's held blocks prefix-closed, that probe
+gallops and binary-searches (about 2·log2(m) lookups for a match of m blocks, not m).
+About 90 B per entry; see docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice, takewhile
+from itertools import islice
 
 import msgspec
 
@@ -166,8 +171,14 @@ class ApproxPrefixIndex:
     def match_lengths(self, chain: PrefixChain, names: Sequence[str]) -> dict[str, int]:
         """Leading blocks of the chain each endpoint holds (endpoints holding none omitted).
 
-        Hashes in growing windows (1, 8, 16, 32, … blocks) and walks each endpoint still
-        matching through the new window at C speed (``takewhile`` over its dict).
+        Relies on every endpoint's held set being prefix-closed (see :meth:`add`): holding
+        block ``i`` of a chain implies holding blocks ``0 … i-1``, so "holds block ``i``" is
+        true up to the match length and false after it. That lets the walk gallop (probe
+        blocks 1, 3, 7, 15, …, every endpoint in lockstep) and then binary-search between its
+        last hit and first miss: about ``2·log2(m)`` dict lookups per endpoint instead of
+        ``m``, the same lengths as a block-by-block walk. Hashing stays lazy: the chain is
+        hashed only up to the furthest probe, at most ``2m + 2`` blocks for the longest match
+        ``m`` (one hash when nobody holds block 0).
         """
         out: dict[str, int] = {}
         n = chain.num_blocks
@@ -175,37 +186,53 @@ class ApproxPrefixIndex:
             return out
         first = chain.upto(1)[0]
         get = self._blocks.get
-        active: list[tuple[str, dict[int, None]]] = []
+        galloping: list[tuple[str, dict[int, None]]] = []
         for name in names:
             blocks = get(name)
             if blocks is not None and first in blocks:
-                active.append((name, blocks))
-        done, window = 1, 8
-        while active:
-            if done == n:
-                for name, _ in active:
+                galloping.append((name, blocks))
+        held = 0  # every galloping endpoint holds blocks 0 … held
+        while galloping:
+            if held == n - 1:
+                for name, _ in galloping:
                     out[name] = n
                 break
-            upto = min(n, done + window)
-            new = chain.upto(upto)[done:upto]
+            probe = min(2 * held + 1, n - 1)
+            hashes = chain.upto(probe + 1)
+            h = hashes[probe]
             still: list[tuple[str, dict[int, None]]] = []
-            for name, blocks in active:
-                m = done + len(list(takewhile(blocks.__contains__, new)))
-                if m == upto:
+            for name, blocks in galloping:
+                if h in blocks:
                     still.append((name, blocks))
-                else:
-                    out[name] = m
-            active = still
-            done = upto
-            window *= 2
+                    continue
+                lo, hi = held, probe  # holds block lo, misses block hi
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if hashes[mid] in blocks:
+                        lo = mid
+                    else:
+                        hi = mid
+                out[name] = lo + 1
+            galloping = still
+            held = probe
         return out
 
     def add(self, name: str, hashes: Sequence[int], capacity: int | None = None) -> None:
-        """Record that ``name`` now caches ``hashes`` (most recent last), evicting the oldest."""
+        """Record that ``name`` now caches ``hashes``, evicting the least recently used.
+
+        ``hashes`` is one request's chain in prompt order (``hashes[i]`` commits to
+        ``hashes[i-1]``). It is inserted tail first, so block 0 becomes the most recent: every
+        add refreshes a whole prefix of a chain, hence along any chain recency never increases
+        and LRU eviction drops a chain's tail before its head, as vLLM's free queue does
+        (``KVCacheManager.free`` frees a request's blocks in reverse order "so that the tail
+        blocks are evicted first"). Each endpoint's held set therefore stays prefix-closed,
+        which :meth:`match_lengths` relies on. GIE inserts head first and so evicts a chain's
+        first block first, leaving a tail no request can reach.
+        """
         blocks = self._blocks.get(name)
         if blocks is None:
             blocks = self._blocks[name] = {}
-        for h in hashes:
+        for h in reversed(hashes):
             blocks.pop(h, None)  # a hit moves to the most-recent end
             blocks[h] = None
         overflow = len(blocks) - (capacity or self.default_capacity)
