@@ -10,6 +10,7 @@ import pytest
 from kvgate.bench.report import (
     RESULT_KEYS,
     ReplicaCounters,
+    comparison_line,
     markdown_table,
     parse_counters,
     percentile,
@@ -135,3 +136,10 @@ def test_stages_and_outputs(tmp_path: Path) -> None:
     assert (tmp_path / "ttft_cdf.png").read_bytes()[:4] == b"\x89PNG"
     lines = (tmp_path / "requests" / "round-robin.jsonl").read_text().splitlines()
     assert len(lines) == 10 and json.loads(lines[0])["request_id"] == "r0"
+
+
+def test_comparison_line_says_higher_when_slower() -> None:
+    fast = summarize("round-robin", [rec(i, i * 0.1, 0.01, 0.5, 5) for i in range(10)])
+    slow = summarize("random", [rec(i, i * 0.1, 0.04, 0.5, 5) for i in range(10)])
+    assert comparison_line(slow, fast).startswith("TTFT p90 4.00× higher")
+    assert comparison_line(fast, slow).startswith("TTFT p90 4.00× lower")

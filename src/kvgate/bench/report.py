@@ -327,7 +327,11 @@ def markdown_table(summaries: Sequence[Summary], baseline: str | None = "round-r
 def comparison_line(s: Summary, base: Summary) -> str:
     parts = []
     if s.ttft_p90_s and base.ttft_p90_s:
-        parts.append(f"TTFT p90 {base.ttft_p90_s / s.ttft_p90_s:.2f}× lower")
+        ratio = base.ttft_p90_s / s.ttft_p90_s
+        if ratio >= 1:
+            parts.append(f"TTFT p90 {ratio:.2f}× lower")
+        else:
+            parts.append(f"TTFT p90 {1 / ratio:.2f}× higher")
     if s.hit_rate is not None and base.hit_rate:
         parts.append(f"hit rate {s.hit_rate / base.hit_rate:.2f}×")
     elif s.hit_rate is not None and base.hit_rate == 0:
