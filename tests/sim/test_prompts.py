@@ -1,14 +1,17 @@
-"""sim.prompts: long prompts are tokenized exactly (the tokenizer's own ids, chat and plain),
-through the chunk cache and off the event loop."""
+"""sim.prompts and the schedule-lag metric: long prompts are tokenized exactly (the tokenizer's
+own ids, chat and plain), through the chunk cache and off the event loop, and a replica that
+falls behind its modelled schedule says so in /metrics and /sim/stats."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from kvgate.bench.workloads import TextGen
 from kvgate.kvcache.tokenize import Tokenizer
@@ -90,3 +93,21 @@ async def test_a_cold_long_prompt_is_encoded_while_the_loop_keeps_running() -> N
     # Encoded inline, the loop could not have run the ticker more than once meanwhile.
     assert ticks > 20, ticks
 
+
+async def test_falling_behind_the_schedule_is_exported(
+    sim: TestClient[Any, Any],
+) -> None:
+    client = sim
+    body = {"prompt": "tell me a story", "max_tokens": 60, "ignore_eos": True, "stream": True}
+    async with client.post("/v1/completions", json=body) as resp:
+        assert resp.status == 200
+        await resp.content.readline()  # the first token: the request is decoding
+        time.sleep(0.1)  # block the event loop, as a long inline tokenization would
+        await resp.read()
+    text = await (await client.get("/metrics")).text()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    lag = {s.name: s.value for s in fams["kvgate_sim_schedule_lag_seconds"].samples}
+    stats = await (await client.get("/sim/stats")).json()
+    assert lag["kvgate_sim_schedule_lag_seconds_count"] == stats["lag_events"] >= 1
+    assert lag["kvgate_sim_schedule_lag_seconds_sum"] == pytest.approx(stats["lag_s"])
+    assert stats["lag_s_max"] >= 0.09

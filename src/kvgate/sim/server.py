@@ -169,8 +169,10 @@ async def sim_stats(request: web.Request) -> web.Response:
     out = {
         "steps": st.steps,
         "busy_model_s": st.busy_model_s,
+        # Schedule restarts (kvgate_sim_schedule_lag_seconds' _sum, _count and largest one).
         "lag_s": st.lag_s,
         "lag_events": st.lag_events,
+        "lag_s_max": st.lag_s_max,
         "late_s_sum": st.late_s_sum,
         "late_s_max": st.late_s_max,
         "model_ttft_s_sum": st.model_ttft_s_sum,
