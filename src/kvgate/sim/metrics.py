@@ -380,15 +380,6 @@ class SimMetrics:
         for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):
             rejections.add_metric([self.model_name, reason], 0, created=created)
         yield rejections
-        rejections = CounterMetricFamily(
-            "vllm:admission_rejections",
-            "Number of admission attempts rejected by a queue limit, by reason.",
-            labels=["model_name", "reason"],
-            created=created,
-        )
-        for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):
-            rejections.add_metric([self.model_name, reason], 0, created=created)
-        yield rejections
         if self.lora_names:
             running = sorted({r.lora.name for r in engine.running if r.lora is not None})
             waiting = sorted({r.lora.name for r in engine.waiting if r.lora is not None})
