@@ -7,7 +7,8 @@ Usage (results for docs/PERFORMANCE.md, "Simulator")::
     .venv/bin/python benchmarks/bench_sim.py --quick         # smaller sweep
 
 The simulator is pinned to one core (``taskset -c 0``) and the load generators to the
-others (``--client-cores``). Two scenarios:
+others (``--client-cores``; on a 2-core machine shared with other work, pin both to one
+core: ``taskset -c 1 ... --sim-core 1 --client-cores 1 --workers 1``). Three scenarios:
 
 1. **concurrency**: C streams start together (C = 1 … 256), 16-token prompts, 64 tokens each,
    profile qwen3-0.6b-h100 at real time. Once all are decoding, every step is a decode of
@@ -18,6 +19,12 @@ others (``--client-cores``). Two scenarios:
    is scraped every 50 ms as an endpoint picker does. ``sim_cpu_ms_per_request`` (CPU time of
    the simulator process / requests) gives the capacity of one fully used core, which holds
    even when the machine is shared; the timing drift needs an otherwise idle machine.
+3. **long**: open-loop arrivals at R requests/s of long text prompts (an 8000-token prefix
+   shared by a group, plus a 100-token question of its own; half completions, half chat with
+   the prefix as the system message; 16 tokens out, streaming), profile qwen3-0.6b-h100 at
+   real time. The simulator tokenizes them, so this shows whether tokenization keeps its
+   engine on the modelled schedule: ``engine_lag_s`` (``kvgate_sim_schedule_lag_seconds``)
+   and the TTFT drift (the model's TTFT starts when the engine receives the token ids).
 
 For every request the engine records what the model says a client should see: the planned
 end of the step that produced each token (``/sim/stats``). The client measures the same
@@ -108,12 +115,15 @@ def cpu_seconds(pid: int) -> float:
 async def _stream(session: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     times: list[float] = []
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     try:
-        async with session.post(url + "/v1/completions", json=body) as resp:
+        async with session.post(url + path, json=body) as resp:
             if resp.status != 200:
                 return {"ok": False, "status": resp.status}
             async for line in resp.content:
-                if line.startswith(b"data: {"):
+                # (a chat stream's first chunk carries only the role, in the same write as
+                # the first token: not a token of its own)
+                if line.startswith(b"data: {") and b'"role":"assistant"' not in line:
                     times.append(time.perf_counter())
     except Exception as exc:  # counted, not raised: the benchmark reports errors
         return {"ok": False, "error": repr(exc)}
@@ -333,6 +343,65 @@ def rate_sweep(
     return rows
 
 
+def long_prompt_plan(
+    rng: random.Random, seed: int, rate: float, duration_s: float, groups: int
+) -> list[tuple[float, dict[str, Any]]]:
+    """8000-token prefixes (new ones for every call), one per group, each request one of them
+    plus a 100-token question; every other request goes to /v1/chat/completions."""
+    from kvgate.bench.workloads import TextGen
+
+    gen = TextGen(seed)
+    prefixes = [gen.text(8000) for _ in range(groups)]
+    plan: list[tuple[float, dict[str, Any]]] = []
+    for i in range(int(rate * duration_s)):
+        prefix = prefixes[i % groups]
+        question = gen.text(100)
+        body: dict[str, Any] = {"model": "bench", "max_tokens": 16, "ignore_eos": True,
+                                "stream": True}  # fmt: skip
+        if i % 2:
+            body["messages"] = [
+                {"role": "system", "content": prefix},
+                {"role": "user", "content": question.lstrip()},
+            ]
+        else:
+            body["prompt"] = prefix + question
+        plan.append((i / rate + rng.uniform(0, 0.5 / rate), body))
+    return plan
+
+
+def long_prompt_sweep(
+    rates: list[float],
+    duration_s: float,
+    sim_core: int | None,
+    client_cores: list[int],
+    workers: int,
+    tmp: Path,
+) -> list[dict[str, Any]]:
+    proc, url = start_sim(["--profile", "qwen3-0.6b-h100"], sim_core, tmp / "sim-long.log")
+    rows = []
+    try:
+        rng = random.Random(3)
+        for k, rate in enumerate(rates):
+            plan = long_prompt_plan(rng, 100 + k, rate, duration_s, groups=4)
+            before = http_json(url + "/sim/stats")
+            cpu0 = cpu_seconds(proc.pid)
+            wall0 = time.monotonic()
+            results = run_load(url, plan, workers, client_cores)
+            wall = time.monotonic() - wall0 - 1.5
+            after = http_json(url + "/sim/stats")
+            row = {"rate_rps": rate, **summarise(results, before, after)}
+            row["engine_lag_events"] = after["lag_events"] - before["lag_events"]
+            cpu = cpu_seconds(proc.pid) - cpu0
+            row["sim_cpu_pct"] = round(cpu / wall * 100, 1)
+            row["sim_cpu_ms_per_request"] = round(cpu / max(1, len(results)) * 1000, 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -346,8 +415,11 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--only", choices=("concurrency", "rate"), default=None)
+    parser.add_argument("--only", choices=("concurrency", "rate", "long"), default=None)
     parser.add_argument("--rates", default=None, help="comma list of request rates")
+    parser.add_argument(
+        "--long-rates", default=None, help="comma list of request rates for long prompts"
+    )
     args = parser.parse_args()
     ncpu = os.cpu_count() or 1
     client_cores = [int(c) for c in args.client_cores.split(",") if c] or [
@@ -357,6 +429,9 @@ def main() -> int:
     rates = [250, 500] if args.quick else [100, 250, 500, 750]
     if args.rates:
         rates = [int(r) for r in args.rates.split(",")]
+    long_rates = [10.0] if args.quick else [5.0, 10.0, 20.0]
+    if args.long_rates:
+        long_rates = [float(r) for r in args.long_rates.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as d:
         tmp = Path(d)
         result: dict[str, Any] = {
@@ -375,6 +450,11 @@ def main() -> int:
             result["rate"] = rate_sweep(
                 rates, 4.0 if args.quick else 6.0, args.sim_core, client_cores, args.workers, tmp
             )
+        if args.only in (None, "long"):
+            result["long"] = long_prompt_sweep(
+                long_rates, 4.0 if args.quick else 6.0, args.sim_core, client_cores,
+                args.workers, tmp,
+            )  # fmt: skip
     result["machine"]["load_avg_at_end"] = os.getloadavg()
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -190,7 +190,12 @@ def test_every_vllm_family_of_the_reference_page_is_exported() -> None:
         )  # fmt: skip
         return SimState(settings).metrics.render().decode()
 
-    sim = {f.name: f for f in text_string_to_metric_families(asyncio.run(render()))}
+    text = asyncio.run(render())
+    # Each family once: Prometheus' own text parser (Go expfmt, as llm-d's endpoint picker
+    # uses) rejects a page with a second HELP or TYPE line for a name.
+    help_lines = [line for line in text.splitlines() if line.startswith("# HELP ")]
+    assert len(help_lines) == len(set(help_lines))
+    sim = {f.name: f for f in text_string_to_metric_families(text)}
     problems = []
     for name, fam in real.items():
         if name not in sim:

@@ -253,6 +253,15 @@ class ChunkCachedEncoder:
             start = end
         return out
 
+    def encode_chat(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """The same ids as ``tokenizer.encode_chat(messages, ...)``: the rendered template,
+        encoded through the chunk cache without special tokens (as vLLM encodes a chat), so
+        a resent system prompt or history is looked up, not encoded again."""
+        text = self.tokenizer.render_chat(messages, add_generation_prompt=add_generation_prompt)
+        return self.encode(text, add_special_tokens=False)
+
     def encode_request(self, request: Request) -> tuple[int, ...]:
         """Like :meth:`Tokenizer.encode_request`, through the chunk cache (memoised too)."""
         if request.token_ids is None:

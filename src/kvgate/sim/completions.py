@@ -63,11 +63,11 @@ async def _completion_inner(
         body = parse_json(await request.read())
         model, lora = resolve_model(state, body)
         sampling = api.parse_sampling(body, chat=chat)
-        tok = state.tokenizer
+        prompts = state.prompts
         if chat:
             messages = api.chat_messages(body)
             add_gen = body.get("add_generation_prompt", True)
-            prompt_ids = tok.encode_chat(messages, add_generation_prompt=bool(add_gen))
+            prompt_ids = await prompts.encode_chat(messages, add_generation_prompt=bool(add_gen))
             echo_ids: list[int] = []
             if settings.mode == "echo":
                 for message in reversed(messages):
@@ -77,11 +77,11 @@ async def _completion_inner(
                             content = "".join(
                                 p.get("text", "") for p in content if isinstance(p, dict)
                             )
-                        echo_ids = tok.encode(content or "", add_special_tokens=False)
+                        echo_ids = await prompts.encode(content or "", add_special_tokens=False)
                         break
         else:
             prompt = api.completion_prompt(body)
-            prompt_ids = tok.encode(prompt) if isinstance(prompt, str) else prompt
+            prompt_ids = await prompts.encode(prompt) if isinstance(prompt, str) else prompt
             echo_ids = prompt_ids
         max_model_len = engine.config.max_model_len
         api.check_context_length(

@@ -13,7 +13,8 @@ Every step the engine
 
 Queueing therefore comes only from the batch model. Timing stays on a modelled schedule:
 each step starts where the previous one ended unless the process fell behind by more than
-``lag_tolerance_s``, which is counted in ``lag_s`` (the benchmark reports it).
+``lag_tolerance_s``, which is counted in ``lag_s`` and reported to ``on_lag`` (``/sim/stats``
+and the ``kvgate_sim_schedule_lag_seconds`` histogram; the benchmark reports it).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class EngineStats:
     busy_model_s: float = 0.0
     lag_s: float = 0.0  # wall seconds the schedule was restarted late (process overloaded)
     lag_events: int = 0
+    lag_s_max: float = 0.0  # the largest single restart
     late_s_sum: float = 0.0  # wall seconds steps completed after their modelled end
     late_s_max: float = 0.0
     # What the model says clients should see (wall seconds, from each step's planned end):
@@ -231,6 +233,8 @@ class Engine:
         #: Called with each finished request (metrics observe histograms there).
         self.on_finish: Callable[[SimRequest], None] | None = None
         self.on_step: Callable[[int, list[float]], None] | None = None
+        #: Called with the wall seconds of each schedule restart (the process fell behind).
+        self.on_lag: Callable[[float], None] | None = None
 
     # --- public API ------------------------------------------------------------------------
 
@@ -288,8 +292,14 @@ class Engine:
             if now - next_start > tolerance:
                 # The process fell behind the modelled schedule (CPU starved): restart it
                 # from now and count the lag, rather than compressing later steps.
-                self.stats.lag_s += now - next_start
-                self.stats.lag_events += 1
+                lag = now - next_start
+                st = self.stats
+                st.lag_s += lag
+                st.lag_events += 1
+                if lag > st.lag_s_max:
+                    st.lag_s_max = lag
+                if self.on_lag is not None:
+                    self.on_lag(lag)
                 start = now
             else:
                 start = next_start

@@ -5,6 +5,11 @@ hot path only bumps plain ints); histograms are prometheus_client ``Histogram``s
 when a request finishes. Every series carries ``engine="0",model_name=<served name>`` and
 counters carry their ``*_created`` gauge, as vLLM's prometheus_client output does. Latency
 histograms are in modelled seconds (wall seconds × ``--speed``).
+
+One family is kvgate's own, not vLLM's: ``kvgate_sim_schedule_lag_seconds``, a histogram of
+the wall seconds by which the engine restarted its modelled schedule late (the process could
+not keep up: CPU starved or its event loop blocked). Its ``_sum`` rising means the replica's
+latencies are no longer the model's, so a benchmark should reject the run.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
                7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
 REQUEST_TIME_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
                         50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+#: Schedule restarts are at least the engine's lag tolerance (5 ms).
+SCHEDULE_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 N_BUCKETS = (1, 2, 5, 10, 20)
 PREEMPTION_BUCKETS = (1, 2, 3, 4, 5, 10, 20)
 
@@ -157,9 +164,16 @@ class SimMetrics:
             PREEMPTION_BUCKETS,
         )
         self.h_kv_computed = hist("vllm:request_prefill_kv_computed_tokens", "Histogram of new KV tokens computed during prefill (excluding cached tokens).", TOKEN_BUCKETS)  # fmt: skip
+        self.h_schedule_lag = hist(
+            "kvgate_sim_schedule_lag_seconds",
+            "Wall seconds by which the simulated engine restarted its modelled schedule late "
+            "(the process fell behind; kvgate sim only, not a vLLM metric).",
+            SCHEDULE_LAG_BUCKETS,
+        )
         self.registry.register(HistogramCollector(self.histograms))
         engine.on_finish = self.observe_finished
         engine.on_step = self.observe_step
+        engine.on_lag = self.h_schedule_lag.observe
 
     # --- per request -----------------------------------------------------------------------
 
@@ -357,15 +371,6 @@ class SimMetrics:
                 ["0", reason, self.model_name], st.finished.get(reason, 0), created=created
             )
         yield success
-        rejections = CounterMetricFamily(
-            "vllm:admission_rejections",
-            "Number of admission attempts rejected by a queue limit, by reason.",
-            labels=["model_name", "reason"],
-            created=created,
-        )
-        for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):
-            rejections.add_metric([self.model_name, reason], 0, created=created)
-        yield rejections
         rejections = CounterMetricFamily(
             "vllm:admission_rejections",
             "Number of admission attempts rejected by a queue limit, by reason.",

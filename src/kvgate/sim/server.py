@@ -111,10 +111,9 @@ async def tokenize(request: web.Request) -> web.Response:
     try:
         body = parse_json(await request.read())
         resolve_model(state, body)
-        tok = state.tokenizer
         if "messages" in body:
             messages = api.chat_messages(body)
-            ids = tok.encode_chat(
+            ids = await state.prompts.encode_chat(
                 messages, add_generation_prompt=bool(body.get("add_generation_prompt", True))
             )
         else:
@@ -123,12 +122,14 @@ async def tokenize(request: web.Request) -> web.Response:
                 raise BadRequestError(
                     "'prompt' (a string) or 'messages' is required", param="prompt"
                 )
-            ids = tok.encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True)))
+            ids = await state.prompts.encode(
+                prompt, add_special_tokens=bool(body.get("add_special_tokens", True))
+            )
     except RequestError as exc:
         return error_response(exc)
     strs = None
     if body.get("return_token_strs"):
-        strs = [tok.hf.id_to_token(i) for i in ids]
+        strs = [state.tokenizer.hf.id_to_token(i) for i in ids]
     out = {
         "count": len(ids),
         "max_model_len": state.engine.config.max_model_len,
@@ -168,8 +169,10 @@ async def sim_stats(request: web.Request) -> web.Response:
     out = {
         "steps": st.steps,
         "busy_model_s": st.busy_model_s,
+        # Schedule restarts (kvgate_sim_schedule_lag_seconds' _sum, _count and largest one).
         "lag_s": st.lag_s,
         "lag_events": st.lag_events,
+        "lag_s_max": st.lag_s_max,
         "late_s_sum": st.late_s_sum,
         "late_s_max": st.late_s_max,
         "model_ttft_s_sum": st.model_ttft_s_sum,
@@ -183,6 +186,10 @@ async def sim_stats(request: web.Request) -> web.Response:
         "kv_cached_blocks": len(state.engine.kv.cached),
         "kv_cpu_blocks": len(state.engine.kv.cpu),
         "speed": state.engine.config.speed,
+        # Prompt tokenization: chunk-cache hits and misses, prompts encoded off the loop.
+        "tokenize_chunk_hits": state.prompts.chunked.hits,
+        "tokenize_chunk_misses": state.prompts.chunked.misses,
+        "tokenize_offloaded": state.prompts.num_offloaded,
         # KV-event batches published so far (the last one's seq is this minus one).
         "kv_event_batches": state.publisher.num_batches if state.publisher is not None else 0,
         # Subscriptions the publisher has seen (a router listens once this is above 0).
@@ -289,6 +296,7 @@ async def serve(
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await engine_task  # its failure, if any, was logged and is raised below
         await runner.cleanup()
+        state.prompts.close()
         if publisher is not None:
             await publisher.close()
     if engine_failure:

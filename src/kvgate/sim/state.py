@@ -19,6 +19,7 @@ from kvgate.sim.engine import Engine, EngineConfig, LoraAdapter
 from kvgate.sim.metrics import SimMetrics
 from kvgate.sim.output import OutputVocab
 from kvgate.sim.profiles import Profile
+from kvgate.sim.prompts import PromptEncoder
 from kvgate.sim.publisher import ZmqPublisher
 
 __all__ = [
@@ -81,6 +82,8 @@ class SimState:
             if settings.tokenizer_path
             else Tokenizer.default()
         )
+        #: Every prompt is tokenized through this (chunk cache; long prompts off the loop).
+        self.prompts = PromptEncoder(self.tokenizer)
         self.vocab = OutputVocab(self.tokenizer)
         self.publisher = publisher
         self.engine = Engine(
