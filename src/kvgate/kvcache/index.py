@@ -48,7 +48,7 @@ __all__ = [
 
 #: llm-d's kvCacheBackendConfigs default: a CPU-tier hit is worth 0.8 of a GPU hit.
 DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
-#: Default cap on request keys (blocks); about 0.5 GB at worst (one holder per block).
+#: Default cap on request keys (blocks); about 0.6 GB at worst (one holder per block).
 DEFAULT_MAX_BLOCKS = 10_000_000
 #: Retired slots are swept immediately while the index is this small, else in one pass
 #: once this many slots wait (a pass over 10 M blocks takes seconds).
