@@ -10,8 +10,10 @@
    block, and reports the resident-set growth per entry (engine-hash map included).
 3. **Scoring**: an ``--prompt-tokens`` prompt against 32 endpoints that hold prefixes of it of
    different lengths (some on the CPU tier) in an index of 1 M other blocks: request-key
-   chaining + longest-prefix walk, excluding tokenization; tokenizing the same prompt with the
-   built-in tokenizer is reported separately.
+   chaining + longest-prefix walk, excluding tokenization. Tokenizing the same text with the
+   built-in tokenizer is reported apart: a whole encode, and the scorer's chunk-cached encode
+   (``tokenize.ChunkCachedEncoder``) of a new prompt (cold) and of one resending a prefix
+   seen before with another question (seen).
 
     .venv/bin/python benchmarks/bench_kv_index.py [--quick] [--entries 10000000]
 """
@@ -27,10 +29,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 
 from kvgate.kvcache.events import BlockRemoved, BlockStored, EventBatch, decode_batch, encode_batch
 from kvgate.kvcache.index import KVBlockIndex
-from kvgate.kvcache.tokenize import Tokenizer
+from kvgate.kvcache.tokenize import ChunkCachedEncoder, Tokenizer
+from kvgate.scheduling.types import Request
 
 
 def rss_bytes() -> int:
@@ -148,12 +153,7 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
         text += " ".join(rng.choice(vocab) for _ in range(512)) + " "
         ids = tokenizer.encode(text)
     text_ids = tokenizer.encode(text)
-    tokenize_samples = []
-    for _ in range(5):
-        started = time.perf_counter()
-        tokenizer.encode(text)
-        tokenize_samples.append((time.perf_counter() - started) * 1e6)
-    tokenize_us = statistics.median(tokenize_samples)
+    tokenize = bench_tokenize(tokenizer, text, rng)
     prompt = ids[: args.prompt_tokens]
     index = KVBlockIndex(block_size=bs, max_blocks=5_000_000)
     # background: 1 M unrelated blocks over 32 endpoints
@@ -176,36 +176,77 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
             ),
         )
         h += held
-    samples_keys: list[float] = []
-    samples_total: list[float] = []
-    samples_cpu: list[float] = []
-    for _ in range(args.score_repeat):
-        c0 = time.thread_time_ns()
-        t0 = time.perf_counter()
-        keys = index.request_keys(prompt)
-        t1 = time.perf_counter()
-        match = index.match(keys, names)
-        t2 = time.perf_counter()
-        samples_cpu.append((time.thread_time_ns() - c0) / 1000)
-        samples_keys.append((t1 - t0) * 1e6)
-        samples_total.append((t2 - t0) * 1e6)
-    assert match.blocks[names[-1]] == n
-    walk = [t - k for t, k in zip(samples_total, samples_keys, strict=True)]
-    return {
+    out: dict[str, float] = {
         "prompt_tokens": len(prompt),
         "block_size": bs,
         "blocks": n,
         "endpoints": 32,
         "index_blocks": index.num_blocks,
-        "score_us_median": statistics.median(samples_total),
-        "score_cpu_us_median": statistics.median(samples_cpu),
-        "score_cpu_us_min": min(samples_cpu),
-        "score_us_p99": sorted(samples_total)[int(0.99 * (len(samples_total) - 1))],
-        "keys_us_median": statistics.median(samples_keys),
-        "walk_us_median": statistics.median(walk),
-        "tokenize_us_median": tokenize_us,
-        "tokenize_tokens": len(text_ids),
     }
+    # First with the prompt's blocks just stored (young, in a dict); then after 300 k newer
+    # blocks, when they have been frozen into the numpy segments of the holder map.
+    for label in ("score", "score_frozen"):
+        samples_keys: list[float] = []
+        samples_total: list[float] = []
+        samples_cpu: list[float] = []
+        for _ in range(args.score_repeat):
+            c0 = time.thread_time_ns()
+            t0 = time.perf_counter()
+            keys = index.request_keys(prompt)
+            t1 = time.perf_counter()
+            match = index.match(keys, names)
+            t2 = time.perf_counter()
+            samples_cpu.append((time.thread_time_ns() - c0) / 1000)
+            samples_keys.append((t1 - t0) * 1e6)
+            samples_total.append((t2 - t0) * 1e6)
+        assert match.blocks[names[-1]] == n
+        walk = [t - k for t, k in zip(samples_total, samples_keys, strict=True)]
+        out[f"{label}_us_median"] = statistics.median(samples_total)
+        out[f"{label}_cpu_us_median"] = statistics.median(samples_cpu)
+        out[f"{label}_cpu_us_min"] = min(samples_cpu)
+        out[f"{label}_us_p99"] = sorted(samples_total)[int(0.99 * (len(samples_total) - 1))]
+        out[f"{label}_keys_us_median"] = statistics.median(samples_keys)
+        out[f"{label}_walk_us_median"] = statistics.median(walk)
+        for i in range(300_000 // 256):
+            toks = [rng.randrange(150_000) for _ in range(256 * bs)]
+            hashes = list(range(h, h + 256))
+            event = BlockStored(hashes, None, toks, bs, None, "GPU", None)
+            index.block_stored(names[i % 32], event)
+            h += 256
+    return {**out, "tokenize_tokens": len(text_ids), **tokenize}
+
+
+def bench_tokenize(tokenizer: Tokenizer, text: str, rng: random.Random) -> dict[str, float]:
+    """Median wall and CPU us: a whole encode, and the scorer's chunk-cached encode of a
+    request whose prefix is new (cold) or was sent before with another question (seen)."""
+    samples: dict[str, list[tuple[float, float]]] = {
+        "whole": [],
+        "cached_cold": [],
+        "cached_seen": [],
+    }
+    for i in range(7):
+        encoder = ChunkCachedEncoder(tokenizer)  # a fresh cache: nothing seen
+        prefix = f"{i} {text}"
+        question = " ".join(rng.choice(("why", "how", "what", "is", "it")) for _ in range(20))
+        runs: list[tuple[str, Callable[[], object]]] = [
+            ("whole", partial(tokenizer.encode, text)),
+            ("cached_cold", partial(encoder.encode_request, Request("c", "m", prompt=prefix))),
+            (
+                "cached_seen",
+                partial(encoder.encode_request, Request("s", "m", prompt=f"{prefix} {question}?")),
+            ),
+        ]
+        for label, fn in runs:
+            c0, t0 = time.thread_time(), time.perf_counter()
+            ids = fn()
+            wall_us, cpu_us = (time.perf_counter() - t0) * 1e6, (time.thread_time() - c0) * 1e6
+            samples[label].append((wall_us, cpu_us))
+        assert ids == tuple(tokenizer.encode(f"{prefix} {question}?"))
+    out: dict[str, float] = {}
+    for label, timed in samples.items():
+        out[f"tokenize_{label}_us_median"] = statistics.median(w for w, _ in timed)
+        out[f"tokenize_{label}_cpu_us_median"] = statistics.median(c for _, c in timed)
+    return out
 
 
 def main() -> int:

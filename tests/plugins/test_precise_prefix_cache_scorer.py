@@ -10,10 +10,11 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from kvgate.bench.workloads import TextGen
 from kvgate.errors import PluginParameterError
 from kvgate.kvcache import events
 from kvgate.kvcache.events import BlockRemoved, BlockStored, EventBatch
-from kvgate.kvcache.tokenize import Tokenizer, builtin_tokenizer_dir
+from kvgate.kvcache.tokenize import Tokenizer, builtin_tokenizer_dir, chunk_encoder
 from kvgate.plugins.base import EndpointListener, Lifecycle, PreRequest, ResponseComplete, Scorer
 from kvgate.plugins.scorers.precise_prefix_cache_scorer import (
     HEADER_PREDICTED_CACHED_TOKENS,
@@ -79,6 +80,18 @@ def test_score_is_weighted_longest_prefix_over_full_blocks() -> None:
     # vLLM always computes the last prompt token: at most (len - 1) // BS blocks are cached
     assert found.cached_tokens["pod-a"] == min(n, (len(ids) - 1) // BS) * BS
     assert req.token_ids == tuple(ids)  # tokenized once, memoised on the request
+
+
+def test_a_resent_long_prefix_is_tokenized_through_the_chunk_cache() -> None:
+    s = _scorer()
+    system = TextGen(21).text(3000)  # several chunks of the shared encoder
+    encoder = chunk_encoder(s.tokenizer)
+    s.score(CycleState(), request(system + " first question"), [E1])
+    misses, hits = encoder.misses, encoder.hits
+    req = request(system + " second question", request_id="r2")
+    s.score(CycleState(), req, [E1])
+    assert req.token_ids == tuple(s.tokenizer.encode(system + " second question"))
+    assert encoder.misses - misses == 1 and encoder.hits - hits >= 3
 
 
 def test_eviction_events_lower_the_score() -> None:

@@ -32,7 +32,7 @@ Limits (why it is an oracle for the benchmark, not a production scorer)
     block may already be gone; events arrive with the publisher's batching delay. It needs
     the engine's exact hash parameters and tokenizer, and it ignores LoRA adapters, cache
     salts and multimodal extra keys (requests with a ``cache_salt`` score 0). It tokenizes on
-    the request path (through kvgate.kvcache.tokenize.ChunkCachedEncoder, so a resent prefix
+    the request path (through kvgate.kvcache.tokenize.chunk_encoder, so a resent prefix
     is tokenized once) and hashes every block with SHA-256 (about 3 µs per block). It says nothing
     about load: combine it with queue and KV-utilisation scorers as the ``oracle`` policy does.
 """
@@ -51,7 +51,7 @@ from kvgate.kvcache.hashing import (
     block_hashes,
     to_event_hash,
 )
-from kvgate.kvcache.tokenize import ChunkCachedEncoder, Tokenizer
+from kvgate.kvcache.tokenize import ChunkCachedEncoder, Tokenizer, chunk_encoder
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.scheduling.types import Clock, CycleState, Endpoint, Request, SchedulingResult
 
@@ -166,7 +166,7 @@ class OraclePrefixCacheScorer:
                 if self._tokenizer_path is None
                 else Tokenizer.from_path(self._tokenizer_path)
             )
-            self._chunk_encoder = ChunkCachedEncoder(tok)
+            self._chunk_encoder = chunk_encoder(tok)
         return self._chunk_encoder
 
     def matched_blocks(self, endpoint: str, hashes: Sequence[EventBlockHash]) -> int:

@@ -30,7 +30,9 @@ Reads what each engine actually stored and evicted, from vLLM's KV events over Z
 
 * Tokenizer: ``tokenizerPath`` / ``modelTokenizerMap`` when given, else the gateway's
   ``--tokenizer`` (PluginContext service "tokenizer"), else the built-in SmolLM2 tokenizer.
-  Token ids are memoised on the request (``Request.token_ids``) so other plugins reuse them.
+  Prompts are encoded through the process's chunk cache (``tokenize.chunk_encoder``: a
+  resent long prefix is tokenized once) and the ids memoised on the request
+  (``Request.token_ids``) so other plugins reuse them.
 * Endpoints: the index knows engines by the ``host:port`` of their topic
   ``kv@<host:port>@<model>``, matched against ``Endpoint.hostport``.
 * Outputs: cycle state :class:`PreciseMatchState` under ``"<name>/precise-prefix-cache-scorer"``;
@@ -55,7 +57,7 @@ from typing import Any
 from kvgate.errors import PluginParameterError
 from kvgate.kvcache.index import DEFAULT_MAX_BLOCKS, DEFAULT_TIER_WEIGHTS, KVBlockIndex
 from kvgate.kvcache.subscriber import DEFAULT_ZMQ_ENDPOINT, KVEventSubscriber
-from kvgate.kvcache.tokenize import Tokenizer
+from kvgate.kvcache.tokenize import Tokenizer, chunk_encoder
 from kvgate.plugins.base import Params, PluginContext, state_key
 from kvgate.scheduling.types import (
     CycleState,
@@ -195,7 +197,9 @@ class PrecisePrefixCacheScorer:
             ids.append(hp)
         if self.events.discover_pods and self.subscriber is not None:
             self._discover(endpoints)
-        token_ids = self.tokenizer_for(request).encode_request(request)
+        # Through the shared chunk cache: a resent long prefix is not tokenized again (an 8k
+        # prompt costs ~10 ms to encode whole, on the event loop).
+        token_ids = chunk_encoder(self.tokenizer_for(request)).encode_request(request)
         block_size = self.index.block_size
         if block_size <= 0:
             return {}
