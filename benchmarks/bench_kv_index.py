@@ -176,44 +176,36 @@ def bench_score(args: argparse.Namespace) -> dict[str, float]:
             ),
         )
         h += held
-    out: dict[str, float] = {
+    samples_keys: list[float] = []
+    samples_total: list[float] = []
+    samples_cpu: list[float] = []
+    for _ in range(args.score_repeat):
+        c0 = time.thread_time_ns()
+        t0 = time.perf_counter()
+        keys = index.request_keys(prompt)
+        t1 = time.perf_counter()
+        match = index.match(keys, names)
+        t2 = time.perf_counter()
+        samples_cpu.append((time.thread_time_ns() - c0) / 1000)
+        samples_keys.append((t1 - t0) * 1e6)
+        samples_total.append((t2 - t0) * 1e6)
+    assert match.blocks[names[-1]] == n
+    walk = [t - k for t, k in zip(samples_total, samples_keys, strict=True)]
+    return {
         "prompt_tokens": len(prompt),
         "block_size": bs,
         "blocks": n,
         "endpoints": 32,
         "index_blocks": index.num_blocks,
+        "score_us_median": statistics.median(samples_total),
+        "score_cpu_us_median": statistics.median(samples_cpu),
+        "score_cpu_us_min": min(samples_cpu),
+        "score_us_p99": sorted(samples_total)[int(0.99 * (len(samples_total) - 1))],
+        "keys_us_median": statistics.median(samples_keys),
+        "walk_us_median": statistics.median(walk),
+        "tokenize_tokens": len(text_ids),
+        **tokenize,
     }
-    # First with the prompt's blocks just stored (young, in a dict); then after 300 k newer
-    # blocks, when they have been frozen into the numpy segments of the holder map.
-    for label in ("score", "score_frozen"):
-        samples_keys: list[float] = []
-        samples_total: list[float] = []
-        samples_cpu: list[float] = []
-        for _ in range(args.score_repeat):
-            c0 = time.thread_time_ns()
-            t0 = time.perf_counter()
-            keys = index.request_keys(prompt)
-            t1 = time.perf_counter()
-            match = index.match(keys, names)
-            t2 = time.perf_counter()
-            samples_cpu.append((time.thread_time_ns() - c0) / 1000)
-            samples_keys.append((t1 - t0) * 1e6)
-            samples_total.append((t2 - t0) * 1e6)
-        assert match.blocks[names[-1]] == n
-        walk = [t - k for t, k in zip(samples_total, samples_keys, strict=True)]
-        out[f"{label}_us_median"] = statistics.median(samples_total)
-        out[f"{label}_cpu_us_median"] = statistics.median(samples_cpu)
-        out[f"{label}_cpu_us_min"] = min(samples_cpu)
-        out[f"{label}_us_p99"] = sorted(samples_total)[int(0.99 * (len(samples_total) - 1))]
-        out[f"{label}_keys_us_median"] = statistics.median(samples_keys)
-        out[f"{label}_walk_us_median"] = statistics.median(walk)
-        for i in range(300_000 // 256):
-            toks = [rng.randrange(150_000) for _ in range(256 * bs)]
-            hashes = list(range(h, h + 256))
-            event = BlockStored(hashes, None, toks, bs, None, "GPU", None)
-            index.block_stored(names[i % 32], event)
-            h += 256
-    return {**out, "tokenize_tokens": len(text_ids), **tokenize}
 
 
 def bench_tokenize(tokenizer: Tokenizer, text: str, rng: random.Random) -> dict[str, float]:

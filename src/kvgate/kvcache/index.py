@@ -8,17 +8,16 @@ Two maps, as in llm-d's kv-cache manager (since it stopped recomputing vLLM's ha
   parent block's request key (``hashing.request_keys``), so the router never needs vLLM's
   hash algorithm or seed. The translation is a pure function of the tokens, so it stays
   valid after the blocks are evicted and is kept (bounded) to chain later events.
-- ``request key -> holders`` (:class:`~kvgate.kvcache.holder_map.HolderMap`: a young dict
-  plus frozen numpy segments, 24 bytes per block once frozen): a bit field with ``T`` bits
-  per endpoint slot (one per tier: gpu, cpu, ...). Endpoints get small slot ids, so a block
-  held by many replicas costs one mask, not one object per replica.
+- ``request key -> holders``: one Python int per block, a bit field with ``T`` bits per
+  endpoint slot (one per tier: gpu, cpu, ...). Endpoints get small slot ids, so a block held
+  by many replicas costs one int, not one object per replica.
 
 Scoring tokenizes the prompt once, chains the same request keys and walks the longest
 consecutive prefix per candidate with bit operations over all candidates at once.
 
-Bounded memory: at most ``max_blocks`` request keys (and twice as many engine hashes),
-evicted oldest-stored-first in chunks (giving a block a new holder makes it young; the
-holder map keeps that LRU order across its young dict and frozen segments). Dropping an endpoint (it left the pool, sent AllBlocksCleared, or its
+Bounded memory: at most ``max_blocks`` request keys (and as many engine hashes), evicted
+oldest-stored-first in chunks (dict insertion order is the LRU order: storing a block again
+moves it to the back). Dropping an endpoint (it left the pool, sent AllBlocksCleared, or its
 event stream had a gap that could not be repaired) retires its slot at once; its bits are
 ignored from then on and swept out lazily before the slot is reused.
 
@@ -30,12 +29,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import groupby, islice
 
 from kvgate.kvcache.engine_map import EngineMap
 from kvgate.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
 from kvgate.kvcache.hashing import RequestKey, request_key_seed, request_keys
-from kvgate.kvcache.holder_map import HolderMap
 from kvgate.kvcache.metrics import track_index
 
 __all__ = [
@@ -48,7 +46,7 @@ __all__ = [
 
 #: llm-d's kvCacheBackendConfigs default: a CPU-tier hit is worth 0.8 of a GPU hit.
 DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
-#: Default cap on request keys (blocks); about 0.6 GB at worst (one holder per block).
+#: Default cap on request keys (blocks); about 1.1 GB at worst (one holder per block).
 DEFAULT_MAX_BLOCKS = 10_000_000
 #: Retired slots are swept immediately while the index is this small, else in one pass
 #: once this many slots wait (a pass over 10 M blocks takes seconds).
@@ -97,7 +95,6 @@ class KVBlockIndex:
 
     ``block_size`` 0 adopts the block size of the first BlockStored event (every later event
     must agree: request keys only line up with engine blocks of the same size).
-    ``young_blocks``: holder entries kept in the young dict before they are frozen into numpy.
     """
 
     def __init__(
@@ -109,7 +106,6 @@ class KVBlockIndex:
         max_blocks: int = DEFAULT_MAX_BLOCKS,
         key_algo: str = "poly64",
         clock: Callable[[], float] = time.time,
-        young_blocks: int = 1 << 18,
     ) -> None:
         if block_size < 0:
             raise ValueError(f"block_size must be >= 0, got {block_size}")
@@ -135,7 +131,7 @@ class KVBlockIndex:
         self._w_best = weights[self._best_tier]
         self._slot_fill = (1 << self._tier_count) - 1  # base bit * fill = all tier bits of a slot
         self._engine = EngineMap()
-        self._holders = HolderMap(young_blocks)
+        self._holders: dict[int, int] = {}
         self._slots: dict[str, int] = {}
         self._slot_names: dict[int, str] = {}
         self._slot_entries: list[int] = []
@@ -288,27 +284,25 @@ class KVBlockIndex:
                     return
                 hashes = hashes[: len(keys)]
         holders = self._holders
-        young = holders.young
         # Translations are pure functions of the tokens: overwrite without reordering.
         engine.update(zip(hashes, keys, strict=True))  # type: ignore[arg-type]
-        masks, frozen = holders.lookup(keys)
+        masks = list(map(holders.get, keys))
         if masks.count(None) == len(masks):
             # common case, blocks new to the index: one C-level update, appended young
-            young.update(dict.fromkeys(keys, bit))
+            holders.update(dict.fromkeys(keys, bit))
             added = len(keys)
         else:
             fill = self._slot_fill << (slot * self._tier_count)
             added = 0
             for key, mask in zip(keys, masks, strict=True):
                 if mask is None:
-                    young[key] = bit
+                    holders[key] = bit
                     added += 1
                 elif not mask & bit:
-                    # storing again makes the block young
-                    holders.bump(key, frozen.get(key), mask | bit)
+                    del holders[key]  # re-insert: storing again makes the block young
+                    holders[key] = mask | bit
                     if not mask & fill:  # a block held in two tiers is one entry
                         added += 1
-        holders.maybe_freeze()
         if added:
             self._slot_entries[slot] += added
             self._num_entries += added
@@ -334,17 +328,19 @@ class KVBlockIndex:
         engine = self._engine
         holders = self._holders
         removed = 0
-        found = engine.get_many(event.block_hashes)  # type: ignore[arg-type]
-        # unique, so each key's looked-up mask stays current through the loop
-        keys = list(dict.fromkeys(k for k in found if k is not None))
-        masks, frozen = holders.lookup(keys)
-        for key, mask in zip(keys, masks, strict=True):
+        for key in engine.get_many(event.block_hashes):  # type: ignore[arg-type]
+            if key is None:
+                continue
+            mask = holders.get(key)
             if mask is None or not mask & bit:
                 continue
             mask &= ~bit
             if not mask & fill:
                 removed += 1
-            holders.set(key, frozen.get(key), mask if mask & keep else 0)
+            if mask & keep:
+                holders[key] = mask
+            else:
+                del holders[key]
         self.stats.blocks_removed += len(event.block_hashes)
         self._slot_entries[slot] -= removed
         self._num_entries -= removed
@@ -355,14 +351,14 @@ class KVBlockIndex:
         over = len(holders) - self.max_blocks
         if over > 0:
             count = over + self.max_blocks // 64
-            victims = holders.evict_oldest(count)
+            victims = list(islice(iter(holders), count))
             tiers = self._tier_count
             fill = self._slot_fill
             slot_entries = self._slot_entries
             live = ~self._dead_bits
             lost = 0
-            for mask in victims:
-                mask &= live
+            for key in victims:
+                mask = holders.pop(key) & live
                 while mask:
                     low = mask & -mask
                     slot = (low.bit_length() - 1) // tiers
@@ -397,7 +393,17 @@ class KVBlockIndex:
         dead = self._dead_bits
         if not dead:
             return
-        self._holders.sweep(dead)
+        holders = self._holders
+        empty = []
+        for key, mask in holders.items():
+            if mask & dead:
+                mask &= ~dead
+                if mask:
+                    holders[key] = mask
+                else:
+                    empty.append(key)
+        for key in empty:
+            del holders[key]
         self._free_slots.extend(self._dead_slots)
         self._dead_slots.clear()
         self._dead_bits = 0
@@ -426,13 +432,14 @@ class KVBlockIndex:
                 live_base |= 1 << (slot * tiers)
         if not live_base or not n:
             return PrefixMatch(n)
+        get = self._holders.get
         base_all = self._base_all
         best_tier = self._best_tier
         live = live_base * fill
         drops: list[tuple[int, int]] = []  # (slots that stopped matching, at key index)
         penalties: list[tuple[int, int, int]] = []  # (mask, slots lacking best tier, length)
         # C-level lookups and run grouping; Python only runs once per run of equal masks.
-        masks = self._holders.get_many(keys)
+        masks = list(map(get, keys))
         try:
             end = masks.index(None)
         except ValueError:
@@ -487,7 +494,7 @@ class KVBlockIndex:
 
     def holders(self, key: int) -> dict[str, list[str]]:
         """Debug view: endpoint -> tiers holding ``key``."""
-        mask = (self._holders.get_many([key])[0] or 0) & ~self._dead_bits
+        mask = self._holders.get(key, 0) & ~self._dead_bits
         tier_names = list(self._tiers)
         out: dict[str, list[str]] = {}
         for name, slot in self._slots.items():
