@@ -334,6 +334,17 @@ REFERENCE_POINTS: dict[str, Any] = {
 }
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (for the profile's description)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "machine"
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     if args.from_reference:
         points = dict(REFERENCE_POINTS)
@@ -601,7 +612,11 @@ def main() -> int:
     )
     f.add_argument("--output", default=str(PROFILE_PATH))
     f.add_argument("--name", default="smollm2-cpu", help="the profile's name")
-    f.add_argument("--machine", default="a 2-core AMD EPYC VM (AVX-512), shared")
+    f.add_argument(
+        "--machine",
+        default=f"a {os.cpu_count()}-core {_cpu_model()}",
+        help="for the profile's source",
+    )
     c = sub.add_parser("compare")
     c.add_argument("--groups", type=int, default=4)
     c.add_argument("--per-group", type=int, default=6)
