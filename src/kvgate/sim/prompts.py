@@ -9,8 +9,8 @@ request's step for as long as that takes: ~11 ms for an 8000-token prompt on a 2
   than encoded again (0.3 ms instead of 11 ms for 8000 shared tokens + 100 new ones);
 - a prompt over ``inline_max_chars`` is encoded on one worker thread, where what remains of a
   cold encode runs while the loop keeps stepping (Hugging Face ``tokenizers`` releases the
-  GIL while it encodes). One thread, because the chunk cache is not thread-safe: only that
-  thread touches it;
+  GIL while it encodes). One thread: long prompts are encoded in arrival order, and the
+  cache sees one writer;
 - shorter prompts are encoded inline, uncached (under ~0.6 ms, and at most one chunk, for
   which the chunk encoder does a whole encode anyway).
 
@@ -36,7 +36,7 @@ class PromptEncoder:
 
     def __init__(self, tokenizer: Tokenizer, *, inline_max_chars: int = 2048) -> None:
         self.tokenizer = tokenizer
-        #: Owned by the worker thread once it exists: used there only.
+        #: Used by the worker thread only (the encoder's own lock makes other use safe too).
         self.chunked = ChunkCachedEncoder(tokenizer)
         self.inline_max_chars = inline_max_chars
         self.num_offloaded = 0  # prompts encoded on the worker thread
