@@ -239,6 +239,45 @@ def summarise(
     }
 
 
+def measured_run(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    plan: list[tuple[float, dict[str, Any]]],
+    workers: int,
+    client_cores: list[int],
+    *,
+    scrape_metrics: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], float, float]:
+    """Run ``plan`` against the simulator: (results, /sim/stats before, after, wall s, sim CPU s).
+
+    The wall time leaves out run_load's 1.5 s start-up delay. With ``scrape_metrics`` a thread
+    scrapes /metrics every 50 ms meanwhile, as an endpoint picker would: part of the load.
+    """
+    before = http_json(url + "/sim/stats")
+    cpu0 = cpu_seconds(proc.pid)
+    wall0 = time.monotonic()
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(0.05):
+            try:
+                with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+                    resp.read()
+            except OSError:  # a starved replica; its latency figures show it
+                pass
+
+    scraper = threading.Thread(target=scrape, daemon=True) if scrape_metrics else None
+    if scraper is not None:
+        scraper.start()
+    results = run_load(url, plan, workers, client_cores)
+    wall = time.monotonic() - wall0 - 1.5
+    stop.set()
+    if scraper is not None:
+        scraper.join()
+    after = http_json(url + "/sim/stats")
+    return results, before, after, wall, cpu_seconds(proc.pid) - cpu0
+
+
 def concurrency_sweep(
     levels: list[int],
     max_tokens: int,
@@ -260,15 +299,11 @@ def concurrency_sweep(
                        "ignore_eos": True, "stream": True})
                 for _ in range(c)
             ]  # fmt: skip
-            before = http_json(url + "/sim/stats")
-            cpu0 = cpu_seconds(proc.pid)
-            wall0 = time.monotonic()
-            results = run_load(url, plan, min(workers, c), client_cores)
-            wall = time.monotonic() - wall0 - 1.5
-            after = http_json(url + "/sim/stats")
+            results, before, after, wall, cpu = measured_run(
+                proc, url, plan, min(workers, c), client_cores
+            )
             row = {"concurrency": c, **summarise(results, before, after)}
             row["formula_itl_ms"] = round(model.decode_step_ms(c), 3)
-            cpu = cpu_seconds(proc.pid) - cpu0
             row["sim_cpu_pct"] = round(cpu / wall * 100, 1)
             tokens = sum(r.get("tokens", 0) for r in results)
             row["sim_cpu_us_per_token"] = round(cpu / max(1, tokens) * 1e6, 1)
@@ -301,36 +336,15 @@ def rate_sweep(
                             "ignore_eos": True, "stream": True})
                 for i in range(n)
             ]  # fmt: skip
-            before = http_json(url + "/sim/stats")
-            cpu0 = cpu_seconds(proc.pid)
-            wall0 = time.monotonic()
-            # An endpoint picker scrapes /metrics every 50 ms; that is part of a replica's load.
-            stop = threading.Event()
-            scrapes = [0]
-
-            def scrape(stop: threading.Event = stop, scrapes: list[int] = scrapes) -> None:
-                while not stop.wait(0.05):
-                    try:
-                        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
-                            resp.read()
-                        scrapes[0] += 1
-                    except OSError:  # a starved replica; the scrape counter shows it
-                        pass
-
-            scraper = threading.Thread(target=scrape, daemon=True)
-            scraper.start()
-            results = run_load(url, plan, workers, client_cores)
-            wall = time.monotonic() - wall0 - 1.5
-            stop.set()
-            scraper.join()
-            after = http_json(url + "/sim/stats")
+            results, before, after, wall, cpu = measured_run(
+                proc, url, plan, workers, client_cores, scrape_metrics=True
+            )
             ok = sum(1 for r in results if r["ok"])
             row = {
                 "rate_rps": rate,
                 "achieved_rps": round(ok / wall, 1),
                 **summarise(results, before, after),
             }
-            cpu = cpu_seconds(proc.pid) - cpu0
             row["sim_cpu_pct"] = round(cpu / wall * 100, 1)
             row["sim_cpu_ms_per_request"] = round(cpu / max(1, len(results)) * 1000, 3)
             # What one fully used core could serve at this CPU cost per request.
@@ -383,15 +397,9 @@ def long_prompt_sweep(
         rng = random.Random(3)
         for k, rate in enumerate(rates):
             plan = long_prompt_plan(rng, 100 + k, rate, duration_s, groups=4)
-            before = http_json(url + "/sim/stats")
-            cpu0 = cpu_seconds(proc.pid)
-            wall0 = time.monotonic()
-            results = run_load(url, plan, workers, client_cores)
-            wall = time.monotonic() - wall0 - 1.5
-            after = http_json(url + "/sim/stats")
+            results, before, after, wall, cpu = measured_run(proc, url, plan, workers, client_cores)
             row = {"rate_rps": rate, **summarise(results, before, after)}
             row["engine_lag_events"] = after["lag_events"] - before["lag_events"]
-            cpu = cpu_seconds(proc.pid) - cpu0
             row["sim_cpu_pct"] = round(cpu / wall * 100, 1)
             row["sim_cpu_ms_per_request"] = round(cpu / max(1, len(results)) * 1000, 2)
             rows.append(row)
