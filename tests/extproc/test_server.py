@@ -68,7 +68,15 @@ class Epp:
     metrics_url: str
 
 
-async def start_epp(**options: object) -> tuple[EppServer, list[web.AppRunner], list[str]]:
+@pytest.fixture(params=["h2", "grpcio"])
+def grpc_server(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against both ext_proc servers (``--grpc-server``)."""
+    return str(request.param)
+
+
+async def start_epp(
+    grpc_server: str, **options: object
+) -> tuple[EppServer, list[web.AppRunner], list[str]]:
     runners, hostports = [], []
     for _ in range(2):
         runner, hp = await model_server()
@@ -80,6 +88,7 @@ async def start_epp(**options: object) -> tuple[EppServer, list[web.AppRunner], 
         grpc_health_port=free_port(),
         metrics_port=free_port(),
         endpoints=[spec_from_url(hp) for hp in hostports],
+        grpc_server=grpc_server,
         **{"policy": "llm-d-default", **options},  # type: ignore[arg-type]
     )
     server = EppServer(opts)
@@ -92,8 +101,8 @@ async def start_epp(**options: object) -> tuple[EppServer, list[web.AppRunner], 
 
 
 @pytest.fixture
-async def epp() -> AsyncIterator[Epp]:
-    server, runners, hostports = await start_epp()
+async def epp(grpc_server: str) -> AsyncIterator[Epp]:
+    server, runners, hostports = await start_epp(grpc_server)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
     try:
         yield Epp(
@@ -351,8 +360,10 @@ plugins:
 
 
 @pytest.mark.parametrize("mode", [FULL_DUPLEX, BUFFERED], ids=["full-duplex", "buffered"])
-async def test_session_token_reaches_the_client_and_steers_the_next_request(mode: int) -> None:
-    server, runners, _ = await start_epp(policy=None, config_text=SESSION_AFFINITY)
+async def test_session_token_reaches_the_client_and_steers_the_next_request(
+    grpc_server: str, mode: int
+) -> None:
+    server, runners, _ = await start_epp(grpc_server, policy=None, config_text=SESSION_AFFINITY)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
     stub = ep_grpc.ExternalProcessorStub(channel)
     answer = json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
@@ -419,7 +430,9 @@ async def test_no_pick_is_429_and_health_serves(epp: Epp) -> None:
     assert await check(b"") == _encode_status(SERVING)
     await channel.close()
 
-    server, runners, _ = await start_epp(policy=None, config_text=FILTER_ALL)
+    server, runners, _ = await start_epp(
+        epp.server.opts.grpc_server, policy=None, config_text=FILTER_ALL
+    )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
     try:
         call = ep_grpc.ExternalProcessorStub(channel).Process()
@@ -435,8 +448,8 @@ async def test_no_pick_is_429_and_health_serves(epp: Epp) -> None:
             await runner.cleanup()
 
 
-async def test_secure_serving_with_a_generated_certificate() -> None:
-    server, runners, hostports = await start_epp(secure_serving=True)
+async def test_secure_serving_with_a_generated_certificate(grpc_server: str) -> None:
+    server, runners, hostports = await start_epp(grpc_server, secure_serving=True)
     try:
         assert server.tls_cert is not None
         creds = grpc.ssl_channel_credentials(root_certificates=server.tls_cert)

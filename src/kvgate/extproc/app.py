@@ -23,15 +23,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kvgate.endpoints.pool import EndpointPool, EndpointSpec
 from kvgate.endpoints.scrape import MetricNames, Scraper
+from kvgate.errors import KvgateError
 from kvgate.extproc.director import Director
+from kvgate.extproc.h2server import H2ExtProcServer, server_ssl_context
 from kvgate.extproc.health import health_handler
 from kvgate.extproc.messages import body_mode_value
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.server import ExtProcServicer, add_to_server
+from kvgate.extproc.server import ExtProcServicer, RequestStream, add_to_server
 from kvgate.plugins.base import PluginContext
 from kvgate.scheduling.scheduler import Scheduler
 
 log = logging.getLogger("kvgate.epp")
+
+#: What can serve ext_proc: grpc.aio, or kvgate.extproc.h2server on the event loop.
+GRPC_SERVERS = ("h2", "grpcio")
 
 
 @dataclass(slots=True)
@@ -59,6 +64,7 @@ class EppOptions:
     model_server_metrics_scheme: str | None = None
     model_server_metrics_verify_tls: bool = False
     request_body_mode: str = "FULL_DUPLEX_STREAMED"
+    grpc_server: str = "grpcio"  # one of GRPC_SERVERS
     seed: int = 0
 
 
@@ -100,6 +106,7 @@ class EppServer:
         )
         self._discovery: Any = None
         self._grpc: grpc.aio.Server | None = None
+        self._h2: H2ExtProcServer | None = None
         self._health: grpc.aio.Server | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.synced = False
@@ -107,25 +114,40 @@ class EppServer:
 
     async def start(self) -> None:
         opts = self.opts
+        if opts.grpc_server not in GRPC_SERVERS:
+            raise KvgateError(f"grpc_server {opts.grpc_server!r}: expected one of {GRPC_SERVERS}")
         await self._start_discovery()
         await self.scheduler.start()
         await self.scraper.start()
         options = [("grpc.so_reuseport", 0)]
-        self._grpc = grpc.aio.server(options=options)
-        add_to_server(
-            ExtProcServicer(self.director, body_mode_value(opts.request_body_mode)), self._grpc
-        )
         address = f"{opts.grpc_host}:{opts.grpc_port}"
+        cert_key: tuple[bytes, bytes] | None = None
         if opts.secure_serving:
             from kvgate.extproc.tls import load_or_generate
 
-            cert, key = load_or_generate(opts.cert_path)
-            self.tls_cert = cert
-            creds = grpc.ssl_server_credentials([(key, cert)])
-            self._grpc.add_secure_port(address, creds)
+            cert_key = load_or_generate(opts.cert_path)
+            self.tls_cert = cert_key[0]
+        body_mode = body_mode_value(opts.request_body_mode)
+        if opts.grpc_server == "h2":
+
+            def new_stream() -> RequestStream:
+                return RequestStream(self.director, body_mode)
+
+            self._h2 = H2ExtProcServer(new_stream)
+            await self._h2.start(
+                opts.grpc_host,
+                opts.grpc_port,
+                server_ssl_context(*cert_key) if cert_key is not None else None,
+            )
         else:
-            self._grpc.add_insecure_port(address)
-        await self._grpc.start()
+            self._grpc = grpc.aio.server(options=options)
+            add_to_server(ExtProcServicer(self.director, body_mode), self._grpc)
+            if cert_key is not None:
+                cert, key = cert_key
+                self._grpc.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+            else:
+                self._grpc.add_insecure_port(address)
+            await self._grpc.start()
         self._health = grpc.aio.server(options=options)
         self._health.add_generic_rpc_handlers((health_handler(lambda: self.synced),))
         self._health.add_insecure_port(f"{opts.grpc_host}:{opts.grpc_health_port}")
@@ -137,8 +159,9 @@ class EppServer:
         await self._metrics_runner.setup()
         await web.TCPSite(self._metrics_runner, opts.grpc_host, opts.metrics_port).start()
         log.info(
-            "kvgate epp serving ext_proc on %s (%s), health on :%d, metrics on :%d",
+            "kvgate epp serving ext_proc on %s (%s, %s), health on :%d, metrics on :%d",
             address,
+            opts.grpc_server,
             "TLS" if opts.secure_serving else "plaintext",
             opts.grpc_health_port,
             opts.metrics_port,
@@ -183,6 +206,8 @@ class EppServer:
     async def stop(self, grace_s: float = 2.0) -> None:
         if self._grpc is not None:
             await self._grpc.stop(grace_s)
+        if self._h2 is not None:
+            await self._h2.stop(grace_s)
         if self._health is not None:
             await self._health.stop(0)
         if self._metrics_runner is not None:

@@ -76,6 +76,13 @@ def register(subparsers: Any) -> None:
         default="FULL_DUPLEX_STREAMED",
         help="body mode assumed when Envoy does not announce it (Envoy >= 1.33 does)",
     )
+    g.add_argument(
+        "--grpc-server",
+        choices=["h2", "grpcio"],
+        default="grpcio",
+        help="what serves ext_proc: 'h2', HTTP/2 on the asyncio loop (less latency per "
+        "message), or 'grpcio', grpc.aio (default: grpcio)",
+    )
     c = p.add_argument_group("scheduling")
     src = c.add_mutually_exclusive_group()
     src.add_argument("--config-text", default=None, help="EndpointPickerConfig YAML/JSON text")
@@ -203,6 +210,7 @@ def run_epp(args: argparse.Namespace) -> int:
         model_server_metrics_scheme=args.model_server_metrics_scheme,
         model_server_metrics_verify_tls=not args.model_server_metrics_https_insecure_skip_verify,
         request_body_mode=args.request_body_mode,
+        grpc_server=args.grpc_server,
         seed=args.seed,
     )
     return run(opts)

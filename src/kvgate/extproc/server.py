@@ -418,6 +418,14 @@ class RequestStream:
             return "rejected"
         return "ok"
 
+    def finish(self, clean: bool = False) -> str:
+        """:meth:`close`, counted in ``kvgate_epp_streams_total``: every server (grpcio's
+        servicer, :mod:`kvgate.extproc.h2server`) ends each call through here, once."""
+        outcome = self.close(clean)
+        metrics = self.director.metrics
+        metrics.child(metrics.streams, outcome).inc()
+        return outcome
+
 
 class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """grpc.aio servicer: one :class:`RequestStream` per call."""
@@ -441,9 +449,7 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     break
             clean = True
         finally:
-            outcome = stream.close(clean)
-            metrics = self.director.metrics
-            metrics.child(metrics.streams, outcome).inc()
+            stream.finish(clean)
 
 
 def add_to_server(servicer: ExtProcServicer, server: grpc.aio.Server) -> None:
