@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from array import array
 from typing import Any
 
@@ -41,13 +42,15 @@ def _generation_seed(state: SimState, seed: int | None, prompt_ids: list[int]) -
 
 
 async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    # vLLM's arrival_time: the model's TTFT counts from here, before the body is read.
+    arrival = time.monotonic()
     state = request.app[STATE_KEY]
     if state.draining:
         return plain_error(503, "The server is shutting down.", "ServiceUnavailableError")
     state.inflight += 1
     state.idle.clear()
     try:
-        return await _completion_inner(request, state, chat=chat)
+        return await _completion_inner(request, state, arrival, chat=chat)
     finally:
         state.inflight -= 1
         if state.inflight == 0:
@@ -55,7 +58,7 @@ async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse
 
 
 async def _completion_inner(
-    request: web.Request, state: SimState, *, chat: bool
+    request: web.Request, state: SimState, arrival: float, *, chat: bool
 ) -> web.StreamResponse:
     settings = state.settings
     engine = state.engine
@@ -131,6 +134,7 @@ async def _completion_inner(
         max_tokens=max_tokens,
         lora=lora,
         cache_salt=salt,
+        arrival_time=arrival,
     )
     req.notify_each_token = sampling.stream
     state.metrics.observe_admitted(sampling.max_tokens, max_tokens)

@@ -15,6 +15,15 @@ Queueing therefore comes only from the batch model. Timing stays on a modelled s
 each step starts where the previous one ended unless the process fell behind by more than
 ``lag_tolerance_s``, which is counted in ``lag_s`` and reported to ``on_lag`` (``/sim/stats``
 and the ``kvgate_sim_schedule_lag_seconds`` histogram; the benchmark reports it).
+
+A request's ``arrival_time`` is stamped when the HTTP server receives it, as vLLM's API server
+does, and the model's TTFT counts from there. When nothing is running, the next step starts
+at the later of the previous step's planned end and the earliest waiting arrival, so what
+the process spends taking a request in (reading, parsing, tokenizing, waking the loop) is
+absorbed into the modelled prefill instead of added to it. A step never holds a request that
+arrived after the step began: it joins at the next step boundary. If taking a request in
+took longer than its whole modelled step, the step ends at once and the excess is counted as
+lag, like any other restart.
 """
 
 from __future__ import annotations
@@ -79,6 +88,10 @@ class EngineStats:
     lag_s: float = 0.0  # wall seconds the schedule was restarted late (process overloaded)
     lag_events: int = 0
     lag_s_max: float = 0.0  # the largest single restart
+    # Wall seconds between a request's HTTP receipt and the engine receiving it (reading,
+    # parsing, tokenizing): absorbed into the model's prefill while the engine is idle.
+    intake_s_sum: float = 0.0
+    intake_count: int = 0
     late_s_sum: float = 0.0  # wall seconds steps completed after their modelled end
     late_s_max: float = 0.0
     # What the model says clients should see (wall seconds, from each step's planned end):
@@ -119,6 +132,7 @@ class SimRequest:
         "num_preemptions",
         "num_prompt_tokens",
         "on_finish",
+        "queued_time",
         "request_id",
         "status",
         "stream",
@@ -135,6 +149,7 @@ class SimRequest:
         max_tokens: int,
         lora: LoraAdapter | None = None,
         cache_salt: str | None = None,
+        arrival_time: float = 0.0,
     ) -> None:
         self.request_id = request_id
         self.token_ids = list(prompt_token_ids)
@@ -159,8 +174,11 @@ class SimRequest:
         self.notify_each_token = True
         self.waiter: asyncio.Future[None] | None = None
         self.on_finish: Callable[[SimRequest], None] | None = None
-        self.arrival_time = 0.0
-        self.first_scheduled_time = 0.0
+        #: ``time.monotonic()`` when the HTTP server received the request (vLLM's arrival_time:
+        #: TTFT and e2e latency count from it); 0 = stamped by :meth:`Engine.add`.
+        self.arrival_time = arrival_time
+        self.queued_time = 0.0  # when the engine received it (vLLM's QUEUED event)
+        self.first_scheduled_time = 0.0  # modelled start of the step that first scheduled it
         self.first_token_time = 0.0
         self.decode_start_time = 0.0
         self.last_token_time = 0.0
@@ -239,7 +257,13 @@ class Engine:
     # --- public API ------------------------------------------------------------------------
 
     def add(self, req: SimRequest) -> None:
-        req.arrival_time = time.monotonic()
+        now = time.monotonic()
+        req.queued_time = now
+        if req.arrival_time <= 0.0 or req.arrival_time > now:
+            req.arrival_time = now
+        else:
+            self.stats.intake_s_sum += now - req.arrival_time
+            self.stats.intake_count += 1
         req.status = WAITING
         self.waiting.append(req)
         self._wake.set()
@@ -279,31 +303,30 @@ class Engine:
         clock = time.monotonic
         speed = self.config.speed
         tolerance = self.config.lag_tolerance_s
-        next_start = clock()
+        next_start = clock()  # the planned start of the next step: the last one's planned end
         while not self._stopped:
             if self._num_aborted:
                 self._drop_aborted()
             if not self.waiting and not self.running:
                 self._wake.clear()
                 await self._wake.wait()
-                next_start = clock()
                 continue
             now = clock()
-            if now - next_start > tolerance:
+            idle = not self.running
+            if idle:
+                # Nothing runs in the model: the step starts when the earliest waiting request
+                # arrived (HTTP receipt), or when the previous step ended if that is later. The
+                # process's own time since the arrival is absorbed into this step.
+                first = min(r.arrival_time for r in self.waiting)
+                start = min(max(next_start, first), now)
+            elif now - next_start > tolerance:
                 # The process fell behind the modelled schedule (CPU starved): restart it
                 # from now and count the lag, rather than compressing later steps.
-                lag = now - next_start
-                st = self.stats
-                st.lag_s += lag
-                st.lag_events += 1
-                if lag > st.lag_s_max:
-                    st.lag_s_max = lag
-                if self.on_lag is not None:
-                    self.on_lag(lag)
+                self._count_lag(now - next_start)
                 start = now
             else:
                 start = next_start
-            scheduled, loaded = self._schedule(now)
+            scheduled, loaded = self._schedule(start)
             self._flush_events()
             if not scheduled:
                 # Nothing fits right now (only possible while every waiting request is
@@ -318,6 +341,11 @@ class Engine:
             self.stats.steps += 1
             self.stats.busy_model_s += step_ms / 1000.0
             end = start + step_ms / 1000.0 / speed
+            if idle and now - end > tolerance:
+                # Taking the request in took longer than its whole modelled step: the step
+                # ends now, and the excess is lag (the model's TTFT was not met).
+                self._count_lag(now - end)
+                end = now
             # uvloop's timers have millisecond granularity and may fire up to 1 ms early.
             remaining = end - clock()
             if remaining <= 0.0002:
@@ -336,9 +364,20 @@ class Engine:
             self._flush_events()
             next_start = end
 
+    def _count_lag(self, lag: float) -> None:
+        st = self.stats
+        st.lag_s += lag
+        st.lag_events += 1
+        if lag > st.lag_s_max:
+            st.lag_s_max = lag
+        if self.on_lag is not None:
+            self.on_lag(lag)
+
     # --- scheduling ------------------------------------------------------------------------
 
-    def _schedule(self, now: float) -> tuple[list[tuple[SimRequest, int, int]], int]:
+    def _schedule(self, start: float) -> tuple[list[tuple[SimRequest, int, int]], int]:
+        """The batch of a step that starts at ``start`` (modelled): (request, new tokens,
+        computed tokens before the step) each, and the number of blocks loaded from CPU."""
         cfg = self.config
         bs = cfg.block_size
         kv = self.kv
@@ -374,7 +413,9 @@ class Engine:
             waiting = self.waiting
             while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
                 req = waiting[0]
-                if (
+                # A request that arrived after the step began waits for the next boundary
+                # (the process may take it in late; the model must not schedule it early).
+                if req.arrival_time > start or (
                     req.lora is not None
                     and req.lora.name not in running_loras
                     and len(running_loras) >= cfg.max_loras
@@ -400,7 +441,7 @@ class Engine:
                 if req.num_cached_tokens < 0:
                     # First admission: what the response reports as cached_tokens.
                     req.num_cached_tokens = computed
-                    req.first_scheduled_time = now
+                    req.first_scheduled_time = start
                     cpu_tokens = len(hit.cpu_hashes) * bs
                     st.prompt_tokens += req.num_prompt_tokens
                     st.prompt_tokens_cached_gpu += computed - cpu_tokens

@@ -194,7 +194,10 @@ class SimMetrics:
         self.h_kv_computed.observe(req.num_prompt_tokens - cached)
         if req.num_output_tokens == 0:
             return
-        queued = (req.first_scheduled_time - req.arrival_time) * speed
+        # vLLM's semantics: TTFT and e2e count from the HTTP receipt (arrival_time), the queue
+        # time from the engine's receipt (queued_time) to the first scheduled step, which
+        # starts before it when an idle engine absorbed the intake (then 0).
+        queued = max(0.0, req.first_scheduled_time - req.queued_time) * speed
         ttft = (req.first_token_time - req.arrival_time) * speed
         e2e = (req.finished_time - req.arrival_time) * speed
         prefill = (req.first_token_time - req.first_scheduled_time) * speed

@@ -173,6 +173,9 @@ async def sim_stats(request: web.Request) -> web.Response:
         "lag_s": st.lag_s,
         "lag_events": st.lag_events,
         "lag_s_max": st.lag_s_max,
+        # HTTP receipt -> engine (read, parse, tokenize): absorbed while the engine is idle.
+        "intake_s_sum": st.intake_s_sum,
+        "intake_count": st.intake_count,
         "late_s_sum": st.late_s_sum,
         "late_s_max": st.late_s_max,
         "model_ttft_s_sum": st.model_ttft_s_sum,
