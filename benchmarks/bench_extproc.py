@@ -19,9 +19,12 @@ added median = median(ext_proc) - median(routing alone) over the rounds::
     python benchmarks/bench_extproc.py --rate 500 --duration 10 --rounds 3 \\
         --proxy-cpus 0,1 --other-cpus 2-7
 
+Every ext_proc variant runs against one EPP per ``--grpc-servers`` entry (``kvgate epp
+--grpc-server grpcio`` and ``h2`` by default), each behind its own Envoy, in the same rounds.
+
 ``--grpc-floor`` measures instead what part of the EPP's CPU is gRPC itself: the same
 Envoy-like message exchange (full-duplex, one JSON request and response) driven against a
-do-nothing grpc.aio ext_proc servicer and against ``kvgate epp``.
+do-nothing grpc.aio ext_proc servicer and against ``kvgate epp`` (each ``--grpc-servers``).
 """
 
 from __future__ import annotations
@@ -159,36 +162,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         for port in upstreams:
             _wait(f"http://127.0.0.1:{port}/health")
-        epp_port, health_port, metrics_port = _free_port(), _free_port(), _free_port()
-        profile = ["-m", "cProfile", "-o", args.epp_profile] if args.epp_profile else []
-        epp_cmd = [sys.executable, *profile, "-m", "kvgate", "epp", "--host", "127.0.0.1"]
-        epp_cmd += ["--grpc-port", str(epp_port), "--grpc-health-port", str(health_port)]
-        epp_cmd += ["--metrics-port", str(metrics_port), "--policy", args.policy]
-        for port in upstreams:
-            epp_cmd += ["--endpoint", f"127.0.0.1:{port}"]
-        epp = spawn(epp_cmd, args.proxy_cpus)
-        _wait(f"http://127.0.0.1:{metrics_port}/healthz")
+        # one EPP per ext_proc server (--grpc-server), each behind its own Envoys
+        epps: dict[str, tuple[subprocess.Popen[bytes], int, int]] = {}
+        for server in args.grpc_servers.split(","):
+            epp_port, health_port, metrics_port = _free_port(), _free_port(), _free_port()
+            profile = []
+            if args.epp_profile:
+                profile = ["-m", "cProfile", "-o", f"{args.epp_profile}.{server}"]
+            epp_cmd = [sys.executable, *profile, "-m", "kvgate", "epp", "--host", "127.0.0.1"]
+            epp_cmd += ["--grpc-port", str(epp_port), "--grpc-health-port", str(health_port)]
+            epp_cmd += ["--metrics-port", str(metrics_port), "--policy", args.policy]
+            epp_cmd += ["--grpc-server", server]
+            for port in upstreams:
+                epp_cmd += ["--endpoint", f"127.0.0.1:{port}"]
+            epps[server] = (spawn(epp_cmd, args.proxy_cpus), epp_port, metrics_port)
+            _wait(f"http://127.0.0.1:{metrics_port}/healthz")
         configs: dict[str, str] = {}
         envoys: dict[str, subprocess.Popen[bytes]] = {}
-        for name, mode in VARIANTS.items():
-            path, ports = _envoy_config(tmp, name, epp_port, upstreams, mode)
-            envoys[name] = spawn(
-                [*envoyconfig.command(path), "--concurrency", "2"], args.proxy_cpus
-            )
-            _wait(f"http://127.0.0.1:{ports.admin}/ready")
-            configs[name] = f"http://127.0.0.1:{ports.listen}/v1/chat/completions"
+        epp_of: dict[str, subprocess.Popen[bytes] | None] = {}
+        for variant in args.variants.split(","):
+            mode = VARIANTS[variant]
+            for server, (epp, epp_port, _) in epps.items():
+                name = variant if mode is None else f"{variant}/{server}"
+                path, ports = _envoy_config(tmp, name.replace("/", "-"), epp_port, upstreams, mode)
+                envoys[name] = spawn(
+                    [*envoyconfig.command(path), "--concurrency", "2"], args.proxy_cpus
+                )
+                _wait(f"http://127.0.0.1:{ports.admin}/ready")
+                configs[name] = f"http://127.0.0.1:{ports.listen}/v1/chat/completions"
+                epp_of[name] = None if mode is None else epp
+                if mode is None:
+                    break  # routing alone does not involve an EPP
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
         for _ in range(args.rounds):
             for name, url in configs.items():
                 envoy_pid = envoys[name].pid
-                cpu0, env0 = _cpu_s(epp.pid), _cpu_s(envoy_pid)
+                epp_proc = epp_of[name]
+                epp_pid = epp_proc.pid if epp_proc is not None else os.getpid()
+                cpu0, env0 = _cpu_s(epp_pid), _cpu_s(envoy_pid)
                 result = _load(args.other_cpus, url, args.rate, args.duration, args.connections)
-                cpu1, env1 = _cpu_s(epp.pid), _cpu_s(envoy_pid)
+                cpu1, env1 = _cpu_s(epp_pid), _cpu_s(envoy_pid)
                 n = max(1, result["requests"] + result.get("warmup_requests", 0))
                 # CPU per request counts only these processes' own cycles: far less
                 # sensitive to a busy machine than latency
-                result["epp_cpu_ms_per_request"] = round((cpu1 - cpu0) / n * 1e3, 3)
+                if epp_proc is not None:
+                    result["epp_cpu_ms_per_request"] = round((cpu1 - cpu0) / n * 1e3, 3)
                 result["envoy_cpu_ms_per_request"] = round((env1 - env0) / n * 1e3, 3)
+                result["load_average_1m"] = round(os.getloadavg()[0], 2)
                 runs[name].append(result)
         base = statistics.median(r["p50_ms"] for r in runs["routing_alone"])
         added = {
@@ -220,7 +240,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name in configs
                 if name != "routing_alone"
             },
-            "epp_decision_mean_ms": _decision_mean_ms(metrics_port),
+            "epp_decision_mean_ms": {
+                server: _decision_mean_ms(metrics_port)
+                for server, (_, _, metrics_port) in epps.items()
+            },
             "load_average": os.getloadavg(),
         }
     finally:
@@ -339,7 +362,7 @@ def grpc_floor(args: argparse.Namespace) -> dict[str, Any]:
             procs.append(subprocess.Popen(_pinned(args.other_cpus, cmd), stdout=log, stderr=log))
         for port in upstreams:
             _wait(f"http://127.0.0.1:{port}/health")
-        null_port, epp_port, metrics_port = _free_port(), _free_port(), _free_port()
+        null_port = _free_port()
         null = subprocess.Popen(
             _pinned(
                 args.proxy_cpus, [sys.executable, str(tmp / "null_extproc.py"), str(null_port)]
@@ -347,20 +370,23 @@ def grpc_floor(args: argparse.Namespace) -> dict[str, Any]:
             stdout=log,
             stderr=log,
         )
-        epp_cmd = [sys.executable, "-m", "kvgate", "epp", "--host", "127.0.0.1"]
-        epp_cmd += ["--grpc-port", str(epp_port), "--grpc-health-port", str(_free_port())]
-        epp_cmd += ["--metrics-port", str(metrics_port), "--policy", args.policy]
-        for port in upstreams:
-            epp_cmd += ["--endpoint", f"127.0.0.1:{port}"]
-        epp = subprocess.Popen(_pinned(args.proxy_cpus, epp_cmd), stdout=log, stderr=log)
-        procs += [null, epp]
-        _wait(f"http://127.0.0.1:{metrics_port}/healthz")
+        procs.append(null)
+        targets = [("null_servicer", null, null_port)]
+        for server in args.grpc_servers.split(","):
+            epp_port, metrics_port = _free_port(), _free_port()
+            epp_cmd = [sys.executable, "-m", "kvgate", "epp", "--host", "127.0.0.1"]
+            epp_cmd += ["--grpc-port", str(epp_port), "--grpc-health-port", str(_free_port())]
+            epp_cmd += ["--metrics-port", str(metrics_port), "--policy", args.policy]
+            epp_cmd += ["--grpc-server", server]
+            for port in upstreams:
+                epp_cmd += ["--endpoint", f"127.0.0.1:{port}"]
+            epp = subprocess.Popen(_pinned(args.proxy_cpus, epp_cmd), stdout=log, stderr=log)
+            procs.append(epp)
+            _wait(f"http://127.0.0.1:{metrics_port}/healthz")
+            targets.append((f"kvgate_epp_{server}", epp, epp_port))
         time.sleep(1.0)
         for _ in range(args.rounds):
-            for name, proc, port in (
-                ("null_servicer", null, null_port),
-                ("kvgate_epp", epp, epp_port),
-            ):
+            for name, proc, port in targets:
                 idle0 = _cpu_s(proc.pid)
                 time.sleep(1.0)
                 idle_per_s = _cpu_s(proc.pid) - idle0  # the EPP scrapes in the background
@@ -397,7 +423,19 @@ def main() -> None:
     )
     p.add_argument("--other-cpus", default=None, help="taskset list for upstreams and load")
     p.add_argument("--workdir", default="/tmp/bench_extproc")
-    p.add_argument("--epp-profile", default=None, help="run kvgate epp under cProfile, into FILE")
+    p.add_argument(
+        "--epp-profile", default=None, help="run kvgate epp under cProfile, into FILE.<server>"
+    )
+    p.add_argument(
+        "--grpc-servers",
+        default="grpcio,h2",
+        help="kvgate epp --grpc-server values to compare, one EPP each (grpcio,h2)",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"Envoy variants to run, comma-separated ({','.join(VARIANTS)})",
+    )
     p.add_argument(
         "--grpc-floor",
         action="store_true",

@@ -128,9 +128,10 @@ def metric_sum(rig: Rig, name: str) -> float:
     )
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    tmp = tmp_path_factory.mktemp("envoy-e2e")
+@pytest.fixture(scope="module", params=["h2", "grpcio"])
+def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """The whole module runs once per ext_proc server (``kvgate epp --grpc-server``)."""
+    tmp = tmp_path_factory.mktemp(f"envoy-e2e-{request.param}")
     procs: list[Proc] = []
     try:
         sims: dict[str, Proc] = {}
@@ -156,6 +157,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 "--policy", "llm-d-default",
                 "--zap-encoder", "json",
                 "--refresh-metrics-interval", "50ms",
+                "--grpc-server", request.param,
             ),
             tmp / "epp.log",
         )  # fmt: skip

@@ -1,7 +1,7 @@
 """``kvgate epp`` spoken to as Envoy would, over real gRPC, with the real scheduler.
 
-The model servers here only need to be scraped (the test plays Envoy, so no request is
-forwarded): small HTTP servers answer /health and /metrics with a real vLLM metrics page.
+Every test runs against both ext_proc servers (``--grpc-server h2`` and ``grpcio``); the
+model servers are only scraped (tests/extproc/epp_rig.py).
 """
 
 from __future__ import annotations
@@ -9,28 +9,32 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
-from aiohttp import ClientSession, web
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
-from google.protobuf import struct_pb2
 
-from kvgate.endpoints.static import spec_from_url
-from kvgate.extproc.app import EppOptions, EppServer
+from extproc.epp_rig import (
+    BASE,
+    BUFFERED,
+    FULL_DUPLEX,
+    Epp,
+    body_msg,
+    exchange,
+    headers_msg,
+    metric,
+    open_epp,
+    set_headers,
+    start_epp,
+    wait_metric,
+)
 from kvgate.extproc.health import SERVING, _encode_status
 from kvgate.extproc.messages import MAX_BODY_CHUNK_BYTES
-from support.procs import free_port
-
-METRICS_PAGE = (Path(__file__).parent.parent / "data" / "vllm-cpu-metrics.txt").read_text()
-FULL_DUPLEX = pm.ProcessingMode.FULL_DUPLEX_STREAMED
-BUFFERED = pm.ProcessingMode.BUFFERED
 
 FILTER_ALL = """
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -42,139 +46,16 @@ plugins:
 """
 
 
-async def model_server() -> tuple[web.AppRunner, str]:
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=METRICS_PAGE)
-
-    async def health(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"127.0.0.1:{port}"
-
-
-@dataclass
-class Epp:
-    server: EppServer
-    channel: grpc.aio.Channel
-    stub: ep_grpc.ExternalProcessorStub
-    endpoints: list[str]
-    metrics_url: str
-
-
 @pytest.fixture(params=["h2", "grpcio"])
 def grpc_server(request: pytest.FixtureRequest) -> str:
     """Every test here runs against both ext_proc servers (``--grpc-server``)."""
     return str(request.param)
 
 
-async def start_epp(
-    grpc_server: str, **options: object
-) -> tuple[EppServer, list[web.AppRunner], list[str]]:
-    runners, hostports = [], []
-    for _ in range(2):
-        runner, hp = await model_server()
-        runners.append(runner)
-        hostports.append(hp)
-    opts = EppOptions(
-        grpc_host="127.0.0.1",
-        grpc_port=free_port(),
-        grpc_health_port=free_port(),
-        metrics_port=free_port(),
-        endpoints=[spec_from_url(hp) for hp in hostports],
-        grpc_server=grpc_server,
-        **{"policy": "llm-d-default", **options},  # type: ignore[arg-type]
-    )
-    server = EppServer(opts)
-    await server.start()
-    deadline = asyncio.get_running_loop().time() + 10
-    while len(server.pool.candidates()) < 2:
-        assert asyncio.get_running_loop().time() < deadline, "endpoints never became healthy"
-        await asyncio.sleep(0.02)
-    return server, runners, hostports
-
-
 @pytest.fixture
 async def epp(grpc_server: str) -> AsyncIterator[Epp]:
-    server, runners, hostports = await start_epp(grpc_server)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
-    try:
-        yield Epp(
-            server,
-            channel,
-            ep_grpc.ExternalProcessorStub(channel),
-            hostports,
-            f"http://127.0.0.1:{server.opts.metrics_port}/metrics",
-        )
-    finally:
-        await channel.close()
-        await server.stop()
-        for runner in runners:
-            await runner.cleanup()
-
-
-def headers_msg(
-    headers: dict[str, str],
-    *,
-    end_of_stream: bool = False,
-    mode: int = FULL_DUPLEX,
-    subset: list[str] | None = None,
-) -> ep.ProcessingRequest:
-    msg = ep.ProcessingRequest(
-        request_headers=ep.HttpHeaders(
-            headers=core.HeaderMap(
-                headers=[core.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
-            ),
-            end_of_stream=end_of_stream,
-        ),
-        protocol_config=ep.ProtocolConfiguration(request_body_mode=mode, response_body_mode=mode),
-    )
-    if subset is not None:
-        hint = struct_pb2.Struct()
-        hint.update({"x-gateway-destination-endpoint-subset": subset})
-        msg.metadata_context.filter_metadata["envoy.lb.subset_hint"].CopyFrom(hint)
-    return msg
-
-
-def body_msg(body: bytes, end_of_stream: bool = True) -> ep.ProcessingRequest:
-    return ep.ProcessingRequest(request_body=ep.HttpBody(body=body, end_of_stream=end_of_stream))
-
-
-def set_headers(resp: ep.ProcessingResponse) -> dict[str, str]:
-    which = resp.WhichOneof("response")
-    common = getattr(resp, which).response
-    out = {}
-    for h in common.header_mutation.set_headers:
-        assert h.append_action == core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-        out[h.header.key] = h.header.raw_value.decode()
-    return out
-
-
-BASE = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
-
-
-async def exchange(
-    epp: Epp, messages: list[ep.ProcessingRequest], expect: int
-) -> tuple[list[ep.ProcessingResponse], grpc.aio.StreamStreamCall]:
-    call = epp.stub.Process()
-    for msg in messages:
-        await call.write(msg)
-    replies = [await asyncio.wait_for(call.read(), 5) for _ in range(expect)]
-    return replies, call
-
-
-async def metric(epp: Epp, name: str) -> float:
-    async with ClientSession() as s, s.get(epp.metrics_url) as r:
-        text = await r.text()
-    return sum(
-        float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
-    )
+    async with open_epp(grpc_server) as running:
+        yield running
 
 
 async def test_full_duplex_reply_header_metadata_and_chunked_body(epp: Epp) -> None:
@@ -350,6 +231,17 @@ async def test_response_usage_reaches_the_completion_hooks(
     assert await metric(epp, "inference_objective_running_requests") == 0
 
 
+RESPONSE_JSON_HEADERS = ep.ProcessingRequest(
+    response_headers=ep.HttpHeaders(
+        headers=core.HeaderMap(
+            headers=[
+                core.HeaderValue(key=":status", raw_value=b"200"),
+                core.HeaderValue(key="content-type", raw_value=b"application/json"),
+            ]
+        )
+    )
+)
+
 SESSION_AFFINITY = """
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
@@ -470,6 +362,129 @@ async def test_secure_serving_with_a_generated_certificate(grpc_server: str) -> 
             await asyncio.wait_for(call.read(), 5)
         await plain.close()
     finally:
+        await server.stop()
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def test_other_methods_are_unimplemented(epp: Epp) -> None:
+    for path in (
+        "/envoy.service.ext_proc.v3.ExternalProcessor/Other",
+        "/grpc.health.v1.Health/Check",  # served on --grpc-health-port only
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(epp.channel.unary_unary(path)(b""), 5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_stream_outcomes_are_counted_alike(epp: Epp) -> None:
+    """kvgate_epp_streams_total{outcome}: answered, rejected (immediate response), broken."""
+    body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+    _, call = await exchange(
+        epp, [headers_msg({":method": "GET", ":path": "/v1/models"}, end_of_stream=True)], 1
+    )
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+    _, call = await exchange(epp, [headers_msg(BASE), body_msg(b"{nope")], expect=1)
+    assert await call.code() == grpc.StatusCode.OK  # the immediate response ends the call
+    _, call = await exchange(epp, [headers_msg(BASE), body_msg(body)], expect=2)
+    call.cancel()
+    await wait_metric(epp, "inference_objective_running_requests", 0)
+    await wait_metric(epp, 'kvgate_epp_streams_total{outcome="rejected"}', 1)
+    await wait_metric(epp, "kvgate_epp_streams_total", 3)
+    if epp.server.opts.grpc_server == "h2":
+        # grpc.aio ends the request iterator quietly on a reset, as on Envoy's close: the
+        # grpcio servicer cannot tell this cancel from a clean end (server.py)
+        await wait_metric(epp, 'kvgate_epp_streams_total{outcome="broken"}', 1)
+
+
+# Envoy's side of one routed request, then nothing: the process is killed with it.
+_VANISHING_ENVOY = """
+import asyncio, sys
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+async def main() -> None:
+    channel = grpc.aio.insecure_channel(sys.argv[1])
+    call = ep_grpc.ExternalProcessorStub(channel).Process()
+    for raw in sys.argv[2:]:
+        await call.write(ep.ProcessingRequest.FromString(bytes.fromhex(raw)))
+    await call.read()
+    print("routed", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_vanished_client_still_completes_the_request(epp: Epp) -> None:
+    """The connection is lost (Envoy killed) with a request in flight: its completion
+    hooks run, as broken."""
+    body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+    messages = [
+        headers_msg(BASE).SerializeToString().hex(),
+        body_msg(body).SerializeToString().hex(),
+    ]
+    client = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _VANISHING_ENVOY,
+        f"127.0.0.1:{epp.server.opts.grpc_port}",
+        *messages,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert client.stdout is not None
+        assert await asyncio.wait_for(client.stdout.readline(), 20) == b"routed\n"
+        assert await metric(epp, "inference_objective_running_requests") == 1
+    finally:
+        client.kill()
+        await client.wait()
+    await wait_metric(epp, "inference_objective_running_requests", 0)  # the hooks ran
+    await wait_metric(epp, "kvgate_epp_streams_total", 1)
+    if epp.server.opts.grpc_server == "h2":  # grpcio cannot tell (see above)
+        await wait_metric(epp, 'kvgate_epp_streams_total{outcome="broken"}', 1)
+
+
+async def test_stop_lets_a_call_in_flight_finish(grpc_server: str) -> None:
+    server, runners, _ = await start_epp(grpc_server)
+    target = f"127.0.0.1:{server.opts.grpc_port}"
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        call = ep_grpc.ExternalProcessorStub(channel).Process()
+        await call.write(headers_msg(BASE))
+        await call.write(body_msg(json.dumps({"model": "m", "prompt": "hello"}).encode()))
+        for _ in range(2):
+            await asyncio.wait_for(call.read(), 5)
+        stopping = asyncio.create_task(server.stop(grace_s=10))
+
+        async def refused() -> bool:
+            async with grpc.aio.insecure_channel(target) as fresh:
+                try:
+                    await asyncio.wait_for(fresh.unary_unary("/x/y")(b""), 1)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() == grpc.StatusCode.UNAVAILABLE
+                except TimeoutError:
+                    return False
+            return False
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await refused():  # the server is stopping: no new connections
+            assert asyncio.get_running_loop().time() < deadline, "still taking new calls"
+            await asyncio.sleep(0.02)
+        await call.write(RESPONSE_JSON_HEADERS)
+        await call.write(
+            ep.ProcessingRequest(response_body=ep.HttpBody(body=b"{}", end_of_stream=True))
+        )
+        for _ in range(2):  # the held headers, then the body
+            await asyncio.wait_for(call.read(), 5)
+        await call.done_writing()
+        assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.OK
+        await asyncio.wait_for(stopping, 10)  # returns once the last call ended
+        assert not stopping.exception()
+    finally:
+        await channel.close()
         await server.stop()
         for runner in runners:
             await runner.cleanup()

@@ -110,6 +110,7 @@ class EppServer:
         self._health: grpc.aio.Server | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.synced = False
+        self._stopped = False
         self.tls_cert: bytes | None = None  # PEM served under --secure-serving
 
     async def start(self) -> None:
@@ -204,6 +205,10 @@ class EppServer:
         return web.Response(status=200 if ready else 503, text="ok" if ready else "not ready")
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        """Calls in flight get ``grace_s`` to end (both servers); a second stop is a no-op."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._grpc is not None:
             await self._grpc.stop(grace_s)
         if self._h2 is not None:

@@ -229,16 +229,17 @@ class ExtProcH2Protocol(asyncio.Protocol):
             call.buffer = b""
         view = memoryview(data)
         end = len(data)
+        limit = self.server.max_message_bytes
         pos = 0
         replies: list[ep.ProcessingResponse] = []
         while end - pos >= 5:
             compressed, length = _PREFIX.unpack_from(data, pos)
-            if length > MAX_MESSAGE_BYTES:
+            if length > limit:
                 self._send(stream_id, call, replies)
                 self._end(
                     stream_id,
                     RESOURCE_EXHAUSTED,
-                    f"message of {length} bytes is over the {MAX_MESSAGE_BYTES}-byte limit",
+                    f"message of {length} bytes is over the {limit}-byte limit",
                 )
                 return
             if end - pos - 5 < length:
@@ -362,8 +363,13 @@ class ExtProcH2Protocol(asyncio.Protocol):
 class H2ExtProcServer:
     """The listening socket and its connections; :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, new_stream: Callable[[], RequestStream]) -> None:
+    def __init__(
+        self,
+        new_stream: Callable[[], RequestStream],
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self.new_stream = new_stream
+        self.max_message_bytes = max_message_bytes
         self.connections: set[ExtProcH2Protocol] = set()
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None

@@ -447,6 +447,9 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                     yield reply
                 if stream.closed:
                     break
+            # grpc.aio also ends the request iterator quietly when the client resets the
+            # stream (the cancellation only reaches the next await), so a reset before the
+            # response is seen counts as clean here; the h2 server tells them apart
             clean = True
         finally:
             stream.finish(clean)
