@@ -6,9 +6,16 @@ costs about 70 bytes each (a 36-byte int key plus the table slot); frozen into s
 lookups); when it reaches ``young_max`` entries it is frozen into a segment, and segments
 are merged size-tiered so that there are only a few (lookups search each, newest first).
 
+Bounded work per call: the precise index applies events on the gateway's event loop, so no
+:meth:`EngineMap.update` may stall it. An update either freezes the young dict (a sort of
+``young_max`` entries) or performs at most one pending merge of the two newest segments, and
+no merge makes a segment larger than ``max_segment`` entries (a merge of two sorted runs is
+linear: about 10 ms per million entries).
+
 Translations are pure functions of the tokens (the same engine hash always maps to the same
 request key), so duplicates across segments are harmless and nothing is ever updated in
-place. Trimming drops the oldest entries: the oldest segment first.
+place. Trimming drops the oldest entries: the oldest segment first (at most ``max_segment``
+at a time).
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ _U64_MAX = (1 << 64) - 1
 class EngineMap:
     """See the module docstring. Keys and values are ints in [0, 2**64)."""
 
-    __slots__ = ("_keys", "_size", "_vals", "young", "young_max")
+    __slots__ = ("_keys", "_size", "_vals", "max_segment", "young", "young_max")
 
-    def __init__(self, young_max: int = 1 << 18) -> None:
+    def __init__(self, young_max: int = 1 << 16, max_segment: int = 1 << 19) -> None:
         self.young: dict[int, int] = {}
         self.young_max = young_max
+        self.max_segment = max(max_segment, young_max)
         self._keys: list[np.ndarray] = []  # sorted uint64, oldest segment first
         self._vals: list[np.ndarray] = []
         self._size = 0  # entries in segments
@@ -78,12 +86,15 @@ class EngineMap:
         return out
 
     def update(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Add translations; then freeze the young dict if full, else do one pending merge."""
         self.young.update(pairs)
         if len(self.young) >= self.young_max:
             self.freeze()
+        else:
+            self.merge_step()
 
     def freeze(self) -> None:
-        """Turn the young dict into a segment (and merge segments of similar size)."""
+        """Turn the young dict into a (sorted) segment; merging is left to later calls."""
         young = self.young
         n = len(young)
         if not n:
@@ -95,22 +106,40 @@ class EngineMap:
         self._keys.append(keys[order])
         self._vals.append(vals[order])
         self._size += n
-        # size-tiered: merge the two newest while the older is at most 4x the newer
-        while len(self._keys) >= 2 and len(self._keys[-2]) <= 4 * len(self._keys[-1]):
-            newer_k, newer_v = self._keys.pop(), self._vals.pop()
-            older_k, older_v = self._keys.pop(), self._vals.pop()
-            keys = np.concatenate((older_k, newer_k))
-            vals = np.concatenate((older_v, newer_v))
-            order = np.argsort(keys, kind="stable")
-            keys, vals = keys[order], vals[order]
-            if len(keys) > 1:  # drop duplicate translations (same key, same value)
-                keep = np.empty(len(keys), dtype=bool)
-                keep[0] = True
-                np.not_equal(keys[1:], keys[:-1], out=keep[1:])
-                keys, vals = keys[keep], vals[keep]
-            self._size -= len(older_k) + len(newer_k) - len(keys)
-            self._keys.append(keys)
-            self._vals.append(vals)
+
+    def merge_step(self) -> bool:
+        """Merge the two newest segments if size-tiering calls for it; True if it merged.
+
+        Size-tiered: merge while the older is at most 4x the newer and the result stays
+        within ``max_segment``, so there are O(log) small segments plus full ones.
+        """
+        segments = self._keys
+        if len(segments) < 2:
+            return False
+        older, newer = len(segments[-2]), len(segments[-1])
+        if older > 4 * newer or older + newer > self.max_segment:
+            return False
+        newer_k, newer_v = self._keys.pop(), self._vals.pop()
+        older_k, older_v = self._keys.pop(), self._vals.pop()
+        keys = np.concatenate((older_k, newer_k))
+        vals = np.concatenate((older_v, newer_v))
+        order = np.argsort(keys, kind="stable")  # two sorted runs: timsort merges them
+        keys, vals = keys[order], vals[order]
+        if len(keys) > 1:  # drop duplicate translations (same key, same value)
+            keep = np.empty(len(keys), dtype=bool)
+            keep[0] = True
+            np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+            keys, vals = keys[keep], vals[keep]
+        self._size -= len(older_k) + len(newer_k) - len(keys)
+        self._keys.append(keys)
+        self._vals.append(vals)
+        return True
+
+    def compact(self) -> None:
+        """Freeze the young dict and do every pending merge now (tests, benchmarks)."""
+        self.freeze()
+        while self.merge_step():
+            pass
 
     def trim(self, max_entries: int) -> int:
         """Drop the oldest entries until at most ``max_entries`` remain; returns how many."""

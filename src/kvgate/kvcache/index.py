@@ -10,14 +10,23 @@ Two maps, as in llm-d's kv-cache manager (since it stopped recomputing vLLM's ha
   valid after the blocks are evicted and is kept (bounded) to chain later events.
 - ``request key -> holders``: one Python int per block, a bit field with ``T`` bits per
   endpoint slot (one per tier: gpu, cpu, ...). Endpoints get small slot ids, so a block held
-  by many replicas costs one int, not one object per replica.
+  by many replicas costs one int, not one object per replica. The map is split into
+  ``2**s`` shard dicts by the key's low bits, each holding at most ``shard_blocks`` keys, so
+  that no dict resize (CPython rebuilds a whole dict at once: ~130 ms at 2.8 M keys) and no
+  eviction chunk stalls the event loop. A shard stores ``key >> 4``: a 60-bit int takes 32
+  bytes where a 64-bit one takes 40, and with 16 or more shards the low 4 bits are implied
+  by the shard.
 
 Scoring tokenizes the prompt once, chains the same request keys and walks the longest
 consecutive prefix per candidate with bit operations over all candidates at once.
 
-Bounded memory: at most ``max_blocks`` request keys (and as many engine hashes), evicted
-oldest-stored-first in chunks (dict insertion order is the LRU order: storing a block again
-moves it to the back). Dropping an endpoint (it left the pool, sent AllBlocksCleared, or its
+Bounded memory: at most ``max_blocks`` request keys (and twice as many engine hashes). Each
+shard holds at most ``max_blocks // shards`` keys and evicts its oldest-stored first, in
+chunks of 1/64 of that (dict insertion order is the LRU order: storing a block in a tier or
+endpoint that did not hold it moves it to the back). With one shard (``max_blocks <=
+shard_blocks``) this is exact LRU over the index; with several it is exact per shard, and
+since request keys are uniform hashes every shard's oldest blocks are about the index's
+oldest. Dropping an endpoint (it left the pool, sent AllBlocksCleared, or its
 event stream had a gap that could not be repaired) retires its slot at once; its bits are
 ignored from then on and swept out lazily before the slot is reused.
 
@@ -38,6 +47,7 @@ from kvgate.kvcache.metrics import track_index
 
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
+    "DEFAULT_SHARD_BLOCKS",
     "DEFAULT_TIER_WEIGHTS",
     "IndexStats",
     "KVBlockIndex",
@@ -48,6 +58,10 @@ __all__ = [
 DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
 #: Default cap on request keys (blocks); about 1.1 GB at worst (one holder per block).
 DEFAULT_MAX_BLOCKS = 10_000_000
+#: Most request keys per shard dict: bounds the longest dict resize (~3 ms) and eviction chunk.
+DEFAULT_SHARD_BLOCKS = 1 << 16
+#: Shards store ``key >> _KEY_SHIFT``: at most 60 bits, a 32-byte int instead of 40 bytes.
+_KEY_SHIFT = 4
 #: Retired slots are swept immediately while the index is this small, else in one pass
 #: once this many slots wait (a pass over 10 M blocks takes seconds).
 _SWEEP_NOW_BELOW = 200_000
@@ -106,11 +120,14 @@ class KVBlockIndex:
         max_blocks: int = DEFAULT_MAX_BLOCKS,
         key_algo: str = "poly64",
         clock: Callable[[], float] = time.time,
+        shard_blocks: int = DEFAULT_SHARD_BLOCKS,
     ) -> None:
         if block_size < 0:
             raise ValueError(f"block_size must be >= 0, got {block_size}")
         if max_blocks < 1:
             raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
+        if shard_blocks < 1:
+            raise ValueError(f"shard_blocks must be >= 1, got {shard_blocks}")
         if not tier_weights:
             raise ValueError("tier_weights must name at least one tier")
         self.block_size = block_size
@@ -131,7 +148,14 @@ class KVBlockIndex:
         self._w_best = weights[self._best_tier]
         self._slot_fill = (1 << self._tier_count) - 1  # base bit * fill = all tier bits of a slot
         self._engine = EngineMap()
-        self._holders: dict[int, int] = {}
+        shards = 1
+        while max_blocks > shards * shard_blocks and shards < max_blocks:
+            shards *= 2
+        # request key -> holders mask, split by the key's low bits (see the module docstring)
+        self._shards: list[dict[int, int]] = [{} for _ in range(shards)]
+        self._shard_mask = shards - 1
+        self._shard_cap = max(1, max_blocks // shards)
+        self._evict_chunk = self._shard_cap // 64
         self._slots: dict[str, int] = {}
         self._slot_names: dict[int, str] = {}
         self._slot_entries: list[int] = []
@@ -149,7 +173,7 @@ class KVBlockIndex:
     @property
     def num_blocks(self) -> int:
         """Request keys held (by at least one endpoint, or awaiting a sweep)."""
-        return len(self._holders)
+        return sum(map(len, self._shards))
 
     @property
     def num_entries(self) -> int:
@@ -283,34 +307,36 @@ class KVBlockIndex:
                 if not keys:
                     return
                 hashes = hashes[: len(keys)]
-        holders = self._holders
         # Translations are pure functions of the tokens: overwrite without reordering.
         engine.update(zip(hashes, keys, strict=True))  # type: ignore[arg-type]
-        masks = list(map(holders.get, keys))
-        if masks.count(None) == len(masks):
-            # common case, blocks new to the index: one C-level update, appended young
-            holders.update(dict.fromkeys(keys, bit))
-            added = len(keys)
-        else:
-            fill = self._slot_fill << (slot * self._tier_count)
-            added = 0
-            for key, mask in zip(keys, masks, strict=True):
-                if mask is None:
-                    holders[key] = bit
+        shards = self._shards
+        shard_mask = self._shard_mask
+        cap = self._shard_cap
+        fill = self._slot_fill << (slot * self._tier_count)
+        added = 0
+        for key in keys:
+            shard = shards[key & shard_mask]
+            short = key >> _KEY_SHIFT
+            mask = shard.get(short)
+            if mask is None:
+                shard[short] = bit
+                added += 1
+                if len(shard) > cap:
+                    self._evict(shard)
+            elif not mask & bit:
+                del shard[short]  # re-insert: storing again makes the block young
+                shard[short] = mask | bit
+                if not mask & fill:  # a block held in two tiers is one entry
                     added += 1
-                elif not mask & bit:
-                    del holders[key]  # re-insert: storing again makes the block young
-                    holders[key] = mask | bit
-                    if not mask & fill:  # a block held in two tiers is one entry
-                        added += 1
         if added:
             self._slot_entries[slot] += added
             self._num_entries += added
         stats = self.stats
         stats.events_stored += 1
         stats.blocks_stored += len(keys)
-        if len(holders) > self.max_blocks or len(engine) > 2 * self.max_blocks:
-            self._evict()
+        # Engine translations outlive evicted blocks (later events chain from them): 2x cap.
+        if len(engine) > 2 * self.max_blocks:
+            engine.trim(2 * self.max_blocks - self.max_blocks // 32)
 
     def block_removed(self, endpoint: str, event: BlockRemoved) -> None:
         self.stats.events_removed += 1
@@ -325,51 +351,51 @@ class KVBlockIndex:
         bit = 1 << (shift + tier)
         fill = self._slot_fill << shift
         keep = ~self._dead_bits
-        engine = self._engine
-        holders = self._holders
+        shards = self._shards
+        shard_mask = self._shard_mask
         removed = 0
-        for key in engine.get_many(event.block_hashes):  # type: ignore[arg-type]
+        for key in self._engine.get_many(event.block_hashes):  # type: ignore[arg-type]
             if key is None:
                 continue
-            mask = holders.get(key)
+            shard = shards[key & shard_mask]
+            short = key >> _KEY_SHIFT
+            mask = shard.get(short)
             if mask is None or not mask & bit:
                 continue
             mask &= ~bit
             if not mask & fill:
                 removed += 1
             if mask & keep:
-                holders[key] = mask
+                shard[short] = mask
             else:
-                del holders[key]
+                del shard[short]
         self.stats.blocks_removed += len(event.block_hashes)
         self._slot_entries[slot] -= removed
         self._num_entries -= removed
 
-    def _evict(self) -> None:
-        """Drop the oldest 1/64 of each map over its cap (whole blocks, every holder)."""
-        holders = self._holders
-        over = len(holders) - self.max_blocks
-        if over > 0:
-            count = over + self.max_blocks // 64
-            victims = list(islice(iter(holders), count))
-            tiers = self._tier_count
-            fill = self._slot_fill
-            slot_entries = self._slot_entries
-            live = ~self._dead_bits
-            lost = 0
-            for key in victims:
-                mask = holders.pop(key) & live
-                while mask:
-                    low = mask & -mask
-                    slot = (low.bit_length() - 1) // tiers
-                    slot_entries[slot] -= 1
-                    lost += 1
-                    mask &= ~(fill << (slot * tiers))
-            self._num_entries -= lost
-            self.stats.evicted_blocks += len(victims)
-        # Engine translations outlive evicted blocks (later events chain from them): 2x cap.
-        if len(self._engine) > 2 * self.max_blocks:
-            self._engine.trim(2 * self.max_blocks - self.max_blocks // 32)
+    def _evict(self, shard: dict[int, int]) -> None:
+        """Drop the oldest blocks of a shard over its cap, 1/64 of the cap beyond (every holder).
+
+        The chunk amortises skipping the deleted entries at the front of the dict's entry
+        table (a new iterator starts there); its size bounds the work of one call.
+        """
+        count = len(shard) - self._shard_cap + self._evict_chunk
+        victims = list(islice(shard, count))
+        tiers = self._tier_count
+        fill = self._slot_fill
+        slot_entries = self._slot_entries
+        live = ~self._dead_bits
+        lost = 0
+        for short in victims:
+            mask = shard.pop(short) & live
+            while mask:
+                low = mask & -mask
+                slot = (low.bit_length() - 1) // tiers
+                slot_entries[slot] -= 1
+                lost += 1
+                mask &= ~(fill << (slot * tiers))
+        self._num_entries -= lost
+        self.stats.evicted_blocks += len(victims)
 
     def drop_endpoint(self, endpoint: str) -> None:
         """Forget everything ``endpoint`` holds (left the pool, cleared, or out of sync)."""
@@ -382,10 +408,7 @@ class KVBlockIndex:
         self._slot_entries[slot] = 0
         self._dead_bits |= self._slot_fill << (slot * self._tier_count)
         self._dead_slots.append(slot)
-        if (
-            len(self._holders) < _SWEEP_NOW_BELOW
-            or len(self._dead_slots) >= _SWEEP_AFTER_DEAD_SLOTS
-        ):
+        if self.num_blocks < _SWEEP_NOW_BELOW or len(self._dead_slots) >= _SWEEP_AFTER_DEAD_SLOTS:
             self.sweep()
 
     def sweep(self) -> None:
@@ -393,17 +416,17 @@ class KVBlockIndex:
         dead = self._dead_bits
         if not dead:
             return
-        holders = self._holders
-        empty = []
-        for key, mask in holders.items():
-            if mask & dead:
-                mask &= ~dead
-                if mask:
-                    holders[key] = mask
-                else:
-                    empty.append(key)
-        for key in empty:
-            del holders[key]
+        for shard in self._shards:
+            empty = []
+            for short, mask in shard.items():
+                if mask & dead:
+                    mask &= ~dead
+                    if mask:
+                        shard[short] = mask
+                    else:
+                        empty.append(short)
+            for short in empty:
+                del shard[short]
         self._free_slots.extend(self._dead_slots)
         self._dead_slots.clear()
         self._dead_bits = 0
@@ -432,14 +455,15 @@ class KVBlockIndex:
                 live_base |= 1 << (slot * tiers)
         if not live_base or not n:
             return PrefixMatch(n)
-        get = self._holders.get
+        shards = self._shards
+        shard_mask = self._shard_mask
         base_all = self._base_all
         best_tier = self._best_tier
         live = live_base * fill
         drops: list[tuple[int, int]] = []  # (slots that stopped matching, at key index)
         penalties: list[tuple[int, int, int]] = []  # (mask, slots lacking best tier, length)
         # C-level lookups and run grouping; Python only runs once per run of equal masks.
-        masks = list(map(get, keys))
+        masks = [shards[key & shard_mask].get(key >> _KEY_SHIFT) for key in keys]
         try:
             end = masks.index(None)
         except ValueError:
@@ -494,7 +518,8 @@ class KVBlockIndex:
 
     def holders(self, key: int) -> dict[str, list[str]]:
         """Debug view: endpoint -> tiers holding ``key``."""
-        mask = self._holders.get(key, 0) & ~self._dead_bits
+        shard = self._shards[key & self._shard_mask]
+        mask = shard.get(key >> _KEY_SHIFT, 0) & ~self._dead_bits
         tier_names = list(self._tiers)
         out: dict[str, list[str]] = {}
         for name, slot in self._slots.items():
