@@ -11,6 +11,7 @@ from kvgate.bench.report import (
     RESULT_KEYS,
     ReplicaCounters,
     comparison_line,
+    lag_warning,
     markdown_table,
     parse_counters,
     percentile,
@@ -99,6 +100,31 @@ def test_server_hit_rate_and_balance_from_counter_deltas() -> None:
     assert s.hit_rate == pytest.approx(0.4) and s.hit_rate_source == "server"
     assert s.replica_requests == {"replica-0": 30, "replica-1": 10}
     assert s.balance_max_over_mean == pytest.approx(1.5)
+
+
+def test_replica_lag_summed_from_sim_histograms_and_reported() -> None:
+    page = (
+        "# HELP kvgate_sim_schedule_lag_seconds lag\n"
+        "# TYPE kvgate_sim_schedule_lag_seconds histogram\n"
+        'kvgate_sim_schedule_lag_seconds_bucket{le="+Inf"} 3.0\n'
+        "kvgate_sim_schedule_lag_seconds_count 3.0\n"
+        "kvgate_sim_schedule_lag_seconds_sum 0.25\n"
+    )
+    assert parse_counters(page).schedule_lag_s == 0.25
+    before = {"a": ReplicaCounters(schedule_lag_s=0.25), "b": ReplicaCounters()}
+    after = {"a": ReplicaCounters(schedule_lag_s=0.30), "b": ReplicaCounters(schedule_lag_s=0.1)}
+    late = summarize("late", [rec(0, 0, 0.1, 0.2, 2)], before=before, after=after)
+    assert late.replica_lag_s == pytest.approx(0.15)
+    on_time = summarize("on-time", [rec(0, 0, 0.1, 0.2, 2)], before=before, after=before)
+    assert on_time.replica_lag_s == 0.0
+    assert summarize("no-scrape", [rec(0, 0, 0.1, 0.2, 2)]).replica_lag_s is None
+    warning = lag_warning([late, on_time])
+    assert warning is not None and "late 0.15 s" in warning and "on-time" not in warning
+    assert warning in markdown_table([late, on_time])
+    assert lag_warning([on_time]) is None
+    # vLLM's page has no such family: no lag, no warning
+    vllm_page = (Path(__file__).parents[1] / "data" / "vllm-cpu-metrics.txt").read_text()
+    assert parse_counters(vllm_page).schedule_lag_s == 0.0
 
 
 def test_parse_counters_sums_label_sets() -> None:

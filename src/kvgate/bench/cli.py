@@ -319,12 +319,15 @@ def _progress_factory(args: argparse.Namespace) -> Any:
 def _print_table(summaries: Any) -> None:
     from rich.console import Console
 
-    from kvgate.bench.report import rich_table
+    from kvgate.bench.report import lag_warning, rich_table
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # a file or pipe: do not squeeze the columns
     console.print(rich_table(summaries))
+    lag = lag_warning(summaries)
+    if lag:
+        print(lag, file=sys.stderr)
 
 
 # --- commands ------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class ReplicaCounters:
     prefix_cache_hits: float = 0.0
     requests_finished: float = 0.0
     prompt_tokens: float = 0.0
+    #: kvgate sim only: wall seconds its engine restarted its modelled schedule late
+    #: (``kvgate_sim_schedule_lag_seconds_sum``); 0 for real engines, which have no model.
+    schedule_lag_s: float = 0.0
 
     def __sub__(self, other: ReplicaCounters) -> ReplicaCounters:
         return ReplicaCounters(
@@ -72,38 +75,30 @@ class ReplicaCounters:
             self.prefix_cache_hits - other.prefix_cache_hits,
             self.requests_finished - other.requests_finished,
             self.prompt_tokens - other.prompt_tokens,
+            self.schedule_lag_s - other.schedule_lag_s,
         )
+
+
+#: The samples summed into :class:`ReplicaCounters`, in its field order.
+_COUNTER_SAMPLES = (
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
+    "vllm:request_success_total",
+    "vllm:prompt_tokens_total",
+    "kvgate_sim_schedule_lag_seconds_sum",
+)
 
 
 def parse_counters(text: str) -> ReplicaCounters:
     """Sum the relevant vLLM counters over all label sets of a Prometheus text page."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    sums: dict[str, float] = dict.fromkeys(
-        (
-            "vllm:prefix_cache_queries_total",
-            "vllm:prefix_cache_hits_total",
-            "vllm:request_success_total",
-            "vllm:prompt_tokens_total",
-        ),
-        0.0,
-    )
-    wanted = {
-        "vllm:prefix_cache_queries_total",
-        "vllm:prefix_cache_hits_total",
-        "vllm:request_success_total",
-        "vllm:prompt_tokens_total",
-    }
+    sums: dict[str, float] = dict.fromkeys(_COUNTER_SAMPLES, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in wanted:
+            if sample.name in sums:
                 sums[sample.name] += float(sample.value)
-    return ReplicaCounters(
-        sums["vllm:prefix_cache_queries_total"],
-        sums["vllm:prefix_cache_hits_total"],
-        sums["vllm:request_success_total"],
-        sums["vllm:prompt_tokens_total"],
-    )
+    return ReplicaCounters(*sums.values())
 
 
 def scrape_counters(base_urls: Iterable[str], timeout_s: float = 5.0) -> dict[str, ReplicaCounters]:
@@ -168,6 +163,10 @@ class Summary:
     stages: list[StageSummary] = field(default_factory=list)
     #: the machine's 1-minute load average when the run ended (contention shows up here)
     load_average_1m: float | None = None
+    #: simulated replicas: wall seconds their engines fell behind the modelled schedule,
+    #: summed over replicas (``kvgate_sim_schedule_lag_seconds``); > 0 means the machine, not
+    #: the model, shaped part of the latencies. None without replica scrapes.
+    replica_lag_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +213,7 @@ def summarize(
     hit_usage = sum(r.cached_tokens or 0 for r in usage_ok) / prompt_sum if prompt_sum else None
 
     hit_server: float | None = None
+    lag_s: float | None = None
     replica_requests: dict[str, float] = {}
     if before is not None and after is not None:
         deltas = {url: after[url] - before[url] for url in after if url in before}
@@ -222,6 +222,7 @@ def summarize(
         hit_server = hits / queries if queries > 0 else None
         names = replica_names or {}
         replica_requests = {names.get(u, u): d.requests_finished for u, d in deltas.items()}
+        lag_s = sum(d.schedule_lag_s for d in deltas.values())
     balance = None
     if replica_requests and sum(replica_requests.values()) > 0:
         mean = sum(replica_requests.values()) / len(replica_requests)
@@ -279,6 +280,7 @@ def summarize(
         load=load,
         workload=workload,
         stages=stages,
+        replica_lag_s=lag_s,
     )
 
 
@@ -313,6 +315,9 @@ def markdown_table(summaries: Sequence[Summary], baseline: str | None = "round-r
             f"| {_pct(s.hit_rate_usage)} | {bal} |"
         )
     text = head + "\n".join(rows) + "\n"
+    lag = lag_warning(summaries)
+    if lag:
+        text += f"\n{lag}\n"
     base = next((s for s in summaries if s.policy == baseline), None)
     if base is not None and len(summaries) > 1:
         lines = []
@@ -322,6 +327,23 @@ def markdown_table(summaries: Sequence[Summary], baseline: str | None = "round-r
             lines.append(f"- {s.policy}: {comparison_line(s, base)}")
         text += f"\nAgainst {baseline}:\n" + "\n".join(lines) + "\n"
     return text
+
+
+#: Seconds of schedule lag, summed over a run's replicas, above which the report says so.
+LAG_WARN_S = 0.05
+
+
+def lag_warning(summaries: Sequence[Summary]) -> str | None:
+    """One line naming the runs whose simulated replicas fell behind their model, or None."""
+    late = [s for s in summaries if s.replica_lag_s is not None and s.replica_lag_s > LAG_WARN_S]
+    if not late:
+        return None
+    runs = ", ".join(f"{s.policy} {s.replica_lag_s:.2f} s" for s in late)
+    return (
+        f"Warning: simulated replicas fell behind their modelled schedule ({runs}, summed over "
+        "replicas): part of those latencies is this machine's CPU, not the model. Give the "
+        "replicas more CPU or run the simulator slower (--speed)."
+    )
 
 
 def comparison_line(s: Summary, base: Summary) -> str:
