@@ -82,3 +82,11 @@ def test_no_endpoints_is_a_one_line_error() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: no endpoints")
+
+
+def test_grpc_server_flag_defaults_to_h2_and_keeps_grpcio() -> None:
+    assert build_parser().parse_args(["epp", *SEED_ARGS]).grpc_server == "h2"
+    args = build_parser().parse_args(["epp", *SEED_ARGS, "--grpc-server", "grpcio"])
+    assert args.grpc_server == "grpcio"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["epp", *SEED_ARGS, "--grpc-server", "tornado"])

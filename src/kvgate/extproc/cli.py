@@ -79,9 +79,9 @@ def register(subparsers: Any) -> None:
     g.add_argument(
         "--grpc-server",
         choices=["h2", "grpcio"],
-        default="grpcio",
-        help="what serves ext_proc: 'h2', HTTP/2 on the asyncio loop (less latency per "
-        "message), or 'grpcio', grpc.aio (default: grpcio)",
+        default="h2",
+        help="what serves ext_proc: 'h2', HTTP/2 on the asyncio loop (the default: about half "
+        "the CPU per message), or 'grpcio', grpc.aio",
     )
     c = p.add_argument_group("scheduling")
     src = c.add_mutually_exclusive_group()

@@ -148,8 +148,12 @@ class ExtProcH2Protocol(asyncio.Protocol):
             log.warning("ext_proc: HTTP/2 protocol error from the client: %s", exc)
             self._close()
             return
+        received: dict[int, int] = {}  # flow-controlled bytes per stream, acknowledged at once
         for event in events:
             if isinstance(event, DataReceived):
+                if event.flow_controlled_length:
+                    sid = event.stream_id
+                    received[sid] = received.get(sid, 0) + event.flow_controlled_length
                 self._on_data(event)
             elif isinstance(event, RequestReceived):
                 self._on_request(event)
@@ -167,6 +171,8 @@ class ExtProcH2Protocol(asyncio.Protocol):
                 # cannot be answered: they end as broken, like a lost connection.
                 self._close()
                 return
+        for sid, size in received.items():
+            self.conn.acknowledge_received_data(size, sid)
         self._flush()
 
     def _flush(self) -> None:
@@ -218,8 +224,6 @@ class ExtProcH2Protocol(asyncio.Protocol):
     def _on_data(self, event: DataReceived) -> None:
         stream_id = event.stream_id
         data = event.data
-        if event.flow_controlled_length:
-            self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
         call = self.calls.get(stream_id)
         if call is None or call.handler is None:
             return  # answered already (or refused): the rest of the request is dropped
