@@ -15,7 +15,8 @@ Two maps, as in llm-d's kv-cache manager (since it stopped recomputing vLLM's ha
   that no dict resize (CPython rebuilds a whole dict at once: ~130 ms at 2.8 M keys) and no
   eviction chunk stalls the event loop. A shard stores ``key >> 4``: a 60-bit int takes 32
   bytes where a 64-bit one takes 40, and with 16 or more shards the low 4 bits are implied
-  by the shard.
+  by the shard. (``key >> 4`` alone would not do: CPython sizes a shift's result before
+normalising it, so it keeps a 3-digit, 48-byte block; ``& (2**60 - 1)`` allocates 2 digits.)
 
 Scoring tokenizes the prompt once, chains the same request keys and walks the longest
 consecutive prefix per candidate with bit operations over all candidates at once.
@@ -60,8 +61,10 @@ DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
 DEFAULT_MAX_BLOCKS = 10_000_000
 #: Most request keys per shard dict: bounds the longest dict resize (~3 ms) and eviction chunk.
 DEFAULT_SHARD_BLOCKS = 1 << 16
-#: Shards store ``key >> _KEY_SHIFT``: at most 60 bits, a 32-byte int instead of 40 bytes.
+#: Shards store ``key >> _KEY_SHIFT & _KEY_MASK``: at most 60 bits, a 32-byte int, where a
+#: 64-bit int takes a 48-byte block (pymalloc rounds to 16 bytes).
 _KEY_SHIFT = 4
+_KEY_MASK = (1 << 60) - 1
 #: Retired slots are swept immediately while the index is this small, else in one pass
 #: once this many slots wait (a pass over 10 M blocks takes seconds).
 _SWEEP_NOW_BELOW = 200_000
@@ -316,7 +319,7 @@ class KVBlockIndex:
         added = 0
         for key in keys:
             shard = shards[key & shard_mask]
-            short = key >> _KEY_SHIFT
+            short = key >> _KEY_SHIFT & _KEY_MASK  # a fresh 2-digit int (see the docstring)
             mask = shard.get(short)
             if mask is None:
                 shard[short] = bit
@@ -461,7 +464,9 @@ class KVBlockIndex:
         best_tier = self._best_tier
         live = live_base * fill
         drops: list[tuple[int, int]] = []  # (slots that stopped matching, at key index)
-        penalties: list[tuple[int, int, int]] = []  # (mask, slots lacking best tier, length)
+        # tier bits of the slots lacking the best tier -> blocks: runs that differ only in
+        # other slots (one dropped out) add up, so each pattern is decoded once at the end
+        penalties: dict[int, int] = {}
         # C-level lookups and run grouping; Python only runs once per run of equal masks.
         masks = [shards[key & shard_mask].get(key >> _KEY_SHIFT) for key in keys]
         try:
@@ -485,7 +490,8 @@ class KVBlockIndex:
                 live = present * fill
             lacking = present & ~(mask >> best_tier)
             if lacking:
-                penalties.append((mask, lacking, length))
+                held = mask & lacking * fill
+                penalties[held] = penalties.get(held, 0) + length
             position += length
         drops.append((live_base, end))
         blocks: dict[int, int] = {}
@@ -500,13 +506,17 @@ class KVBlockIndex:
         weighted = {slot: count * w_best for slot, count in blocks.items()}
         if penalties:
             field_weight = self._field_weight
-            for mask, bits, length in penalties:
+            for held, length in penalties.items():
+                bits = held
+                for t in range(1, tiers):
+                    bits |= held >> t
+                bits &= base_all
                 while bits:
                     low = bits & -bits
                     bits ^= low
                     shift = low.bit_length() - 1
                     weighted[shift // tiers] -= length * (
-                        w_best - field_weight[(mask >> shift) & fill]
+                        w_best - field_weight[(held >> shift) & fill]
                     )
         names = self._slot_names
         stats.lookup_hit_blocks += max(blocks.values(), default=0)
