@@ -3,9 +3,9 @@
 grpc.aio runs gRPC's C core on its own threads and hands every message to the asyncio loop
 through a completion queue; for ext_proc's tiny messages those hand-offs are most of the
 cost (docs/PERFORMANCE.md, "Envoy ext_proc endpoint picker"). This server speaks the one
-bidirectional-streaming method Envoy calls on the event loop itself, with the ``h2`` state
-machine: HTTP/2 framing, HPACK and flow control come from ``h2``; gRPC's own layer is the
-5-byte message prefix and the ``grpc-status`` trailer. Each call drives the same
+bidirectional-streaming method Envoy calls on the event loop itself: HTTP/2 framing, HPACK
+and flow control come from :mod:`kvgate.extproc.http2`; gRPC's own layer is the 5-byte
+message prefix and the ``grpc-status`` trailer. Each call drives the same
 :class:`~kvgate.extproc.server.RequestStream` as the grpcio servicer, and ends through
 :meth:`RequestStream.finish` (ResponseComplete hooks, ``kvgate_epp_streams_total``).
 
@@ -17,14 +17,13 @@ How calls end, as gRPC's own servers do:
   ``8 RESOURCE_EXHAUSTED``; a compressed message (Envoy never compresses ext_proc):
   ``12 UNIMPLEMENTED``; an unparsable one: ``13 INTERNAL``; a failure in kvgate:
   ``2 UNKNOWN`` (grpcio's answer to a servicer exception);
-* ``RST_STREAM`` or the connection lost: the stream is finished as broken;
+* ``RST_STREAM``, the client's ``GOAWAY`` or the connection lost: the call is finished as
+  broken (a GOAWAY lets calls in flight end first);
 * :meth:`H2ExtProcServer.stop`: ``GOAWAY`` (no new calls), calls in flight get ``grace_s``
   to end, the rest are answered ``14 UNAVAILABLE``.
 
-Replies wait for the peer's flow-control window (stream and connection); received data is
-acknowledged as it is parsed (all of it at once: the ext_proc exchange is synchronous).
-TLS (``--secure-serving``) uses the asyncio SSL transport with ALPN ``h2``, which gRPC
-clients require.
+Replies wait for the peer's flow-control windows. TLS (``--secure-serving``) uses the
+asyncio SSL transport with ALPN ``h2``, which gRPC clients require.
 """
 
 from __future__ import annotations
@@ -41,22 +40,8 @@ from urllib.parse import quote
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf.message import DecodeError
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error, ProtocolError, StreamClosedError
-from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame
 
+from kvgate.extproc import http2
 from kvgate.extproc.server import RequestStream
 
 log = logging.getLogger("kvgate.epp")
@@ -72,18 +57,9 @@ WINDOW_BYTES = 16 * 1024 * 1024
 OK, UNKNOWN, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 0, 2, 8, 12, 13, 14
 
 _PREFIX = struct.Struct(">BI")
-_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
-_OK_TRAILERS = ((b"grpc-status", b"0"),)
-# Envoy is the only peer and h2 already enforces the framing rules: skip h2's per-header
-# validation and normalisation, a measurable share of its cost per message.
-_H2_CONFIG = H2Configuration(
-    client_side=False,
-    header_encoding=None,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    validate_inbound_headers=False,
-    normalize_inbound_headers=False,
-)
+# Header blocks that never change, encoded once (HPACK without the dynamic table).
+_RESPONSE_HEADERS = b"\x88" + http2.literal_header(b"content-type", b"application/grpc")
+_OK_TRAILERS = http2.literal_header(b"grpc-status", b"0")
 
 
 def _grpc_message(text: str) -> bytes:
@@ -101,7 +77,7 @@ class _Call:
         self.buffer = b""  # the start of a message split across DATA frames
         self.headers_sent = False
         self.pending = b""  # reply bytes waiting for the peer's flow-control window
-        self.trailers: tuple[tuple[bytes, bytes], ...] | None = None  # sent once pending is
+        self.trailers: bytes | None = None  # HPACK block, sent once pending is out
 
 
 class ExtProcH2Protocol(asyncio.Protocol):
@@ -109,30 +85,17 @@ class ExtProcH2Protocol(asyncio.Protocol):
 
     def __init__(self, server: H2ExtProcServer) -> None:
         self.server = server
-        self.conn = H2Connection(_H2_CONFIG)
+        self.conn = http2.ServerConnection(self, window_bytes=WINDOW_BYTES)
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, _Call] = {}
-        self.draining = False  # GOAWAY sent: no new calls
+        self.draining = False  # GOAWAY sent or received: no new calls
 
     # --- connection ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # SSL/uvloop transports too
         self.server.connections.add(self)
-        self.conn.initiate_connection()
-        self.conn.update_settings(
-            {
-                SettingCodes.INITIAL_WINDOW_SIZE: WINDOW_BYTES,
-                SettingCodes.MAX_FRAME_SIZE: 1 << 20,
-                # h2's default is 100; Envoy multiplexes every request on few connections
-                # and a streamed answer keeps its call open (grpcio: no limit)
-                SettingCodes.MAX_CONCURRENT_STREAMS: 1 << 20,
-            }
-        )
-        self.conn.increment_flow_control_window(
-            WINDOW_BYTES - self.conn.inbound_flow_control_window
-        )
-        self._flush()
+        self._flush()  # our SETTINGS
 
     def connection_lost(self, exc: Exception | None) -> None:
         for stream_id in list(self.calls):
@@ -143,36 +106,12 @@ class ExtProcH2Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.conn.receive_data(data)
-        except ProtocolError as exc:  # h2 has queued the GOAWAY that says why
-            log.warning("ext_proc: HTTP/2 protocol error from the client: %s", exc)
+            self.conn.receive(data)
+        except http2.ConnectionError as exc:
+            log.warning("ext_proc: HTTP/2 error from the client, closing: %s", exc)
+            self.conn.goaway(exc.code, str(exc))
             self._close()
             return
-        received: dict[int, int] = {}  # flow-controlled bytes per stream, acknowledged at once
-        for event in events:
-            if isinstance(event, DataReceived):
-                if event.flow_controlled_length:
-                    sid = event.stream_id
-                    received[sid] = received.get(sid, 0) + event.flow_controlled_length
-                self._on_data(event)
-            elif isinstance(event, RequestReceived):
-                self._on_request(event)
-            elif isinstance(event, StreamEnded):
-                self._on_end(event.stream_id)
-            elif isinstance(event, StreamReset):
-                self._finish(event.stream_id, clean=False)
-                self._forget(event.stream_id)
-            elif isinstance(event, WindowUpdated):
-                self._on_window(event.stream_id)
-            elif isinstance(event, RemoteSettingsChanged):
-                self._on_window(0)  # a larger initial window frees every waiting stream
-            elif isinstance(event, ConnectionTerminated):
-                # The client's GOAWAY. h2 sends nothing after one, so calls still open
-                # cannot be answered: they end as broken, like a lost connection.
-                self._close()
-                return
-        for sid, size in received.items():
-            self.conn.acknowledge_received_data(size, sid)
         self._flush()
 
     def _flush(self) -> None:
@@ -187,17 +126,14 @@ class ExtProcH2Protocol(asyncio.Protocol):
 
     def drain(self) -> None:
         """Stop taking calls (GOAWAY); close once the calls in flight have ended."""
-        if self.draining or self.transport is None:
+        if self.transport is None:
             return
+        if not self.conn.goaway_sent:
+            self.conn.goaway()
         self.draining = True
-        # h2's own close_connection() would also stop it from sending on open streams;
-        # a GOAWAY written beside it lets the calls in flight finish.
-        goaway = GoAwayFrame(0)
-        goaway.last_stream_id = self.conn.highest_inbound_stream_id
-        goaway.error_code = ErrorCodes.NO_ERROR
-        self._flush()
-        self.transport.write(goaway.serialize())
-        if not self.calls:
+        if self.calls:
+            self._flush()
+        else:
             self._close()
 
     def abort(self, message: str) -> None:
@@ -206,14 +142,10 @@ class ExtProcH2Protocol(asyncio.Protocol):
             self._end(stream_id, UNAVAILABLE, message)
         self._close()
 
-    # --- calls ---------------------------------------------------------------------------
+    # --- http2.Handler -------------------------------------------------------------------
 
-    def _on_request(self, event: RequestReceived) -> None:
-        stream_id = event.stream_id
-        if self.draining:  # opened before our GOAWAY arrived: the client may retry it
-            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
-            return
-        path = next((v for k, v in event.headers or () if k == b":path"), b"")
+    def on_request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        path = next((v for k, v in headers if k == b":path"), b"")
         if path != PROCESS_PATH:
             self.calls[stream_id] = _Call(None)
             name = path.decode("latin-1")
@@ -221,12 +153,10 @@ class ExtProcH2Protocol(asyncio.Protocol):
             return
         self.calls[stream_id] = _Call(self.server.new_stream())
 
-    def _on_data(self, event: DataReceived) -> None:
-        stream_id = event.stream_id
-        data = event.data
+    def on_data(self, stream_id: int, data: bytes) -> None:
         call = self.calls.get(stream_id)
         if call is None or call.handler is None:
-            return  # answered already (or refused): the rest of the request is dropped
+            return  # answered already: the rest of the request is dropped
         handler = call.handler
         if call.buffer:
             data = call.buffer + data
@@ -275,7 +205,7 @@ class ExtProcH2Protocol(asyncio.Protocol):
         if replies:
             self._send(stream_id, call, replies)
 
-    def _on_end(self, stream_id: int) -> None:
+    def on_end(self, stream_id: int) -> None:
         """The client half-closed: the call is over once our replies are out."""
         call = self.calls.get(stream_id)
         if call is None or call.trailers is not None:
@@ -285,13 +215,31 @@ class ExtProcH2Protocol(asyncio.Protocol):
         else:
             self._end(stream_id, OK, None, clean=True)
 
+    def on_reset(self, stream_id: int) -> None:
+        self._finish(stream_id, clean=False)
+        self.calls.pop(stream_id, None)
+        self._close_if_drained()
+
+    def on_window(self) -> None:
+        for stream_id, call in list(self.calls.items()):
+            if call.pending or call.trailers is not None:
+                self._drain(stream_id, call)
+
+    def on_goaway(self) -> None:
+        # The client closes this connection; calls already open may still end normally
+        # (RFC 9113 §6.8), then the connection is closed.
+        self.draining = True
+        self._close_if_drained()
+
+    # --- calls ---------------------------------------------------------------------------
+
     def _send(self, stream_id: int, call: _Call, replies: list[ep.ProcessingResponse]) -> None:
         if not replies:
             return
         if not call.headers_sent:
             self.conn.send_headers(stream_id, _RESPONSE_HEADERS)
             call.headers_sent = True
-        parts = [call.pending]
+        parts = [call.pending] if call.pending else []
         for reply in replies:
             payload = reply.SerializeToString()
             parts.append(_PREFIX.pack(0, len(payload)))
@@ -300,30 +248,26 @@ class ExtProcH2Protocol(asyncio.Protocol):
         self._drain(stream_id, call)
 
     def _drain(self, stream_id: int, call: _Call) -> None:
-        """Send what the peer's flow-control window allows; the trailers once all is out."""
+        """Send what the peer's flow-control windows allow; the trailers once all is out."""
         conn = self.conn
-        try:
-            while call.pending:
-                window = min(
-                    conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size
-                )
-                if window <= 0:
-                    return  # resumed by WindowUpdated
-                chunk, call.pending = call.pending[:window], call.pending[window:]
-                conn.send_data(stream_id, chunk)
-            if call.trailers is not None:
-                conn.send_headers(stream_id, call.trailers, end_stream=True)
-                self._forget(stream_id)
-        except StreamClosedError:  # reset by the peer meanwhile
-            self._finish(stream_id, clean=False)
-            self._forget(stream_id)
-
-    def _on_window(self, stream_id: int) -> None:
-        targets = list(self.calls) if stream_id == 0 else [stream_id]
-        for sid in targets:
-            call = self.calls.get(sid)
-            if call is not None and (call.pending or call.trailers is not None):
-                self._drain(sid, call)
+        if stream_id not in conn.streams:  # reset meanwhile: nothing more goes out
+            self.calls.pop(stream_id, None)
+            self._close_if_drained()
+            return
+        while call.pending:
+            window = conn.send_window(stream_id)
+            if window <= 0:
+                return  # resumed by on_window
+            if window >= len(call.pending):
+                conn.send_data(stream_id, call.pending)
+                call.pending = b""
+            else:
+                conn.send_data(stream_id, call.pending[:window])
+                call.pending = call.pending[window:]
+        if call.trailers is not None:
+            conn.send_headers(stream_id, call.trailers, end_stream=True)
+            self.calls.pop(stream_id, None)
+            self._close_if_drained()
 
     def _end(self, stream_id: int, status: int, message: str | None, clean: bool = False) -> None:
         """Finish the call and send its trailers (after any replies still waiting)."""
@@ -331,21 +275,17 @@ class ExtProcH2Protocol(asyncio.Protocol):
         if call is None or call.trailers is not None:
             return
         if status == OK and call.headers_sent:
-            trailers: tuple[tuple[bytes, bytes], ...] = _OK_TRAILERS
+            trailers = _OK_TRAILERS
         else:
-            status_line = [(b"grpc-status", str(status).encode())]
+            trailers = http2.literal_header(b"grpc-status", str(status).encode())
             if message:
-                status_line.append((b"grpc-message", _grpc_message(message)))
-            # nothing sent yet: a trailers-only response carries the headers too
-            head = () if call.headers_sent else _RESPONSE_HEADERS
-            call.headers_sent = True
-            trailers = (*head, *status_line)
+                trailers += http2.literal_header(b"grpc-message", _grpc_message(message))
+            if not call.headers_sent:  # a trailers-only response carries the headers too
+                trailers = _RESPONSE_HEADERS + trailers
+                call.headers_sent = True
         call.trailers = trailers
         self._finish(stream_id, clean=clean or status == OK)
-        try:
-            self._drain(stream_id, call)
-        except H2Error:  # the stream is gone on h2's side (reset, connection closing)
-            self._forget(stream_id)
+        self._drain(stream_id, call)
 
     def _finish(self, stream_id: int, *, clean: bool) -> None:
         """The call is over (answered, reset, connection gone): finish its RequestStream."""
@@ -358,8 +298,7 @@ class ExtProcH2Protocol(asyncio.Protocol):
         except Exception:
             log.exception("ext_proc: finishing a call failed")
 
-    def _forget(self, stream_id: int) -> None:
-        self.calls.pop(stream_id, None)
+    def _close_if_drained(self) -> None:
         if self.draining and not self.calls:
             self._close()
 
