@@ -107,7 +107,7 @@ class ExtProcH2Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.conn.receive(data)
-        except http2.ConnectionError as exc:
+        except http2.Http2Error as exc:
             log.warning("ext_proc: HTTP/2 error from the client, closing: %s", exc)
             self.conn.goaway(exc.code, str(exc))
             self._close()

@@ -12,7 +12,7 @@ and header-table size are honoured), PING answers, flow control both ways (a DAT
 is consumed as it arrives, so windows are topped up once half used; replies wait for the
 peer's windows, :meth:`ServerConnection.send_window`), HEADERS with CONTINUATION, padding
 and priority fields, RST_STREAM and GOAWAY both ways, and trailers. What it refuses, with
-a GOAWAY that says why: frames that break the framing rules (:class:`ConnectionError`).
+a GOAWAY that says why: frames that break the framing rules (:class:`Http2Error`).
 Server push, stream priorities and the extended CONNECT method are not used by gRPC and
 not offered. Outbound header blocks never use the HPACK dynamic table (a table-size
 update to 0 opens the first block, and any block after the peer changes the table size).
@@ -47,7 +47,7 @@ _SETTING = struct.Struct(">HL")
 _GOAWAY = struct.Struct(">LL")
 
 
-class ConnectionError(Exception):
+class Http2Error(Exception):
     """The peer broke HTTP/2's rules: the connection ends with a GOAWAY carrying ``code``."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -208,17 +208,17 @@ class ServerConnection:
     # --- input ---------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        """Parse ``data`` (any split), calling the handler; raises :class:`ConnectionError`."""
+        """Parse ``data`` (any split), calling the handler; raises :class:`Http2Error`."""
         buf = self._buffer + data if self._buffer else data
         pos = 0
         if not self._preface_seen:
             if len(buf) < len(PREFACE):
                 if not PREFACE.startswith(buf):
-                    raise ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                    raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
                 self._buffer = buf
                 return
             if not buf.startswith(PREFACE):
-                raise ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
             self._preface_seen = True
             pos = len(PREFACE)
         end = len(buf)
@@ -227,14 +227,14 @@ class ServerConnection:
             hi, lo, kind, flags, stream_id = unpack(buf, pos)
             size = (hi << 8) | lo
             if size > self._max_inbound_frame:
-                raise ConnectionError(FRAME_SIZE_ERROR, f"frame of {size} bytes")
+                raise Http2Error(FRAME_SIZE_ERROR, f"frame of {size} bytes")
             if end - pos - 9 < size:
                 break
             start = pos + 9
             pos = start + size
             stream_id &= 0x7FFFFFFF
             if self._continuation is not None and kind != CONTINUATION:
-                raise ConnectionError(PROTOCOL_ERROR, "header block interrupted")
+                raise Http2Error(PROTOCOL_ERROR, "header block interrupted")
             if kind == DATA:
                 self._on_data(stream_id, flags, buf, start, size)
             elif kind == HEADERS:
@@ -247,7 +247,7 @@ class ServerConnection:
                 self._on_settings(stream_id, flags, buf[start:pos])
             elif kind == PING:
                 if size != 8 or stream_id:
-                    raise ConnectionError(FRAME_SIZE_ERROR, "malformed PING")
+                    raise Http2Error(FRAME_SIZE_ERROR, "malformed PING")
                 if not flags & ACK:
                     self.out.append(frame(PING, ACK, 0, buf[start:pos]))
             elif kind == RST_STREAM:
@@ -256,16 +256,16 @@ class ServerConnection:
             elif kind == GOAWAY:
                 self.handler.on_goaway()
             elif kind == PUSH_PROMISE:
-                raise ConnectionError(PROTOCOL_ERROR, "a client cannot push")
+                raise Http2Error(PROTOCOL_ERROR, "a client cannot push")
             # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5)
         self._buffer = buf[pos:] if pos < end else b""
 
     def _on_data(self, stream_id: int, flags: int, buf: bytes, start: int, size: int) -> None:
         if stream_id == 0:
-            raise ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+            raise Http2Error(PROTOCOL_ERROR, "DATA on stream 0")
         self._conn_recv_window -= size
         if self._conn_recv_window < 0:
-            raise ConnectionError(FLOW_CONTROL_ERROR, "connection window exceeded")
+            raise Http2Error(FLOW_CONTROL_ERROR, "connection window exceeded")
         if self._conn_recv_window <= self._window_bytes // 2:
             self.out.append(
                 frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._window_bytes - self._conn_recv_window))
@@ -276,7 +276,7 @@ class ServerConnection:
             return  # answered and forgotten (or reset): the rest is dropped
         stream.recv_window -= size
         if stream.recv_window < 0:
-            raise ConnectionError(FLOW_CONTROL_ERROR, f"stream {stream_id} window exceeded")
+            raise Http2Error(FLOW_CONTROL_ERROR, f"stream {stream_id} window exceeded")
         end_stream = bool(flags & END_STREAM)
         if not end_stream and stream.recv_window <= self._stream_recv_initial // 2:
             grow = self._stream_recv_initial - stream.recv_window
@@ -285,7 +285,7 @@ class ServerConnection:
         end = start + size
         if flags & PADDED:
             if size < 1 or buf[start] >= size:
-                raise ConnectionError(PROTOCOL_ERROR, "bad DATA padding")
+                raise Http2Error(PROTOCOL_ERROR, "bad DATA padding")
             end -= buf[start]
             start += 1
         if end > start:
@@ -295,11 +295,11 @@ class ServerConnection:
 
     def _on_headers(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id == 0 or not stream_id & 1:
-            raise ConnectionError(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
+            raise Http2Error(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
         start, end = 0, len(payload)
         if flags & PADDED:
             if not payload or payload[0] >= end:
-                raise ConnectionError(PROTOCOL_ERROR, "bad HEADERS padding")
+                raise Http2Error(PROTOCOL_ERROR, "bad HEADERS padding")
             end -= payload[0]
             start = 1
         if flags & PRIORITY_FLAG:
@@ -313,7 +313,7 @@ class ServerConnection:
     def _on_continuation(self, stream_id: int, flags: int, payload: bytes) -> None:
         pending = self._continuation
         if pending is None or pending[0] != stream_id:
-            raise ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+            raise Http2Error(PROTOCOL_ERROR, "unexpected CONTINUATION")
         pending[2].extend(payload)
         if flags & END_HEADERS:
             self._continuation = None
@@ -323,7 +323,7 @@ class ServerConnection:
         try:  # always decoded: the HPACK dynamic table must follow the peer's
             headers = self._decoder.decode(block, raw=True)
         except HPACKError as exc:
-            raise ConnectionError(COMPRESSION_ERROR, f"HPACK: {exc}") from exc
+            raise Http2Error(COMPRESSION_ERROR, f"HPACK: {exc}") from exc
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client
             if end_stream:
@@ -348,12 +348,12 @@ class ServerConnection:
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise ConnectionError(FRAME_SIZE_ERROR, "malformed WINDOW_UPDATE")
+            raise Http2Error(FRAME_SIZE_ERROR, "malformed WINDOW_UPDATE")
         increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
         if stream_id == 0:
             self.conn_send_window += increment
             if self.conn_send_window > MAX_WINDOW:
-                raise ConnectionError(FLOW_CONTROL_ERROR, "connection window overflow")
+                raise Http2Error(FLOW_CONTROL_ERROR, "connection window overflow")
         else:
             stream = self.streams.get(stream_id)
             if stream is None:
@@ -363,7 +363,7 @@ class ServerConnection:
 
     def _on_settings(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id:
-            raise ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise Http2Error(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
             if not self._settings_acked:  # our larger stream window applies from now
                 self._settings_acked = True
@@ -373,13 +373,13 @@ class ServerConnection:
                     stream.recv_window += grow
             return
         if len(payload) % 6:
-            raise ConnectionError(FRAME_SIZE_ERROR, "malformed SETTINGS")
+            raise Http2Error(FRAME_SIZE_ERROR, "malformed SETTINGS")
         grew = False
         for offset in range(0, len(payload), 6):
             key, value = _SETTING.unpack_from(payload, offset)
             if key == INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
-                    raise ConnectionError(FLOW_CONTROL_ERROR, "initial window too large")
+                    raise Http2Error(FLOW_CONTROL_ERROR, "initial window too large")
                 delta = value - self._stream_send_initial
                 self._stream_send_initial = value
                 for stream in self.streams.values():
@@ -387,7 +387,7 @@ class ServerConnection:
                 grew = grew or delta > 0
             elif key == MAX_FRAME_SIZE:
                 if not 16_384 <= value <= 16_777_215:
-                    raise ConnectionError(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
+                    raise Http2Error(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
                 self.max_outbound_frame = value
             elif key == HEADER_TABLE_SIZE:
                 self._table_size_update = True  # say again that we use none of it
