@@ -4,6 +4,7 @@ KV events that add up to exactly the cache's content."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -83,8 +84,8 @@ async def test_batch_limits_are_respected(vocab: OutputVocab) -> None:
     seen_running: list[int] = []
     orig = engine._schedule
 
-    def spy(now: float):  # type: ignore[no-untyped-def]
-        scheduled, loaded = orig(now)
+    def spy(start: float):  # type: ignore[no-untyped-def]
+        scheduled, loaded = orig(start)
         seen_running.append(len(engine.running))
         assert sum(n for _, n, _ in scheduled) <= 16
         return scheduled, loaded
@@ -169,8 +170,8 @@ async def test_max_loras_defers_other_adapters(vocab: OutputVocab) -> None:
     seen: list[set[str]] = []
     orig = engine._schedule
 
-    def spy(now: float):  # type: ignore[no-untyped-def]
-        out = orig(now)
+    def spy(start: float):  # type: ignore[no-untyped-def]
+        out = orig(start)
         seen.append({r.lora.name for r in engine.running if r.lora is not None})
         return out
 
@@ -180,3 +181,139 @@ async def test_max_loras_defers_other_adapters(vocab: OutputVocab) -> None:
     assert {"a"} in seen and {"b"} in seen
     # Adapter blocks hash with the adapter's name: the same tokens under two adapters differ.
     assert reqs[0].block_hashes[0] != block_hashes(reqs[0].token_ids, 4)[0]
+
+
+# --- timing: the model's TTFT counts from the HTTP receipt (arrival_time) -------------------
+
+# speed 0.25: every modelled millisecond takes 4 ms of wall time, so a 25 ms prefill is 100 ms
+# on the clock and the tolerances below hold on a loaded machine.
+SLOW = LatencyModel(25.0, 0.0, 0.0, decode_base_ms=10.0)
+PREFILL_S = 0.025 / 0.25
+DECODE_S = 0.010 / 0.25
+
+
+def slow_engine() -> Engine:
+    return Engine(
+        EngineConfig(block_size=4, num_gpu_blocks=64, max_num_seqs=16,
+                     max_num_batched_tokens=512, max_model_len=256, speed=0.25),
+        SLOW,
+    )  # fmt: skip
+
+
+async def start(engine: Engine) -> asyncio.Task[None]:
+    return asyncio.create_task(engine.run())
+
+
+async def stop(engine: Engine, task: asyncio.Task[None]) -> None:
+    engine.stop()
+    await task
+
+
+async def test_idle_engine_absorbs_intake_into_the_modelled_prefill(vocab: OutputVocab) -> None:
+    engine = slow_engine()
+    task = await start(engine)
+    try:
+        req = request(vocab, 1, list(range(8)), 1)
+        # The HTTP server received it 30 ms ago (reading, parsing, tokenizing since).
+        req.arrival_time = time.monotonic() - 0.030
+        engine.add(req)
+        await asyncio.wait_for(req.wait_finished(), 10)
+    finally:
+        await stop(engine, task)
+    st = engine.stats
+    assert st.lag_events == 0
+    # The step started at the arrival: the model's TTFT is the prefill, not intake + prefill.
+    assert req.first_scheduled_time == req.arrival_time
+    assert st.model_ttft_s_sum == pytest.approx(PREFILL_S)
+    assert st.intake_count == 1 and st.intake_s_sum == pytest.approx(0.030, abs=0.01)
+    # The token is not delivered before the model says (timers may fire 0.2 ms early).
+    ttft = req.first_token_time - req.arrival_time
+    assert PREFILL_S - 0.001 <= ttft < PREFILL_S + 0.05
+
+
+async def test_intake_longer_than_the_step_is_counted_as_lag(vocab: OutputVocab) -> None:
+    engine = slow_engine()
+    task = await start(engine)
+    try:
+        req = request(vocab, 1, list(range(8)), 1)
+        req.arrival_time = time.monotonic() - (PREFILL_S + 0.060)
+        engine.add(req)
+        await asyncio.wait_for(req.wait_finished(), 10)
+    finally:
+        await stop(engine, task)
+    st = engine.stats
+    # The step ends at once (not one more prefill later) and the 60 ms excess is lag.
+    assert st.lag_events == 1 and 0.055 <= st.lag_s < 0.2
+    assert req.first_token_time - req.queued_time < PREFILL_S / 2
+    assert st.model_ttft_s_sum == pytest.approx(req.model_token_time - req.arrival_time)
+
+
+async def test_a_request_arriving_after_a_step_began_waits_for_its_end(
+    vocab: OutputVocab,
+) -> None:
+    engine = slow_engine()
+    task = await start(engine)
+    try:
+        # Two requests taken in together by an idle engine; b arrived 20 ms after a.
+        now = time.monotonic()
+        a = request(vocab, 1, list(range(8)), 1)
+        b = request(vocab, 2, list(range(100, 108)), 1)
+        a.arrival_time, b.arrival_time = now - 0.040, now - 0.020
+        engine.add(b)
+        engine.add(a)
+        await asyncio.wait_for(b.wait_finished(), 10)
+    finally:
+        await stop(engine, task)
+    # a's prefill started at its arrival; b joined at the end of that step, not before.
+    assert a.first_scheduled_time == a.arrival_time
+    assert b.first_scheduled_time == pytest.approx(a.arrival_time + PREFILL_S)
+    assert b.model_token_time == pytest.approx(a.arrival_time + 2 * PREFILL_S)
+    assert engine.stats.lag_events == 0
+
+
+async def test_a_request_arriving_mid_step_is_scheduled_at_the_step_boundary(
+    vocab: OutputVocab,
+) -> None:
+    engine = slow_engine()
+    task = await start(engine)
+    planned: list[float] = []  # a's tokens' planned times: the step boundaries
+    b: SimRequest | None = None
+    try:
+        a = request(vocab, 1, list(range(8)), 12)
+        engine.add(a)
+        while not a.finished:
+            await asyncio.wait_for(a.wait_for_output(), 10)
+            a.delivered = a.num_output_tokens
+            planned.append(a.model_token_time)
+            if b is None and a.num_output_tokens == 2:
+                # a is decoding (steps of DECODE_S back to back): b arrives inside a step.
+                b = request(vocab, 2, list(range(100, 108)), 1)
+                engine.add(b)
+        assert b is not None
+        await asyncio.wait_for(b.wait_finished(), 10)
+    finally:
+        await stop(engine, task)
+    assert engine.stats.lag_events == 0
+    # b waited for the step in progress to end: its first step starts at one of a's planned
+    # token times, the first one after b arrived.
+    boundary = min(t for t in planned if t >= b.arrival_time)
+    assert b.first_scheduled_time == pytest.approx(boundary)
+    assert 0 <= b.first_scheduled_time - b.arrival_time <= DECODE_S + 0.001
+
+
+async def test_a_blocked_loop_restarts_the_schedule_and_counts_the_lag(
+    vocab: OutputVocab,
+) -> None:
+    engine = slow_engine()
+    task = await start(engine)
+    try:
+        a = request(vocab, 1, list(range(8)), 8)
+        engine.add(a)
+        await a.wait_for_output()  # the first token: decoding now
+        a.delivered = a.num_output_tokens
+        time.sleep(0.15)  # the process is starved: the loop cannot run for 150 ms
+        await asyncio.wait_for(a.wait_finished(), 10)
+    finally:
+        await stop(engine, task)
+    st = engine.stats
+    assert st.lag_events >= 1 and st.lag_s_max >= 0.15 - DECODE_S - 0.01

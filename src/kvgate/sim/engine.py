@@ -303,7 +303,8 @@ class Engine:
         clock = time.monotonic
         speed = self.config.speed
         tolerance = self.config.lag_tolerance_s
-        next_start = clock()  # the planned start of the next step: the last one's planned end
+        # The planned start of the next step: the last step's planned end (none yet).
+        next_start = 0.0
         while not self._stopped:
             if self._num_aborted:
                 self._drop_aborted()
