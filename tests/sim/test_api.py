@@ -255,3 +255,47 @@ def test_same_json_as_recorded_vllm(vllm_like: SimHandle, case: str) -> None:
         assert sim == real  # vLLM's exact wording
     if case == "tokenize":
         assert sim == real  # the same tokenizer as the real engine
+
+
+def _stream_chunks(sim: SimHandle, body: dict[str, Any]) -> list[dict[str, Any]]:
+    req = urllib.request.Request(
+        sim.url + "/v1/completions",
+        data=json.dumps({**body, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    chunks = []
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        for raw in resp:
+            line = raw.strip()
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    return chunks
+
+
+def test_stream_interval_batches_tokens_as_vllm(module_spawn: Any) -> None:
+    """vLLM 0.32's stream_interval: the first token alone, then >= N tokens a chunk, the
+    rest at the end; the request may raise the server's --stream-interval, not lower it."""
+    sim = start_sim(module_spawn, "--stream-interval", "3", model="si", speed=20)
+    body = {
+        "model": "si",
+        "prompt": "count with me",
+        "max_tokens": 14,
+        "ignore_eos": True,
+        "seed": 7,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    status, whole = post(sim, "/v1/completions", {**body, "stream_options": None})
+    assert status == 200
+    for asked, interval in ((None, 3), (1, 3), (5, 5)):
+        extra = {} if asked is None else {"stream_interval": asked}
+        chunks = [c for c in _stream_chunks(sim, {**body, **extra}) if c["choices"]]
+        counts = [c["usage"]["completion_tokens"] for c in chunks]
+        sizes = [b - a for a, b in zip([0, *counts], counts, strict=False)]
+        assert counts[0] == 1 and counts[-1] == 14, (asked, counts)
+        assert all(size >= interval for size in sizes[1:-1]), (asked, sizes)
+        assert sizes[-1] > 0
+        assert len(chunks) <= 2 + (14 - 1) // interval
+        assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    status, err = post(sim, "/v1/completions", {**body, "stream": True, "stream_interval": 0})
+    assert status == 400 and err["error"]["param"] == "body.stream_interval"

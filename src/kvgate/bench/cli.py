@@ -36,6 +36,7 @@ class Preset:
     speed: float = 1.0
     max_model_len: int | None = None
     policies: tuple[str, ...] | None = None  # None: compare.DEFAULT_POLICIES
+    stream_interval: int = 1  # tokens per streamed chunk (RunConfig.stream_interval)
     note: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -178,6 +179,13 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--request-timeout", type=float, default=300.0)
     g.add_argument("--api-key", help="sent as Authorization: Bearer")
     g.add_argument("--no-ignore-eos", action="store_true", help="let the model stop early")
+    g.add_argument(
+        "--stream-interval",
+        type=int,
+        metavar="N",
+        help="ask the server for N tokens per streamed chunk (vLLM's stream_interval; "
+        "the first token still comes alone); ITL is divided per token",
+    )
     g.add_argument("--output", type=Path, help="write results.json, report.md and plots here")
     g.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
@@ -330,6 +338,14 @@ def _print_table(summaries: Any) -> None:
         print(lag, file=sys.stderr)
 
 
+def _stream_interval(value: int | None) -> int:
+    if value is None:
+        return 1
+    if value < 1:
+        raise SystemExit(f"error: --stream-interval must be at least 1, got {value}")
+    return value
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -350,6 +366,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         request_timeout_s=args.request_timeout,
         ignore_eos=not args.no_ignore_eos,
+        stream_interval=_stream_interval(args.stream_interval),
     )
     factory = _progress_factory(args)
     before = scrape_counters(args.replica_metrics) if args.replica_metrics else None
@@ -458,6 +475,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         request_timeout_s=args.request_timeout,
         ignore_eos=not args.no_ignore_eos,
+        stream_interval=_stream_interval(
+            args.stream_interval if args.stream_interval is not None else preset.stream_interval
+        ),
     )
     factory = _progress_factory(args)
     print(

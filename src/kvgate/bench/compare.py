@@ -377,6 +377,7 @@ def _run_overrides(cfg: RunConfig | None) -> dict[str, Any]:
         "ignore_eos": cfg.ignore_eos,
         "temperature": cfg.temperature,
         "extra_body": cfg.extra_body,
+        "stream_interval": cfg.stream_interval,
     }
 
 

@@ -72,6 +72,9 @@ class ParsedRequest:
     ignore_eos: bool
     stop: list[str]
     seed: int | None
+    #: tokens per streamed chunk asked by the request (vLLM 0.32's ``stream_interval``;
+    #: raised to the server's ``--stream-interval``); None = the server's
+    stream_interval: int | None = None
 
 
 _TYPE_CHECKS: dict[str, tuple[type | tuple[type, ...], str, str]] = {
@@ -136,6 +139,14 @@ def parse_sampling(body: Mapping[str, Any], *, chat: bool) -> ParsedRequest:
             value=options,
         )
     typed_field(body, "temperature", "number")
+    stream_interval = typed_field(body, "stream_interval", "int")
+    if stream_interval is not None and stream_interval < 1:
+        raise ValidationFailure(
+            "stream_interval",
+            "greater_than_equal",
+            "Input should be greater than or equal to 1",
+            stream_interval,
+        )
     return ParsedRequest(
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
@@ -145,6 +156,7 @@ def parse_sampling(body: Mapping[str, Any], *, chat: bool) -> ParsedRequest:
         ignore_eos=bool(typed_field(body, "ignore_eos", "bool")),
         stop=stop,
         seed=typed_field(body, "seed", "int"),
+        stream_interval=stream_interval,
     )
 
 

@@ -50,6 +50,12 @@ def register(subparsers: Any) -> None:
         help="tokenizer.json or a model folder (default: built-in SmolLM2)",
     )
     p.add_argument("--mode", choices=("random", "echo"), default="random")
+    p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens per streamed chunk, as vLLM's (first and last chunks go at once)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kv-events-config", default=None, help="vLLM's --kv-events-config JSON")
     p.add_argument(

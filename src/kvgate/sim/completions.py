@@ -216,41 +216,57 @@ async def _stream(
     sent_role = not chat
     drop_after = max(1, len(req.stream.ids) // 2) if drop else -1
     continuous = sampling.include_usage and sampling.continuous_usage
+    # vLLM's stream_interval: the request may raise the server's --stream-interval, not lower it
+    interval = max(state.settings.stream_interval, sampling.stream_interval or 1)
+    sent = 0  # output tokens written to the client (req.delivered: tokens seen)
     while True:
         await req.wait_for_output()
         n = req.num_output_tokens
+        req.delivered = n
         done = req.finished
+        # Hold tokens until ``interval`` are ready; the first and the last output go at once
+        # (vllm/v1/engine/output_processor.py).
+        if not done and sent > 0 and n - sent < interval:
+            continue
         parts: list[bytes] = []
         if not sent_role and (n > 0 or done):
             parts.append(writer.role())
             sent_role = True
-        out = req.token_ids
+        # one chunk per token, or one for all held tokens (their texts joined, as vLLM's delta)
+        spans = [(k, k + 1) for k in range(sent, n)] if interval == 1 else [(sent, n)]
+        out = req.token_ids  # prompt ids, then output ids
         base = req.num_prompt_tokens
-        for k in range(req.delivered, n):
-            token = out[base + k]
-            if done and k == n - 1:
+        for a, b in spans:
+            if a >= b:
+                continue
+            if done and b == n:
+                texts = [vocab.text(t) for t in out[base + a : base + b]]
                 last_text = req.stream.last_text
-                text = (
-                    _enc.encode(last_text)
-                    if last_text is not None and req.finish_reason == "stop"
-                    else vocab.json(token)
-                )
+                if last_text is not None and req.finish_reason == "stop":
+                    texts[-1] = last_text
                 usage = _usage(req, chat, full=False) if continuous else None
                 parts.append(
                     writer.last(
-                        text,
+                        _enc.encode("".join(texts)),
                         req.finish_reason or "length",
                         req.stream.stop_reason if req.finish_reason == "stop" else None,
                         fingerprint=not sampling.include_usage,
                         usage=usage,
                     )
                 )
-            elif continuous:
-                usage = _usage(req, chat, full=False, completion=k + 1)
-                parts.append(writer.token_with_usage(vocab.json(token), usage))
+                continue
+            text = (
+                vocab.json(out[base + a])
+                if b - a == 1
+                else _enc.encode("".join(vocab.text(t) for t in out[base + a : base + b]))
+            )
+            if continuous:
+                parts.append(
+                    writer.token_with_usage(text, _usage(req, chat, full=False, completion=b))
+                )
             else:
-                parts.append(writer.token(vocab.json(token)))
-        req.delivered = n
+                parts.append(writer.token(text))
+        sent = n
         if done:
             if sampling.include_usage:
                 parts.append(writer.usage(_usage(req, chat, full=False)))

@@ -94,6 +94,8 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         raise ValueError(f"--failure-rate must be within 0..1, got {args.failure_rate}")
     if args.kv_offload_blocks < 0:
         raise ValueError("--kv-offload-blocks must be >= 0")
+    if args.stream_interval < 1:
+        raise ValueError(f"--stream-interval must be >= 1, got {args.stream_interval}")
 
     endpoint = args.kv_events_endpoint
     topic = args.kv_events_topic
@@ -116,6 +118,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         speed=args.speed,
         tokenizer_path=args.tokenizer,
         mode=args.mode,
+        stream_interval=args.stream_interval,
         seed=args.seed,
         hash_algo=args.prefix_caching_hash_algo,
         kv_events_endpoint=endpoint,

@@ -52,6 +52,7 @@ class SimSettings:
     speed: float = 1.0
     tokenizer_path: str | None = None
     mode: str = "random"
+    stream_interval: int = 1  # tokens per streamed chunk (vLLM's --stream-interval)
     seed: int = 0
     hash_algo: str = "sha256"
     kv_events_endpoint: str | None = None
