@@ -326,9 +326,11 @@ async def _drive_streams(port: int, streams: int, concurrency: int) -> float:
             await call.write(request_body)
             await call.read()
             await call.read()
+            # kvgate holds a JSON answer's headers until its body (server.py): two replies
+            # follow the body, as the do-nothing servicer's one per message
             await call.write(response_headers)
-            await call.read()
             await call.write(response_body)
+            await call.read()
             await call.read()
             await call.done_writing()
 
