@@ -90,6 +90,7 @@ class Envoy:
 
 @dataclass
 class Rig:
+    grpc_server: str  # kvgate epp --grpc-server
     sims: dict[str, Proc]  # "127.0.0.1:port" -> process
     epp: Proc
     epp_port: int
@@ -168,7 +169,7 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         epp.wait_http(f"http://127.0.0.1:{metrics_port}/healthz", timeout_s=90)
         envoy = start_envoy(tmp, "envoy", epp_port)
         procs.append(envoy.proc)
-        the_rig = Rig(sims, epp, epp_port, metrics_url, envoy, tmp)
+        the_rig = Rig(request.param, sims, epp, epp_port, metrics_url, envoy, tmp)
         wait_until(lambda: ready_pods(the_rig) == 2, timeout_s=10, what="both replicas in rotation")
         yield the_rig
     finally:
@@ -237,6 +238,36 @@ def test_spoofed_destination_header_never_steers(rig: Rig) -> None:
             assert bare.served_by(reply.request_id)[0] == home
     finally:
         bare.proc.stop()
+
+
+def test_envoy_reaches_a_secure_serving_epp(rig: Rig) -> None:
+    """--secure-serving (a certificate generated at start) behind Envoy's TLS cluster, as
+    GIE deploys it; the EPP's certificate is not verified (examples/envoy/envoy.yaml)."""
+    port, health, metrics = free_port(), free_port(), free_port()
+    epp = Proc(
+        kvgate_cmd(
+            "epp",
+            "--host", "127.0.0.1",
+            "--grpc-port", str(port),
+            "--grpc-health-port", str(health),
+            "--metrics-port", str(metrics),
+            "--endpoints-file", str(rig.tmp / "endpoints.yaml"),
+            "--secure-serving",
+            "--grpc-server", rig.grpc_server,
+        ),
+        rig.tmp / "epp-tls.log",
+    )  # fmt: skip
+    envoy = None
+    try:
+        epp.wait_http(f"http://127.0.0.1:{metrics}/healthz", timeout_s=60)
+        envoy = start_envoy(rig.tmp, "envoy-tls", port, epp_tls=True)
+        reply = envoy.post("/v1/completions", completion(LONG_PROMPT))
+        assert reply.status == 200, reply.body
+        assert envoy.served_by(reply.request_id)[0] in rig.sims
+    finally:
+        if envoy is not None:
+            envoy.proc.stop()
+        epp.stop()
 
 
 def test_bad_bodies_get_an_immediate_400(rig: Rig) -> None:
