@@ -113,15 +113,22 @@ def test_replica_lag_summed_from_sim_histograms_and_reported() -> None:
     assert parse_counters(page).schedule_lag_s == 0.25
     before = {"a": ReplicaCounters(schedule_lag_s=0.25), "b": ReplicaCounters()}
     after = {"a": ReplicaCounters(schedule_lag_s=0.30), "b": ReplicaCounters(schedule_lag_s=0.1)}
-    late = summarize("late", [rec(0, 0, 0.1, 0.2, 2)], before=before, after=after)
+    records = [rec(0, 0.0, 0.1, 2.0, 2), rec(1, 1.0, 0.1, 4.0, 2)]  # a 5 s span
+    late = summarize("late", records, before=before, after=after)
     assert late.replica_lag_s == pytest.approx(0.15)
-    on_time = summarize("on-time", [rec(0, 0, 0.1, 0.2, 2)], before=before, after=before)
-    assert on_time.replica_lag_s == 0.0
-    assert summarize("no-scrape", [rec(0, 0, 0.1, 0.2, 2)]).replica_lag_s is None
-    warning = lag_warning([late, on_time])
-    assert warning is not None and "late 0.15 s" in warning and "on-time" not in warning
+    # 0.15 s of 2 replicas x 5 s
+    assert late.replica_lag_share == pytest.approx(0.015)
+    # the same records in model time at --speed 0.5: the run took 10 s of wall time
+    slow = summarize("slow", records, before=before, after=after, time_scale=0.5)
+    assert slow.replica_lag_share == pytest.approx(0.0075)
+    on_time = summarize("on-time", records, before=before, after=before)
+    assert on_time.replica_lag_s == 0.0 and on_time.replica_lag_share == 0.0
+    assert summarize("no-scrape", records).replica_lag_s is None
+    warning = lag_warning([late, slow, on_time])
+    assert warning is not None and "late 0.15 s, 1.5 %" in warning
+    assert "slow 0" not in warning and "on-time" not in warning
     assert warning in markdown_table([late, on_time])
-    assert lag_warning([on_time]) is None
+    assert lag_warning([slow, on_time]) is None
     # vLLM's page has no such family: no lag, no warning
     vllm_page = (Path(__file__).parents[1] / "data" / "vllm-cpu-metrics.txt").read_text()
     assert parse_counters(vllm_page).schedule_lag_s == 0.0

@@ -359,6 +359,7 @@ def run_policy(
             rates=stage_rates(load, records),
             load=load.describe(),
             workload=workload.name,
+            time_scale=scale,
         )
         with contextlib.suppress(OSError):
             summary.load_average_1m = os.getloadavg()[0]
