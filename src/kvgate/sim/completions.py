@@ -42,8 +42,11 @@ def _generation_seed(state: SimState, seed: int | None, prompt_ids: list[int]) -
 
 
 async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse:
-    # vLLM's arrival_time: the model's TTFT counts from here, before the body is read.
+    # vLLM's arrival_time: the model's TTFT counts from here, before the body is read. Then
+    # yield once, so that in a burst every request is stamped before any is prepared (else
+    # the n-th would be stamped only after the n-1 before it were parsed and admitted).
     arrival = time.monotonic()
+    await asyncio.sleep(0)
     state = request.app[STATE_KEY]
     if state.draining:
         return plain_error(503, "The server is shutting down.", "ServiceUnavailableError")
