@@ -125,3 +125,39 @@ async def test_metrics_report_modelled_latencies(sim: SimHandle) -> None:
     count = next(s.value for s in ttft.samples if s.name.endswith("_count"))
     total = next(s.value for s in ttft.samples if s.name.endswith("_sum"))
     assert count >= 1 and total / count > 0.02  # every TTFT here is at least 40 ms modelled
+
+
+async def test_ttft_counts_from_receipt_and_an_idle_engine_absorbs_the_intake(
+    sim: SimHandle, profile_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    model = load_profile(str(profile_path)).latency
+    n = 200
+    prompt = [30_000 + i for i in range(n)]  # tokens no other test sends: no cache hit
+    modelled_s = model.ttft_ms(n) / 1000  # 80 ms
+
+    async def snapshot(session: aiohttp.ClientSession) -> tuple[dict[str, Any], float]:
+        async with session.get(sim.url + "/sim/stats") as resp:
+            stats = await resp.json()
+        async with session.get(sim.url + "/metrics") as resp:
+            text = await resp.text()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        ttft = fams["vllm:time_to_first_token_seconds"].samples
+        return stats, next(s.value for s in ttft if s.name.endswith("_sum"))
+
+    async with aiohttp.ClientSession() as session:
+        before, ttft_sum0 = await snapshot(session)
+        client_s = (await stream_times(session, sim, prompt, 1))[0]
+        after, ttft_sum1 = await snapshot(session)
+    assert after["lag_events"] == before["lag_events"]
+    assert after["intake_count"] - before["intake_count"] == 1
+    # The engine's modelled TTFT, from HTTP receipt to the planned end of the prefill, is the
+    # prefill alone: reading, parsing and tokenizing were absorbed, not added.
+    count = after["model_ttft_count"] - before["model_ttft_count"]
+    model_s = (after["model_ttft_s_sum"] - before["model_ttft_s_sum"]) / count
+    assert count == 1 and model_s == pytest.approx(modelled_s, rel=1e-6)
+    # vllm:time_to_first_token_seconds counts from receipt too; the client adds only transport.
+    served_s = ttft_sum1 - ttft_sum0
+    assert modelled_s - 0.001 <= served_s <= client_s
+    assert modelled_s - 0.001 <= client_s <= modelled_s * 1.1 + 0.010
