@@ -18,6 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from prometheus_client import generate_latest
 
 from extproc.epp_rig import BASE, Epp, body_msg, headers_msg, open_epp, set_headers
+from kvgate.errors import KvgateError
 from kvgate.extproc.h2server import PROCESS_PATH, H2ExtProcServer
 from kvgate.extproc.server import RequestStream
 
@@ -129,3 +130,9 @@ async def test_a_client_speaking_no_http2_only_loses_its_own_connection(epp: Epp
     reply = await asyncio.wait_for(call.read(), 5)
     assert set_headers(reply)["x-gateway-destination-endpoint"] in epp.endpoints
     await call.done_writing()
+
+
+async def test_a_taken_port_is_a_clear_error(epp: Epp) -> None:
+    taken = H2ExtProcServer(lambda: RequestStream(epp.server.director))
+    with pytest.raises(KvgateError, match=f"--grpc-port {epp.server.opts.grpc_port}"):
+        await taken.start("127.0.0.1", epp.server.opts.grpc_port)

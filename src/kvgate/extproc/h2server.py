@@ -41,6 +41,7 @@ from urllib.parse import quote
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf.message import DecodeError
 
+from kvgate.errors import KvgateError
 from kvgate.extproc import http2
 from kvgate.extproc.server import RequestStream
 
@@ -319,9 +320,12 @@ class H2ExtProcServer:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ExtProcH2Protocol(self), host, port, ssl=ssl_context
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: ExtProcH2Protocol(self), host, port, ssl=ssl_context
+            )
+        except OSError as exc:  # e.g. the port is taken
+            raise KvgateError(f"--grpc-port {port}: cannot listen on {host}: {exc}") from exc
 
     @property
     def port(self) -> int:
