@@ -267,8 +267,9 @@ def summarise(
     n_itl = after["model_itl_count"] - before["model_itl_count"]
     model_ttft = (after["model_ttft_s_sum"] - before["model_ttft_s_sum"]) / max(1, n_ttft)
     model_itl = (after["model_itl_s_sum"] - before["model_itl_s_sum"]) / max(1, n_itl)
-    n_intake = after["intake_count"] - before["intake_count"]
-    intake = (after["intake_s_sum"] - before["intake_s_sum"]) / max(1, n_intake)
+    # (.get: a simulator from before the intake counters, for before/after runs)
+    n_intake = after.get("intake_count", 0) - before.get("intake_count", 0)
+    intake = (after.get("intake_s_sum", 0.0) - before.get("intake_s_sum", 0.0)) / max(1, n_intake)
     client_ttft = statistics.fmean(r["ttft"] for r in ok) if ok else float("nan")
     client_itl = statistics.fmean(gaps) if gaps else float("nan")
     return {
