@@ -243,3 +243,21 @@ def test_broken_framing_ends_the_connection(wire: bytes, code: int) -> None:
     with pytest.raises(http2.Http2Error) as err:
         conn.receive(wire)
     assert err.value.code == code
+
+
+def test_repeated_header_blocks_decode_as_a_fresh_decoder_would() -> None:
+    """Envoy repeats one header block per call; the cache of decoded blocks must never
+    outlive a change of the HPACK dynamic table."""
+    encoder = Encoder()
+    other = [(b":path", b"/x"), (b"x-new", b"1")]
+    blocks = [encoder.encode(REQUEST)]  # literals: enter the dynamic table
+    repeat = encoder.encode(REQUEST)  # indexed: leaves the table alone
+    blocks += [repeat, repeat, encoder.encode(other), repeat, encoder.encode(REQUEST), repeat]
+    conn, recorder = connect()
+    reference = Decoder()
+    for i, block in enumerate(blocks):
+        conn.receive(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, block))
+        expected = [tuple(h) for h in reference.decode(block, raw=True)]
+        assert recorder.seen[-2] == ("request", 2 * i + 1, expected)
+    assert recorder.seen[3 * 2 - 2][2] == REQUEST  # the repeats really repeat
+    assert recorder.seen[4 * 2][2] != REQUEST  # the same bytes after the table changed: not
