@@ -11,8 +11,9 @@ others (``--client-cores``; on a 2-core machine shared with other work, pin both
 core: ``taskset -c 1 ... --sim-core 1 --client-cores 1 --workers 1``). Three scenarios:
 
 1. **concurrency**: C streams start together (C = 1 … 256), 16-token prompts, 64 tokens each,
-   profile qwen3-0.6b-h100 at real time. Once all are decoding, every step is a decode of
-   batch C, so the model's ITL is ``d0 + d1·C``.
+   profile qwen3-0.6b-h100 at real time (C = 1: ten requests one after another, 0.5 s
+   apart). Once all are decoding, every step is a decode of batch C, so the model's ITL is
+   ``d0 + d1·C``.
 2. **rate**: open-loop arrivals at R requests/s (short requests: 32-token prompts, 8 tokens
    each, streaming) for a few seconds each, on a profile with a faster decode (so the
    modelled GPU, not the process, sets the limit only far above 1000 req/s), while /metrics
@@ -24,12 +25,17 @@ core: ``taskset -c 1 ... --sim-core 1 --client-cores 1 --workers 1``). Three sce
    the prefix as the system message; 16 tokens out, streaming), profile qwen3-0.6b-h100 at
    real time. The simulator tokenizes them, so this shows whether tokenization keeps its
    engine on the modelled schedule: ``engine_lag_s`` (``kvgate_sim_schedule_lag_seconds``)
-   and the TTFT drift (the model's TTFT starts when the engine receives the token ids).
+   and the TTFT drift.
 
 For every request the engine records what the model says a client should see: the planned
-end of the step that produced each token (``/sim/stats``). The client measures the same
-TTFT and inter-token gaps on the wire. ``drift`` is client mean / model mean - 1: the time
-the process (HTTP, event loop, CPU contention) adds to the model.
+end of the step that produced each token, the model's TTFT counting from the HTTP receipt
+(``/sim/stats``). The client measures the same TTFT and inter-token gaps on the wire, its
+clock starting as it writes the request's bytes (pre-built, on a connection opened before).
+``drift`` is client mean / model mean - 1: the time the process (HTTP, event loop, CPU
+contention) and the loopback add to the model. ``intake_ms`` is the mean time from HTTP
+receipt to the engine (reading, parsing, tokenizing): inside the model's TTFT, absorbed
+into the prefill when the engine was idle, else a request taken in after a step boundary
+waits for the next one (as vLLM's would behind its API server).
 """
 
 from __future__ import annotations
