@@ -4,13 +4,15 @@ The precise index keeps one translation per engine block hash it has seen. In a 
 costs about 70 bytes each (a 36-byte int key plus the table slot); frozen into sorted
 ``uint64`` arrays it costs 16. New translations land in the young dict (fast inserts and
 lookups); when it reaches ``young_max`` entries it is frozen into a segment, and segments
-are merged size-tiered so that there are only a few (lookups search each, newest first).
+are merged size-tiered (the two newest, while the older is at most 4x the newer and the
+result stays within ``max_segment``) so that there are only a few (lookups search each,
+newest first).
 
 Bounded work per call: the precise index applies events on the gateway's event loop, so no
 :meth:`EngineMap.update` may stall it. An update either freezes the young dict (a sort of
-``young_max`` entries) or performs at most one pending merge of the two newest segments, and
-no merge makes a segment larger than ``max_segment`` entries (a merge of two sorted runs is
-linear: about 10 ms per million entries).
+``young_max`` entries) or advances the one merge in progress by ``merge_chunk`` entries of
+each side: the two sorted runs are merged in key ranges into a new pair of arrays while
+lookups keep using the old segments, which the result replaces once complete.
 
 Translations are pure functions of the tokens (the same engine hash always maps to the same
 request key), so duplicates across segments are harmless and nothing is ever updated in
@@ -21,6 +23,7 @@ at a time).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,15 +32,44 @@ __all__ = ["EngineMap"]
 _U64_MAX = (1 << 64) - 1
 
 
+@dataclass(slots=True)
+class _Merge:
+    """A merge of two adjacent segments in progress: ``older`` and ``newer`` stay searchable
+    in the segment lists until ``out_*[:filled]`` replaces them."""
+
+    older_k: np.ndarray
+    older_v: np.ndarray
+    newer_k: np.ndarray
+    newer_v: np.ndarray
+    out_k: np.ndarray
+    out_v: np.ndarray
+    i: int = 0  # next entry of older
+    j: int = 0  # next entry of newer
+    filled: int = 0
+
+
 class EngineMap:
     """See the module docstring. Keys and values are ints in [0, 2**64)."""
 
-    __slots__ = ("_keys", "_size", "_vals", "max_segment", "young", "young_max")
+    __slots__ = (
+        "_keys",
+        "_merge",
+        "_size",
+        "_vals",
+        "max_segment",
+        "merge_chunk",
+        "young",
+        "young_max",
+    )
 
-    def __init__(self, young_max: int = 1 << 16, max_segment: int = 1 << 19) -> None:
+    def __init__(
+        self, young_max: int = 1 << 16, max_segment: int = 1 << 21, merge_chunk: int = 1 << 16
+    ) -> None:
         self.young: dict[int, int] = {}
         self.young_max = young_max
         self.max_segment = max(max_segment, young_max)
+        self.merge_chunk = merge_chunk
+        self._merge: _Merge | None = None
         self._keys: list[np.ndarray] = []  # sorted uint64, oldest segment first
         self._vals: list[np.ndarray] = []
         self._size = 0  # entries in segments
@@ -86,7 +118,7 @@ class EngineMap:
         return out
 
     def update(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Add translations; then freeze the young dict if full, else do one pending merge."""
+        """Add translations; then freeze the young dict if full, else advance a merge."""
         self.young.update(pairs)
         if len(self.young) >= self.young_max:
             self.freeze()
@@ -108,21 +140,40 @@ class EngineMap:
         self._size += n
 
     def merge_step(self) -> bool:
-        """Merge the two newest segments if size-tiering calls for it; True if it merged.
-
-        Size-tiered: merge while the older is at most 4x the newer and the result stays
-        within ``max_segment``, so there are O(log) small segments plus full ones.
-        """
-        segments = self._keys
-        if len(segments) < 2:
-            return False
-        older, newer = len(segments[-2]), len(segments[-1])
-        if older > 4 * newer or older + newer > self.max_segment:
-            return False
-        newer_k, newer_v = self._keys.pop(), self._vals.pop()
-        older_k, older_v = self._keys.pop(), self._vals.pop()
-        keys = np.concatenate((older_k, newer_k))
-        vals = np.concatenate((older_v, newer_v))
+        """Advance the merge in progress, or start one if size-tiering calls for it; True if
+        there was work (one chunk: at most ``merge_chunk`` entries of each segment)."""
+        merge = self._merge
+        if merge is None:
+            segments = self._keys
+            if len(segments) < 2:
+                return False
+            older, newer = len(segments[-2]), len(segments[-1])
+            if older > 4 * newer or older + newer > self.max_segment:
+                return False
+            merge = self._merge = _Merge(
+                segments[-2],
+                self._vals[-2],
+                segments[-1],
+                self._vals[-1],
+                np.empty(older + newer, dtype=np.uint64),
+                np.empty(older + newer, dtype=np.uint64),
+            )
+        a, b = merge.older_k, merge.newer_k
+        i, j, chunk = merge.i, merge.j, self.merge_chunk
+        # Split both runs at one key so that equal keys (duplicates) meet in the same chunk.
+        bounds = []
+        if i + chunk < len(a):
+            bounds.append(a[i + chunk - 1])
+        if j + chunk < len(b):
+            bounds.append(b[j + chunk - 1])
+        if bounds:
+            split = min(bounds)
+            i_end = int(a.searchsorted(split, side="right"))
+            j_end = int(b.searchsorted(split, side="right"))
+        else:
+            i_end, j_end = len(a), len(b)
+        keys = np.concatenate((a[i:i_end], b[j:j_end]))
+        vals = np.concatenate((merge.older_v[i:i_end], merge.newer_v[j:j_end]))
         order = np.argsort(keys, kind="stable")  # two sorted runs: timsort merges them
         keys, vals = keys[order], vals[order]
         if len(keys) > 1:  # drop duplicate translations (same key, same value)
@@ -130,10 +181,21 @@ class EngineMap:
             keep[0] = True
             np.not_equal(keys[1:], keys[:-1], out=keep[1:])
             keys, vals = keys[keep], vals[keep]
-        self._size -= len(older_k) + len(newer_k) - len(keys)
-        self._keys.append(keys)
-        self._vals.append(vals)
+        start = merge.filled
+        merge.out_k[start : start + len(keys)] = keys
+        merge.out_v[start : start + len(keys)] = vals
+        merge.i, merge.j, merge.filled = i_end, j_end, start + len(keys)
+        if i_end == len(a) and j_end == len(b):
+            self._finish_merge(merge)
         return True
+
+    def _finish_merge(self, merge: _Merge) -> None:
+        at = next(n for n, keys in enumerate(self._keys) if keys is merge.older_k)
+        filled = merge.filled
+        self._keys[at : at + 2] = [merge.out_k[:filled]]
+        self._vals[at : at + 2] = [merge.out_v[:filled]]
+        self._size -= len(merge.older_k) + len(merge.newer_k) - filled
+        self._merge = None
 
     def compact(self) -> None:
         """Freeze the young dict and do every pending merge now (tests, benchmarks)."""
@@ -145,6 +207,8 @@ class EngineMap:
         """Drop the oldest entries until at most ``max_entries`` remain; returns how many."""
         dropped = 0
         while len(self) > max_entries and self._keys:
+            if self._merge is not None and self._merge.older_k is self._keys[0]:
+                self._merge = None  # its older half is dropped: abandon it
             dropped += len(self._keys[0])
             self._size -= len(self._keys[0])
             del self._keys[0], self._vals[0]

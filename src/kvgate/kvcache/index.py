@@ -150,7 +150,8 @@ class KVBlockIndex:
         self._best_tier = max(range(self._tier_count), key=lambda t: weights[t])
         self._w_best = weights[self._best_tier]
         self._slot_fill = (1 << self._tier_count) - 1  # base bit * fill = all tier bits of a slot
-        self._engine = EngineMap()
+        # Trimming drops a whole oldest segment: keep segments to 1/8 of the map's 2x cap.
+        self._engine = EngineMap(max_segment=min(1 << 21, max(1 << 16, max_blocks // 4)))
         shards = 1
         while max_blocks > shards * shard_blocks and shards < max_blocks:
             shards *= 2
