@@ -28,7 +28,7 @@ from kvgate.scheduling.types import (
     ResponseInfo,
     SchedulingResult,
 )
-from plugins.kit import ctx, make, request
+from plugins.kit import FakeClock, ctx, make, request
 from support.procs import free_port
 
 TYPE = "precise-prefix-cache-scorer"
@@ -155,6 +155,40 @@ def test_endpoints_removed_purges_their_entries() -> None:
     assert s.index.endpoints() == []
 
 
+def test_speculative_indexing_predicts_the_routed_prefix_until_events_can_tell() -> None:
+    clock = FakeClock()
+    s = make(
+        TYPE,
+        {
+            "tokenProcessorConfig": {"blockSize": BS},
+            "indexerConfig": {"speculativeIndexing": True},
+            "speculativeTTL": "500ms",
+        },
+        ctx(clock=clock),
+    )
+    assert s.speculative is not None and s.speculative.ttl_s == 0.5
+    system = "you are a helpful assistant for the acme corporation " * 4
+    first = request(system + "first question", request_id="r1")
+    second = request(system + "second question", request_id="r2")
+    assert s.score(CycleState(), first, [E1, E2]) == {}
+    s.pre_request(first, SchedulingResult({"default": ProfileRunResult((E2,))}, "default"), {})
+    # no event yet, and none for as long as the first request is in flight
+    clock.advance(120)
+    scores = s.score(CycleState(), second, [E1, E2])
+    shared = len(s.tokenizer.encode(system)) // BS
+    n = len(s.tokenizer.encode(system + "second question")) // BS
+    assert set(scores) == {"pod-b"} and scores["pod-b"] >= (shared - 1) / n
+    # predictions raise the score, not the predicted cached tokens (what engines reported)
+    assert second.extra["precise_cached_tokens"] == {"pod-a": 0, "pod-b": 0}
+    s.response_complete(first, ResponseInfo(status=200), E2)
+    clock.advance(0.4)
+    assert "pod-b" in s.score(CycleState(), request(system + "third", request_id="r3"), [E2])
+    clock.advance(0.2)  # past the TTL, and the engine never reported the blocks
+    assert s.score(CycleState(), request(system + "fourth", request_id="r4"), [E2]) == {}
+    # off by default, as in llm-d
+    assert _scorer().speculative is None
+
+
 def test_llmd_parameters_and_tier_weights() -> None:
     tokenizer_dir = str(builtin_tokenizer_dir())
     s = make(
@@ -215,6 +249,8 @@ def test_llmd_parameters_and_tier_weights() -> None:
         ),
         ({"indexerConfig": {"nope": 1}}, "indexerConfig.nope"),
         ({"speculative": True}, "speculative"),
+        ({"speculativeTTL": "soon"}, "speculativeTTL"),
+        ({"speculativeIndexing": "yes"}, "speculativeIndexing"),
     ],
 )
 def test_bad_parameters_name_the_field(params: dict[str, Any], field: str) -> None:

@@ -12,6 +12,8 @@ show-policy NAME`` prints one, so any policy can be copied and edited as a confi
 ``precise``        precise-prefix-cache-scorer 3 / kv-cache-utilization 2 / queue 2
                    (llm-d's precise prefix-cache guide)
 ``precise-only``   the precise-prefix-cache-scorer alone
+``precise-speculative``  ``precise`` with ``speculativeIndexing: true``: a routed request's
+                   prefix counts as held by its endpoint while it is in flight (and 2 s after)
 ``oracle``         oracle-prefix-cache-scorer 3 / kv-cache-utilization 2 / queue 2: the
                    benchmark's upper bound with perfect knowledge of each replica's cache
 =================  ==========================================================================
@@ -22,13 +24,22 @@ from __future__ import annotations
 _HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 
 
-def _policy(comment: str, weighted: list[tuple[str, int | None]], picker: str) -> str:
-    """Config text: ``weighted`` (type, weight) scorers, then ``picker``, in one profile."""
+def _policy(
+    comment: str,
+    weighted: list[tuple[str, int | None]],
+    picker: str,
+    parameters: dict[str, list[str]] | None = None,
+) -> str:
+    """Config text: ``weighted`` (type, weight) scorers, then ``picker``, in one profile;
+    ``parameters``: YAML lines under a plugin type's ``parameters:``."""
     lines = [f"# {line}".rstrip() for line in comment.strip().splitlines()]
     lines.append(_HEADER.rstrip("\n"))
     lines.append("plugins:")
     for type_name, _ in weighted:
         lines.append(f"- type: {type_name}")
+        if parameters and type_name in parameters:
+            lines.append("  parameters:")
+            lines.extend(f"    {line}" for line in parameters[type_name])
     lines.append(f"- type: {picker}")
     lines.append("schedulingProfiles:")
     lines.append("- name: default")
@@ -73,6 +84,18 @@ _POLICIES: dict[str, str] = {
             ("queue-scorer", 2),
         ],
         "max-score-picker",
+    ),
+    "precise-speculative": _policy(
+        "precise-speculative: precise with speculativeIndexing (kvgate: held while in flight).\n"
+        "A routed request's prefix counts as held by its endpoint until it completes, plus\n"
+        "speculativeTTL, so requests sharing it follow while it waits in a queue.",
+        [
+            ("precise-prefix-cache-scorer", 3),
+            ("kv-cache-utilization-scorer", 2),
+            ("queue-scorer", 2),
+        ],
+        "max-score-picker",
+        {"precise-prefix-cache-scorer": ["speculativeIndexing: true", "speculativeTTL: 2s"]},
     ),
     "precise-only": _policy(
         "precise-only: the precise-prefix-cache-scorer alone (no load signal).",

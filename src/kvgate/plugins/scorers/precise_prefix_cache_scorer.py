@@ -27,6 +27,14 @@ Reads what each engine actually stored and evicted, from vLLM's KV events over Z
     connects to each), ``replayEndpoints`` (kvgate: endpoint ``host:port`` -> replay ROUTER
     address, for gap repair and late joins), ``replayTimeout`` (seconds, default 2).
   - ``tierWeights`` (kvgate shorthand for kvCacheBackendConfigs): ``{gpu: 1.0, cpu: 0.8}``.
+  - ``speculativeIndexing`` (bool, default false; top level or inside ``indexerConfig``, as
+    llm-d accepts both) and ``speculativeTTL`` (Go duration, default ``"2s"``): count a
+    routed request's blocks as held by its endpoint before the engine reports them
+    (:mod:`kvgate.kvcache.speculative`). **Difference from llm-d:** the prediction lasts
+    while the request is in flight -- however long it queues on a saturated replica -- and
+    ``speculativeTTL`` after it completes, not ``speculativeTTL`` from routing. Predicted
+    blocks raise the score (at the GPU tier's weight) but not the predicted cached tokens,
+    which stay what the engines reported.
 
 * Tokenizer: ``tokenizerPath`` / ``modelTokenizerMap`` when given, else the gateway's
   ``--tokenizer`` (PluginContext service "tokenizer"), else the built-in SmolLM2 tokenizer.
@@ -56,9 +64,11 @@ from typing import Any
 
 from kvgate.errors import PluginParameterError
 from kvgate.kvcache.index import DEFAULT_MAX_BLOCKS, DEFAULT_TIER_WEIGHTS, KVBlockIndex
+from kvgate.kvcache.speculative import SpeculativeBlocks
 from kvgate.kvcache.subscriber import DEFAULT_ZMQ_ENDPOINT, KVEventSubscriber
 from kvgate.kvcache.tokenize import Tokenizer, chunk_encoder
 from kvgate.plugins.base import Params, PluginContext, state_key
+from kvgate.plugins.scorers._duration import get_duration_s
 from kvgate.scheduling.types import (
     CycleState,
     Endpoint,
@@ -74,6 +84,7 @@ HEADER_PREDICTED_CACHED_TOKENS = "x-kvgate-predicted-cached-tokens"
 EXTRA_CACHED_TOKENS = "precise_cached_tokens"  # {endpoint name: tokens}, every candidate
 EXTRA_PREDICTED = "predicted_cached_tokens"  # tokens on the chosen endpoint
 _EXTRA_KEYS = "precise_request_keys"  # (block_size, seed key, keys) memo
+_EXTRA_SPECULATIVE = "precise_speculative"  # [(endpoint id, keys)] per forwarded attempt
 
 log = logging.getLogger("kvgate.plugins.precise")
 
@@ -111,10 +122,14 @@ class PrecisePrefixCacheScorer:
         *,
         tokenizer: Tokenizer | None = None,
         model_tokenizers: Mapping[str, Tokenizer] | None = None,
+        speculative: SpeculativeBlocks | None = None,
+        predicted_weight: float = 1.0,
     ) -> None:
         self._name = name
         self.index = index
         self.events = events
+        self.speculative = speculative
+        self.predicted_weight = predicted_weight  # a predicted block is computed on the GPU
         self.tokenizer = tokenizer or Tokenizer.default()
         self.model_tokenizers = dict(model_tokenizers or {})
         self.subscriber: KVEventSubscriber | None = None
@@ -163,6 +178,8 @@ class PrecisePrefixCacheScorer:
                 self.subscriber.endpoint_removed(endpoint_id)
             else:
                 self.index.drop_endpoint(endpoint_id)
+            if self.speculative is not None:
+                self.speculative.drop(endpoint_id)
 
     # --- Scorer ---------------------------------------------------------------------------------
 
@@ -212,12 +229,16 @@ class PrecisePrefixCacheScorer:
         scores: dict[str, float] = {}
         blocks: dict[str, int] = {}
         cached: dict[str, int] = {}
+        spec = self.speculative
         for e, hp in zip(endpoints, ids, strict=True):
             held = match.blocks.get(hp, 0)
             blocks[e.name] = held
             cached[e.name] = min(held, max_cached_blocks) * block_size
-            if held:
-                scores[e.name] = min(1.0, match.weighted[hp] / n)
+            weighted = match.weighted[hp] if held else 0.0
+            if spec is not None:
+                weighted = max(weighted, spec.held(hp, keys) * self.predicted_weight)
+            if weighted:
+                scores[e.name] = min(1.0, weighted / n)
         request.extra[EXTRA_CACHED_TOKENS] = cached
         state.write(
             state_key(self._name, TYPE),
@@ -246,6 +267,11 @@ class PrecisePrefixCacheScorer:
         cached = request.extra.get(EXTRA_CACHED_TOKENS)
         if isinstance(cached, dict):
             request.extra[EXTRA_PREDICTED] = cached.get(result.target.name, 0)
+        memo = request.extra.get(_EXTRA_KEYS)
+        if self.speculative is not None and isinstance(memo, tuple):
+            hp = result.target.hostport
+            self.speculative.add(hp, memo[2])
+            request.extra.setdefault(_EXTRA_SPECULATIVE, []).append((hp, memo[2]))
 
     def response_complete(
         self, request: Request, response: ResponseInfo, endpoint: Endpoint
@@ -253,6 +279,14 @@ class PrecisePrefixCacheScorer:
         cached = request.extra.get(EXTRA_CACHED_TOKENS)
         if isinstance(cached, dict):
             response.headers[HEADER_PREDICTED_CACHED_TOKENS] = str(cached.get(endpoint.name, 0))
+        attempts = request.extra.get(_EXTRA_SPECULATIVE)
+        if self.speculative is not None and attempts:
+            hp = endpoint.hostport
+            for i, (target, keys) in enumerate(attempts):
+                if target == hp:
+                    del attempts[i]
+                    self.speculative.finish(hp, keys)
+                    break
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -306,6 +340,14 @@ def _tier_weights(raw: Any) -> dict[str, float]:
     if not out:
         raise PluginParameterError("", "expected at least one tier")
     return out
+
+
+def _speculative(section: Params, on: bool, ttl_s: float) -> tuple[bool, float]:
+    """``speculativeIndexing`` / ``speculativeTTL`` of one section, defaulting to the given."""
+    on = section.get_bool("speculativeIndexing", on)
+    if section.has("speculativeTTL"):
+        ttl_s = get_duration_s(section, "speculativeTTL", "2s")
+    return on, ttl_s
 
 
 def _load_tokenizer(path: str) -> Tokenizer:
@@ -369,11 +411,13 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
             with _at("kvCacheBackendConfigs"):
                 tiers = _tier_weights(indexer.get_any("kvCacheBackendConfigs"))
         indexer.get_mapping("prefixStoreConfig")
+        speculative_on, speculative_ttl_s = _speculative(indexer, False, 2.0)
         indexer.check_unknown()
 
     if params.has("tierWeights"):
         with _at("tierWeights"):
             tiers = _tier_weights(params.get_any("tierWeights"))
+    speculative_on, speculative_ttl_s = _speculative(params, speculative_on, speculative_ttl_s)
 
     with _at("kvEventsConfig"):
         events = _section(params, "kvEventsConfig")
@@ -428,5 +472,11 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
         publishers=publishers,
     )
     return PrecisePrefixCacheScorer(
-        name, index, settings, tokenizer=tokenizer, model_tokenizers=model_tokenizers
+        name,
+        index,
+        settings,
+        tokenizer=tokenizer,
+        model_tokenizers=model_tokenizers,
+        speculative=SpeculativeBlocks(speculative_ttl_s, ctx.clock) if speculative_on else None,
+        predicted_weight=tiers.get("gpu", max(tiers.values())),
     )
