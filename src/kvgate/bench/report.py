@@ -465,7 +465,9 @@ def plot_vs_rate(summaries: Sequence[Summary], path: Path, title: str = "") -> N
             continue
         pts.sort(key=lambda p: p[0] or 0.0)
         rates = [p[0] for p in pts]
-        ax1.plot(rates, [(p[1].ttft_p90_s or 0.0) * 1000 for p in pts], marker="o", label=s.policy)
+        # a stage where every request failed has no TTFT: a gap (NaN), not a drop to zero
+        ttft_ms = [p[1].ttft_p90_s * 1000 if p[1].ttft_p90_s is not None else math.nan for p in pts]
+        ax1.plot(rates, ttft_ms, marker="o", label=s.policy)
         ax2.plot(rates, [p[1].output_tok_s for p in pts], marker="o", label=s.policy)
     ax1.set_xlabel("offered load (req/s)")
     ax1.set_ylabel("TTFT p90 (ms, log scale)")
