@@ -24,6 +24,7 @@ from google.protobuf import struct_pb2
 
 from kvgate.endpoints.static import spec_from_url
 from kvgate.extproc.app import EppOptions, EppServer
+from support.metrics_server import start_metrics_server
 from support.procs import free_port
 
 METRICS_PAGE = (Path(__file__).parent.parent / "data" / "vllm-cpu-metrics.txt").read_text()
@@ -32,20 +33,7 @@ BUFFERED = pm.ProcessingMode.BUFFERED
 
 
 async def model_server() -> tuple[web.AppRunner, str]:
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=METRICS_PAGE)
-
-    async def health(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"127.0.0.1:{port}"
+    return await start_metrics_server(page=METRICS_PAGE)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from kvgate.config import load_llm_inference_service
 from kvgate.extproc.tls import self_signed
 from kvgate.k8s.render import epp_args, workload_labels
 from support.fake_kube import FakeKube
+from support.metrics_server import start_metrics_server
 from support.procs import Proc, free_port, kvgate_cmd
 
 pytestmark = pytest.mark.slow
@@ -36,19 +37,7 @@ async def https_model_server(host: str, port: int, tmp: Path) -> web.AppRunner:
     (tmp / "ms.key").write_bytes(key)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tmp / "ms.crt", tmp / "ms.key")
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=METRICS)
-
-    async def health(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=ctx).start()
+    runner, _ = await start_metrics_server(host, port, page=METRICS, ssl_context=ctx)
     return runner
 
 
