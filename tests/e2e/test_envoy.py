@@ -129,6 +129,27 @@ def metric_sum(rig: Rig, name: str) -> float:
     )
 
 
+def start_epp(
+    tmp: Path, name: str, endpoints: Path, grpc_server: str, *extra: str
+) -> tuple[Proc, int, int]:
+    """``kvgate epp`` over the endpoints file on free ports: (process, gRPC port, metrics port)."""
+    port, health, metrics = free_port(), free_port(), free_port()
+    epp = Proc(
+        kvgate_cmd(
+            "epp",
+            "--host", "127.0.0.1",
+            "--grpc-port", str(port),
+            "--grpc-health-port", str(health),
+            "--metrics-port", str(metrics),
+            "--endpoints-file", str(endpoints),
+            "--grpc-server", grpc_server,
+            *extra,
+        ),
+        tmp / f"{name}.log",
+    )  # fmt: skip
+    return epp, port, metrics
+
+
 @pytest.fixture(scope="module", params=["h2", "grpcio"])
 def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     """The whole module runs once per ext_proc server (``kvgate epp --grpc-server``)."""
@@ -146,21 +167,11 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             sims[f"127.0.0.1:{port}"] = proc
         endpoints = tmp / "endpoints.yaml"
         endpoints.write_text("".join(f"- http://{hp}\n" for hp in sims))
-        epp_port, health_port, metrics_port = free_port(), free_port(), free_port()
-        epp = Proc(
-            kvgate_cmd(
-                "epp",
-                "--host", "127.0.0.1",
-                "--grpc-port", str(epp_port),
-                "--grpc-health-port", str(health_port),
-                "--metrics-port", str(metrics_port),
-                "--endpoints-file", str(endpoints),
-                "--policy", "llm-d-default",
-                "--zap-encoder", "json",
-                "--refresh-metrics-interval", "50ms",
-                "--grpc-server", request.param,
-            ),
-            tmp / "epp.log",
+        epp, epp_port, metrics_port = start_epp(
+            tmp, "epp", endpoints, request.param,
+            "--policy", "llm-d-default",
+            "--zap-encoder", "json",
+            "--refresh-metrics-interval", "50ms",
         )  # fmt: skip
         procs.append(epp)
         for hp, proc in sims.items():
@@ -243,20 +254,9 @@ def test_spoofed_destination_header_never_steers(rig: Rig) -> None:
 def test_envoy_reaches_a_secure_serving_epp(rig: Rig) -> None:
     """--secure-serving (a certificate generated at start) behind Envoy's TLS cluster, as
     GIE deploys it; the EPP's certificate is not verified (examples/envoy/envoy.yaml)."""
-    port, health, metrics = free_port(), free_port(), free_port()
-    epp = Proc(
-        kvgate_cmd(
-            "epp",
-            "--host", "127.0.0.1",
-            "--grpc-port", str(port),
-            "--grpc-health-port", str(health),
-            "--metrics-port", str(metrics),
-            "--endpoints-file", str(rig.tmp / "endpoints.yaml"),
-            "--secure-serving",
-            "--grpc-server", rig.grpc_server,
-        ),
-        rig.tmp / "epp-tls.log",
-    )  # fmt: skip
+    epp, port, metrics = start_epp(
+        rig.tmp, "epp-tls", rig.tmp / "endpoints.yaml", rig.grpc_server, "--secure-serving"
+    )
     envoy = None
     try:
         epp.wait_http(f"http://127.0.0.1:{metrics}/healthz", timeout_s=60)

@@ -259,16 +259,6 @@ async def test_session_token_reaches_the_client_and_steers_the_next_request(
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.opts.grpc_port}")
     stub = ep_grpc.ExternalProcessorStub(channel)
     answer = json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
-    resp_headers = ep.ProcessingRequest(
-        response_headers=ep.HttpHeaders(
-            headers=core.HeaderMap(
-                headers=[
-                    core.HeaderValue(key=":status", raw_value=b"200"),
-                    core.HeaderValue(key="content-type", raw_value=b"application/json"),
-                ]
-            )
-        )
-    )
     body = json.dumps({"model": "m", "prompt": "hello"}).encode()
 
     async def one(token: str | None) -> tuple[str, str]:
@@ -282,7 +272,7 @@ async def test_session_token_reaches_the_client_and_steers_the_next_request(
         destination = set_headers(first)["x-gateway-destination-endpoint"]
         if mode == FULL_DUPLEX:
             await asyncio.wait_for(call.read(), 5)  # the re-sent request body
-        await call.write(resp_headers)
+        await call.write(RESPONSE_JSON_HEADERS)
         if mode == BUFFERED:
             await asyncio.wait_for(call.read(), 5)
         await call.write(
