@@ -50,6 +50,7 @@ import random
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -130,20 +131,101 @@ def cpu_seconds(pid: int) -> float:
 # --- load generator (runs in worker processes) --------------------------------------------------
 
 
-# The load generator speaks HTTP/1.1 itself over keep-alive asyncio streams, with each request's
-# bytes built before its send time: the clock starts as the bytes are written, so what the
-# generator spends (aiohttp's client costs ~0.5 ms per request here in building the request
-# and ~0.15 ms in reading the first line) is not counted as the simulator's drift.
+# The load generator speaks HTTP/1.1 itself over keep-alive sockets, with each request's bytes
+# built before its send time: the clock starts as the bytes are written, so what the generator
+# spends (aiohttp's client costs ~0.5 ms per request here in building the request and ~0.15 ms
+# in reading the first line) is not counted as the simulator's drift. Each token is timed by
+# the kernel's receive stamp of the segment that carried it (SO_TIMESTAMPNS, read with
+# recvmsg), not by when this process got round to reading it: with hundreds of streams two
+# generator processes read them one after another, which is the client's delay, not the
+# server's. The read time is kept too (``client_read_delay_ms``).
 
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else 0)
+_CMSG = socket.CMSG_SPACE(16)
 
 
-async def _connect(host: str, port: int) -> Conn:
-    reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
+class WireConn:
+    """A client connection whose reads carry the kernel's receive stamps (perf_counter clock)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.buf = bytearray()
+        self.base = 0  # absolute stream offset of buf[0]
+        self.stamps: list[tuple[int, float]] = []  # (absolute end offset of a read, its stamp)
+        self.eof = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> WireConn:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return reader, writer
+        if SO_TIMESTAMPNS:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        return cls(sock)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(1 << 20, _CMSG)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data, anc = b"", []
+            now = time.perf_counter()
+            stamp = now
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = struct.unpack_from("qq", raw)
+                    stamp = now - max(0.0, time.time() - (sec + nsec * 1e-9))
+            if not data:
+                self.eof = True
+                self.loop.remove_reader(self.sock.fileno())
+                break
+            self.buf += data
+            self.stamps.append((self.base + len(self.buf), stamp))
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def _fill(self) -> None:
+        if self.eof:
+            raise asyncio.IncompleteReadError(bytes(self.buf), None)
+        self.waiter = self.loop.create_future()
+        await self.waiter
+
+    def _take(self, n: int) -> tuple[bytes, float]:
+        """The next n bytes and the stamp of the read that brought the last of them."""
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.base += n
+        end = self.base
+        i = 0
+        while self.stamps[i][0] < end:
+            i += 1
+        stamp = self.stamps[i][1]
+        del self.stamps[: i + 1 if self.stamps[i][0] == end else i]
+        return data, stamp
+
+    async def readline(self) -> tuple[bytes, float]:
+        while (i := self.buf.find(b"\n")) < 0:
+            await self._fill()
+        return self._take(i + 1)
+
+    async def readexactly(self, n: int) -> tuple[bytes, float]:
+        while len(self.buf) < n:
+            await self._fill()
+        return self._take(n)
+
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    def close(self) -> None:
+        if not self.eof:
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 def _request_bytes(host: str, port: int, body: dict[str, Any]) -> bytes:
@@ -156,35 +238,42 @@ def _request_bytes(host: str, port: int, body: dict[str, Any]) -> bytes:
     return head.encode() + payload
 
 
-async def _stream(conn: Conn, request: bytes) -> dict[str, Any]:
+async def _stream(conn: WireConn, request: bytes) -> dict[str, Any]:
     """Send one streaming request and time every token chunk (chunked SSE, as vLLM sends)."""
-    reader, writer = conn
     times: list[float] = []
     start = time.perf_counter()
-    writer.write(request)
-    status = int((await reader.readline()).split()[1])
+    await conn.send(request)
+    status = int((await conn.readline())[0].split()[1])
     headers: dict[bytes, bytes] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b""):
+    while (line := (await conn.readline())[0]) not in (b"\r\n", b""):
         key, _, value = line.partition(b":")
         headers[key.strip().lower()] = value.strip()
     if status != 200 or headers.get(b"transfer-encoding") != b"chunked":
-        await reader.readexactly(int(headers.get(b"content-length", b"0")))
+        await conn.readexactly(int(headers.get(b"content-length", b"0")))
         return {"ok": False, "status": status}
+    first_read = 0.0
     while True:
-        size = int((await reader.readline()).split(b";")[0], 16)
+        size = int((await conn.readline())[0].split(b";")[0], 16)
         if size == 0:
-            await reader.readline()
+            await conn.readline()
             break
-        chunk = await reader.readexactly(size + 2)
-        now = time.perf_counter()
+        chunk, stamp = await conn.readexactly(size + 2)
         # (a chat stream's first chunk carries only the role, in the same write as the
         # first token: not a token of its own)
         tokens = chunk.count(b"data: {") - chunk.count(b'"role":"assistant"')
-        times.extend([now] * tokens)
+        if tokens and not times:
+            first_read = time.perf_counter()
+        times.extend([stamp] * tokens)
     if not times:
         return {"ok": False, "error": "no tokens"}
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    return {"ok": True, "ttft": times[0] - start, "gaps": gaps, "tokens": len(times)}
+    return {
+        "ok": True,
+        "ttft": times[0] - start,
+        "read_delay": first_read - times[0],
+        "gaps": gaps,
+        "tokens": len(times),
+    }
 
 
 async def _run_plan(
@@ -193,8 +282,10 @@ async def _run_plan(
     host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
     # Open (and keep alive) the connections before the clock starts, so TTFT measures the
     # server, not TCP setup; one per request in flight, more opened only if needed.
-    pool: list[Conn] = list(
-        await asyncio.gather(*(_connect(host, int(port)) for _ in range(min(len(plan), 256))))
+    pool: list[WireConn] = list(
+        await asyncio.gather(
+            *(WireConn.connect(host, int(port)) for _ in range(min(len(plan), 256)))
+        )
     )
 
     async def one(offset: float, body: dict[str, Any]) -> dict[str, Any]:
@@ -204,11 +295,11 @@ async def _run_plan(
             await asyncio.sleep(delay)
         # How late the load generator itself sends the request (its own CPU starvation).
         send_lag = max(0.0, time.time() - (t0 + offset))
-        conn = pool.pop() if pool else await _connect(host, int(port))
+        conn = pool.pop() if pool else await WireConn.connect(host, int(port))
         try:
             result = await _stream(conn, request)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
-            conn[1].close()  # counted, not raised: the benchmark reports errors
+            conn.close()  # counted, not raised: the benchmark reports errors
             result = {"ok": False, "error": repr(exc)}
         else:
             pool.append(conn)
@@ -216,8 +307,8 @@ async def _run_plan(
         return result
 
     results = list(await asyncio.gather(*(one(o, b) for o, b in plan)))
-    for _, writer in pool:
-        writer.close()
+    for conn in pool:
+        conn.close()
     return results
 
 
@@ -291,12 +382,25 @@ def summarise(
         "model_itl_ms": round(model_itl * 1000, 3),
         "itl_drift_pct": round((client_itl / model_itl - 1) * 100, 2) if model_itl else None,
         "itl_p99_ms": round(sorted(gaps)[int(len(gaps) * 0.99)] * 1000, 2) if gaps else None,
+        # When this process read the first token, after the kernel received it (not counted).
+        "client_read_delay_ms": round(statistics.fmean(r["read_delay"] for r in ok) * 1000, 3)
+        if ok
+        else None,
         "client_send_lag_ms": round(
             statistics.fmean(r.get("send_lag", 0.0) for r in results) * 1000, 1
         ),
         "engine_lag_s": round(after["lag_s"] - before["lag_s"], 3),
         "engine_lag_events": after["lag_events"] - before["lag_events"],
         "engine_lag_max_ms": round(after["lag_s_max"] * 1000, 1),  # over the process's life
+        # The simulator's own view: mean error of its token writes against the model, and
+        # the lead it completes steps with to cancel it (at the end of the run).
+        "sim_emit_error_ms": round(
+            (after.get("emit_error_s_sum", 0.0) - before.get("emit_error_s_sum", 0.0))
+            / max(1, after.get("emit_count", 0) - before.get("emit_count", 0))
+            * 1000,
+            3,
+        ),
+        "sim_emit_lead_ms": round(after.get("emit_lead_s", 0.0) * 1000, 3),
         "engine_late_mean_ms": round(
             (after["late_s_sum"] - before["late_s_sum"])
             / max(1, after["steps"] - before["steps"])

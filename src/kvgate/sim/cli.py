@@ -56,6 +56,13 @@ def register(subparsers: Any) -> None:
         default=1,
         help="tokens per streamed chunk, as vLLM's (first and last chunks go at once)",
     )
+    p.add_argument(
+        "--emit-lead-max-ms",
+        type=float,
+        default=5.0,
+        help="complete steps up to this far ahead of plan, by the measured delay in writing "
+        "their tokens out, so clients see the model's timing (default 5; 0 = never)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kv-events-config", default=None, help="vLLM's --kv-events-config JSON")
     p.add_argument(

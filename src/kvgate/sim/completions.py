@@ -42,11 +42,13 @@ def _generation_seed(state: SimState, seed: int | None, prompt_ids: list[int]) -
 
 
 async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse:
-    # vLLM's arrival_time: the model's TTFT counts from here, before the body is read. Then
-    # yield once, so that in a burst every request is stamped before any is prepared (else
-    # the n-th would be stamped only after the n-1 before it were parsed and admitted).
+    # vLLM's arrival_time: the model's TTFT counts from when the request's first bytes reached
+    # the host (the kernel's stamp, kept by kvgate.sim.wire), so the time this process spends
+    # before a handler runs is inside the model, not added to it. Without a stamp: now.
     arrival = time.monotonic()
-    await asyncio.sleep(0)
+    stamp = getattr(request.transport, "rx_start", 0.0)
+    if 0.0 < stamp <= arrival:
+        arrival = stamp
     state = request.app[STATE_KEY]
     if state.draining:
         return plain_error(503, "The server is shutting down.", "ServiceUnavailableError")
@@ -269,6 +271,7 @@ async def _stream(
                 )
             else:
                 parts.append(writer.token(text))
+        fresh = n > sent  # new tokens go out in this write
         sent = n
         if done:
             if sampling.include_usage:
@@ -279,6 +282,10 @@ async def _stream(
                 await resp.write(b"".join(parts))
             except ConnectionResetError:
                 return resp  # the client went away; the caller aborts the request
+            if fresh:
+                # how late (or early) the newest token left, against the model: the engine
+                # completes steps ahead by the mean of these (Engine.observe_emit)
+                state.engine.observe_emit(time.monotonic() - req.model_token_time)
         if drop and n >= drop_after:
             state.engine.abort(req)
             _drop_connection(request)

@@ -94,6 +94,8 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         raise ValueError(f"--failure-rate must be within 0..1, got {args.failure_rate}")
     if args.kv_offload_blocks < 0:
         raise ValueError("--kv-offload-blocks must be >= 0")
+    if not 0 <= args.emit_lead_max_ms <= 1000:
+        raise ValueError(f"--emit-lead-max-ms must be within 0..1000, got {args.emit_lead_max_ms}")
     if args.stream_interval < 1:
         raise ValueError(f"--stream-interval must be >= 1, got {args.stream_interval}")
 
@@ -119,6 +121,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         tokenizer_path=args.tokenizer,
         mode=args.mode,
         stream_interval=args.stream_interval,
+        emit_lead_max_s=args.emit_lead_max_ms / 1000.0,
         seed=args.seed,
         hash_algo=args.prefix_caching_hash_algo,
         kv_events_endpoint=endpoint,

@@ -24,6 +24,16 @@ absorbed into the modelled prefill instead of added to it. A step never holds a 
 arrived after the step began: it joins at the next step boundary. If taking a request in
 took longer than its whole modelled step, the step ends at once and the excess is counted as
 lag, like any other restart.
+
+The model's times are when tokens should reach the client, but the process writes them out
+after a step completes (a timerfd wakes the engine on time to tens of microseconds,
+:mod:`kvgate.sim.timer`; uvloop's own timers work on a millisecond grid), then every stream's handler is woken and writes its chunk in turn (~20 µs each,
+so a step that feeds 256 streams takes ~5 ms to fan out). The HTTP handlers report each
+written token's error against its planned time (:meth:`Engine.observe_emit`), and the engine
+completes each step that much ahead of its planned end (the *emission lead*, adjusted
+after every step, never more than half the step nor ``emit_lead_max_s``), so that tokens
+leave on schedule on average. The model's timestamps and vLLM's latency metrics stay the
+planned ones; a process that falls behind is still counted as lag.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from kvgate.kvcache.hashing import BlockHash, block_hashes, none_hash
 from kvgate.sim.kvcache import BlockMeta, KVCache
 from kvgate.sim.output import TokenStream
 from kvgate.sim.profiles import LatencyModel
+from kvgate.sim.timer import PreciseTimer
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "LoraAdapter", "SimRequest"]
 
@@ -69,6 +80,9 @@ class EngineConfig:
     max_loras: int = 1
     enable_prefix_caching: bool = True
     lag_tolerance_s: float = 0.005
+    #: The most a step may complete ahead of its planned end to make up for the process's own
+    #: delay in writing its tokens out (0: never; see Engine.observe_emit).
+    emit_lead_max_s: float = 0.005
 
 
 @dataclass(slots=True)
@@ -99,6 +113,10 @@ class EngineStats:
     model_ttft_count: int = 0
     model_itl_s_sum: float = 0.0
     model_itl_count: int = 0
+    # Streamed tokens written out, and the wall seconds between each token's planned time and
+    # its write (negative: written ahead): the emission error left after the lead.
+    emit_count: int = 0
+    emit_error_s_sum: float = 0.0
     finished: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("stop", "length", "abort", "error", "repetition"), 0)
     )
@@ -253,6 +271,12 @@ class Engine:
         self.on_step: Callable[[int, list[float]], None] | None = None
         #: Called with the wall seconds of each schedule restart (the process fell behind).
         self.on_lag: Callable[[float], None] | None = None
+        #: How far ahead of its planned end a step completes (wall seconds), and the emission
+        #: errors reported since the last step (folded into it by _adjust_lead).
+        self.emit_lead = 0.0
+        self._timer = PreciseTimer()
+        self._emit_sum = 0.0
+        self._emit_n = 0
 
     # --- public API ------------------------------------------------------------------------
 
@@ -275,6 +299,24 @@ class Engine:
         req.aborted = True
         self._num_aborted += 1
         self._wake.set()
+
+    def observe_emit(self, error_s: float) -> None:
+        """A streamed token was written ``error_s`` wall seconds after its planned time."""
+        self._emit_sum += error_s
+        self._emit_n += 1
+        st = self.stats
+        st.emit_count += 1
+        st.emit_error_s_sum += error_s
+
+    def _adjust_lead(self) -> None:
+        # A proportional step toward the lead that zeroes the mean error of the last step's
+        # writes (one step late: a step's tokens are written after it completes).
+        if self._emit_n:
+            error = self._emit_sum / self._emit_n
+            self._emit_sum = 0.0
+            self._emit_n = 0
+            lead = self.emit_lead + 0.25 * error
+            self.emit_lead = min(max(lead, 0.0), self.config.emit_lead_max_s)
 
     def stop(self) -> None:
         self._stopped = True
@@ -300,6 +342,12 @@ class Engine:
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._timer.close()
+
+    async def _run(self) -> None:
         clock = time.monotonic
         speed = self.config.speed
         tolerance = self.config.lag_tolerance_s
@@ -347,13 +395,14 @@ class Engine:
                 # ends now, and the excess is lag (the model's TTFT was not met).
                 self._count_lag(now - end)
                 end = now
-            # uvloop's timers have millisecond granularity and may fire up to 1 ms early.
-            remaining = end - clock()
-            if remaining <= 0.0002:
+            # Complete ahead by the emission lead (at most half the step), so that the
+            # tokens are written when the model says.
+            self._adjust_lead()
+            target = end - min(self.emit_lead, 0.5 * (end - start))
+            if target - clock() <= 0.00005:
                 await asyncio.sleep(0)  # always let I/O run between steps
-            while remaining > 0.0002:
-                await asyncio.sleep(remaining)
-                remaining = end - clock()
+            else:
+                await self._timer.sleep_until(target)
             done = clock()
             late = done - end
             if late > 0:
@@ -361,7 +410,8 @@ class Engine:
                 st.late_s_sum += late
                 if late > st.late_s_max:
                     st.late_s_max = late
-            self._complete(scheduled, done, end)
+            # (times recorded for vLLM's metrics: the planned end when completed ahead)
+            self._complete(scheduled, max(done, end), end)
             self._flush_events()
             next_start = end
 

@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 
 from kvgate.errors import BadRequestError, EngineError, RequestError
-from kvgate.sim import api
+from kvgate.sim import api, wire
 from kvgate.sim.completions import chat_completions, completions
 from kvgate.sim.publisher import ZmqPublisher
 from kvgate.sim.state import (
@@ -178,6 +178,11 @@ async def sim_stats(request: web.Request) -> web.Response:
         "intake_count": st.intake_count,
         "late_s_sum": st.late_s_sum,
         "late_s_max": st.late_s_max,
+        # Streamed tokens written, the sum of their errors against the model (wall s), and
+        # how far ahead of plan steps now complete to make up for writing them out.
+        "emit_count": st.emit_count,
+        "emit_error_s_sum": st.emit_error_s_sum,
+        "emit_lead_s": state.engine.emit_lead,
         "model_ttft_s_sum": st.model_ttft_s_sum,
         "model_ttft_count": st.model_ttft_count,
         "model_itl_s_sum": st.model_itl_s_sum,
@@ -254,8 +259,10 @@ async def serve(
     app = build_app(state)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
-    await site.start()
+    assert runner.server is not None
+    # Its own listener (not aiohttp's TCPSite), so that every request carries the time its
+    # bytes reached the host: the model's TTFT counts from there (kvgate.sim.wire).
+    listener = await wire.start_server(runner.server, settings.host, settings.port, backlog=4096)
     engine_task = loop.create_task(state.engine.run())
     engine_failure: list[BaseException] = []
 
@@ -285,9 +292,7 @@ async def serve(
     finally:
         # Graceful shutdown: stop listening, refuse new requests, finish in-flight streams.
         state.draining = True
-        server = getattr(site, "_server", None)
-        if server is not None:
-            server.close()
+        listener.close()
         for fut in list(state.hanging):
             if not fut.done():
                 fut.set_result(None)

@@ -53,6 +53,7 @@ class SimSettings:
     tokenizer_path: str | None = None
     mode: str = "random"
     stream_interval: int = 1  # tokens per streamed chunk (vLLM's --stream-interval)
+    emit_lead_max_s: float = 0.005  # EngineConfig.emit_lead_max_s
     seed: int = 0
     hash_algo: str = "sha256"
     kv_events_endpoint: str | None = None
@@ -99,6 +100,7 @@ class SimState:
                 offload_blocks=settings.kv_offload_blocks,
                 max_loras=settings.max_loras,
                 enable_prefix_caching=settings.enable_prefix_caching,
+                emit_lead_max_s=settings.emit_lead_max_s,
             ),
             p.latency,
             publish=publisher.publish if publisher is not None else None,

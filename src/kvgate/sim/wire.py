@@ -1,0 +1,302 @@
+"""A TCP listener whose connections know when each request's first bytes reached the host.
+
+The latency model counts a request's TTFT from its arrival. A handler can only stamp the
+moment it starts, which on a 2-core VM is 0.2–0.8 ms after the bytes arrived (waking the
+process on the loopback, then aiohttp's parse and two loop iterations before a handler
+runs), and in a burst the n-th request waits behind the n−1 before it: all of that was added
+to every TTFT a client saw. Linux stamps each received segment (``SO_TIMESTAMPNS``) and hands
+the stamp to ``recvmsg``; uvloop's transports read with ``read()`` and drop it. So this module
+has its own small transport: it reads with ``recvmsg``, keeps the stamp of the first segment
+of each request (:attr:`StampedTransport.rx_start`, the first read after a response was
+written), and otherwise behaves as an asyncio transport for aiohttp's server protocol: write
+buffering with flow control, pause/resume reading, close after the buffer drains, abort.
+Where the kernel gives no stamp (another OS), the read time is used.
+
+Times are on ``time.monotonic()`` (the event loop's clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["StampedServer", "StampedTransport", "start_server"]
+
+log = logging.getLogger("kvgate.sim.wire")
+
+#: Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS, the same number); Python does not export it.
+SO_TIMESTAMPNS: int | None = getattr(
+    socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None
+)
+_CMSG_SPACE = socket.CMSG_SPACE(16)
+READ_SIZE = 256 * 1024
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+#: A stamp older than this is taken for a clock step, not a wait (the read time is used).
+MAX_AGE_S = 60.0
+_TIMESPEC = struct.Struct("qq")
+
+
+def arrival_from(ancdata: list[tuple[int, int, bytes]]) -> float:
+    """The monotonic time a segment reached the host, from ``recvmsg``'s ancillary data."""
+    mono = time.monotonic()
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            age: float = time.time() - (sec + nsec * 1e-9)
+            if 0.0 <= age < MAX_AGE_S:
+                return mono - age
+    return mono
+
+
+class StampedTransport(asyncio.Transport):
+    """An asyncio transport over a connected non-blocking socket that records arrival times."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.Protocol,
+        on_lost: Callable[[StampedTransport], None] | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {"socket": sock, "sslcontext": None}
+        with contextlib.suppress(OSError):
+            extra["peername"] = sock.getpeername()
+            extra["sockname"] = sock.getsockname()
+        super().__init__(extra)
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+        self._reading = False
+        self._closing = False
+        self._lost = False
+        self._protocol_paused = False
+        self._high = HIGH_WATER
+        self._low = LOW_WATER
+        # The next read starts a request: a new connection, or the last thing done was a write.
+        self._fresh = True
+        #: When the first bytes of the current request reached the host (monotonic), 0 before.
+        self.rx_start = 0.0
+
+    def start(self) -> None:
+        self._protocol.connection_made(self)
+        if not self._closing:
+            self.resume_reading()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def _read_ready(self) -> None:
+        try:
+            data, anc, _flags, _addr = self._sock.recvmsg(READ_SIZE, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        if not data:
+            self.pause_reading()
+            try:
+                keep_open = self._protocol.eof_received()
+            except Exception as exc:
+                self._force_close(exc)
+                return
+            if not keep_open:
+                self.close()
+            return
+        if self._fresh:
+            self._fresh = False
+            self.rx_start = arrival_from(anc)
+        try:
+            self._protocol.data_received(data)
+        except Exception as exc:
+            log.exception("protocol failed on received data")
+            self._force_close(exc)
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._read_ready)
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        self._fresh = True
+        if not self._buffer:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._force_close(exc)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self._loop.add_writer(self._fd, self._write_ready)
+        self._buffer.extend(data)
+        if not self._protocol_paused and len(self._buffer) > self._high:
+            self._protocol_paused = True
+            self._protocol.pause_writing()
+
+    def _write_ready(self) -> None:
+        try:
+            sent = self._sock.send(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        del self._buffer[:sent]
+        if self._protocol_paused and len(self._buffer) <= self._low:
+            self._protocol_paused = False
+            self._protocol.resume_writing()
+        if not self._buffer:
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._call_connection_lost(None)
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = HIGH_WATER if high is None else high
+        self._low = min(self._high, self._high // 4 if low is None else low)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    # --- closing -------------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; the connection closes once what was written has been sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self.pause_reading()
+        if not self._buffer:
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _force_close(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        if self._buffer:
+            self._buffer.clear()
+            self._loop.remove_writer(self._fd)
+        if not self._closing:
+            self._closing = True
+            self.pause_reading()
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+            if self._on_lost is not None:
+                self._on_lost(self)
+
+
+class StampedServer:
+    """A listening socket that hands each accepted connection to a fresh protocol."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        sock: socket.socket,
+    ) -> None:
+        self._loop = loop
+        self._factory = protocol_factory
+        self._sock = sock
+        self.transports: set[StampedTransport] = set()
+        self.stamped = SO_TIMESTAMPNS is not None
+        loop.add_reader(sock.fileno(), self._accept)
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def _accept(self) -> None:
+        for _ in range(128):
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, aborted handshakes: keep listening
+                log.warning("accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.stamped:
+                try:
+                    conn.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # type: ignore[arg-type]
+                except OSError:
+                    self.stamped = False
+            transport = StampedTransport(
+                self._loop, conn, self._factory(), on_lost=self.transports.discard
+            )
+            self.transports.add(transport)
+            transport.start()
+
+    def close(self) -> None:
+        """Stop accepting; open connections are left to their protocols."""
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+
+async def start_server(
+    protocol_factory: Callable[[], asyncio.Protocol],
+    host: str,
+    port: int,
+    *,
+    backlog: int = 4096,
+) -> StampedServer:
+    """Listen on ``host:port`` (``0.0.0.0``/``::`` for all) and serve with ``protocol_factory``."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, kind, proto, _name, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return StampedServer(loop, protocol_factory, sock)
