@@ -84,3 +84,7 @@ def test_lora_modules_and_bad_flags() -> None:
     with pytest.raises(ValueError, match="--speed must be positive"):
         settings_from_args(parse("--speed", "0"))
     assert settings_from_args(parse("--failure-rate", "20")).failure_rate == pytest.approx(0.2)
+    with pytest.raises(ValueError, match=r"--emit-lead-max-ms must be within 0\.\.1000, got -1"):
+        settings_from_args(parse("--emit-lead-max-ms", "-1"))
+    assert settings_from_args(parse("--emit-lead-max-ms", "0")).emit_lead_max_s == 0.0
+    assert settings_from_args(parse()).emit_lead_max_s == pytest.approx(0.005)

@@ -4,6 +4,7 @@ KV events that add up to exactly the cache's content."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -322,3 +323,24 @@ async def test_a_blocked_loop_restarts_the_schedule_and_counts_the_lag(
         await stop(engine, task)
     st = engine.stats
     assert st.lag_events >= 1 and st.lag_s_max >= 0.15 - DECODE_S - 0.01
+
+
+def test_emission_lead_cancels_the_mean_write_delay_within_its_bounds() -> None:
+    engine = make_engine()
+    engine.config = dataclasses.replace(engine.config, emit_lead_max_s=0.004)
+
+    def settle(write_delay_s: float) -> float:
+        # Each step's tokens leave write_delay_s after the step completes, and the step
+        # completes emit_lead ahead of plan: the handlers report the difference.
+        for _ in range(60):
+            for _ in range(8):
+                engine.observe_emit(write_delay_s - engine.emit_lead)
+            engine.adjust_lead()
+        return engine.emit_lead
+
+    assert settle(0.001) == pytest.approx(0.001, abs=1e-6)
+    assert settle(0.010) == 0.004  # never more than emit_lead_max_s
+    assert settle(-0.002) == 0.0  # tokens written early: no lead, never a lag
+    assert engine.stats.emit_count == 3 * 60 * 8
+    engine.config = dataclasses.replace(engine.config, emit_lead_max_s=0.0)
+    assert settle(0.001) == 0.0  # --emit-lead-max-ms 0 turns it off

@@ -282,9 +282,11 @@ async def _stream(
                 await resp.write(b"".join(parts))
             except ConnectionResetError:
                 return resp  # the client went away; the caller aborts the request
-            if fresh:
-                # how late (or early) the newest token left, against the model: the engine
-                # completes steps ahead by the mean of these (Engine.observe_emit)
+            transport = request.transport
+            if fresh and transport is not None and not transport.get_write_buffer_size():
+                # How late (or early) the newest token left, against the model: the engine
+                # completes steps ahead by the mean of these (Engine.observe_emit). Not when
+                # the bytes wait in the buffer: a slow reader is not the process's delay.
                 state.engine.observe_emit(time.monotonic() - req.model_token_time)
         if drop and n >= drop_after:
             state.engine.abort(req)

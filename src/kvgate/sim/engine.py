@@ -272,7 +272,7 @@ class Engine:
         #: Called with the wall seconds of each schedule restart (the process fell behind).
         self.on_lag: Callable[[float], None] | None = None
         #: How far ahead of its planned end a step completes (wall seconds), and the emission
-        #: errors reported since the last step (folded into it by _adjust_lead).
+        #: errors reported since the last step (folded into it by adjust_lead).
         self.emit_lead = 0.0
         self._timer = PreciseTimer()
         self._emit_sum = 0.0
@@ -308,7 +308,7 @@ class Engine:
         st.emit_count += 1
         st.emit_error_s_sum += error_s
 
-    def _adjust_lead(self) -> None:
+    def adjust_lead(self) -> None:
         # A proportional step toward the lead that zeroes the mean error of the last step's
         # writes (one step late: a step's tokens are written after it completes).
         if self._emit_n:
@@ -397,7 +397,7 @@ class Engine:
                 end = now
             # Complete ahead by the emission lead (at most half the step), so that the
             # tokens are written when the model says.
-            self._adjust_lead()
+            self.adjust_lead()
             target = end - min(self.emit_lead, 0.5 * (end - start))
             if target - clock() <= 0.00005:
                 await asyncio.sleep(0)  # always let I/O run between steps

@@ -44,6 +44,11 @@ class PreciseTimer:
         self._fut: asyncio.Future[None] | None = None
         self._deadline = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = False
+
+    def _open(self) -> None:
+        # (on first use, so an engine that never runs holds no descriptor)
+        self._opened = True
         if sys.platform.startswith("linux"):
             with contextlib.suppress(OSError, AttributeError):
                 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,10 +60,13 @@ class PreciseTimer:
 
     @property
     def precise(self) -> bool:
+        """Whether sleeps use a timerfd (known after the first one)."""
         return self._fd >= 0
 
     async def sleep_until(self, deadline: float) -> None:
         """Return at ``deadline`` (monotonic seconds), or on the next loop pass if it is past."""
+        if not self._opened:
+            self._open()
         if self._fd < 0:
             remaining = deadline - time.monotonic()
             while remaining > 0.0002:

@@ -44,16 +44,15 @@ MAX_AGE_S = 60.0
 _TIMESPEC = struct.Struct("qq")
 
 
-def arrival_from(ancdata: list[tuple[int, int, bytes]]) -> float:
+def kernel_arrival(ancdata: list[tuple[int, int, bytes]]) -> float | None:
     """The monotonic time a segment reached the host, from ``recvmsg``'s ancillary data."""
-    mono = time.monotonic()
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(data)
             age: float = time.time() - (sec + nsec * 1e-9)
             if 0.0 <= age < MAX_AGE_S:
-                return mono - age
-    return mono
+                return time.monotonic() - age
+    return None
 
 
 class StampedTransport(asyncio.Transport):
@@ -87,6 +86,8 @@ class StampedTransport(asyncio.Transport):
         self._fresh = True
         #: When the first bytes of the current request reached the host (monotonic), 0 before.
         self.rx_start = 0.0
+        #: Whether rx_start is the kernel's stamp (else it is the time of the read).
+        self.rx_stamped = False
 
     def start(self) -> None:
         self._protocol.connection_made(self)
@@ -115,7 +116,9 @@ class StampedTransport(asyncio.Transport):
             return
         if self._fresh:
             self._fresh = False
-            self.rx_start = arrival_from(anc)
+            stamp = kernel_arrival(anc)
+            self.rx_stamped = stamp is not None
+            self.rx_start = time.monotonic() if stamp is None else stamp
         try:
             self._protocol.data_received(data)
         except Exception as exc:
@@ -239,6 +242,14 @@ class StampedServer:
         self._sock = sock
         self.transports: set[StampedTransport] = set()
         self.stamped = SO_TIMESTAMPNS is not None
+        if self.stamped:
+            # Set on the listener, accepted sockets inherit it, and the kernel's stamping
+            # (switched on lazily, system-wide, while any socket asks for it) stays on: else
+            # each connection's first segments could arrive before it is and go unstamped.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # type: ignore[arg-type]
+            except OSError:
+                self.stamped = False
         loop.add_reader(sock.fileno(), self._accept)
 
     @property
@@ -257,11 +268,6 @@ class StampedServer:
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.stamped:
-                try:
-                    conn.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # type: ignore[arg-type]
-                except OSError:
-                    self.stamped = False
             transport = StampedTransport(
                 self._loop, conn, self._factory(), on_lost=self.transports.discard
             )
