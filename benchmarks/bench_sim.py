@@ -400,7 +400,14 @@ def summarise(
             * 1000,
             3,
         ),
+        "sim_emit_first_error_ms": round(
+            (after.get("emit_first_error_s_sum", 0.0) - before.get("emit_first_error_s_sum", 0.0))
+            / max(1, after.get("emit_first_count", 0) - before.get("emit_first_count", 0))
+            * 1000,
+            3,
+        ),
         "sim_emit_lead_ms": round(after.get("emit_lead_s", 0.0) * 1000, 3),
+        "sim_emit_lead_first_ms": round(after.get("emit_lead_first_s", 0.0) * 1000, 3),
         "engine_late_mean_ms": round(
             (after["late_s_sum"] - before["late_s_sum"])
             / max(1, after["steps"] - before["steps"])

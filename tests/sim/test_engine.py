@@ -4,7 +4,6 @@ KV events that add up to exactly the cache's content."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from kvgate.kvcache.events import BlockRemoved, BlockStored, KVCacheEvent
 from kvgate.kvcache.hashing import block_hashes, to_event_hash
 from kvgate.kvcache.tokenize import Tokenizer
-from kvgate.sim.engine import Engine, EngineConfig, SimRequest
+from kvgate.sim.engine import EmissionLead, Engine, EngineConfig, SimRequest
 from kvgate.sim.output import OutputVocab, TokenStream
 from kvgate.sim.profiles import LatencyModel
 
@@ -325,22 +324,22 @@ async def test_a_blocked_loop_restarts_the_schedule_and_counts_the_lag(
     assert st.lag_events >= 1 and st.lag_s_max >= 0.15 - DECODE_S - 0.01
 
 
-def test_emission_lead_cancels_the_mean_write_delay_within_its_bounds() -> None:
-    engine = make_engine()
-    engine.config = dataclasses.replace(engine.config, emit_lead_max_s=0.004)
-
-    def settle(write_delay_s: float) -> float:
-        # Each step's tokens leave write_delay_s after the step completes, and the step
-        # completes emit_lead ahead of plan: the handlers report the difference.
-        for _ in range(60):
-            for _ in range(8):
-                engine.observe_emit(write_delay_s - engine.emit_lead)
-            engine.adjust_lead()
-        return engine.emit_lead
-
-    assert settle(0.001) == pytest.approx(0.001, abs=1e-6)
-    assert settle(0.010) == 0.004  # never more than emit_lead_max_s
-    assert settle(-0.002) == 0.0  # tokens written early: no lead, never a lag
-    assert engine.stats.emit_count == 3 * 60 * 8
-    engine.config = dataclasses.replace(engine.config, emit_lead_max_s=0.0)
-    assert settle(0.001) == 0.0  # --emit-lead-max-ms 0 turns it off
+def test_emission_lead_fits_the_write_out_delay_of_a_step_by_its_size() -> None:
+    lead = EmissionLead()
+    assert lead.lead(10, 0.005) == 0.0  # nothing seen yet
+    # Steps of one size: the lead is their mean delay.
+    for _ in range(40):
+        lead.add(1, 0.0003)
+    assert lead.lead(1, 0.005) == pytest.approx(0.0003)
+    # Steps of many sizes whose writes take 0.1 ms + 20 µs a stream on average.
+    for i in range(200):
+        n = 1 + (i * 37) % 256
+        lead.add(n, 0.0001 + 0.00002 * n)
+    assert lead.lead(16, 0.005) == pytest.approx(0.0001 + 0.00002 * 16, rel=0.02)
+    assert lead.lead(128, 0.005) == pytest.approx(0.0001 + 0.00002 * 128, rel=0.02)
+    assert lead.lead(256, 0.004) == 0.004  # never past the cap (--emit-lead-max-ms, half a step)
+    assert lead.lead(256, 0.0) == 0.0  # --emit-lead-max-ms 0 turns it off
+    # Writes that leave early make no lead (a step never completes late on purpose).
+    early = EmissionLead()
+    early.add(4, -0.001)
+    assert early.lead(4, 0.005) == 0.0

@@ -272,6 +272,7 @@ async def _stream(
             else:
                 parts.append(writer.token(text))
         fresh = n > sent  # new tokens go out in this write
+        first = fresh and sent == 0
         sent = n
         if done:
             if sampling.include_usage:
@@ -287,7 +288,7 @@ async def _stream(
                 # How late (or early) the newest token left, against the model: the engine
                 # completes steps ahead by the mean of these (Engine.observe_emit). Not when
                 # the bytes wait in the buffer: a slow reader is not the process's delay.
-                state.engine.observe_emit(time.monotonic() - req.model_token_time)
+                state.engine.observe_emit(req, time.monotonic() - req.model_token_time, first=first)
         if drop and n >= drop_after:
             state.engine.abort(req)
             _drop_connection(request)

@@ -26,12 +26,14 @@ took longer than its whole modelled step, the step ends at once and the excess i
 lag, like any other restart.
 
 The model's times are when tokens should reach the client, but the process writes them out
-after a step completes (a timerfd wakes the engine on time to tens of microseconds,
-:mod:`kvgate.sim.timer`; uvloop's own timers work on a millisecond grid), then every stream's handler is woken and writes its chunk in turn (~20 µs each,
-so a step that feeds 256 streams takes ~5 ms to fan out). The HTTP handlers report each
-written token's error against its planned time (:meth:`Engine.observe_emit`), and the engine
-completes each step that much ahead of its planned end (the *emission lead*, adjusted
-after every step, never more than half the step nor ``emit_lead_max_s``), so that tokens
+only after a step completes (a timerfd wakes the engine on time to tens of microseconds,
+:mod:`kvgate.sim.timer`; uvloop's own timers work on a millisecond grid): it wakes every
+stream's handler, first tokens first, and each writes its chunk in turn (~20 µs each, so a
+step that feeds 256 streams takes ~5 ms to fan out). The handlers report each written
+token's error against its planned time (:meth:`Engine.observe_emit`); per kind of step
+(producing first tokens, or decode only) an :class:`EmissionLead` fits the mean delay of a
+step's writes against how many it has, and each step completes that far ahead of its
+planned end (never more than half the step nor ``emit_lead_max_s``), so that its tokens
 leave on schedule on average. The model's timestamps and vLLM's latency metrics stay the
 planned ones; a process that falls behind is still counted as lag.
 """
@@ -53,7 +55,7 @@ from kvgate.sim.output import TokenStream
 from kvgate.sim.profiles import LatencyModel
 from kvgate.sim.timer import PreciseTimer
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "LoraAdapter", "SimRequest"]
+__all__ = ["EmissionLead", "Engine", "EngineConfig", "EngineStats", "LoraAdapter", "SimRequest"]
 
 log = logging.getLogger("kvgate.sim.engine")
 
@@ -117,9 +119,78 @@ class EngineStats:
     # its write (negative: written ahead): the emission error left after the lead.
     emit_count: int = 0
     emit_error_s_sum: float = 0.0
+    emit_first_count: int = 0  # the same for first tokens alone
+    emit_first_error_s_sum: float = 0.0
     finished: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("stop", "length", "abort", "error", "repetition"), 0)
     )
+
+
+class EmissionLead:
+    """How far ahead of plan one kind of step completes, so that its tokens leave on time.
+
+    Once a step completes, the process wakes its streams' handlers and writes their chunks one
+    after another, so the mean delay of a step's writes grows with how many it has:
+    ``delay ≈ a + b·n``. Each finished step adds one point (n, the mean delay of its writes
+    against the planned end, the lead it had added back); a and b are a least-squares fit with
+    exponential forgetting (the last ~20 steps weigh most). Until two different n have been
+    seen, b is 0 and the lead is the mean delay.
+    """
+
+    __slots__ = ("_s0", "_sx", "_sxx", "_sxy", "_sy", "last")
+
+    FORGET = 0.95
+
+    def __init__(self) -> None:
+        self._s0 = self._sx = self._sy = self._sxx = self._sxy = 0.0
+        #: The lead given to the latest step of this kind (wall seconds).
+        self.last = 0.0
+
+    def add(self, n: int, delay_s: float) -> None:
+        f = self.FORGET
+        self._s0 = self._s0 * f + 1.0
+        self._sx = self._sx * f + n
+        self._sy = self._sy * f + delay_s
+        self._sxx = self._sxx * f + n * n
+        self._sxy = self._sxy * f + n * delay_s
+
+    def lead(self, n: int, cap_s: float) -> float:
+        """The lead for a step that will write ``n`` tokens, within [0, cap_s]."""
+        s0 = self._s0
+        if s0 == 0.0:
+            return 0.0
+        det = s0 * self._sxx - self._sx * self._sx
+        slope = 0.0
+        if det > 1e-6 * s0 * s0:
+            slope = max(0.0, (s0 * self._sxy - self._sx * self._sy) / det)
+        value = (self._sy - slope * self._sx) / s0 + slope * n
+        return min(max(value, 0.0), cap_s)
+
+
+class _StepWrites:
+    """The writes reported for one completed step (Engine.observe_emit)."""
+
+    __slots__ = ("count", "first_step", "kind", "lead", "n", "sum")
+
+    def __init__(self, kind: EmissionLead, n: int, lead: float, first_step: bool) -> None:
+        self.kind = kind
+        self.n = n
+        self.lead = lead
+        self.first_step = first_step
+        self.sum = 0.0
+        self.count = 0
+
+
+def _writes(scheduled: list[tuple[SimRequest, int, int]]) -> tuple[int, int]:
+    """How many streamed first tokens, and other streamed tokens, a step will produce."""
+    first = other = 0
+    for req, num_new, computed in scheduled:
+        if req.notify_each_token and computed + num_new >= len(req.token_ids):
+            if req.num_output_tokens == 0:
+                first += 1
+            else:
+                other += 1
+    return first, other
 
 
 class SimRequest:
@@ -133,6 +204,7 @@ class SimRequest:
         "cache_salt",
         "decode_start_time",
         "delivered",
+        "emit_step",
         "finish_reason",
         "finished_time",
         "first_scheduled_time",
@@ -201,6 +273,7 @@ class SimRequest:
         self.decode_start_time = 0.0
         self.last_token_time = 0.0
         self.model_token_time = 0.0  # planned (modelled) time of the latest token
+        self.emit_step = 0  # the engine's number for the step of the latest token
         self.finished_time = 0.0
 
     @property
@@ -271,12 +344,13 @@ class Engine:
         self.on_step: Callable[[int, list[float]], None] | None = None
         #: Called with the wall seconds of each schedule restart (the process fell behind).
         self.on_lag: Callable[[float], None] | None = None
-        #: How far ahead of its planned end a step completes (wall seconds), and the emission
-        #: errors reported since the last step (folded into it by adjust_lead).
-        self.emit_lead = 0.0
+        #: How far ahead of its planned end a step completes (wall seconds): one model for
+        #: steps that produce first tokens (TTFT), one for decode steps.
+        self.lead_first = EmissionLead()
+        self.lead_decode = EmissionLead()
+        self._steps: dict[int, _StepWrites] = {}  # completed steps whose writes are reported
+        self._step_seq = 0
         self._timer = PreciseTimer()
-        self._emit_sum = 0.0
-        self._emit_n = 0
 
     # --- public API ------------------------------------------------------------------------
 
@@ -300,23 +374,32 @@ class Engine:
         self._num_aborted += 1
         self._wake.set()
 
-    def observe_emit(self, error_s: float) -> None:
-        """A streamed token was written ``error_s`` wall seconds after its planned time."""
-        self._emit_sum += error_s
-        self._emit_n += 1
+    def observe_emit(self, req: SimRequest, error_s: float, *, first: bool = False) -> None:
+        """``req``'s newest token was written ``error_s`` wall seconds after its planned time
+        (``first``: it is the request's first token).
+
+        In a step that produced first tokens only those count toward its lead (the other
+        tokens are woken after them); in a decode step every token does.
+        """
         st = self.stats
         st.emit_count += 1
         st.emit_error_s_sum += error_s
+        if first:
+            st.emit_first_count += 1
+            st.emit_first_error_s_sum += error_s
+        rec = self._steps.get(req.emit_step)
+        if rec is not None and (first or not rec.first_step):
+            rec.sum += error_s
+            rec.count += 1
 
-    def adjust_lead(self) -> None:
-        # A proportional step toward the lead that zeroes the mean error of the last step's
-        # writes (one step late: a step's tokens are written after it completes).
-        if self._emit_n:
-            error = self._emit_sum / self._emit_n
-            self._emit_sum = 0.0
-            self._emit_n = 0
-            lead = self.emit_lead + 0.25 * error
-            self.emit_lead = min(max(lead, 0.0), self.config.emit_lead_max_s)
+    def _fold_writes(self, before: int) -> None:
+        """Fold the writes of steps numbered below ``before`` (all written by now) into the
+        leads: each step's mean delay is its mean error plus the lead it completed with."""
+        steps = self._steps
+        for seq in [s for s in steps if s < before]:
+            rec = steps.pop(seq)
+            if rec.count:
+                rec.kind.add(rec.n, rec.sum / rec.count + rec.lead)
 
     def stop(self) -> None:
         self._stopped = True
@@ -396,9 +479,20 @@ class Engine:
                 self._count_lag(now - end)
                 end = now
             # Complete ahead by the emission lead (at most half the step), so that the
-            # tokens are written when the model says.
-            self.adjust_lead()
-            target = end - min(self.emit_lead, 0.5 * (end - start))
+            # tokens are written when the model says. (The previous step's writes are still
+            # to come: they run once this loop yields.)
+            self._step_seq += 1
+            seq = self._step_seq
+            self._fold_writes(seq - 1)
+            n_first, n_other = _writes(scheduled)
+            kind = self.lead_first if n_first else self.lead_decode
+            lead = kind.lead(
+                n_first or n_other, min(self.config.emit_lead_max_s, 0.5 * (end - start))
+            )
+            kind.last = lead
+            if n_first or n_other:
+                self._steps[seq] = _StepWrites(kind, n_first or n_other, lead, n_first > 0)
+            target = end - lead
             if target - clock() <= 0.00005:
                 await asyncio.sleep(0)  # always let I/O run between steps
             else:
@@ -411,7 +505,7 @@ class Engine:
                 if late > st.late_s_max:
                     st.late_s_max = late
             # (times recorded for vLLM's metrics: the planned end when completed ahead)
-            self._complete(scheduled, max(done, end), end)
+            self._complete(scheduled, max(done, end), end, seq)
             self._flush_events()
             next_start = end
 
@@ -593,13 +687,18 @@ class Engine:
     # --- completing a step -----------------------------------------------------------------
 
     def _complete(
-        self, scheduled: list[tuple[SimRequest, int, int]], now: float, planned: float
+        self,
+        scheduled: list[tuple[SimRequest, int, int]],
+        now: float,
+        planned: float,
+        seq: int = 0,
     ) -> None:
         st = self.stats
         max_len = self.config.max_model_len
         generated = 0
         any_finished = False
         itl: list[float] = []
+        later: list[SimRequest] = []  # woken after the first tokens, whose writes go first
         for req, num_new, _ in scheduled:
             if req.status != RUNNING:
                 continue
@@ -622,21 +721,28 @@ class Engine:
                 st.model_itl_count += 1
             req.last_token_time = now
             req.model_token_time = planned
+            req.emit_step = seq
             if req.num_output_tokens >= len(stream_ids):
-                self._finish(req, req.stream.finish_reason, now)
+                self._finish(req, req.stream.finish_reason, now, wake=False)
                 any_finished = True
             elif len(req.token_ids) >= max_len:
-                self._finish(req, "length", now)
+                self._finish(req, "length", now, wake=False)
                 any_finished = True
-            elif req.notify_each_token:
+            elif not req.notify_each_token:
+                continue
+            if k == 0:
                 req._wake()
+            else:
+                later.append(req)
+        for req in later:
+            req._wake()
         st.generation_tokens += generated
         if any_finished:
             self.running = [r for r in self.running if r.status == RUNNING]
         if self.on_step is not None:
             self.on_step(sum(n for _, n, _ in scheduled), itl)
 
-    def _finish(self, req: SimRequest, reason: str, now: float) -> None:
+    def _finish(self, req: SimRequest, reason: str, now: float, *, wake: bool = True) -> None:
         self.kv.free_blocks(req.block_ids)
         req.block_ids = []
         req.status = FINISHED
@@ -645,7 +751,8 @@ class Engine:
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         if self.on_finish is not None:
             self.on_finish(req)
-        req._wake()
+        if wake:
+            req._wake()
 
     def _drop_aborted(self) -> None:
         now = time.monotonic()

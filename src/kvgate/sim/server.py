@@ -182,7 +182,10 @@ async def sim_stats(request: web.Request) -> web.Response:
         # how far ahead of plan steps now complete to make up for writing them out.
         "emit_count": st.emit_count,
         "emit_error_s_sum": st.emit_error_s_sum,
-        "emit_lead_s": state.engine.emit_lead,
+        "emit_first_count": st.emit_first_count,
+        "emit_first_error_s_sum": st.emit_first_error_s_sum,
+        "emit_lead_s": state.engine.lead_decode.last,
+        "emit_lead_first_s": state.engine.lead_first.last,
         "model_ttft_s_sum": st.model_ttft_s_sum,
         "model_ttft_count": st.model_ttft_count,
         "model_itl_s_sum": st.model_itl_s_sum,
