@@ -28,14 +28,17 @@ core: ``taskset -c 1 ... --sim-core 1 --client-cores 1 --workers 1``). Three sce
    and the TTFT drift.
 
 For every request the engine records what the model says a client should see: the planned
-end of the step that produced each token, the model's TTFT counting from the HTTP receipt
-(``/sim/stats``). The client measures the same TTFT and inter-token gaps on the wire, its
-clock starting as it writes the request's bytes (pre-built, on a connection opened before).
-``drift`` is client mean / model mean - 1: the time the process (HTTP, event loop, CPU
-contention) and the loopback add to the model. ``intake_ms`` is the mean time from HTTP
-receipt to the engine (reading, parsing, tokenizing): inside the model's TTFT, absorbed
-into the prefill when the engine was idle, else a request taken in after a step boundary
-waits for the next one (as vLLM's would behind its API server).
+end of the step that produced each token, the model's TTFT counting from the request's
+arrival (the kernel's receive stamp of its first bytes; ``/sim/stats``). The client measures
+the same TTFT and inter-token gaps on the wire, its clock starting as it writes the request's
+bytes (pre-built, on a connection opened before) and each token timed by the kernel's
+receive stamp on the client's socket. ``drift`` is client mean / model mean - 1: the time
+the process (HTTP, event loop, CPU contention) and the loopback add to the model.
+``intake_ms`` is the mean time from arrival to the engine (waking, reading, parsing,
+tokenizing): inside the model's TTFT, absorbed into the prefill when the engine was idle,
+else a request taken in after a step boundary waits for the next one (as vLLM's would
+behind its API server). ``sim_emit_*`` are the simulator's own view of its token writes
+against the model and the leads it completes steps with (docs/sim.md).
 """
 
 from __future__ import annotations
