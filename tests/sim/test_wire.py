@@ -164,3 +164,43 @@ async def test_the_client_closing_ends_the_connection() -> None:
         assert not server.transports
     finally:
         server.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def test_all_addresses_are_served_over_ipv4_and_ipv6() -> None:
+    with socket.socket() as probe:  # a port free on 127.0.0.1 (and, in practice, on ::1)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    protocols: list[Recorder] = []
+
+    def factory() -> Recorder:
+        protocols.append(Recorder())
+        return protocols[-1]
+
+    # "" = every address, as asyncio's create_server takes it: 0.0.0.0 and :: where both exist.
+    server = await wire.start_server(factory, "", port)
+    targets = [(socket.AF_INET, ("127.0.0.1", port))]
+    if _ipv6_loopback():
+        targets.append((socket.AF_INET6, ("::1", port)))
+    clients: list[socket.socket] = []
+    try:
+        for family, addr in targets:
+            client = socket.socket(family, socket.SOCK_STREAM)
+            clients.append(client)
+            client.connect(addr)
+        async with asyncio.timeout(5):
+            while len(protocols) < len(targets):
+                await asyncio.sleep(0)
+        assert len(server.transports) == len(targets)
+    finally:
+        for client in clients:
+            client.close()
+        server.close()

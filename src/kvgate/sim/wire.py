@@ -229,37 +229,38 @@ class StampedTransport(asyncio.Transport):
 
 
 class StampedServer:
-    """A listening socket that hands each accepted connection to a fresh protocol."""
+    """Listening sockets that hand each accepted connection to a fresh protocol."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         protocol_factory: Callable[[], asyncio.Protocol],
-        sock: socket.socket,
+        socks: list[socket.socket],
     ) -> None:
         self._loop = loop
         self._factory = protocol_factory
-        self._sock = sock
+        self._socks = socks
         self.transports: set[StampedTransport] = set()
         self.stamped = SO_TIMESTAMPNS is not None
-        if self.stamped:
-            # Set on the listener, accepted sockets inherit it, and the kernel's stamping
-            # (switched on lazily, system-wide, while any socket asks for it) stays on: else
-            # each connection's first segments could arrive before it is and go unstamped.
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # type: ignore[arg-type]
-            except OSError:
-                self.stamped = False
-        loop.add_reader(sock.fileno(), self._accept)
+        for sock in socks:
+            if self.stamped:
+                # Set on the listener, accepted sockets inherit it, and the kernel's stamping
+                # (switched on lazily, system-wide, while any socket asks for it) stays on:
+                # else a connection's first segments could arrive before it is, unstamped.
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # type: ignore[arg-type]
+                except OSError:
+                    self.stamped = False
+            loop.add_reader(sock.fileno(), self._accept, sock)
 
     @property
     def port(self) -> int:
-        return int(self._sock.getsockname()[1])
+        return int(self._socks[0].getsockname()[1])
 
-    def _accept(self) -> None:
+    def _accept(self, sock: socket.socket) -> None:
         for _ in range(128):
             try:
-                conn, _addr = self._sock.accept()
+                conn, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of descriptors, aborted handshakes: keep listening
@@ -276,9 +277,10 @@ class StampedServer:
 
     def close(self) -> None:
         """Stop accepting; open connections are left to their protocols."""
-        if self._sock.fileno() >= 0:
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
+        for sock in self._socks:
+            if sock.fileno() >= 0:
+                self._loop.remove_reader(sock.fileno())
+                sock.close()
 
 
 async def start_server(
@@ -295,14 +297,22 @@ async def start_server(
     )
     if not infos:
         raise OSError(f"cannot resolve {host!r}")
-    family, kind, proto, _name, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
+    # Every address the host resolves to, as asyncio's create_server binds them.
+    addrs = list(dict.fromkeys((family, addr) for family, _k, _p, _n, addr in infos))
+    families = {family for family, _ in addrs}
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(backlog)
-        sock.setblocking(False)
+        for family, addr in addrs:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and len(families) > 1:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
     except BaseException:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
-    return StampedServer(loop, protocol_factory, sock)
+    return StampedServer(loop, protocol_factory, socks)
