@@ -48,14 +48,26 @@ def busy(seconds: float) -> None:
         pass
 
 
-async def serve() -> tuple[wire.StampedServer, list[Recorder]]:
+async def serve(
+    host: str = "127.0.0.1", port: int = 0
+) -> tuple[wire.StampedServer, list[Recorder]]:
     protocols: list[Recorder] = []
 
     def factory() -> Recorder:
         protocols.append(Recorder())
         return protocols[-1]
 
-    return await wire.start_server(factory, "127.0.0.1", 0), protocols
+    return await wire.start_server(factory, host, port), protocols
+
+
+async def read_to_eof(client: socket.socket) -> bytes:
+    client.setblocking(False)
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    async with asyncio.timeout(20):
+        while chunk := await loop.sock_recv(client, 1 << 16):
+            received += chunk
+    return bytes(received)
 
 
 async def connect(server: wire.StampedServer, protocols: list[Recorder]) -> socket.socket:
@@ -110,8 +122,6 @@ async def test_a_request_is_stamped_when_its_bytes_arrived_not_when_read() -> No
 async def test_writes_past_the_high_water_mark_pause_the_protocol_and_all_arrive() -> None:
     server, protocols = await serve()
     client = await connect(server, protocols)
-    client.setblocking(False)
-    loop = asyncio.get_running_loop()
     try:
         proto = protocols[0]
         assert proto.transport is not None
@@ -119,11 +129,7 @@ async def test_writes_past_the_high_water_mark_pause_the_protocol_and_all_arrive
         proto.transport.write(payload)
         assert proto.paused == 1 and proto.transport.get_write_buffer_size() > 0
         proto.transport.close()  # closes only once everything was sent
-        received = bytearray()
-        async with asyncio.timeout(20):
-            while chunk := await loop.sock_recv(client, 1 << 16):
-                received += chunk
-        assert received == payload
+        assert await read_to_eof(client) == payload
         assert proto.resumed == 1
         assert await asyncio.wait_for(proto.lost, 5) is None
     finally:
@@ -134,8 +140,6 @@ async def test_writes_past_the_high_water_mark_pause_the_protocol_and_all_arrive
 async def test_abort_drops_unsent_data_and_closes_at_once() -> None:
     server, protocols = await serve()
     client = await connect(server, protocols)
-    client.setblocking(False)
-    loop = asyncio.get_running_loop()
     try:
         proto = protocols[0]
         assert proto.transport is not None
@@ -144,11 +148,7 @@ async def test_abort_drops_unsent_data_and_closes_at_once() -> None:
         assert await asyncio.wait_for(proto.lost, 5) is None
         assert proto.transport.is_closing()
         proto.transport.write(b"ignored once closing")
-        received = 0
-        async with asyncio.timeout(10):
-            while chunk := await loop.sock_recv(client, 1 << 16):
-                received += len(chunk)
-        assert received < 8 << 20
+        assert len(await read_to_eof(client)) < 8 << 20
     finally:
         client.close()
         server.close()
@@ -179,14 +179,8 @@ async def test_all_addresses_are_served_over_ipv4_and_ipv6() -> None:
     with socket.socket() as probe:  # a port free on 127.0.0.1 (and, in practice, on ::1)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    protocols: list[Recorder] = []
-
-    def factory() -> Recorder:
-        protocols.append(Recorder())
-        return protocols[-1]
-
     # "" = every address, as asyncio's create_server takes it: 0.0.0.0 and :: where both exist.
-    server = await wire.start_server(factory, "", port)
+    server, protocols = await serve("", port)
     targets = [(socket.AF_INET, ("127.0.0.1", port))]
     if _ipv6_loopback():
         targets.append((socket.AF_INET6, ("::1", port)))
