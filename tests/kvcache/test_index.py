@@ -204,6 +204,29 @@ def test_cap_evicts_the_oldest_blocks_and_restoring_makes_a_block_young() -> Non
     assert index.match(oldest, [A]).blocks == {}
 
 
+@pytest.mark.parametrize("young_max", [4, 1 << 16])  # translations frozen in segments, or not
+def test_a_long_cached_parent_keeps_its_translation(young_max: int) -> None:
+    from kvgate.kvcache.engine_map import EngineMap
+
+    # A shared system prompt stays cached and is never stored again, while thousands of
+    # other blocks come and go. Translations outlive evicted blocks and are trimmed oldest
+    # first (at 2x max_blocks), but not the prompt's: every request that extends it names
+    # it as the parent.
+    index = KVBlockIndex(block_size=1, max_blocks=64)
+    # (segments of at most max_blocks // 4, as the index sizes them, so a trim drops the old)
+    index._engine = EngineMap(young_max=young_max, max_segment=16)
+    index.apply_batch(A, _batch(BlockStored([1], None, [7], 1, medium="GPU")))
+    for i in range(2, 1000):
+        parent = 1 if i % 10 == 0 else None  # a request under the system prompt
+        evicted = [BlockRemoved([i - 1], "GPU")] if i > 2 else []
+        stored = BlockStored([i], parent, [1000 + i], 1, medium="GPU")
+        index.apply_batch(A, _batch(*evicted, stored))
+    assert len(index._engine) <= 2 * 64 + 4  # trimmed all along
+    index.apply_batch(A, _batch(BlockStored([5000], 1, [42], 1, medium="GPU")))
+    assert index.stats.dropped_events.get("unknown_parent", 0) == 0
+    assert index.match(index.request_keys([7, 42]), [A]).blocks == {A: 2}
+
+
 def test_metrics_are_exported_with_kvgate_kv_index_names() -> None:
     registry = CollectorRegistry()
     register_metrics(registry)

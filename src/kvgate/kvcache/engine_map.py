@@ -17,7 +17,9 @@ lookups keep using the old segments, which the result replaces once complete.
 Translations are pure functions of the tokens (the same engine hash always maps to the same
 request key), so duplicates across segments are harmless and nothing is ever updated in
 place. Trimming drops the oldest entries: the oldest segment first (at most ``max_segment``
-at a time).
+at a time). A translation in use is kept young: storing a block again re-adds it, and a
+parent looked up with ``get(h, refresh=True)`` is re-added too (a hot prefix that stays
+cached is never stored again, but every request that extends it names it as the parent).
 """
 
 from __future__ import annotations
@@ -81,15 +83,26 @@ class EngineMap:
     def num_segments(self) -> int:
         return len(self._keys)
 
-    def get(self, h: int) -> int | None:
-        value = self.young.get(h)
-        if value is not None or not self._keys or not 0 <= h <= _U64_MAX:
+    def get(self, h: int, *, refresh: bool = False) -> int | None:
+        """The translation of ``h``, or None. ``refresh``: a translation found in a segment is
+        put back in the young dict, so that trimming (oldest first) keeps what is in use."""
+        young = self.young
+        value = young.get(h)
+        if value is not None:
+            if refresh:  # to the young end (the dict trims in insertion order)
+                del young[h]
+                young[h] = value
             return value
+        if not self._keys or not 0 <= h <= _U64_MAX:
+            return None
         q = np.uint64(h)
         for keys, vals in zip(reversed(self._keys), reversed(self._vals), strict=True):
             i = int(keys.searchsorted(q))
             if i < len(keys) and keys[i] == q:
-                return int(vals[i])
+                value = int(vals[i])
+                if refresh:
+                    young[h] = value
+                return value
         return None
 
     def get_many(self, hashes: Sequence[int]) -> list[int | None]:

@@ -285,7 +285,9 @@ class KVBlockIndex:
                 self.lora_names.add(lora)
             parent = self.seed_key(lora)
         else:
-            found = engine.get(parent_hash)  # type: ignore[arg-type]  # normalised: an int
+            # (refresh: a long-cached parent, e.g. a shared system prompt, keeps its
+            # translation however many blocks are stored after it)
+            found = engine.get(parent_hash, refresh=True)  # type: ignore[arg-type]
             if found is None:
                 self._drop("unknown_parent")
                 return
