@@ -161,3 +161,21 @@ async def test_ttft_counts_from_receipt_and_an_idle_engine_absorbs_the_intake(
     served_s = ttft_sum1 - ttft_sum0
     assert modelled_s - 0.001 <= served_s <= client_s
     assert modelled_s - 0.001 <= client_s <= modelled_s * 1.1 + 0.010
+
+
+async def test_every_streamed_token_write_is_reported_against_the_model(sim: SimHandle) -> None:
+    async def stats(session: aiohttp.ClientSession) -> dict[str, Any]:
+        async with session.get(sim.url + "/sim/stats") as resp:
+            out: dict[str, Any] = await resp.json()
+        return out
+
+    async with aiohttp.ClientSession() as session:
+        before = await stats(session)
+        times = await stream_times(session, sim, [31_000 + i for i in range(20)], 6)
+        after = await stats(session)
+    assert len(times) == 6
+    # One report per written token (the first token's on its own too); the leads the engine
+    # completes steps with stay within --emit-lead-max-ms (5 ms by default).
+    assert after["emit_count"] - before["emit_count"] == 6
+    assert after["emit_first_count"] - before["emit_first_count"] == 1
+    assert 0.0 <= after["emit_lead_s"] <= 0.005 and 0.0 <= after["emit_lead_first_s"] <= 0.005
