@@ -2,9 +2,13 @@
 
 The subscriber applies KV-event batches on the gateway's event loop, so one slow call is a
 routing stall. Fills an index capped at ``--cap`` blocks with ``--blocks`` new 64-block
-chains over 32 endpoints and prints the p50, p99.9 and worst call times.
+chains over 32 endpoints and prints the p50, p99.9 and worst call times. With ``--drop N`` it
+then drops N endpoints (as when pods leave or engines send AllBlocksCleared) and keeps
+applying one-event batches until the index has swept their bits out, printing the longest
+call meanwhile.
 
     taskset -c 1 .venv/bin/python benchmarks/bench_kv_index_pauses.py --cap 3000000 --blocks 4000000
+    taskset -c 1 .venv/bin/python benchmarks/bench_kv_index_pauses.py --cap 3000000 --blocks 3000000 --drop 8
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import random
 import time
 
-from kvgate.kvcache.events import BlockStored
+from kvgate.kvcache.events import BlockStored, EventBatch
 from kvgate.kvcache.index import KVBlockIndex
 
 
@@ -23,6 +27,7 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=3_000_000, help="max_blocks of the index")
     parser.add_argument("--blocks", type=int, default=4_000_000, help="blocks to store")
     parser.add_argument("--batch", type=int, default=64, help="blocks per stored event")
+    parser.add_argument("--drop", type=int, default=0, help="endpoints to drop after the fill")
     args = parser.parse_args()
     rng = random.Random(1)
     index = KVBlockIndex(block_size=16, max_blocks=args.cap)
@@ -39,17 +44,39 @@ def main() -> None:
         h += args.batch
     times.sort()
     n = len(times)
-    print(
-        json.dumps(
-            {
-                "calls": n,
-                "p50_ms": round(times[n // 2] * 1e3, 3),
-                "p999_ms": round(times[int(n * 0.999)] * 1e3, 2),
-                "max_ms": round(times[-1] * 1e3, 1),
-                "worst5_ms": [round(x * 1e3, 1) for x in times[-5:]],
-            }
-        )
-    )
+    result: dict[str, object] = {
+        "calls": n,
+        "p50_ms": round(times[n // 2] * 1e3, 3),
+        "p999_ms": round(times[int(n * 0.999)] * 1e3, 2),
+        "max_ms": round(times[-1] * 1e3, 1),
+        "worst5_ms": [round(x * 1e3, 1) for x in times[-5:]],
+    }
+    if args.drop:
+        blocks = index.num_blocks
+        drops: list[float] = []
+        for name in names[: args.drop]:
+            t = time.perf_counter()
+            index.drop_endpoint(name)
+            drops.append(time.perf_counter() - t)
+        batches: list[float] = []
+        start = time.perf_counter()
+        # (getattr: an index from before incremental sweeps, for before/after runs)
+        while getattr(index, "sweeping", False):  # events keep arriving meanwhile
+            tokens[0] = -len(batches) - 1
+            event = BlockStored(list(range(h, h + 4)), None, tokens[:64], 16, None, "GPU", None)
+            t = time.perf_counter()
+            index.apply_batch(names[-1], EventBatch(0.0, [event]))
+            batches.append(time.perf_counter() - t)
+            h += 4
+        result["sweep"] = {
+            "blocks": blocks,
+            "dropped": args.drop,
+            "drop_max_ms": round(max(drops) * 1e3, 3),
+            "batches": len(batches),
+            "max_ms": round(max(batches, default=0.0) * 1e3, 2),
+            "total_s": round(time.perf_counter() - start, 2),
+        }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

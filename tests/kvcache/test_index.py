@@ -186,6 +186,34 @@ def test_lora_blocks_chain_from_their_own_seed() -> None:
     assert index.match(index.request_keys(tokens, "adapter-a"), [A]).blocks == {A: 2}
 
 
+def test_a_large_index_sweeps_a_dropped_endpoint_a_chunk_per_batch() -> None:
+    from kvgate.kvcache.index import SWEEP_CHUNK
+
+    index = KVBlockIndex(block_size=1, max_blocks=1 << 20)
+    n = 3 * SWEEP_CHUNK
+    a_tokens = list(range(10_000, 10_000 + n))
+    index.apply_batch(A, _batch(BlockStored(list(range(1, n + 1)), None, a_tokens, 1)))
+    index.apply_batch(B, _batch(BlockStored([n + 1, n + 2], None, [5, 6], 1)))
+    keys = index.request_keys(a_tokens)
+    index.apply_batch(A, _batch(AllBlocksCleared()))  # the engine reset its cache
+    assert index.sweeping  # not one pass over every block on the event loop
+    assert index.match(keys, [A]).blocks == {} and index.num_entries == 2
+    # A comes back while the sweep runs: a fresh slot, holding only what it stores now.
+    index.apply_batch(A, _batch(BlockStored([1], None, a_tokens[:1], 1)))
+    assert index.match(keys, [A]).blocks == {A: 1}
+    batches = 0
+    while index.sweeping:
+        index.apply_batch(B, _batch(BlockStored([9000 + batches], None, [7 + batches], 1)))
+        batches += 1
+        assert batches <= n // SWEEP_CHUNK + 16  # (a chunk a batch, plus a step per shard)
+    assert batches >= n // SWEEP_CHUNK - 1
+    # Swept: the retired slot's bits are gone, every count adds up, the slot is free again.
+    assert index.num_blocks == index.num_entries == 1 + 2 + batches
+    assert index.match(keys, [A]).blocks == {A: 1}
+    index.apply_batch("10.0.0.9:1", _batch(BlockStored([1], None, a_tokens[:1], 1)))
+    assert index.match(keys, ["10.0.0.9:1", A]).blocks == {"10.0.0.9:1": 1, A: 1}
+
+
 def test_cap_evicts_the_oldest_blocks_and_restoring_makes_a_block_young() -> None:
     index = KVBlockIndex(block_size=1, max_blocks=64)
     first = index.request_keys([7])

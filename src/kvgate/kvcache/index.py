@@ -29,7 +29,9 @@ shard_blocks``) this is exact LRU over the index; with several it is exact per s
 since request keys are uniform hashes every shard's oldest blocks are about the index's
 oldest. Dropping an endpoint (it left the pool, sent AllBlocksCleared, or its
 event stream had a gap that could not be repaired) retires its slot at once; its bits are
-ignored from then on and swept out lazily before the slot is reused.
+ignored from then on and swept out before the slot is reused: a small index at once, a large
+one :data:`SWEEP_CHUNK` keys at the end of each event batch (a whole pass over 3 M blocks
+took 0.76 s of the gateway's loop in one piece).
 
 Not thread-safe: the subscriber and the scheduler share one event loop.
 """
@@ -67,8 +69,20 @@ _KEY_SHIFT = 4
 _KEY_MASK = (1 << 60) - 1
 #: Retired slots are swept immediately while the index is this small, else in one pass
 #: once this many slots wait (a pass over 10 M blocks takes seconds).
-_SWEEP_NOW_BELOW = 200_000
-_SWEEP_AFTER_DEAD_SLOTS = 8
+#: Keys a sweep visits per event batch (~2 ms), and the index size swept in one go.
+SWEEP_CHUNK = 8192
+_SWEEP_NOW_BELOW = SWEEP_CHUNK
+
+
+@dataclass(slots=True)
+class _Sweep:
+    """Clearing the bits of retired slots, a chunk of one shard's keys at a time."""
+
+    bits: int  # the retired slots' bits
+    slots: list[int]  # freed when the pass is done
+    shard: int = 0  # next shard to visit
+    keys: list[int] | None = None  # that shard's keys when its visit began
+    pos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +178,9 @@ class KVBlockIndex:
         self._slot_names: dict[int, str] = {}
         self._slot_entries: list[int] = []
         self._free_slots: list[int] = []
-        self._dead_slots: list[int] = []
-        self._dead_bits = 0
+        self._dead_slots: list[int] = []  # retired, not yet in a sweep
+        self._dead_bits = 0  # bits of every retired slot not yet freed
+        self._sweep: _Sweep | None = None
         self._base_all = 0  # the lowest tier bit of every slot ever allocated
         self._num_entries = 0
         self._seeds: dict[str | None, int] = {}
@@ -235,6 +250,8 @@ class KVBlockIndex:
             elif isinstance(event, AllBlocksCleared):
                 stats.events_cleared += 1
                 self.drop_endpoint(endpoint)
+        if self._sweep is not None:
+            self.sweep_step()
 
     def _drop(self, reason: str) -> None:
         dropped = self.stats.dropped_events
@@ -414,28 +431,69 @@ class KVBlockIndex:
         self._slot_entries[slot] = 0
         self._dead_bits |= self._slot_fill << (slot * self._tier_count)
         self._dead_slots.append(slot)
-        if self.num_blocks < _SWEEP_NOW_BELOW or len(self._dead_slots) >= _SWEEP_AFTER_DEAD_SLOTS:
+        if self.num_blocks < _SWEEP_NOW_BELOW:
             self.sweep()
+        elif self._sweep is None:
+            self._start_sweep()
 
-    def sweep(self) -> None:
-        """Clear the bits of retired slots and free those slots for reuse."""
-        dead = self._dead_bits
-        if not dead:
+    def _start_sweep(self) -> None:
+        fill = self._slot_fill
+        bits = 0
+        for slot in self._dead_slots:
+            bits |= fill << (slot * self._tier_count)
+        self._sweep = _Sweep(bits, self._dead_slots)
+        self._dead_slots = []
+
+    @property
+    def sweeping(self) -> bool:
+        """A sweep is under way (retired slots are not free yet)."""
+        return self._sweep is not None
+
+    def sweep_step(self, budget: int = SWEEP_CHUNK) -> None:
+        """Visit up to ``budget`` keys of the sweep under way. Keys are listed per shard when
+        its visit begins: a key stored later cannot hold a retired slot's bits (retired slots
+        are not reused until the pass is done)."""
+        sw = self._sweep
+        if sw is None:
             return
-        for shard in self._shards:
-            empty = []
-            for short, mask in shard.items():
-                if mask & dead:
+        shards = self._shards
+        dead = sw.bits
+        while budget > 0:
+            if sw.keys is None:
+                if sw.shard == len(shards):
+                    self._finish_sweep(sw)
+                    return
+                sw.keys = list(shards[sw.shard])
+                sw.pos = 0
+            shard = shards[sw.shard]
+            end = min(sw.pos + budget, len(sw.keys))
+            for short in sw.keys[sw.pos : end]:
+                mask = shard.get(short)
+                if mask is not None and mask & dead:
                     mask &= ~dead
                     if mask:
                         shard[short] = mask
                     else:
-                        empty.append(short)
-            for short in empty:
-                del shard[short]
-        self._free_slots.extend(self._dead_slots)
-        self._dead_slots.clear()
-        self._dead_bits = 0
+                        del shard[short]
+            budget -= max(1, end - sw.pos)
+            sw.pos = end
+            if end == len(sw.keys):
+                sw.keys = None
+                sw.shard += 1
+
+    def _finish_sweep(self, sw: _Sweep) -> None:
+        self._free_slots.extend(sw.slots)
+        self._dead_bits &= ~sw.bits
+        self._sweep = None
+        if self._dead_slots:  # retired while this pass ran
+            self._start_sweep()
+
+    def sweep(self) -> None:
+        """Clear the bits of every retired slot now, and free those slots for reuse."""
+        while self._sweep is not None or self._dead_slots:
+            if self._sweep is None:
+                self._start_sweep()
+            self.sweep_step(1 << 62)
 
     # --- lookup ---------------------------------------------------------------------------------
 
