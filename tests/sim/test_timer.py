@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from kvgate.sim.timer import PreciseTimer
+from kvgate.sim.timer import TIMER_SLACK_NS, PreciseTimer
 
 
 async def test_sleeps_end_at_their_deadline_never_before() -> None:
@@ -20,6 +22,10 @@ async def test_sleeps_end_at_their_deadline_never_before() -> None:
             await timer.sleep_until(deadline)
             assert time.monotonic() >= deadline
         assert timer.precise == sys.platform.startswith("linux")
+        # The kernel may defer a wake-up by the thread's timer slack (the main one's here).
+        slack = Path("/proc/self/timerslack_ns")
+        if slack.exists() and threading.current_thread() is threading.main_thread():
+            assert int(slack.read_text()) == TIMER_SLACK_NS
         # A deadline already past returns on the next loop pass.
         await asyncio.wait_for(timer.sleep_until(time.monotonic() - 1.0), 1)
     finally:

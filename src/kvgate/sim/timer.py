@@ -56,7 +56,10 @@ class PreciseTimer:
                 if fd >= 0:
                     self._settime = libc.timerfd_settime
                     self._fd = fd
-                    libc.prctl(_PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
+                    ulong = ctypes.c_ulong
+                    libc.prctl(
+                        _PR_SET_TIMERSLACK, ulong(TIMER_SLACK_NS), ulong(0), ulong(0), ulong(0)
+                    )
 
     @property
     def precise(self) -> bool:
