@@ -53,7 +53,6 @@ import random
 import shutil
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from kvgate.sim.wire import SO_TIMESTAMPNS, kernel_arrival
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,14 +142,14 @@ def cpu_seconds(pid: int) -> float:
 # the kernel's receive stamp of the segment that carried it (SO_TIMESTAMPNS, read with
 # recvmsg), not by when this process got round to reading it: with hundreds of streams two
 # generator processes read them one after another, which is the client's delay, not the
-# server's. The read time is kept too (``client_read_delay_ms``).
+# server's (the simulator's own transport reads the stamps the same way, kvgate.sim.wire).
+# The read time is kept too (``client_read_delay_ms``). Times are on ``time.monotonic()``.
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else 0)
 _CMSG = socket.CMSG_SPACE(16)
 
 
 class WireConn:
-    """A client connection whose reads carry the kernel's receive stamps (perf_counter clock)."""
+    """A client connection whose reads carry the kernel's receive stamps (monotonic clock)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -166,7 +167,7 @@ class WireConn:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if SO_TIMESTAMPNS:
+        if SO_TIMESTAMPNS is not None:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         return cls(sock)
 
@@ -178,12 +179,9 @@ class WireConn:
                 break
             except OSError:
                 data, anc = b"", []
-            now = time.perf_counter()
-            stamp = now
-            for level, kind, raw in anc:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    sec, nsec = struct.unpack_from("qq", raw)
-                    stamp = now - max(0.0, time.time() - (sec + nsec * 1e-9))
+            stamp = kernel_arrival(anc)
+            if stamp is None:
+                stamp = time.monotonic()
             if not data:
                 self.eof = True
                 self.loop.remove_reader(self.sock.fileno())
@@ -244,7 +242,7 @@ def _request_bytes(host: str, port: int, body: dict[str, Any]) -> bytes:
 async def _stream(conn: WireConn, request: bytes) -> dict[str, Any]:
     """Send one streaming request and time every token chunk (chunked SSE, as vLLM sends)."""
     times: list[float] = []
-    start = time.perf_counter()
+    start = time.monotonic()
     await conn.send(request)
     status = int((await conn.readline())[0].split()[1])
     headers: dict[bytes, bytes] = {}
@@ -265,7 +263,7 @@ async def _stream(conn: WireConn, request: bytes) -> dict[str, Any]:
         # first token: not a token of its own)
         tokens = chunk.count(b"data: {") - chunk.count(b'"role":"assistant"')
         if tokens and not times:
-            first_read = time.perf_counter()
+            first_read = time.monotonic()
         times.extend([stamp] * tokens)
     if not times:
         return {"ok": False, "error": "no tokens"}

@@ -170,13 +170,12 @@ class EmissionLead:
 class _StepWrites:
     """The writes reported for one completed step (Engine.observe_emit)."""
 
-    __slots__ = ("count", "first_step", "kind", "lead", "n", "sum")
+    __slots__ = ("count", "kind", "lead", "n", "sum")
 
-    def __init__(self, kind: EmissionLead, n: int, lead: float, first_step: bool) -> None:
+    def __init__(self, kind: EmissionLead, n: int, lead: float) -> None:
         self.kind = kind
         self.n = n
         self.lead = lead
-        self.first_step = first_step
         self.sum = 0.0
         self.count = 0
 
@@ -388,7 +387,7 @@ class Engine:
             st.emit_first_count += 1
             st.emit_first_error_s_sum += error_s
         rec = self._steps.get(req.emit_step)
-        if rec is not None and (first or not rec.first_step):
+        if rec is not None and (first or rec.kind is self.lead_decode):
             rec.sum += error_s
             rec.count += 1
 
@@ -491,7 +490,7 @@ class Engine:
             )
             kind.last = lead
             if n_first or n_other:
-                self._steps[seq] = _StepWrites(kind, n_first or n_other, lead, n_first > 0)
+                self._steps[seq] = _StepWrites(kind, n_first or n_other, lead)
             target = end - lead
             if target - clock() <= 0.00005:
                 await asyncio.sleep(0)  # always let I/O run between steps
