@@ -16,6 +16,9 @@ show-policy NAME`` prints one, so any policy can be copied and edited as a confi
                    prefix counts as held by its endpoint while it is in flight (and 2 s after)
 ``oracle``         oracle-prefix-cache-scorer 3 / kv-cache-utilization 2 / queue 2: the
                    benchmark's upper bound with perfect knowledge of each replica's cache
+``llm-d-default+flow-control``  ``llm-d-default`` with the ``flowControl`` feature gate and
+                   llm-d's flow-control defaults (an empty ``flowControl`` section): requests
+                   wait at the gateway while the pool is saturated, by priority band
 =================  ==========================================================================
 """
 
@@ -113,6 +116,15 @@ _POLICIES: dict[str, str] = {
         "max-score-picker",
     ),
 }
+
+# llm-d's flow control switched on over its default scheduler: the gate plus an empty section,
+# which leaves every limit and policy at llm-d's default (no global byte or request limit,
+# bands provisioned per priority, global-strict fairness, FCFS ordering, utilization-detector).
+_POLICIES["llm-d-default+flow-control"] = (
+    "# llm-d-default+flow-control: llm-d-default behind llm-d's flow control (defaults).\n"
+    + "".join(ln + "\n" for ln in _POLICIES["llm-d-default"].splitlines() if ln[:1] != "#")
+    + "featureGates:\n- flowControl\nflowControl: {}\n"
+)
 
 #: Every built-in policy name, in the order ``kvgate config policies`` lists them.
 POLICY_NAMES: tuple[str, ...] = tuple(_POLICIES)
