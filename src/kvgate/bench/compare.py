@@ -3,7 +3,8 @@
 For every policy: start N replicas (``kvgate sim`` or real vLLM, planned by
 :func:`kvgate.engines.plan_launch`) and one ``kvgate serve --policy P`` in front of them, wait
 for readiness with deadlines, scrape the replicas' counters, run the workload at the same
-offered load, scrape again, stop everything. External routers (``--external NAME=URL``) get
+offered load, scrape again, stop everything. ``--front epp`` puts Envoy + ``kvgate epp``
+in place of ``kvgate serve`` (:mod:`kvgate.bench.fronts`). External routers (``--external NAME=URL``) get
 the same workload against their own backends (hit rate then comes from ``usage`` only).
 
 Every replica publishes KV events to one collector address, bound by the gateway's precise
@@ -15,17 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvgate.bench.fronts import FrontDidNotStart, FrontSpec, start_front
+from kvgate.bench.procs import Proc, wait_in_rotation, wait_ready
 from kvgate.bench.report import Summary, scrape_counters, summarize
 from kvgate.bench.runner import LoadSpec, Progress, RequestRecord, RunConfig, run_sync, stage_rates
 from kvgate.bench.workloads import Workload
@@ -66,10 +63,6 @@ schedulingProfiles:
 """
 
 
-class BenchError(KvgateError):
-    """A benchmark could not run (a process did not start, a policy is unknown)."""
-
-
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     engine: str = "sim"
@@ -97,113 +90,6 @@ class PolicyRun:
     records: list[RequestRecord]
     skipped: str | None = None  # why the policy did not run
     replicas: list[str] = field(default_factory=list)
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-class _Proc:
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        log_path: Path,
-        env: Mapping[str, str] | None = None,
-        unset_env: Sequence[str] = (),
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        full_env = {k: v for k, v in os.environ.items() if k not in unset_env}
-        full_env.update(env or {})
-        self.popen = subprocess.Popen(
-            list(argv),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, chars: int = 2000) -> str:
-        self._log.flush()
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=5)
-        self._log.close()
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as resp:
-            return bool(200 <= resp.status < 300)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _wait_ready(procs: Sequence[tuple[_Proc, str]], timeout_s: float) -> None:
-    """Poll every ``(proc, url)`` until it answers 2xx; raise with the log tail otherwise."""
-    pending = list(procs)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        for item in list(pending):
-            proc, url = item
-            if not proc.alive():
-                raise BenchError(
-                    f"{proc.name} exited with code {proc.popen.returncode} before it was "
-                    f"ready ({proc.log_path}):\n{proc.log_tail()}"
-                )
-            if _http_ok(url):
-                pending.remove(item)
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            names = ", ".join(p.name for p, _ in pending)
-            raise BenchError(
-                f"not ready after {timeout_s:.0f}s: {names} ({pending[0][0].log_path})"
-            )
-        time.sleep(0.1)
-
-
-def _wait_in_rotation(gw_url: str, count: int, timeout_s: float) -> None:
-    """Poll the gateway's ``kvgate_endpoint_in_rotation`` gauges until ``count`` are 1.
-
-    Gives up silently at the deadline (or if the gateway does not export the gauge): /ready
-    already holds, the run then merely starts with fewer endpoints.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(gw_url + "/metrics", timeout=2.0) as resp:
-                text = resp.read().decode("utf-8", "replace")
-        except (urllib.error.URLError, OSError):
-            text = ""
-        lines = [ln for ln in text.splitlines() if ln.startswith("kvgate_endpoint_in_rotation{")]
-        if text and not lines:
-            return
-        if sum(1 for ln in lines if ln.rsplit(" ", 1)[-1] in ("1", "1.0")) >= count:
-            return
-        time.sleep(0.1)
-
-
-def _kvgate_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kvgate", *args]
 
 
 # --- policy configuration ----------------------------------------------------------------------
@@ -285,10 +171,14 @@ def run_policy(
     run_config: RunConfig | None = None,
     progress: Callable[[str], Progress] | None = None,
     log: Callable[[str], None] = print,
+    front: FrontSpec | None = None,
+    label: str | None = None,
 ) -> PolicyRun:
-    """Start a fresh cluster and gateway for ``policy``, run the workload, stop everything."""
+    """Start a fresh cluster and front door for ``policy``, run the workload, stop
+    everything. ``label`` names the run in the report (default: the policy)."""
     from kvgate.engines.hosts import free_port
 
+    front_spec = front or FrontSpec(args=cluster.gateway_args)
     used: set[int] = set()
     zmq_port = free_port("127.0.0.1", used)
     used.add(zmq_port)
@@ -296,42 +186,33 @@ def run_policy(
     plan = _plan(cluster, run_dir / "cluster", collector)
     for r in plan.replicas:
         used.add(r.port)
-    gw_port = free_port("127.0.0.1", used)
-    procs: list[_Proc] = []
+
+    def next_port() -> int:
+        port = free_port("127.0.0.1", used)
+        used.add(port)
+        return port
+
+    name = label or policy
+    procs: list[Proc] = []
     try:
         for r in plan.replicas:
-            procs.append(_Proc(r.name, r.argv, r.log_path, r.env, r.unset_env))
+            procs.append(Proc(r.name, r.argv, r.log_path, r.env, r.unset_env))
         timeout = cluster.ready_timeout_s or plan.ready_timeout_s
-        _wait_ready([(p, r.ready_url) for p, r in zip(procs, plan.replicas, strict=True)], timeout)
-        gw_args = ["serve", "--host", "127.0.0.1", "--port", str(gw_port), "--log-format", "text"]
+        wait_ready([(p, r.ready_url) for p, r in zip(procs, plan.replicas, strict=True)], timeout)
         config_text = policy_config(
             policy, f"tcp://*:{zmq_port}", plan.replicas[0].block_size if plan.replicas else None
         )
-        if config_text is not None:
-            gw_args += ["--config-text", config_text]
-        else:
-            gw_args += ["--policy", policy]
-        for url in plan.endpoints:
-            gw_args += ["--endpoint", url]
-        gw_args += list(cluster.gateway_args)
-        gateway = _Proc(
-            "gateway",
-            _kvgate_argv(*gw_args),
-            run_dir / "logs" / "gateway.log",
-            unset_env=("PYTHONHASHSEED",),
+        policy_args = (
+            ["--config-text", config_text] if config_text is not None else ["--policy", policy]
         )
-        procs.append(gateway)
-        gw_url = f"http://127.0.0.1:{gw_port}"
         try:
-            _wait_ready([(gateway, gw_url + "/ready")], 60.0)
-        except BenchError as exc:
-            if not gateway.alive():
-                return PolicyRun(
-                    policy, None, [], skipped=f"gateway did not start: {_last_line(gateway)}"
-                )
-            raise exc
+            started = start_front(front_spec, policy_args, plan.endpoints, run_dir, next_port)
+        except FrontDidNotStart as exc:
+            return PolicyRun(name, None, [], skipped=str(exc))
+        procs += started.procs
+        gw_url = started.base_url
         # Every replica must be in rotation before the clock starts.
-        _wait_in_rotation(gw_url, len(plan.replicas), 30.0)
+        wait_in_rotation(started.metrics_url, len(plan.replicas), 30.0)
         before = scrape_counters(plan.endpoints)
         cfg = RunConfig(
             base_url=gw_url,
@@ -343,7 +224,7 @@ def run_policy(
             cfg,
             workload,
             load,
-            progress(policy) if progress else None,
+            progress(name) if progress else None,
             time_scale=scale,
             # counters count from the end of the warm-up
             after_warmup=lambda: before.update(scrape_counters(plan.endpoints)),
@@ -351,7 +232,7 @@ def run_policy(
         after = scrape_counters(plan.endpoints)
         names = {r.base_url: r.name for r in plan.replicas}
         summary = summarize(
-            policy,
+            name,
             records,
             before=before,
             after=after,
@@ -363,7 +244,7 @@ def run_policy(
         )
         with contextlib.suppress(OSError):
             summary.load_average_1m = os.getloadavg()[0]
-        return PolicyRun(policy, summary, records, replicas=plan.endpoints)
+        return PolicyRun(name, summary, records, replicas=plan.endpoints)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -380,11 +261,6 @@ def _run_overrides(cfg: RunConfig | None) -> dict[str, Any]:
         "extra_body": cfg.extra_body,
         "stream_interval": cfg.stream_interval,
     }
-
-
-def _last_line(proc: _Proc) -> str:
-    lines = [ln for ln in proc.log_tail(4000).splitlines() if ln.strip()]
-    return lines[-1] if lines else f"exit code {proc.popen.returncode}"
 
 
 def run_external(

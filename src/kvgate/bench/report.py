@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvgate.bench.outcomes import OutcomeCounts
 from kvgate.bench.runner import RequestRecord
 
 #: Keys every entry of results.json has (others may follow).
@@ -126,6 +127,14 @@ class StageSummary:
     ttft_p90_s: float | None
     output_tok_s: float
     req_s: float
+    #: how the stage's requests ended (kvgate.bench.outcomes); every request counted once
+    ok: int = 0
+    rejected_429: int = 0
+    unavailable_503: int = 0
+    explicit_rejections: int = 0  # 429/503 with a body
+    timeouts: int = 0
+    other_errors: int = 0
+    rejection_p90_s: float | None = None  # request sent -> 429/503 received
 
 
 @dataclass(slots=True)
@@ -169,6 +178,8 @@ class Summary:
     replica_lag_s: float | None = None
     #: that lag as a share of the replicas' wall time during the run (0.01 = 1 %)
     replica_lag_share: float | None = None
+    #: how every request ended: ok, 429, 503, timeouts, other errors (kvgate.bench.outcomes)
+    outcomes: OutcomeCounts | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,6 +248,7 @@ def summarize(
         rs = [r for r in records if r.stage == stage]
         st_ttft = [r.ttft_s for r in rs if r.ok and r.ttft_s is not None]
         st_tok, st_req, _ = _throughput(rs)
+        oc = OutcomeCounts.of(rs)
         stages.append(
             StageSummary(
                 stage,
@@ -247,6 +259,13 @@ def summarize(
                 percentile(st_ttft, 90),
                 st_tok,
                 st_req,
+                ok=oc.ok,
+                rejected_429=oc.rejected_429,
+                unavailable_503=oc.unavailable_503,
+                explicit_rejections=oc.explicit_rejections,
+                timeouts=oc.timeouts,
+                other_errors=oc.other_errors,
+                rejection_p90_s=oc.rejection_p90_s,
             )
         )
 
@@ -290,6 +309,7 @@ def summarize(
             if lag_s is not None and replica_requests and span > 0
             else None
         ),
+        outcomes=OutcomeCounts.of(records),
     )
 
 
@@ -491,8 +511,10 @@ def write_outputs(
     meta: Mapping[str, Any] | None = None,
     baseline: str | None = "round-robin",
     title: str = "",
+    sections: Sequence[str] = (),
 ) -> list[Path]:
-    """Write results.json, report.md, requests/<policy>.jsonl and the PNG plots."""
+    """Write results.json, report.md, requests/<policy>.jsonl and the PNG plots;
+    ``sections`` (Markdown) follow the main table in report.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     results = out_dir / "results.json"
@@ -520,6 +542,12 @@ def write_outputs(
                 lines.append(f"- {key}: `{meta[key]}`")
         lines.append("")
     lines.append(markdown_table(summaries, baseline))
+    from kvgate.bench.ladder import ladder_markdown
+
+    ladder = ladder_markdown(summaries)
+    if ladder:
+        lines.append(ladder)
+    lines.extend(sections)
     lines.append(
         "\n![TTFT CDF](ttft_cdf.png)\n\n![TTFT and throughput vs rate](ttft_throughput_vs_rate.png)\n"
     )

@@ -17,7 +17,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
@@ -76,6 +76,12 @@ class RequestRecord:
     status: int = 0
     error: str | None = None  # None on success
     served_by: str | None = None  # x-gateway-destination-endpoint-served, when the router says
+    tenant: str = ""  # the session's tenant (multi-tenant workloads)
+    #: failed requests: request sent -> the failure was known (an error status's headers,
+    #: the timeout, the broken stream); how promptly the excess got its answer
+    failed_after_s: float | None = None
+    #: an HTTP error's body, cut to 200 characters ("" when the answer had none)
+    error_body: str = ""
 
     @property
     def ok(self) -> bool:
@@ -236,7 +242,7 @@ class Runner:
         round_no = 1
         while self.load.cycle and not self._warming and self._active:
             for s in self._active:
-                yield Session(f"{s.session_id}-r{round_no}", s.turns, s.arrival_s)
+                yield replace(s, session_id=f"{s.session_id}-r{round_no}")
             round_no += 1
 
     def _clock(self) -> float:
@@ -334,7 +340,7 @@ class Runner:
             if not self._may_issue():
                 return
             self._issued += 1
-            record = await self._send(http, session.session_id, k, turn, stage)
+            record = await self._send(http, session, k, turn, stage)
             self._records.append(record)
             if not self._warming:
                 self.progress.request_done(record)
@@ -363,31 +369,35 @@ class Runner:
         return body
 
     async def _send(
-        self, http: aiohttp.ClientSession, session_id: str, k: int, turn: Turn, stage: int
+        self, http: aiohttp.ClientSession, session: Session, k: int, turn: Turn, stage: int
     ) -> RequestRecord:
         start = self._clock()
         rec = RequestRecord(
-            request_id=f"{session_id}-t{k}",
-            session_id=session_id,
+            request_id=f"{session.session_id}-t{k}",
+            session_id=session.session_id,
             turn=k,
             stage=stage,
             start_s=start - self._t0,
             prompt_tokens=turn.prompt_tokens,
             max_tokens=turn.max_tokens,
+            tenant=session.tenant,
         )
         headers = self._headers()
+        headers.update(session.headers)
         headers["x-request-id"] = f"bench-{rec.request_id}"
         try:
             async with asyncio.timeout(self.config.request_timeout_s):
                 await self._stream(http, turn, headers, rec, start)
         except TimeoutError:
-            rec.error = "timeout"
+            rec.error = rec.error or "timeout"  # an error status stays what it was
         except aiohttp.ClientConnectorError:
             rec.error = "connect"
         except (aiohttp.ClientError, json.JSONDecodeError, UnicodeDecodeError):
             rec.error = rec.error or "stream_error"
         if rec.error is None:
             rec.e2e_s = self._clock() - start
+        elif rec.failed_after_s is None:
+            rec.failed_after_s = self._clock() - start
         return rec
 
     async def _stream(
@@ -402,8 +412,10 @@ class Runner:
             rec.status = resp.status
             rec.served_by = resp.headers.get("x-gateway-destination-endpoint-served")
             if resp.status != 200:
-                await resp.read()
+                rec.failed_after_s = self._clock() - start  # the answer, not its transfer
                 rec.error = f"http_{resp.status}"
+                body = await resp.read()
+                rec.error_body = body[:200].decode("utf-8", "replace")
                 return
             last = start
             last_tokens = 0  # completion tokens counted at the previous content chunk

@@ -22,6 +22,8 @@ Workloads (fields are set with ``-W key=value`` on the command line):
 - ``long-doc-qa``: ``num_docs`` documents of ``doc_len`` tokens, ``num_questions`` short
   questions each about one document.
 - ``random``: ShareGPT-like log-normal input and output lengths.
+- ``multi-tenant``: an interactive tenant beside a batch tenant flooding the pool, with
+  llm-d's fairness-id and objective headers (:mod:`kvgate.bench.tenants`).
 - ``trace``: replay of a JSONL file: one request a line with ``timestamp`` (ms, Mooncake's
   format; or ``timestamp_s``), ``input_length``, ``output_length`` and optional ``hash_ids``
   (ids of ``hash_block_len``-token blocks; equal ids mean equal text, so prefixes are shared).
@@ -40,6 +42,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
+from kvgate.bench.tenants import MultiTenantParams, multi_tenant
 from kvgate.errors import KvgateError
 
 Api = Literal["completions", "chat"]
@@ -69,6 +72,8 @@ class Session:
     turns: tuple[Turn, ...]
     arrival_s: float | None = None
     warmup: bool = False  # sent before the measured phase and not recorded
+    tenant: str = ""  # who sends it (multi-tenant); recorded with every request
+    headers: tuple[tuple[str, str], ...] = ()  # extra HTTP headers of every turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +363,7 @@ _BUILDERS: dict[str, tuple[type[Any], Callable[[Any, Api, int], list[Session]]]]
     "long-doc-qa": (LongDocQaParams, long_doc_qa),
     "random": (RandomParams, random_lengths),
     "trace": (TraceParams, trace),
+    "multi-tenant": (MultiTenantParams, multi_tenant),
 }
 
 WORKLOAD_NAMES: tuple[str, ...] = tuple(_BUILDERS)
