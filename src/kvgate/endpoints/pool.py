@@ -5,6 +5,11 @@ Discovery sources (a static list, an endpoints file, a Kubernetes InferencePool 
 calls :meth:`update_metrics` and :meth:`set_healthy`; the request path reads
 :meth:`candidates`. All on one event loop, so no locking. Removal listeners (the scheduler's
 per-endpoint state, the KV-event subscriber) are told after an endpoint leaves.
+
+With an :class:`~kvgate.endpoints.outlier.OutlierDetector`, :meth:`EndpointPool.candidates`
+also leaves out endpoints whose circuit breaker is open (keeping the detector's ``min_hosts``
+floor), and a removed endpoint's breaker is forgotten. Both front doors take their candidates
+from here, so this is the one place ejection applies.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kvgate.endpoints.outlier import OutlierDetector
 from kvgate.scheduling.types import Endpoint, Metrics
 
 RemovalListener = Callable[[Sequence[str]], None]
@@ -32,11 +38,14 @@ class EndpointSpec:
 class EndpointPool:
     """Endpoints by name, with a health flag each; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, outlier: OutlierDetector | None = None) -> None:
         self._endpoints: dict[str, Endpoint] = {}
         self._healthy: dict[str, bool] = {}
         self._removal_listeners: list[RemovalListener] = []
         self._add_listeners: list[AddListener] = []
+        self.outlier = outlier
+        if outlier is not None:
+            outlier.attach(self._rotation_size)
 
     # --- discovery side ---------------------------------------------------------------------
 
@@ -79,6 +88,8 @@ class EndpointPool:
         removed = [n for n in names if self._endpoints.pop(n, None) is not None]
         for name in removed:
             self._healthy.pop(name, None)
+            if self.outlier is not None:
+                self.outlier.forget(name)
         if removed:
             for listener in self._removal_listeners:
                 listener(removed)
@@ -114,8 +125,19 @@ class EndpointPool:
         return list(self._endpoints.values())
 
     def candidates(self) -> list[Endpoint]:
-        """Endpoints in rotation (healthy), in insertion order."""
-        return [e for n, e in self._endpoints.items() if self._healthy.get(n, False)]
+        """Endpoints in rotation (healthy, not ejected), in insertion order.
+
+        Runs per request: with nothing ejected it costs one list comprehension, as without a
+        detector.
+        """
+        healthy = [e for n, e in self._endpoints.items() if self._healthy.get(n, False)]
+        if self.outlier is None or not self.outlier.any_out:
+            return healthy
+        return self.outlier.filter(healthy)
+
+    def _rotation_size(self) -> int:
+        """Healthy endpoints, ejected or not: the base of the detector's ejection floor."""
+        return sum(1 for ok in self._healthy.values() if ok)
 
     def __len__(self) -> int:
         return len(self._endpoints)
