@@ -19,7 +19,19 @@ def register(subparsers: Any) -> None:
         "InferencePool, RBAC and an HTTPRoute, with kvgate epp as the endpoint picker.",
     )
     p.add_argument("file", help="LLMInferenceService YAML/JSON")
-    p.add_argument("--epp-image", default=None, help="image with kvgate (kvgate epp)")
+    p.add_argument(
+        "--epp-image",
+        default=None,
+        help="image with kvgate (kvgate epp); default localhost/kvgate:<version>, what "
+        "deploy/image/build.sh (make image) builds",
+    )
+    p.add_argument(
+        "--tls-secret",
+        default=None,
+        metavar="NAME",
+        help="when vLLM serves HTTPS: mount this existing kubernetes.io/tls Secret instead of "
+        "rendering a self-signed <name>-kserve-self-signed-certs",
+    )
     p.add_argument(
         "--model-server-image",
         default=None,
@@ -55,6 +67,7 @@ def run_render(args: argparse.Namespace) -> int:
         model_server_image=args.model_server_image or DEFAULT_MODEL_SERVER_IMAGE,
         gateway_name=gateway_name,
         gateway_namespace=gateway_ns or None,
+        tls_secret=args.tls_secret,
     )
     text = to_yaml(render(svc, opts))
     if args.output:

@@ -23,7 +23,6 @@ finds the object it is told to watch.
 from __future__ import annotations
 
 import copy
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +30,15 @@ from typing import Any
 from kvgate import __version__
 from kvgate.config.llmisvc import LLMInferenceService, child_name, expand_template_args
 from kvgate.errors import ConfigError, Problem
+from kvgate.k8s import modelserver as ms
 from kvgate.k8s.inferencepool import GROUP_V1, GROUP_V1ALPHA2, version_for_group
 
 Manifest = dict[str, Any]
 
-DEFAULT_EPP_IMAGE = f"ghcr.io/kvgate/kvgate:{__version__}"
+#: What ``deploy/image/build.sh`` (``make image``) builds and tags.
+DEFAULT_EPP_IMAGE = f"localhost/kvgate:{__version__}"
 DEFAULT_MODEL_SERVER_IMAGE = "vllm/vllm-openai:latest"
-MODEL_SERVER_PORT = 8000
+MODEL_SERVER_PORT = ms.MODEL_SERVER_PORT
 EPP_GRPC_PORT = 9002
 EPP_HEALTH_PORT = 9003
 EPP_METRICS_PORT = 9090
@@ -51,6 +52,7 @@ class RenderOptions:
     model_server_image: str = DEFAULT_MODEL_SERVER_IMAGE
     gateway_name: str | None = None
     gateway_namespace: str | None = None
+    tls_secret: str | None = None  # an existing kubernetes.io/tls Secret instead of a new one
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,15 +142,7 @@ def _get(data: Any, *keys: str) -> Any:
     return data
 
 
-def _flag(args: Sequence[str], flag: str) -> str | None:
-    """The value of ``--flag V`` or ``--flag=V`` in ``args`` (last one wins)."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
+_flag = ms.flag_value
 
 
 def _main_container(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,37 +175,97 @@ def _model_source(svc: LLMInferenceService) -> tuple[str, list[Manifest], list[M
     )
 
 
-def model_server_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manifest:
+def serve_command(svc: LLMInferenceService) -> ms.ServeCommand:
+    """The vLLM command every model-server pod of ``svc`` runs (see kvgate.k8s.modelserver)."""
     names = Names(svc.name)
-    labels = workload_labels(svc)
-    template = copy.deepcopy(dict(_spec(svc).get("template") or {}))
+    model_arg, _, _ = _model_source(svc)
+    wiring = ms.kv_events_wiring(svc)
+    epp_host = f"{names.epp_service}.{svc.namespace}.svc.cluster.local"
+    flags, _, _ = ms.lora_args(svc)
+    return ms.ServeCommand(
+        model_arg=model_arg,
+        served_name=svc.model_name or svc.name,
+        scheme=ms.serving_scheme(svc, expand_template_args(svc.scheduler_args, svc)),
+        parallel=ms.parallelism(svc),
+        kv_events_json=ms.kv_events_config(svc, wiring, epp_host) if wiring else None,
+        block_size=wiring.block_size if wiring else None,
+        lora_flags=tuple(flags),
+        multi_node=_spec(svc).get("worker") is not None,
+    )
+
+
+def _model_pod_spec(
+    svc: LLMInferenceService,
+    opts: RenderOptions,
+    pod: Mapping[str, Any],
+    cmd: ms.ServeCommand,
+    *,
+    worker: bool = False,
+) -> dict[str, Any]:
+    """A model-server pod spec: the user's template with vLLM's command, mounts and probes."""
+    template = copy.deepcopy(dict(pod))
     container = _main_container(template)
-    model_arg, volumes, mounts = _model_source(svc)
+    _, volumes, mounts = _model_source(svc)
+    _, lora_volumes, lora_mounts = ms.lora_args(svc)
+    volumes, mounts = [*volumes, *lora_volumes], [*mounts, *lora_mounts]
+    where = "spec.worker" if worker else "spec.template"
     container.setdefault("name", "main")
     container.setdefault("image", opts.model_server_image)
     if "command" not in container and "args" not in container:
         # KServe's preset runs vllm through a shell so VLLM_ADDITIONAL_ARGS splits into flags.
-        serve = [
-            "vllm",
-            "serve",
-            model_arg,
-            "--port",
-            str(MODEL_SERVER_PORT),
-            "--served-model-name",
-            svc.model_name or svc.name,
-        ]
         container["command"] = ["/bin/sh", "-c"]
-        container["args"] = [shlex.join(serve) + " ${VLLM_ADDITIONAL_ARGS:-}"]
+        container["args"] = [cmd.shell(headless=worker)]
+    elif cmd.scheme == "https" and "--ssl-certfile" not in " ".join(
+        map(str, [*(container.get("command") or []), *(container.get("args") or [])])
+    ):
+        raise ConfigError(
+            [
+                Problem(
+                    svc.source,
+                    f"{where}.containers[{container['name']}].command",
+                    "the service declares HTTPS (probe scheme or --model-server-metrics-scheme) "
+                    "but this command has no --ssl-certfile: add vLLM's TLS flags "
+                    f"(--ssl-certfile {ms.TLS_MOUNT_PATH}/tls.crt --ssl-keyfile "
+                    f"{ms.TLS_MOUNT_PATH}/tls.key) or declare http",
+                )
+            ]
+        )
     ports = list(container.get("ports") or [])
-    if not any(p.get("containerPort") == MODEL_SERVER_PORT for p in ports):
+    if not worker and not any(p.get("containerPort") == MODEL_SERVER_PORT for p in ports):
         ports.append({"name": "http", "containerPort": MODEL_SERVER_PORT, "protocol": "TCP"})
-    container["ports"] = ports
+    wiring = ms.kv_events_wiring(svc)
+    if wiring is not None and wiring.discover_pods:
+        ports.append({"name": "kv-events", "containerPort": wiring.port, "protocol": "TCP"})
+    if ports:
+        container["ports"] = ports
+    if cmd.kv_events_json:
+        env = [e for e in container.get("env") or [] if e.get("name") != "POD_IP"]
+        container["env"] = [ms.pod_ip_env(), *env]
+    if cmd.scheme == "https":
+        secret = opts.tls_secret or ms.tls_secret_name(svc)
+        mounts.append({"name": "tls-certs", "mountPath": ms.TLS_MOUNT_PATH, "readOnly": True})
+        volumes.append({"name": "tls-certs", "secret": {"secretName": secret}})
     if mounts:
         container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
+    if not worker:  # headless workers serve no HTTP: no probes there
+        for key, probe in ms.default_probes(cmd.scheme).items():
+            given = container.get(key)
+            get = given.get("httpGet") if isinstance(given, Mapping) else None
+            if given is None:
+                container[key] = probe
+            elif isinstance(get, Mapping) and "scheme" not in get:
+                container[key] = {**given, "httpGet": {**get, "scheme": cmd.scheme.upper()}}
     containers = [c for c in template.get("containers") or [] if c.get("name") != container["name"]]
     template["containers"] = [container, *containers]
     if volumes:
         template["volumes"] = [*(template.get("volumes") or []), *volumes]
+    return template
+
+
+def model_server_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manifest:
+    names = Names(svc.name)
+    labels = workload_labels(svc)
+    template = _model_pod_spec(svc, opts, _spec(svc).get("template") or {}, serve_command(svc))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -220,6 +274,68 @@ def model_server_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Ma
             "replicas": svc.replicas,
             "selector": {"matchLabels": dict(labels)},
             "template": {"metadata": {"labels": dict(labels)}, "spec": template},
+        },
+    }
+
+
+def worker_labels(svc: LLMInferenceService) -> dict[str, str]:
+    """Labels of LeaderWorkerSet workers: outside the pool and Service selectors."""
+    return {
+        "app.kubernetes.io/name": svc.name,
+        "app.kubernetes.io/part-of": "llminferenceservice",
+        "app.kubernetes.io/component": "llminferenceservice-workload-worker",
+    }
+
+
+def leader_worker_set(svc: LLMInferenceService, opts: RenderOptions) -> Manifest:
+    """``spec.worker``: a LeaderWorkerSet (KServe's ``<name>-kserve-mn``); leaders serve."""
+    cmd = serve_command(svc)
+    spec = _spec(svc)
+    leader = _model_pod_spec(svc, opts, spec.get("template") or {}, cmd)
+    worker = _model_pod_spec(svc, opts, spec.get("worker") or {}, cmd, worker=True)
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": _meta(child_name(svc.name, "-kserve-mn"), svc, worker_labels(svc)),
+        "spec": {
+            "replicas": svc.replicas,
+            "startupPolicy": "LeaderCreated",
+            "leaderWorkerTemplate": {
+                "size": cmd.parallel.group_size or 1,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": {"metadata": {"labels": workload_labels(svc)}, "spec": leader},
+                "workerTemplate": {"metadata": {"labels": worker_labels(svc)}, "spec": worker},
+            },
+        },
+    }
+
+
+def tls_secret(svc: LLMInferenceService) -> Manifest:
+    """KServe's ``<name>-kserve-self-signed-certs``: a self-signed pair for the workload Service.
+
+    KServe's controller generates it; ``kvgate render`` generates it at render time (a new
+    key every run -- pass ``--tls-secret NAME`` to reference a Secret you manage instead).
+    """
+    import base64
+
+    from kvgate.extproc.tls import self_signed
+
+    names = Names(svc.name)
+    hosts = (
+        names.workload_service,
+        f"{names.workload_service}.{svc.namespace}.svc",
+        f"{names.workload_service}.{svc.namespace}.svc.cluster.local",
+        "localhost",
+    )
+    cert, key = self_signed(hosts)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": _meta(ms.tls_secret_name(svc), svc, workload_labels(svc)),
+        "data": {
+            "tls.crt": base64.b64encode(cert).decode(),
+            "tls.key": base64.b64encode(key).decode(),
         },
     }
 
@@ -302,9 +418,18 @@ def epp_args(svc: LLMInferenceService) -> list[str]:
         args += ["--pool-namespace", svc.namespace]
     if _flag(args, "--pool-group") is None:
         args += ["--pool-group", GROUP_V1]
+    if _flag(args, "--model-server-metrics-scheme") is None:
+        # GIE's default is http; state the scheme vLLM serves so the scrapes match it.
+        args += ["--model-server-metrics-scheme", ms.serving_scheme(svc, args)]
     if not any(a.startswith(("--config-text", "--config-file")) for a in args):
         args += ["--config-text", svc.picker_config_text] if svc.picker_config_text else []
     return args
+
+
+def _kv_events_port(svc: LLMInferenceService) -> int | None:
+    """The port the EPP's precise scorer binds for vLLM's KV events (None: not bound)."""
+    wiring = ms.kv_events_wiring(svc)
+    return wiring.port if wiring is not None and not wiring.discover_pods else None
 
 
 def scheduler_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manifest:
@@ -328,6 +453,18 @@ def scheduler_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manif
             ],
         }
     )
+    kv_port = _kv_events_port(svc)
+    if kv_port is not None:
+        container["ports"].append(
+            {"name": "kv-events", "containerPort": kv_port, "protocol": "TCP"}
+        )
+    # GIE's chart gives the EPP its namespace and pod name from the downward API.
+    env = [e for e in container.get("env") or [] if e.get("name") not in ("NAMESPACE", "POD_NAME")]
+    container["env"] = [
+        {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *env,
+    ]
     probe = {"grpc": {"port": EPP_HEALTH_PORT, "service": "inference-extension"}}
     container.setdefault("livenessProbe", {**probe, "initialDelaySeconds": 5, "periodSeconds": 10})
     container.setdefault("readinessProbe", {**probe, "periodSeconds": 2})
@@ -349,6 +486,12 @@ def scheduler_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manif
 
 def epp_service(svc: LLMInferenceService) -> Manifest:
     labels = scheduler_labels(svc)
+    kv_port = _kv_events_port(svc)
+    kv_ports = (
+        [{"name": "kv-events", "port": kv_port, "targetPort": kv_port, "protocol": "TCP"}]
+        if kv_port is not None
+        else []
+    )
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -376,6 +519,7 @@ def epp_service(svc: LLMInferenceService) -> Manifest:
                     "targetPort": EPP_METRICS_PORT,
                     "protocol": "TCP",
                 },
+                *kv_ports,
             ],
         },
     }
@@ -479,9 +623,13 @@ def http_route(svc: LLMInferenceService, opts: RenderOptions) -> Manifest:
 def render(svc: LLMInferenceService, opts: RenderOptions | None = None) -> list[Manifest]:
     """Every manifest for ``svc``, in an order ``kubectl apply`` is happy with."""
     opts = opts or RenderOptions()
+    ms.check_renderable(svc)
+    multi_node = _spec(svc).get("worker") is not None
+    https = serve_command(svc).scheme == "https"
     return [
         *rbac(svc),
-        model_server_deployment(svc, opts),
+        *([tls_secret(svc)] if https and not opts.tls_secret else []),
+        leader_worker_set(svc, opts) if multi_node else model_server_deployment(svc, opts),
         workload_service(svc),
         inference_pool(svc),
         scheduler_deployment(svc, opts),
@@ -494,7 +642,8 @@ def to_yaml(manifests: Sequence[Manifest]) -> str:
     import yaml
 
     class _Dumper(yaml.SafeDumper):
-        pass
+        def ignore_aliases(self, data: Any) -> bool:  # no &id001 anchors: kubectl users read this
+            return True
 
     def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
         style = "|" if "\n" in value else None
