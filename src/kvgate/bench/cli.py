@@ -6,147 +6,11 @@ import argparse
 import datetime as dt
 import shlex
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-#: What ``kvgate bench compare`` runs without options, and with ``--engine vllm`` or ``--scale``.
-#: Flags given on the command line override these; ``-W`` entries are merged into the workload's.
-
-
-@dataclass(frozen=True, slots=True)
-class Preset:
-    engine: str
-    replicas: int
-    model: str
-    profile: str | None
-    block_size: int | None
-    num_gpu_blocks: int | None
-    kv_cache_bytes: int | None
-    workload: str
-    workload_params: Mapping[str, Any]
-    rates: tuple[float, ...]
-    arrival: str = "poisson"
-    stage_duration_s: float | None = None
-    num_requests: int | None = None
-    duration_s: float | None = None
-    sim_args: tuple[str, ...] = ()
-    cycle: bool = False
-    speed: float = 1.0
-    max_model_len: int | None = None
-    policies: tuple[str, ...] | None = None  # None: compare.DEFAULT_POLICIES
-    stream_interval: int = 1  # tokens per streamed chunk (RunConfig.stream_interval)
-    note: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-PRESETS: dict[str, Preset] = {
-    # 24 groups x 4000-token system prompts (96k tokens of prefixes) against replicas
-    # holding 2000 blocks x 16 = 32k tokens each: the working set is 3x one replica's cache
-    # and 75% of the cluster's, as in llm-d's sizing, and one prompt is an eighth of a
-    # replica's cache. One warm-up prompt per group is sent first and not measured, so p90
-    # measures steady state rather than first-time misses. The simulator runs 20x slower
-    # than the modelled H100 and figures are reported in model time (docs/bench.md), so
-    # the processes' own CPU work (tokenizing 4k-token prompts) stays small beside it.
-    "default": Preset(
-        engine="sim",
-        replicas=4,
-        model="Qwen/Qwen3-0.6B",
-        profile="qwen3-0.6b-h100",
-        block_size=16,
-        num_gpu_blocks=2000,
-        kv_cache_bytes=None,
-        workload="shared-prefix",
-        workload_params={
-            "num_groups": 24,
-            "prompts_per_group": 4,
-            "warmup_per_group": 1,
-            "system_prompt_len": 4000,
-            "question_len": 100,
-            "output_len": 32,
-        },
-        # the knee: round-robin's replicas are busy enough to queue, prefix-aware ones not
-        rates=(130.0,),
-        speed=0.05,
-    ),
-    # Two real vLLM replicas of SmolLM2-135M on CPU (one core each) with small KV caches
-    # per replica so that the shared prefixes do not fit one replica.
-    "vllm": Preset(
-        engine="vllm",
-        replicas=2,
-        model="builtin",
-        profile=None,
-        block_size=32,
-        num_gpu_blocks=None,
-        # SmolLM2-135M: 23,040 bytes per token, so 120 MiB hold 170 blocks of 32 = 5,440
-        # tokens: 5 of the 8 groups' prefixes; the two replicas hold 10.
-        kv_cache_bytes=120 * 1024 * 1024,
-        workload="shared-prefix",
-        # One unmeasured warm-up prompt per group (as in the default), so that TTFT p90
-        # measures steady state and not the 1-in-N first prompts every policy must compute.
-        workload_params={
-            "num_groups": 8,
-            "prompts_per_group": 8,
-            "warmup_per_group": 1,
-            "system_prompt_len": 1024,
-            "question_len": 32,
-            "output_len": 16,
-        },
-        # ~0.5 s per uncached 1,056-token prefill on one AVX-512 core: at 1 req/s a replica
-        # that misses half the time queues, one that hits does not.
-        rates=(1.0,),
-        # vLLM refuses to start when one max-length request does not fit the KV cache
-        max_model_len=2048,
-        policies=("round-robin", "llm-d-default", "precise"),
-    ),
-    # llm-d's published shape (blog 2025-09-24): 8 pods, 150 groups x 5 prompts,
-    # 6000 / 1200 / 1000 tokens, Poisson 3 -> 60 QPS.
-    "scale": Preset(
-        engine="sim",
-        replicas=8,
-        model="meta-llama/Llama-3.1-8B-Instruct",
-        profile="llama-3.1-8b-h100",
-        block_size=16,
-        # llm-d sized the prefixes at ~73% of the cluster's KV cache: 900k prefix tokens over
-        # 8 x 9600 blocks x 16 = 1.23M tokens (the profile's own 25,650 blocks would hold
-        # them 3.6 times over)
-        num_gpu_blocks=9600,
-        kv_cache_bytes=None,
-        workload="shared-prefix",
-        workload_params={
-            "num_groups": 150,
-            "prompts_per_group": 5,
-            "system_prompt_len": 6000,
-            "question_len": 1200,
-            "output_len": 1000,
-        },
-        rates=(
-            3.0,
-            10.0,
-            15.0,
-            20.0,
-            22.0,
-            25.0,
-            30.0,
-            35.0,
-            40.0,
-            43.0,
-            46.0,
-            49.0,
-            52.0,
-            55.0,
-            57.0,
-            60.0,
-        ),
-        stage_duration_s=20.0,
-        cycle=True,
-        # 10 tokens a streamed chunk (vLLM's stream_interval): 11,000 requests x 1,000 tokens
-        # per policy would otherwise cost the gateway and the load generator ~100 us of CPU
-        # per token, more than 2 cores give at real time; TTFT is unaffected
-        stream_interval=10,
-    ),
-}
+from kvgate.bench.presets import PRESETS, Preset
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
@@ -259,6 +123,17 @@ def register(subparsers: Any) -> None:
         metavar="ARG",
         help="extra kvgate serve argument(s), shell-split",
     )
+    cmp.add_argument(
+        "--front",
+        choices=("serve", "epp"),
+        default="serve",
+        help="the front door: kvgate serve (default), or Envoy + kvgate epp (ext_proc)",
+    )
+    cmp.add_argument(
+        "--unloaded",
+        action="store_true",
+        help="multi-tenant: also run the interactive tenant alone per policy (the reference)",
+    )
     _add_load_args(cmp)
     cmp.set_defaults(func=cmd_compare)
 
@@ -280,8 +155,33 @@ def _rates(text: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
     return rates
 
 
-def _load_spec(args: argparse.Namespace, preset: Preset | None, num_sessions: int) -> Any:
+def _load_spec(
+    args: argparse.Namespace, preset: Preset | None, num_sessions: int, timed: bool = False
+) -> Any:
+    """The load from the flags over the preset's; ``timed``: the workload carries its own
+    arrival times (trace, multi-tenant), so rate flags would be ignored and are refused."""
     from kvgate.bench.runner import LoadSpec
+
+    if timed:
+        for flag, value in (
+            ("--rate", args.rate),
+            ("--concurrency", args.concurrency),
+            ("--arrival", args.arrival),
+            ("--stage-duration", args.stage_duration),
+            ("--stage-requests", args.stage_requests),
+            ("--cycle", args.cycle),
+        ):
+            if value is not None:
+                raise SystemExit(
+                    f"error: {flag}: this workload carries its own arrival times "
+                    "(set its -W rate parameters instead)"
+                )
+        return LoadSpec(
+            mode="trace",
+            max_requests=args.num_requests,
+            duration_s=args.duration,
+            seed=args.seed,
+        )
 
     rates = _rates(args.rate, preset.rates if preset else (1.0,))
     if args.concurrency:
@@ -363,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     workload = build_workload(
         args.workload, parse_params(args.workload_param), api=args.api, seed=args.seed
     )
-    load = _load_spec(args, None, len(workload.sessions))
+    load = _load_spec(args, None, len(workload.sessions), timed=workload.is_trace)
     cfg = RunConfig(
         base_url=args.base_url,
         model=args.model,
@@ -398,7 +298,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         time_scale=args.time_scale,
     )
     _print_table([summary])
+    sections = []
+    if workload.name == "multi-tenant":
+        from kvgate.bench.tenant_report import tenant_markdown, tenant_rows
+
+        sections.append(tenant_markdown(tenant_rows(args.name, records, args.time_scale)))
+        print(sections[-1])
     if args.output:
+        if workload.name == "multi-tenant":
+            _write_objectives(workload, args.output)  # what the gateway under test needs
         meta = {
             "command": "kvgate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "workload": f"{workload.name} {dict(workload.params)}",
@@ -412,13 +320,54 @@ def cmd_run(args: argparse.Namespace) -> int:
             meta=meta,
             baseline=None,
             title=f"kvgate bench run: {workload.name}",
+            sections=sections,
         )
         print(f"wrote {args.output}/results.json, report.md, ttft_cdf.png")
     return 0 if summary.requests and summary.errors < summary.requests else 1
 
 
+def _fill_capacity(params: dict[str, Any], cluster: Any) -> Any:
+    """The pool's estimated capacity for the batch tenant's requests; fills ``capacity_rps``
+    into ``params`` unless -W capacity_rps or batch_rate set the load already."""
+    from kvgate.bench.capacity import estimate_capacity
+    from kvgate.bench.workloads import build_workload
+
+    # the workload's own parsing of the values (and its defaults), from an unloaded build
+    p = build_workload("multi-tenant", {**params, "interactive_only": True}).params
+    estimate = None
+    if cluster.engine == "sim" and cluster.sim_profile:
+        estimate = estimate_capacity(
+            cluster.sim_profile,
+            cluster.replicas,
+            p["batch_prompt_len"],
+            p["batch_output_len"],
+            num_gpu_blocks=cluster.num_gpu_blocks,
+            block_size=cluster.block_size,
+            max_num_seqs=cluster.max_num_seqs,
+        )
+    if p["capacity_rps"] <= 0 and p["batch_rate"] <= 0:
+        if estimate is None:
+            raise SystemExit(
+                "error: -W capacity_rps: expected the pool's capacity in requests/s "
+                "(only simulated clusters have an estimate)"
+            )
+        params["capacity_rps"] = round(estimate.requests_per_s, 3)
+    return estimate
+
+
+def _write_objectives(workload: Any, out_dir: Path) -> Path:
+    from kvgate.bench.tenants import objectives_yaml
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "objectives.yaml"
+    path.write_text(objectives_yaml(workload.params))
+    return path
+
+
 def _preset_for(args: argparse.Namespace) -> Preset:
-    if args.scale:
+    if args.workload == "multi-tenant" and not args.scale and args.engine == "sim":
+        preset = PRESETS["multi-tenant"]
+    elif args.scale:
         preset = PRESETS["scale"]
     elif args.engine == "vllm":
         preset = PRESETS["vllm"]
@@ -437,16 +386,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_external,
         run_policy,
     )
+    from kvgate.bench.fronts import FrontSpec
     from kvgate.bench.report import comparison_line, write_outputs
     from kvgate.bench.runner import RunConfig
+    from kvgate.bench.tenant_report import UNLOADED_SUFFIX, tenant_markdown, tenant_rows
+    from kvgate.bench.tenants import MultiTenantParams, batch_rate
     from kvgate.bench.workloads import build_workload, parse_params
 
     preset = _preset_for(args)
     wl_name = args.workload or preset.workload
     params: dict[str, Any] = dict(preset.workload_params) if wl_name == preset.workload else {}
     params.update(parse_params(args.workload_param))
-    workload = build_workload(wl_name, params, api=args.api, seed=args.seed)
-    load = _load_spec(args, preset, len(workload.sessions))
     sim_args = [a for s in args.sim_arg for a in shlex.split(s)] + list(preset.sim_args)
     cluster = ClusterSpec(
         engine=preset.engine,
@@ -460,6 +410,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         sim_args=tuple(sim_args),
         speed=args.speed if args.speed is not None else preset.speed,
         gateway_args=tuple(a for s in args.gateway_arg for a in shlex.split(s)),
+    )
+    multi = wl_name == "multi-tenant"
+    capacity = _fill_capacity(params, cluster) if multi else None
+    workload = build_workload(wl_name, params, api=args.api, seed=args.seed)
+    load = _load_spec(args, preset, len(workload.sessions), timed=workload.is_trace)
+    if args.unloaded and not multi:
+        raise SystemExit("error: --unloaded: only the multi-tenant workload has a reference run")
+    unloaded = (
+        build_workload(wl_name, {**params, "interactive_only": True}, api=args.api, seed=args.seed)
+        if args.unloaded
+        else None
     )
     policies = (
         [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -475,6 +436,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir: Path = args.output or Path("kvgate-bench") / f"compare-{stamp}"
+    front = FrontSpec(
+        kind=args.front,
+        args=cluster.gateway_args,
+        objectives=_write_objectives(workload, out_dir) if multi else None,
+    )
     run_cfg = RunConfig(
         base_url="",
         api_key=args.api_key,
@@ -505,12 +471,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
             out_dir / "runs" / policy,
             run_config=run_cfg,
             progress=factory,
+            front=front,
         )
         if run.skipped:
             print(f"--- {policy}: skipped: {run.skipped}", file=sys.stderr)
             skipped[policy] = run.skipped
             continue
         runs.append(run)
+        if unloaded is not None:
+            print(f"--- {policy}: unloaded reference, a fresh cluster", file=sys.stderr)
+            ref = run_policy(
+                policy,
+                cluster,
+                unloaded,
+                load,
+                out_dir / "runs" / f"{policy}-unloaded",
+                run_config=run_cfg,
+                progress=factory,
+                front=front,
+                label=policy + UNLOADED_SUFFIX,
+            )
+            if ref.skipped:
+                skipped[ref.policy] = ref.skipped
+            else:
+                runs.append(ref)
     for name, url in externals:
         print(f"--- {name}: external router {url}", file=sys.stderr)
         runs.append(
@@ -520,6 +504,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     summaries = [r.summary for r in runs if r.summary is not None]
     _print_table(summaries)
+    sections = []
+    if multi:
+        scale = cluster.speed if cluster.engine == "sim" else 1.0
+        rows = [row for r in runs for row in tenant_rows(r.policy, r.records, scale)]
+        offered = batch_rate(MultiTenantParams(**workload.params))
+        sections.append(tenant_markdown(rows, capacity=capacity, batch_rate_rps=offered))
+        print(sections[-1])
     meta = {
         "command": "kvgate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "workload": f"{workload.name} {dict(workload.params)}",
@@ -536,9 +527,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "machine": machine_description(),
         "started": stamp,
         "skipped": skipped,
+        "front": args.front,
     }
     title = f"kvgate bench compare: {workload.name}, {cluster.replicas} × {cluster.engine}"
-    write_outputs(out_dir, summaries, {r.policy: r.records for r in runs}, meta=meta, title=title)
+    write_outputs(
+        out_dir,
+        summaries,
+        {r.policy: r.records for r in runs},
+        meta=meta,
+        title=title,
+        sections=sections,
+    )
     base = next((s for s in summaries if s.policy == "round-robin"), None)
     if base is not None:
         for s in summaries:
