@@ -1,0 +1,1 @@
+"""Saturation-detector plugins, one per file, named after llm-d's types."""
