@@ -80,3 +80,14 @@ def test_removed_endpoint_is_forgotten() -> None:
     assert det.ejected() == frozenset() and "e2" not in det.snapshot()["endpoints"]
     pool.upsert(EndpointSpec(name="e2", address="127.0.0.1", port=9002), healthy=True)
     assert names(pool) == ["e0", "e1", "e2"]
+
+
+def test_set_outlier_after_construction() -> None:
+    pool = EndpointPool()
+    for i in range(2):
+        pool.upsert(EndpointSpec(name=f"e{i}", address="127.0.0.1", port=9000 + i), healthy=True)
+    det = OutlierDetector(OutlierConfig(consecutive_failures=1), clock=Clock())
+    pool.set_outlier(det)
+    det.record("e0", "5xx")
+    det.record("e1", "5xx")  # the pool's 2 healthy endpoints are the floor's base: refused
+    assert names(pool) == ["e1"]

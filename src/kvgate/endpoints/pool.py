@@ -43,9 +43,15 @@ class EndpointPool:
         self._healthy: dict[str, bool] = {}
         self._removal_listeners: list[RemovalListener] = []
         self._add_listeners: list[AddListener] = []
-        self.outlier = outlier
+        self.outlier: OutlierDetector | None = None
         if outlier is not None:
-            outlier.attach(self._rotation_size)
+            self.set_outlier(outlier)
+
+    def set_outlier(self, outlier: OutlierDetector) -> None:
+        """Use ``outlier`` from now on (for wiring where the detector's metrics registry is
+        made after the pool)."""
+        self.outlier = outlier
+        outlier.attach(self._rotation_size)
 
     # --- discovery side ---------------------------------------------------------------------
 
