@@ -5,13 +5,22 @@ written (``--pool-group``, ``--pool-name``, ``--pool-namespace``, ``--zap-encode
 ``--grpc-port 9002``, ``--grpc-health-port 9003``, ``--secure-serving``,
 ``--model-server-metrics-scheme https``, ``--config-text``), with Go's ``--flag=value`` and
 duration (``50ms``) forms. Heavy imports happen inside :func:`run_epp`.
+
+Every flag of GIE's EPP (``pkg/epp/server/options.go`` and controller-runtime's ``--zap-*``
+in llm-d/llm-d-inference-scheduler) is accepted with GIE's default, and either acts or stops
+start-up with one line naming it (:func:`unsupported_flags`): a value kvgate cannot honour is
+never ignored. GIE defaults that kvgate does not implement (``--tracing``,
+``--enable-pprof``, ``--metrics-endpoint-auth``, all on in GIE) take effect as off, and
+stating them on is the error; docs/kubernetes.md lists them.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -47,6 +56,118 @@ def parse_bool(text: str) -> bool:
     if lowered in ("0", "f", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_ports(text: str) -> list[int]:
+    """GIE's ``--endpoint-target-ports``: ``3000,3001`` (pflag IntSlice)."""
+    try:
+        ports = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ports like 8000,8001, got {text!r}") from None
+    if any(not 0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"ports must be 1-65535, got {text!r}")
+    return ports
+
+
+def _bool_flag(group: Any, name: str, default: bool | None, help_text: str) -> None:
+    """A Go-style boolean: ``--x``, ``--x=true``, ``--x false``."""
+    group.add_argument(
+        name, type=parse_bool, nargs="?", const=True, default=default, help=help_text
+    )
+
+
+#: (flag, attribute, value kvgate cannot honour -> why). ``None`` matches any non-default.
+_UNSUPPORTED: tuple[tuple[str, str, Any, str], ...] = (
+    (
+        "--ha-enable-leader-election",
+        "ha_enable_leader_election",
+        True,
+        "kvgate has no leader election; run one EPP replica (each replica routes on its own)",
+    ),
+    (
+        "--endpoint-selector",
+        "endpoint_selector",
+        None,
+        "discovery by pod selector without an InferencePool is not implemented; use "
+        "--pool-name, --endpoint or --endpoints-file",
+    ),
+    (
+        "--endpoint-target-ports",
+        "endpoint_target_ports",
+        None,
+        "only used with --endpoint-selector, which kvgate does not implement",
+    ),
+    (
+        "--disable-endpoint-subset-filter",
+        "disable_endpoint_subset_filter",
+        True,
+        "kvgate always honours x-gateway-destination-endpoint-subset",
+    ),
+    (
+        "--model-server-metrics-path",
+        "model_server_metrics_path",
+        None,
+        "kvgate epp scrapes /metrics only (kvgate serve --metrics-path is not wired here yet)",
+    ),
+    (
+        "--model-server-metrics-port",
+        "model_server_metrics_port",
+        None,
+        "kvgate scrapes each endpoint on its serving port (the pool's targetPorts)",
+    ),
+    ("--tracing", "tracing", True, "kvgate emits no OpenTelemetry traces; pass --tracing=false"),
+    (
+        "--enable-pprof",
+        "enable_pprof",
+        True,
+        "pprof is Go's profiler; profile kvgate with py-spy; pass --enable-pprof=false",
+    ),
+    (
+        "--enable-cert-reload",
+        "enable_cert_reload",
+        True,
+        "kvgate reads --cert-path once at start; restart the pod to rotate certificates",
+    ),
+    (
+        "--metrics-endpoint-auth",
+        "metrics_endpoint_auth",
+        True,
+        "kvgate's /metrics has no TokenReview authentication; protect it with a "
+        "NetworkPolicy and pass --metrics-endpoint-auth=false",
+    ),
+    (
+        "--health-checking",
+        "health_checking",
+        True,
+        "kvgate serves gRPC health on --grpc-health-port only, not on the ext_proc port",
+    ),
+)
+_NON_DEFAULT = {"endpoint_selector": "", "endpoint_target_ports": [],
+                "model_server_metrics_path": "/metrics", "model_server_metrics_port": 0}  # fmt: skip
+
+
+def unsupported_flags(args: argparse.Namespace) -> list[str]:
+    """One line per GIE flag given a value kvgate cannot honour (empty: all act)."""
+    out = []
+    for flag, attr, bad, why in _UNSUPPORTED:
+        value = getattr(args, attr, None)
+        hit = value != _NON_DEFAULT[attr] if bad is None else value is bad
+        if hit:
+            out.append(f"kvgate epp: {flag}={_show(value)}: not supported: {why}")
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def pool_namespace(args: argparse.Namespace) -> str:
+    """GIE's rule: ``--pool-namespace``, else ``$NAMESPACE``, else ``default``."""
+    return args.pool_namespace or os.environ.get("NAMESPACE") or "default"
 
 
 def register(subparsers: Any) -> None:
@@ -91,7 +212,11 @@ def register(subparsers: Any) -> None:
     c.add_argument("--seed", type=int, default=0, help="random seed for tie-breaks (0)")
     d = p.add_argument_group("endpoints")
     d.add_argument("--pool-name", default=None, help="InferencePool to watch (Kubernetes)")
-    d.add_argument("--pool-namespace", default="default", help="namespace of the pool")
+    d.add_argument(
+        "--pool-namespace",
+        default="",
+        help="namespace of the pool (default: $NAMESPACE, else 'default', as GIE)",
+    )
     d.add_argument(
         "--pool-group",
         default="inference.networking.k8s.io",
@@ -124,38 +249,133 @@ def register(subparsers: Any) -> None:
         const=True,
         default=True,
     )
-    lg = p.add_argument_group("logging (zap-compatible)")
-    lg.add_argument("--zap-encoder", choices=["json", "console"], default="console")
-    lg.add_argument("--zap-log-level", default="info")
+    m.add_argument("--model-server-metrics-path", default="/metrics", help="(/metrics only)")
+    m.add_argument("--model-server-metrics-port", type=int, default=0, help="(0 only)")
+    d.add_argument("--endpoint-selector", default="", help="GIE: pod selector (not supported)")
+    d.add_argument("--endpoint-target-ports", type=parse_ports, default=[], help="(not supported)")
+    _bool_flag(d, "--disable-endpoint-subset-filter", False, "(false only)")
+    gie = p.add_argument_group("GIE operations flags (false or absent only, see docs)")
+    _bool_flag(gie, "--ha-enable-leader-election", False, "GIE default false")
+    _bool_flag(gie, "--tracing", None, "GIE default true; kvgate: off")
+    _bool_flag(gie, "--enable-pprof", None, "GIE default true; kvgate: off")
+    _bool_flag(gie, "--enable-cert-reload", False, "GIE default false")
+    _bool_flag(gie, "--metrics-endpoint-auth", None, "GIE default true; kvgate: off")
+    _bool_flag(gie, "--health-checking", False, "GIE default false")
+    lg = p.add_argument_group("logging (controller-runtime's zap flags)")
+    _bool_flag(lg, "--zap-devel", True, "development defaults: console encoder (GIE: true)")
+    lg.add_argument("--zap-encoder", choices=["json", "console"], default=None)
+    lg.add_argument(
+        "--zap-log-level",
+        type=parse_zap_level,
+        default=None,
+        help="debug, info, error, panic or an integer > 0 (more verbose)",
+    )
+    lg.add_argument(
+        "--zap-stacktrace-level",
+        choices=["info", "error", "panic"],
+        default=None,
+        help="records at this level or above carry their traceback (default: error; "
+        "warn with --zap-devel)",
+    )
+    lg.add_argument(
+        "--zap-time-encoding",
+        choices=sorted(_TIME_ENCODINGS),
+        default="epoch",
+        help="how 'ts' is written (zap's default: epoch seconds)",
+    )
     lg.add_argument("--v", "-v", type=int, default=0, help="verbosity (GIE: 1-5)")
     p.set_defaults(func=run_epp)
 
 
+_ZAP_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+               "error": logging.ERROR, "dpanic": logging.CRITICAL, "panic": logging.CRITICAL,
+               "fatal": logging.CRITICAL}  # fmt: skip
+
+
+def parse_zap_level(text: str) -> int:
+    """controller-runtime's ``--zap-log-level``: a name, or an integer > 0 (zap level -N)."""
+    lowered = text.strip().lower()
+    if lowered in _ZAP_LEVELS:
+        return _ZAP_LEVELS[lowered]
+    if lowered.isdigit() and int(lowered) > 0:
+        return logging.DEBUG  # V(1) and above: Python logging has one debug level
+    raise argparse.ArgumentTypeError(
+        f"expected debug, info, error, panic or an integer > 0, got {text!r}"
+    )
+
+
+def _ts_iso(created: float, digits: int) -> str:
+    stamp = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    text = stamp.isoformat(timespec="microseconds" if digits else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+#: zap's time encoders (zapcore.TimeEncoder.UnmarshalText), record time -> JSON value.
+_TIME_ENCODINGS: dict[str, Any] = {
+    "epoch": lambda t: t,
+    "millis": lambda t: t * 1e3,
+    "nano": lambda t: int(t * 1e9),
+    "iso8601": lambda t: (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+    ),
+    "rfc3339": lambda t: _ts_iso(t, 0),
+    "rfc3339nano": lambda t: _ts_iso(t, 9),
+}
+
+
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line, with zap's key names (ts, level, logger, msg)."""
+    """One JSON object per line, with zap's key names (ts, level, logger, msg, stacktrace)."""
+
+    def __init__(self, time_encoding: str, stacktrace_level: int) -> None:
+        super().__init__()
+        self.encode_time = _TIME_ENCODINGS[time_encoding]
+        self.stacktrace_level = stacktrace_level
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self.encode_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
         if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+            entry["error"] = repr(record.exc_info[1])
+            if record.levelno >= self.stacktrace_level:
+                entry["stacktrace"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """zap's console layout; tracebacks only at or above the stacktrace level."""
+
+    def __init__(self, stacktrace_level: int) -> None:
+        super().__init__("%(asctime)s\t%(levelname)s\t%(name)s\t%(message)s")
+        self.stacktrace_level = stacktrace_level
+
+    _level = logging.NOTSET  # the level of the record being formatted
+
+    def formatException(self, ei: Any) -> str:
+        return super().formatException(ei) if self._level >= self.stacktrace_level else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        self._level = record.levelno
+        return super().format(record).rstrip("\n")
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.v >= 4 or args.zap_log_level == "debug" else logging.INFO
-    if args.zap_log_level in ("error", "warn", "warning"):
-        level = logging.WARNING
+    # controller-runtime: --zap-devel picks the console encoder and warn stacktraces,
+    # production json and error stacktraces; explicit --zap-* flags override. Without
+    # --zap-log-level GIE derives the level from -v (its DEBUG verbosity is 4).
+    devel = args.zap_devel
+    level = args.zap_log_level or (logging.DEBUG if args.v >= 4 else logging.INFO)
+    encoder = args.zap_encoder or ("console" if devel else "json")
+    stack_name = args.zap_stacktrace_level or ("warn" if devel else "error")
+    stack = _ZAP_LEVELS[stack_name]
     handler = logging.StreamHandler(sys.stderr)
-    if args.zap_encoder == "json":
-        handler.setFormatter(_JsonFormatter())
+    if encoder == "json":
+        handler.setFormatter(_JsonFormatter(args.zap_time_encoding, stack))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_ConsoleFormatter(stack))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -167,6 +387,9 @@ def run_epp(args: argparse.Namespace) -> int:
     from kvgate.errors import KvgateError
     from kvgate.extproc.app import EppOptions, run
 
+    problems = unsupported_flags(args)
+    if problems:
+        raise KvgateError(problems[0])
     _setup_logging(args)
     if args.pool_name and (args.endpoint or args.endpoints_file):
         raise KvgateError("give either --pool-name or --endpoint/--endpoints-file, not both")
@@ -201,7 +424,7 @@ def run_epp(args: argparse.Namespace) -> int:
         endpoints=specs,
         endpoints_file=args.endpoints_file,
         pool_name=args.pool_name,
-        pool_namespace=args.pool_namespace,
+        pool_namespace=pool_namespace(args),
         pool_group=args.pool_group,
         kubeconfig=args.kubeconfig,
         refresh_metrics_interval_s=args.refresh_metrics_interval,
