@@ -240,10 +240,13 @@ class OutlierDetector:
 
     def allows(self, endpoint: str) -> bool:
         """False while open; half-open allows while a probe slot is free; closed allows."""
+        return self._allows_at(endpoint, self._clock())
+
+    def _allows_at(self, endpoint: str, now: float) -> bool:
         b = self._breakers.get(endpoint)
         if b is None:
             return True
-        self._advance(endpoint, b, self._clock())
+        self._advance(endpoint, b, now)
         if b.state is BreakerState.CLOSED:
             return True
         if b.state is BreakerState.HALF_OPEN:
@@ -263,15 +266,16 @@ class OutlierDetector:
         """
         if not self._out:
             return list(endpoints)
+        now = self._clock()
         kept: list[E] = []
         held: list[E] = []
         for e in endpoints:
-            (kept if self.allows(e.name) else held).append(e)
+            (kept if self._allows_at(e.name, now) else held).append(e)
         missing = min(self.config.min_hosts, len(endpoints)) - len(kept)
         if missing > 0:
             held.sort(key=self._return_order)
             readmit = {id(e) for e in held[:missing]}
-            kept = [e for e in endpoints if id(e) in readmit or self.allows(e.name)]
+            kept = [e for e in endpoints if id(e) in readmit or self._allows_at(e.name, now)]
         return kept
 
     def ejected(self) -> frozenset[str]:
