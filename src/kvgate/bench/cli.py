@@ -505,7 +505,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     summaries = [r.summary for r in runs if r.summary is not None]
     _print_table(summaries)
     sections = []
-    if multi:
+    if multi and runs:
         scale = cluster.speed if cluster.engine == "sim" else 1.0
         rows = [row for r in runs for row in tenant_rows(r.policy, r.records, scale)]
         offered = batch_rate(MultiTenantParams(**workload.params))

@@ -464,7 +464,8 @@ def plot_ttft_cdf(runs: Mapping[str, Sequence[RequestRecord]], path: Path, title
     ax.set_ylim(0, 1.01)
     ax.axhline(0.9, color="grey", lw=0.5, ls=":")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # every request failed: nothing to label
+        ax.legend(loc="lower right")
     ax.set_title(title or "TTFT CDF per policy", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -496,7 +497,8 @@ def plot_vs_rate(summaries: Sequence[Summary], path: Path, title: str = "") -> N
     ax2.set_ylabel("output tokens/s")
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # runs without rate stages draw nothing here
+            ax.legend()
     fig.suptitle(title or "TTFT and throughput against request rate")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -31,13 +31,14 @@ class TenantRow:
 def tenant_rows(
     run: str, records: Sequence[RequestRecord], time_scale: float = 1.0
 ) -> list[TenantRow]:
-    """One row per tenant of ``records``, tenants in order of first request."""
+    """One row per tenant of ``records``: interactive, batch, then any other by name."""
     tenants: dict[str, list[RequestRecord]] = {}
     for r in sorted(records, key=lambda r: r.start_s):
         tenants.setdefault(r.tenant, []).append(r)
+    order = sorted(tenants, key=lambda t: (t != "interactive", t != "batch", t))
     return [
-        TenantRow(run, tenant, summarize(f"{run} / {tenant}", rs, time_scale=time_scale))
-        for tenant, rs in tenants.items()
+        TenantRow(run, t, summarize(f"{run} / {t}", tenants[t], time_scale=time_scale))
+        for t in order
     ]
 
 
