@@ -154,7 +154,8 @@ def parse_quantity(value: Any) -> int | None:
         result = number * 10 ** int(suffix[1:])
     else:
         result = number * _SUFFIX[suffix]
-    return int(math.ceil(result))  # as Quantity.Value(): rounded up to a whole number
+    rounded: int = math.ceil(result)  # as Quantity.Value(): rounded up to a whole number
+    return rounded
 
 
 def parse_flow_control(

@@ -130,7 +130,7 @@ class FlowController:
         usage_limit: float = 1.0,
         pool_name: str = "",
         tick_s: float = 0.005,
-        ttl_margin_s: float = 0.001,
+        ttl_margin_s: float = 0.01,
         pending_timeout_s: float = 1.0,
     ) -> None:
         self.config = config
@@ -213,7 +213,7 @@ class FlowController:
             self._tick = None
         for priority in self._priorities:
             band = self._bands[priority]
-            for queue in band.flows.values():
+            for queue in list(band.flows.values()):  # _remove drops emptied flows
                 while (queued := queue.pop()) is not None:
                     self._remove(band, queued)
                     self._finish(queued, "EvictedOther", _rejected("shutdown", ""))

@@ -47,6 +47,7 @@ class FlowMetrics:
 
     def __init__(self, registry: prometheus_client.CollectorRegistry | None, pool: str) -> None:
         reg = prometheus_client.REGISTRY if registry is None else registry
+        self.registry = reg
         self.pool = pool
         self.queue_duration = prometheus_client.Histogram(
             _PREFIX + "request_queue_duration_seconds",
