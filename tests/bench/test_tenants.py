@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -98,3 +100,17 @@ def test_objectives_file_is_three_inference_objectives() -> None:
         assert d["apiVersion"] == "inference.networking.x-k8s.io/v1alpha2"
         assert d["kind"] == "InferenceObjective"
         assert d["spec"]["poolRef"] == {"name": "my-pool"}
+
+
+def test_objectives_file_loads_as_the_gateway_reads_it(tmp_path: Path) -> None:
+    """The contract with ``--objectives FILE``: kvgate's own InferenceObjective loader."""
+    from kvgate.flowcontrol.objectives import ObjectiveStore
+
+    path = tmp_path / "objectives.yaml"
+    path.write_text(objectives_yaml(build_workload("multi-tenant", SMALL).params))
+    store = ObjectiveStore.from_file(path)
+    assert {n: store.priority(n) for n in store.names()} == {
+        "interactive": 1,
+        "batch": 0,
+        "batch-sheddable": -1,
+    }
