@@ -39,7 +39,11 @@ def test_check_prints_the_resolved_seed_config() -> None:
         "saturation detector: queueDepthThreshold=5 kvCacheUtilThreshold=0.8 "
         "metricsStalenessThreshold=200ms\n"
     ) in out
-    assert proc.stderr == ""
+    # the course's file uses GIE's apiVersion, which llm-d reports as deprecated
+    assert proc.stderr == (
+        f"warning: {PACKAGED}: apiVersion inference.networking.x-k8s.io/v1alpha1 is "
+        "deprecated (llm-d); use llm-d.ai/v1 (llm-d.ai/v1alpha1 is accepted too)\n"
+    )
 
 
 def test_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:

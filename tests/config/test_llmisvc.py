@@ -20,7 +20,14 @@ from kvgate.errors import ConfigError
 from kvgate.plugins.base import PluginContext
 from kvgate.scheduling.types import Endpoint, Request
 
-SEED = Path("/work/shared/examples/llm-inference-service.yaml")
+# The course's file, found from the repository root (../shared); a missing file fails the test.
+SEED = (
+    Path(__file__).resolve().parents[2]
+    / ".."
+    / "shared"
+    / "examples"
+    / "llm-inference-service.yaml"
+)
 EXAMPLES = Path(kvgate.__file__).parent / "data" / "examples"
 PACKAGED = EXAMPLES / "llm-inference-service.yaml"
 DEMO = EXAMPLES / "smollm2-demo.yaml"
@@ -28,12 +35,12 @@ ARGS = "spec.router.scheduler.template.containers[main].args"
 
 
 def seed_text() -> str:
-    # The packaged copy is the seed, byte for byte (checked below when the seed is present).
+    # The packaged copy is the seed, byte for byte (checked below).
     return PACKAGED.read_text()
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="shared seed not present")
 def test_packaged_example_is_the_seed_unchanged() -> None:
+    assert SEED.is_file(), f"{SEED}: the course's file is missing (../shared from the repo root)"
     assert PACKAGED.read_bytes() == SEED.read_bytes()
 
 

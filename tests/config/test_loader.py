@@ -261,23 +261,26 @@ def test_saturation_detector_defaults_thresholds_and_env_overrides() -> None:
     ]
 
 
-def test_feature_gates_data_flow_control_and_parser_are_accepted() -> None:
+def test_gie_data_section_and_parser_act() -> None:
     config = load_picker_config(
         text=HEADER
-        + """featureGates: [dataLayer, flowControl]
+        + """featureGates: [dataLayer]
 plugins:
 - type: queue-scorer
+- type: metrics-data-source
+  parameters: {path: /stats}
+- type: openai-parser
 data:
   sources:
-  - pluginRef: queue-scorer
-    extractors: []
-flowControl: {maxBytes: 1000}
-parser: {type: openai}
+  - pluginRef: metrics-data-source
+parser: {pluginRef: openai-parser}
 """
     )
-    assert config.feature_gates == {"dataLayer", "flowControl"}
-    assert config.flow_control == {"maxBytes": 1000}
-    assert config.parser == {"type": "openai"}
+    assert config.feature_gates == {"dataLayer"}
+    assert config.data_layer is not None and config.data_layer.metrics is not None
+    assert config.data_layer.metrics.source.path == "/stats"
+    assert config.request_handler is not None
+    assert config.request_handler.parsers == ("openai-parser",)
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
@@ -298,7 +301,7 @@ def test_unknown_field_suggests_the_known_one() -> None:
     assert errors(HEADER + "schedulingProfile: []\n") == [
         "epp.yaml:3:1: schedulingProfile: unknown field; did you mean 'schedulingProfiles'? "
         "(known: apiVersion, kind, plugins, schedulingProfiles, featureGates, "
-        "saturationDetector, data, flowControl, parser)"
+        "saturationDetector, flowControl, data, dataLayer, parser, requestHandler)"
     ]
 
 
@@ -430,12 +433,15 @@ def test_json_syntax_error_has_line_and_column() -> None:
 def test_wrong_api_version_and_kind() -> None:
     assert errors("apiVersion: v1\nkind: ConfigMap\n") == [
         "epp.yaml:1:1: apiVersion: expected 'inference.networking.x-k8s.io/v1alpha1' or "
-        "'llm-d.ai/v1alpha1', got string 'v1'",
+        "'config.apix.gateway-api-inference-extension.sigs.k8s.io/v1alpha1' or "
+        "'llm-d.ai/v1alpha1' or 'llm-d.ai/v1', got string 'v1'",
         "epp.yaml:2:1: kind: expected 'EndpointPickerConfig', got string 'ConfigMap'",
     ]
     assert errors("plugins: []\n") == [
         "epp.yaml:1:1: apiVersion: required field is missing; expected "
-        "'inference.networking.x-k8s.io/v1alpha1' or 'llm-d.ai/v1alpha1'",
+        "'inference.networking.x-k8s.io/v1alpha1' or "
+        "'config.apix.gateway-api-inference-extension.sigs.k8s.io/v1alpha1' or "
+        "'llm-d.ai/v1alpha1' or 'llm-d.ai/v1'",
         "epp.yaml:1:1: kind: required field is missing; expected 'EndpointPickerConfig'",
     ]
 
@@ -454,8 +460,9 @@ def test_bad_plugin_parameters() -> None:
 
 def test_wrong_types_and_unknown_feature_gate() -> None:
     assert errors(HEADER + "plugins: {type: queue-scorer}\nfeatureGates: [speed]\n") == [
-        "epp.yaml:4:16: featureGates[0]: unknown feature gate 'speed' (known: dataLayer, "
-        "flowControl, prepareDataPlugins)",
+        "epp.yaml:4:16: featureGates[0]: unknown feature gate 'speed' in apiVersion "
+        "inference.networking.x-k8s.io/v1alpha1 (known: dataLayer, flowControl, "
+        "prepareDataPlugins, enableLegacyMetrics)",
         "epp.yaml:3:1: plugins: expected a list, got a mapping",
     ]
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvgate.config.model import PickerConfig
+from kvgate.config.producers import add_default_producers
 from kvgate.errors import ConfigError, PluginParameterError, Problem
 from kvgate.plugins.base import (
     EndpointListener,
@@ -22,11 +23,14 @@ from kvgate.plugins.base import (
     Plugin,
     PluginContext,
     PreRequest,
+    Producer,
     ProfileHandler,
     ResponseComplete,
     Scorer,
 )
+from kvgate.plugins.datalayer.base import DataExtractor, DataSource
 from kvgate.plugins.registry import Registry, default_registry
+from kvgate.plugins.requesthandling import RequestParser
 from kvgate.scheduling.scheduler import Scheduler, SchedulerProfile, WeightedScorer
 
 _ROLE_PROTOCOLS: tuple[tuple[str, type], ...] = (
@@ -38,6 +42,10 @@ _ROLE_PROTOCOLS: tuple[tuple[str, type], ...] = (
     ("response-complete", ResponseComplete),
     ("endpoint-listener", EndpointListener),
     ("lifecycle", Lifecycle),
+    ("data-producer", Producer),
+    ("data-source", DataSource),
+    ("data-extractor", DataExtractor),
+    ("parser", RequestParser),
 )
 
 
@@ -104,6 +112,10 @@ class InspectingRegistry(Registry):
         # Same package; the copy shares the base's factories and aliases.
         self._factories = dict(base._factories)
         self._aliases = dict(base._aliases)
+        # Registered rejections and default producers travel with the copy too.
+        for attr in ("_rejected", "_default_producers"):
+            if hasattr(base, attr):
+                setattr(self, attr, dict(getattr(base, attr)))
         self.last_parameters: dict[str, Any] = {}
 
     def create(
@@ -143,6 +155,7 @@ def build_scheduler(
     """
     ctx = ctx if ctx is not None else PluginContext()
     reg = registry if registry is not None else default_registry()
+    config = add_default_producers(config, reg)  # llm-d's CreateMissingDataProducers
     problems: list[Problem] = []
     built: dict[str, Plugin] = {}
     for spec in config.plugins:

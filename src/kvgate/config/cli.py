@@ -2,6 +2,7 @@
 
 kvgate config check FILE          resolved profiles, plugins, parameters, weights (exit 1 on error)
 kvgate config check --policy NAME the same for a built-in policy
+kvgate config check --strict FILE also every difference from llm-d (exit 1 if any)
 kvgate config policies            the built-in policy names
 kvgate config show-policy NAME    a policy's EndpointPickerConfig YAML
 """
@@ -35,6 +36,12 @@ def register(subparsers: Any) -> None:
     check.add_argument("file", nargs="?", help="EndpointPickerConfig or LLMInferenceService file")
     check.add_argument("--policy", help="check a built-in policy instead of a file")
     check.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="also list every way kvgate runs the config differently from llm-d "
+        "(exit 1 if there is any)",
+    )
     check.set_defaults(func=_check)
 
     policies = sub.add_parser("policies", help="list the built-in routing policies")
@@ -59,12 +66,25 @@ def _check(args: argparse.Namespace) -> int:
         print("error: give exactly one of FILE or --policy NAME", file=sys.stderr)
         return 2
     config, header = _load(args)
+    for warning in config.warnings:
+        print(f"warning: {config.source}: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(config_as_dict(config), indent=2))
     else:
         print(header)
         print(render_config(config), end="")
-    return 0
+    if not args.strict:
+        return 0
+    from kvgate.config.strict import strict_differences
+
+    differences = strict_differences(config)
+    if not differences:
+        print(f"strict: {config.source}: kvgate runs this config as llm-d would")
+        return 0
+    print(f"strict: {config.source}: {len(differences)} difference(s) from llm-d:")
+    for line in differences:
+        print(f"  {line}")
+    return 1
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, str]:

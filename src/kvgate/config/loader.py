@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from kvgate.config.build import InspectingRegistry, parameter_path, roles_of, trial_context
+from kvgate.config.datalayer import data_layer, request_handler
 from kvgate.config.documents import describe, parse_text, read_document
 from kvgate.config.fields import (
     Locator,
     Problems,
     as_list,
     check_fields,
-    optional_mapping,
     required_str,
 )
+from kvgate.config.generations import GENERATIONS, Generation, generation
 from kvgate.config.model import (
     PickerConfig,
     PluginSpec,
@@ -40,31 +41,22 @@ from kvgate.config.model import (
     WeightedRef,
 )
 from kvgate.config.sections import FEATURE_GATES as FEATURE_GATES  # re-exported
-from kvgate.config.sections import data_section, feature_gates, flow_control, saturation_detector
+from kvgate.config.sections import feature_gates, flow_control, saturation_detector
 from kvgate.config.sections import format_duration as format_duration  # re-exported
 from kvgate.config.sections import parse_duration as parse_duration  # re-exported
 from kvgate.errors import ConfigError, PluginParameterError, Problem
 from kvgate.plugins.registry import Registry, default_registry
 
-API_VERSIONS: tuple[str, ...] = (
-    "inference.networking.x-k8s.io/v1alpha1",
-    "llm-d.ai/v1alpha1",
-)
+#: Every apiVersion kvgate loads (kvgate.config.generations: what each allows).
+API_VERSIONS: tuple[str, ...] = tuple(GENERATIONS)
 KIND = "EndpointPickerConfig"
 DEFAULT_PROFILE = "default"
 DEFAULT_HANDLER_TYPE = "single-profile-handler"
 DEFAULT_PICKER_TYPE = "max-score-picker"
 
-_TOP_FIELDS = (
-    "apiVersion",
-    "kind",
-    "plugins",
-    "schedulingProfiles",
-    "featureGates",
-    "saturationDetector",
-    "data",
-    "flowControl",
-    "parser",
+#: Top-level fields checked when the apiVersion is unknown (the union of every generation's).
+_TOP_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(f for g in GENERATIONS.values() for f in g.top_fields)
 )
 _PLUGIN_FIELDS = ("name", "type", "parameters")
 _PROFILE_FIELDS = ("name", "plugins")
@@ -156,26 +148,38 @@ def picker_config_from_data(
     if not isinstance(data, dict):
         problems.add("", f"expected a mapping (an {KIND}), got {describe(data)}")
         raise ConfigError(problems.items)
-    check_fields(problems, "", data, _TOP_FIELDS)
-
     api_version = data.get("apiVersion")
+    gen = generation(api_version) if isinstance(api_version, str) else None
+    warnings: list[str] = []
     if api_version is None:
         problems.add("apiVersion", f"required field is missing; expected {_alternatives()}")
-    elif api_version not in API_VERSIONS:
+    elif gen is None:
         problems.add("apiVersion", f"expected {_alternatives()}, got {describe(api_version)}")
+    elif gen.deprecation is not None:
+        warnings.append(gen.deprecation)
+    _top_fields(problems, data, gen)
     kind = data.get("kind")
     if kind is None:
         problems.add("kind", f"required field is missing; expected '{KIND}'")
     elif kind != KIND:
         problems.add("kind", f"expected '{KIND}', got {describe(kind)}")
 
-    gates = feature_gates(problems, data.get("featureGates"))
+    gates = feature_gates(
+        problems,
+        data.get("featureGates"),
+        gen.feature_gates if gen is not None else FEATURE_GATES,
+        f" in apiVersion {gen.api_version}" if gen is not None else "",
+    )
     plugins = _plugins(problems, reg, data.get("plugins"))
     profiles_raw = _profiles(problems, plugins, data.get("schedulingProfiles"))
-    sd = saturation_detector(problems, data.get("saturationDetector"), env)
-    data_layer = data_section(problems, data, gates, plugins)
-    flow_control_section = flow_control(problems, data.get("flowControl"))
-    parser = optional_mapping(problems, "parser", data.get("parser"))
+    sd = saturation_detector(problems, data.get("saturationDetector"), env, plugins)
+    built = {name: p.plugin for name, p in plugins.items()}
+    types = {name: reg.canonical(p.type) or p.type for name, p in plugins.items()}
+    data_layer_config = data_layer(
+        problems, data, gen or GENERATIONS[API_VERSIONS[0]], gates, built, types
+    )
+    flow_control_section = flow_control(problems, data.get("flowControl"), gates, plugins)
+    handler_config = request_handler(problems, data, built, warnings)
 
     resolved_plugins, profiles, handler = _apply_defaults(
         problems, reg, plugins, profiles_raw, has_profiles=bool(data.get("schedulingProfiles"))
@@ -190,11 +194,25 @@ def picker_config_from_data(
         handler=handler,
         feature_gates=frozenset(gates),
         saturation_detector=sd,
-        data=data_layer,
+        data_layer=data_layer_config,
         flow_control=flow_control_section,
-        parser=parser,
+        request_handler=handler_config,
         text=text,
+        warnings=tuple(warnings),
     )
+
+
+def _top_fields(problems: Problems, data: dict[str, Any], gen: Generation | None) -> None:
+    """Top-level fields of the file's generation; another generation's name says what to write."""
+    known = gen.top_fields if gen is not None else _TOP_FIELDS
+    for key in data:
+        if key in known:
+            continue
+        renamed = gen.renamed.get(str(key)) if gen is not None else None
+        if renamed is not None and gen is not None:
+            problems.add(str(key), f"{renamed} (apiVersion {gen.api_version})")
+        else:
+            check_fields(problems, "", {key: None}, known)
 
 
 def _alternatives() -> str:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvgate.config.datalayer import DataLayerConfig, RequestHandlerConfig
+    from kvgate.flowcontrol.config import FlowControlConfig
 
 #: Role names, in the order ``kvgate config check`` prints them.
 ROLE_NAMES: tuple[str, ...] = (
@@ -22,6 +26,9 @@ ROLE_NAMES: tuple[str, ...] = (
     "response-complete",
     "endpoint-listener",
     "lifecycle",
+    "data-source",
+    "data-extractor",
+    "parser",
 )
 
 
@@ -65,6 +72,7 @@ class SaturationDetectorConfig:
     queue_depth_threshold: int = 5
     kv_cache_util_threshold: float = 0.8
     metrics_staleness_threshold_s: float = 0.2
+    plugin_ref: str | None = None  # newer shape: a declared detector plugin (or its type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +86,13 @@ class PickerConfig:
     handler: str  # name of the one ProfileHandler plugin
     feature_gates: frozenset[str] = frozenset()
     saturation_detector: SaturationDetectorConfig = field(default_factory=SaturationDetectorConfig)
-    data: Mapping[str, Any] | None = None  # accepted (dataLayer gate), not used by kvgate yet
-    flow_control: Mapping[str, Any] | None = None  # accepted, not used by kvgate yet
-    parser: Mapping[str, Any] | None = None  # accepted, not used by kvgate yet
+    #: the data layer's scraper settings (None only before loading; see kvgate.config.datalayer)
+    data_layer: DataLayerConfig | None = None
+    flow_control: FlowControlConfig | None = None  # set only with the flowControl gate
+    request_handler: RequestHandlerConfig | None = None  # the parsers named by the file
     text: str = ""  # the original text
+    #: one line each: llm-d's deprecation notices for this file (printed as warnings)
+    warnings: tuple[str, ...] = ()
 
     def plugin(self, name: str) -> PluginSpec:
         """The plugin called ``name``; KeyError if there is none."""

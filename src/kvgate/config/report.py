@@ -69,7 +69,35 @@ def render_config(config: PickerConfig) -> str:
         f"metricsStalenessThreshold={format_duration(sd.metrics_staleness_threshold_s)}"
     )
     out.append("feature gates: " + (", ".join(sorted(config.feature_gates)) or "(none)"))
+    out.append("data layer: " + _data_layer(config))
+    parsers = config.request_handler.parsers if config.request_handler is not None else ()
+    out.append("request parsers: " + (", ".join(parsers) or "(default: OpenAI API)"))
     return "\n".join(out) + "\n"
+
+
+def _data_layer(config: PickerConfig) -> str:
+    dl = config.data_layer
+    if dl is None:
+        return "(none)"
+    if dl.legacy_metrics:
+        return "off (enableLegacyMetrics: the --*-metric flags drive scraping)"
+    if dl.metrics is None:
+        return "metrics collection off (injectDefaults: false, no metrics source)"
+    m = dl.metrics
+    src = m.source
+    port = f":{src.port}" if src.port is not None else ""
+    interval = f" every {format_duration(src.interval_s)}" if src.interval_s is not None else ""
+    text = (
+        f"scrape {src.scheme}://<endpoint>{port}{src.path}{interval}"
+        f"{' (TLS verified)' if src.scheme == 'https' and not src.insecure_skip_verify else ''}; "
+        f"engines {', '.join(sorted(m.engines))} by label {m.engine_label_key} "
+        f"(default {m.default_engine})"
+    )
+    if m.injected:
+        text += "  [added by default]"
+    if dl.endpoint_listeners:
+        text += f"; endpoint changes -> {', '.join(dl.endpoint_listeners)}"
+    return text
 
 
 def config_as_dict(config: PickerConfig) -> dict[str, Any]:

@@ -1,37 +1,33 @@
 """The EndpointPickerConfig sections besides plugins and profiles: featureGates,
-saturationDetector (GIE's defaults, SD_* environment overrides, Go durations), data (only with
-the dataLayer gate) and flowControl."""
+saturationDetector (GIE's defaults, SD_* environment overrides, Go durations) and flowControl.
+The data layer and request handler are in :mod:`kvgate.config.datalayer`."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 from kvgate.config.documents import describe
 from kvgate.config.fields import (
     Problems,
     as_list,
-    as_mapping,
     check_fields,
     optional_mapping,
     required_str,
 )
+from kvgate.config.generations import FEATURE_GATES as FEATURE_GATES  # re-exported
 from kvgate.config.model import SaturationDetectorConfig
 
-FEATURE_GATES: tuple[str, ...] = ("dataLayer", "flowControl", "prepareDataPlugins")
+if TYPE_CHECKING:  # kvgate.flowcontrol.config imports kvgate.config: import it when called
+    from kvgate.flowcontrol.config import FlowControlConfig
 
-_SD_FIELDS = ("queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold")
-_DATA_FIELDS = ("sources",)
-_SOURCE_FIELDS = ("pluginRef", "extractors")
-_EXTRACTOR_FIELDS = ("pluginRef",)
-_FLOW_CONTROL_FIELDS = (
-    "maxBytes",
-    "maxRequests",
-    "defaultRequestTTL",
-    "defaultPriorityBand",
-    "priorityBands",
+_SD_FIELDS = (
+    "queueDepthThreshold",
+    "kvCacheUtilThreshold",
+    "metricsStalenessThreshold",
+    "pluginRef",  # newer shape: a detector plugin instead of thresholds
 )
 
 #: Environment variables that override ``saturationDetector`` (as in GIE).
@@ -81,14 +77,37 @@ def format_duration(seconds: float) -> str:
 
 
 def saturation_detector(
-    problems: Problems, value: Any, env: Mapping[str, str] | None
+    problems: Problems,
+    value: Any,
+    env: Mapping[str, str] | None,
+    plugins: Mapping[str, object] | None = None,
 ) -> SaturationDetectorConfig:
+    """The top-level ``saturationDetector``: GIE v1.3's thresholds (and their SD_* overrides)
+    or, in the newer shape, ``pluginRef`` naming a detector plugin (deprecated in llm-d-router
+    in favour of ``flowControl.saturationDetector``)."""
     defaults = SaturationDetectorConfig()
     queue = defaults.queue_depth_threshold
     kv = defaults.kv_cache_util_threshold
     staleness = defaults.metrics_staleness_threshold_s
     section = optional_mapping(problems, "saturationDetector", value) or {}
     check_fields(problems, "saturationDetector", section, _SD_FIELDS)
+    from kvgate.flowcontrol.config import saturation_detector_ref
+
+    plugin_ref = (
+        saturation_detector_ref(
+            problems,
+            "saturationDetector",
+            {"pluginRef": section["pluginRef"]},
+            _plugin_types(plugins),
+        )
+        if "pluginRef" in section
+        else None
+    )
+    if plugin_ref is not None and any(f in section for f in _SD_FIELDS[:3]):
+        problems.add(
+            "saturationDetector.pluginRef",
+            "set either pluginRef or the thresholds (put thresholds in the plugin's parameters)",
+        )
     q = section.get("queueDepthThreshold")
     if q is not None:
         if isinstance(q, bool) or not isinstance(q, int):
@@ -144,40 +163,7 @@ def saturation_detector(
         elif parsed_st > 0:
             staleness = parsed_st
     problems.items.extend(env_problems.items)
-    return SaturationDetectorConfig(queue, kv, staleness)
-
-
-def data_section(
-    problems: Problems,
-    data: Mapping[str, Any],
-    gates: list[str],
-    plugins: Mapping[str, object],
-) -> dict[str, Any] | None:
-    if data.get("data") is None:
-        return None
-    section = as_mapping(problems, "data", data["data"])
-    if section is None:
-        return None
-    if "dataLayer" not in gates:
-        problems.add(
-            "data", "allowed only with the dataLayer feature gate (add it to featureGates)"
-        )
-    check_fields(problems, "data", section, _DATA_FIELDS)
-    for i, src in enumerate(as_list(problems, "data.sources", section.get("sources"))):
-        path = f"data.sources[{i}]"
-        if not isinstance(src, dict):
-            problems.add(path, f"expected a mapping with 'pluginRef', got {describe(src)}")
-            continue
-        check_fields(problems, path, src, _SOURCE_FIELDS)
-        _plugin_ref(problems, path, src, plugins)
-        for j, ext in enumerate(as_list(problems, f"{path}.extractors", src.get("extractors"))):
-            ext_path = f"{path}.extractors[{j}]"
-            if not isinstance(ext, dict):
-                problems.add(ext_path, f"expected a mapping with 'pluginRef', got {describe(ext)}")
-                continue
-            check_fields(problems, ext_path, ext, _EXTRACTOR_FIELDS)
-            _plugin_ref(problems, ext_path, ext, plugins)
-    return section
+    return SaturationDetectorConfig(queue, kv, staleness, plugin_ref)
 
 
 def _plugin_ref(
@@ -191,22 +177,50 @@ def _plugin_ref(
         )
 
 
-def flow_control(problems: Problems, value: Any) -> dict[str, Any] | None:
+def flow_control(
+    problems: Problems,
+    value: Any,
+    gates: Collection[str] = (),
+    plugins: Mapping[str, object] | None = None,
+) -> FlowControlConfig | None:
+    """The ``flowControl`` section, typed (kvgate.flowcontrol.config); None unless the
+    ``flowControl`` feature gate is on. A section without the gate is an error naming it."""
+    from kvgate.flowcontrol.config import FEATURE_GATE as FLOW_CONTROL_GATE
+    from kvgate.flowcontrol.config import parse_flow_control
+
     section = optional_mapping(problems, "flowControl", value)
-    if section is not None:
-        check_fields(problems, "flowControl", section, _FLOW_CONTROL_FIELDS)
-    return section
+    if FLOW_CONTROL_GATE not in gates:
+        if section is not None:
+            problems.add(
+                "flowControl",
+                f"allowed only with the {FLOW_CONTROL_GATE} feature gate (add it to featureGates)",
+            )
+        return None
+    return parse_flow_control(problems, section or {}, _plugin_types(plugins))
 
 
-def feature_gates(problems: Problems, value: Any) -> list[str]:
+def _plugin_types(plugins: Mapping[str, object] | None) -> dict[str, str]:
+    """Declared plugin name -> type, for checking references to flow-control plugins."""
+    types: dict[str, str] = {}
+    for name, declared in (plugins or {}).items():
+        type_name = getattr(declared, "type", None)
+        if isinstance(type_name, str):
+            types[name] = type_name
+    return types
+
+
+def feature_gates(
+    problems: Problems, value: Any, allowed: tuple[str, ...] = FEATURE_GATES, where: str = ""
+) -> list[str]:
+    """The gates in ``value``; one outside ``allowed`` (this apiVersion's gates) is a problem."""
     gates: list[str] = []
     for i, gate in enumerate(as_list(problems, "featureGates", value)):
         if not isinstance(gate, str):
             problems.add(f"featureGates[{i}]", f"expected a string, got {describe(gate)}")
-        elif gate not in FEATURE_GATES:
+        elif gate not in allowed:
             problems.add(
                 f"featureGates[{i}]",
-                f"unknown feature gate {gate!r} (known: {', '.join(FEATURE_GATES)})",
+                f"unknown feature gate {gate!r}{where} (known: {', '.join(allowed)})",
             )
         else:
             gates.append(gate)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -79,6 +79,10 @@ class Scraper:
         metrics_path: str = "/metrics",
         models_interval_s: float = 5.0,
         fetch_models: bool = True,
+        names_for: Callable[[Endpoint], MetricNames] | None = None,
+        metrics_port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        collect_metrics: bool = True,
     ) -> None:
         self.pool = pool
         self.interval_s = interval_s
@@ -92,6 +96,13 @@ class Scraper:
         self.metrics_path = metrics_path
         self.models_interval_s = models_interval_s
         self.fetch_models = fetch_models
+        # From llm-d's dataLayer (kvgate.config.datalayer.DataLayerConfig.scraper_kwargs):
+        # per-endpoint metric names (engine label), the metrics port, TLS, and whether
+        # /metrics is read at all (off: freshness follows the health probe alone).
+        self.names_for = names_for
+        self.metrics_port = metrics_port
+        self.ssl_context = ssl_context
+        self.collect_metrics = collect_metrics
         self._states: dict[str, _EndpointState] = {}
         self._session: aiohttp.ClientSession | None = None
         self._started = False
@@ -104,7 +115,9 @@ class Scraper:
         if self._started:
             return
         self._started = True
-        ssl_arg: ssl.SSLContext | bool = bool(self.verify_tls)
+        ssl_arg: ssl.SSLContext | bool = (
+            self.ssl_context if self.ssl_context is not None else bool(self.verify_tls)
+        )
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ssl=ssl_arg, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
@@ -185,6 +198,13 @@ class Scraper:
         scheme = self.scheme or endpoint.scheme
         return f"{scheme}://{endpoint.hostport}{path}"
 
+    def _metrics_url(self, endpoint: Endpoint) -> str:
+        if self.metrics_port is None:
+            return self._url(endpoint, self.metrics_path)
+        scheme = self.scheme or endpoint.scheme
+        host = endpoint.hostport.rsplit(":", 1)[0]
+        return f"{scheme}://{host}:{self.metrics_port}{self.metrics_path}"
+
     async def _run(self, name: str, state: _EndpointState) -> None:
         while True:
             endpoint = self.pool.get(name)
@@ -203,22 +223,11 @@ class Scraper:
     async def _tick(self, endpoint: Endpoint, state: _EndpointState, now: float) -> None:
         assert self._session is not None
         session = self._session
-        self.scrapes_total += 1
-        try:
-            async with session.get(self._url(endpoint, self.metrics_path)) as resp:
-                if resp.status != 200:
-                    raise aiohttp.ClientResponseError(
-                        resp.request_info, (), status=resp.status, message="bad status"
-                    )
-                text = await resp.text()
-            self.pool.update_metrics(endpoint.name, parse_metrics(text, self.names))
+        if self.collect_metrics:
+            await self._scrape_metrics(session, endpoint, state)
+        else:  # dataLayer without a metrics source: freshness follows the health probe
             state.last_scrape_ok = time.monotonic()
             state.refused = False
-        except (aiohttp.ClientConnectorError, ConnectionRefusedError):
-            self.scrape_errors_total += 1
-            state.refused = True
-        except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
-            self.scrape_errors_total += 1
         out = not state.in_rotation
         if not state.refused and (out or now - state.last_health_check >= self.health_interval_s):
             state.last_health_check = now
@@ -243,6 +252,27 @@ class Scraper:
             log.info("endpoint %s %s rotation", endpoint.name, "enters" if healthy else "leaves")
         state.in_rotation = healthy
         self.pool.set_healthy(endpoint.name, healthy)
+
+    async def _scrape_metrics(
+        self, session: aiohttp.ClientSession, endpoint: Endpoint, state: _EndpointState
+    ) -> None:
+        self.scrapes_total += 1
+        try:
+            async with session.get(self._metrics_url(endpoint)) as resp:
+                if resp.status != 200:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info, (), status=resp.status, message="bad status"
+                    )
+                text = await resp.text()
+            names = self.names if self.names_for is None else self.names_for(endpoint)
+            self.pool.update_metrics(endpoint.name, parse_metrics(text, names))
+            state.last_scrape_ok = time.monotonic()
+            state.refused = False
+        except (aiohttp.ClientConnectorError, ConnectionRefusedError):
+            self.scrape_errors_total += 1
+            state.refused = True
+        except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
+            self.scrape_errors_total += 1
 
     async def _probe(self, url: str) -> bool:
         assert self._session is not None

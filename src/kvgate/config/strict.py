@@ -1,0 +1,94 @@
+"""``kvgate config check --strict``: every way kvgate would run a config differently from llm-d.
+
+:func:`strict_differences` lists, one line each:
+
+* the generation's notes (an apiVersion llm-d's loader does not register);
+* plugin types that run as another type (aliases) and kvgate-only types llm-d rejects;
+* plugin-level differences a built plugin reports through an optional ``strict_notes``
+  attribute (a sequence of strings; e.g. a parameter kvgate accepts but does not contact);
+* data-layer differences (extra metric names read, scrape interval not rounded, a metrics
+  source without an extractor) and the default parsers;
+* the ``prepareDataPlugins`` gate, whose behaviour kvgate always has.
+
+An empty list means kvgate runs the config as llm-d would, as far as kvgate knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kvgate.config.build import build_scheduler
+from kvgate.config.generations import GIE, LLMD_V1, LLMD_V1ALPHA1, generation
+from kvgate.config.model import PickerConfig
+
+#: kvgate's own plugin types, which no llm-d loader registers.
+KVGATE_ONLY_TYPES: dict[str, str] = {
+    "round-robin-picker": "a kvgate benchmark baseline",
+    "oracle-prefix-cache-scorer": "a kvgate benchmark upper bound",
+}
+
+
+def strict_differences(config: PickerConfig) -> list[str]:
+    """Every known difference between kvgate's run of ``config`` and llm-d's, one line each."""
+    out: list[str] = []
+    gen = generation(config.api_version)
+    if gen is not None:
+        out.extend(gen.strict_notes)
+    for spec in config.plugins:
+        where = f"plugins[{spec.name}]"
+        if spec.type != spec.canonical_type:
+            out.append(f"{where}: type {spec.type!r} runs as kvgate's {spec.canonical_type!r}")
+        if spec.canonical_type in KVGATE_ONLY_TYPES:
+            out.append(
+                f"{where}: type {spec.canonical_type!r} is kvgate's own "
+                f"({KVGATE_ONLY_TYPES[spec.canonical_type]}); llm-d rejects it"
+            )
+    scheduler = build_scheduler(config)
+    for plugin in scheduler.plugins:
+        notes = getattr(plugin, "strict_notes", ())
+        if isinstance(notes, Sequence) and not isinstance(notes, str):
+            out.extend(f"plugins[{plugin.name}]: {note}" for note in notes)
+    out.extend(_data_layer(config))
+    if (
+        config.api_version in (LLMD_V1ALPHA1, LLMD_V1, GIE)
+        and config.request_handler is not None
+        and not config.request_handler.parsers
+    ):
+        out.append(
+            "requestHandler: no parsers configured: llm-d's current router then parses OpenAI, "
+            "Anthropic Messages and vLLM /inference/v1/generate and passes other paths "
+            "through; kvgate parses the OpenAI API only"
+        )
+    if "prepareDataPlugins" in config.feature_gates:
+        out.append(
+            "featureGates: prepareDataPlugins: kvgate always runs data producers, so the gate "
+            "changes nothing (GIE v1.3-1.4 run them only with it; llm-d dropped the gate)"
+        )
+    return out
+
+
+def _data_layer(config: PickerConfig) -> list[str]:
+    dl = config.data_layer
+    if dl is None or dl.metrics is None:
+        return []
+    out: list[str] = []
+    metrics = dl.metrics
+    where = f"{dl.section}" if not metrics.injected else f"{dl.section} (injected defaults)"
+    vllm = metrics.engines.get("vllm")
+    if vllm is not None and vllm.kv_usage_fallback is not None:
+        out.append(
+            f"{where}: engine 'vllm': kvgate also reads {vllm.kv_usage_fallback} when "
+            f"{vllm.kv_usage} is absent (vLLM < 0.10); llm-d reads only the latter"
+        )
+    if metrics.source.interval_s is not None:
+        out.append(
+            f"{where}: {metrics.source_plugin}.interval: kvgate scrapes every "
+            f"{metrics.source.interval_s:g}s exactly; llm-d rounds it to a multiple of "
+            "--refresh-metrics-interval"
+        )
+    if not metrics.extractor_plugin and not metrics.injected:
+        out.append(
+            f"{where}: source {metrics.source_plugin!r} has no extractor: llm-d stores no "
+            "metrics from it; kvgate reads them with the built-in engine metric names"
+        )
+    return out

@@ -1,0 +1,171 @@
+"""Every published EndpointPickerConfig under tests/data/llm-d-configs/ (see SOURCES.md) loads,
+except those in EXPECTED_FAILURES, which fail with exactly the reason given.
+
+The table is the to-do list: a config that stops loading fails the test, and so does one in
+the table that starts loading (or fails for another reason), so the table is kept true. The
+reason is the first problem's ``path: message`` with any trailing ``(known: ...)`` list cut.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kvgate.config import load_picker_config
+from kvgate.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "data" / "llm-d-configs"
+_KNOWN = re.compile(r" \(known: [^)]*\)$")
+
+_MM = (
+    "kvgate routes text requests only: it has no multimodal request parsing, encoder-cache "
+    "state or encode (E) stage to act on"
+)
+
+#: file -> the one-line reason it does not load (D2: plugin types not written yet).
+EXPECTED_FAILURES: dict[str, str] = {
+    "gateway-api-inference-extension__conformance_resources_base.yaml": (
+        "plugins[header-based-testing-filter].type: unknown plugin type "
+        "'header-based-testing-filter'"
+    ),
+    "llm-d-inference-scheduler__deploy_config_epp-precise-prefix-cache-config.yaml": (
+        "plugins[token-producer].parameters.vllm.http: unknown parameter"
+    ),
+    "llm-d-inference-scheduler__deploy_config_pd-epp-config.yaml": (
+        "plugins[prefix-based-pd-decider].type: unknown plugin type 'prefix-based-pd-decider'"
+    ),
+    "llm-d-inference-scheduler__deploy_config_probabilistic-admitter-epp-config.yaml": (
+        "plugins[probabilistic-admitter].type: unknown plugin type 'probabilistic-admitter'"
+    ),
+    "llm-d-inference-scheduler__deploy_config_sim-e-p-d-epp-config.yaml": (
+        "plugins[always-disagg-multimodal-decider].parameters: plugin type "
+        f"'always-disagg-multimodal-decider' is not supported: {_MM} (E/P/D decider)"
+    ),
+    "llm-d-inference-scheduler__deploy_config_sim-epp-kvcache-config.yaml": (
+        "plugins[token-producer].parameters.vllm.http: unknown parameter"
+    ),
+    "llm-d-inference-scheduler__deploy_config_sim-epp-tokenizer-vllm-http-config.yaml": (
+        "plugins[token-producer].parameters.vllm.http: unknown parameter"
+    ),
+    "llm-d-inference-scheduler__deploy_config_sim-pd-epp-config.yaml": (
+        "plugins[prefix-based-pd-decider].type: unknown plugin type 'prefix-based-pd-decider'"
+    ),
+    "llm-d-inference-scheduler__test_integration_epp_testdata_datalayer-config.yaml": (
+        "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
+    ),
+    "llm-d-inference-scheduler__test_integration_epp_testdata_request-attribute-reporter-config.yaml": (
+        "plugins[total-tokens-cost-reporter].type: unknown plugin type 'request-attribute-reporter'"
+    ),
+    "llm-d-inference-scheduler__test_testdata_configloader_1_test.yaml": (
+        "plugins[test1].type: unknown plugin type 'test-one'"
+    ),
+    "llm-d-router__deploy_config_epp-burst-prefix-cache-config.yaml": (
+        "plugins[burst-prefix-cache-producer].type: unknown plugin type "
+        "'burst-prefix-cache-producer'"
+    ),
+    "llm-d-router__deploy_config_epp-mm-embeddings-cache-config.yaml": (
+        "plugins[mm-embeddings-cache-producer].parameters: plugin type "
+        f"'mm-embeddings-cache-producer' is not supported: {_MM}"
+    ),
+    "llm-d-router__deploy_config_pd-epp-config.yaml": (
+        "plugins[disagg-profile-handler].type: unknown plugin type 'disagg-profile-handler'"
+    ),
+    "llm-d-router__deploy_config_pd-topology-epp-config.yaml": (
+        "plugins[topology-extractor].parameters: plugin type 'topology-extractor' is not "
+        "supported: kvgate has no node/accelerator topology attributes to extract into"
+    ),
+    "llm-d-router__deploy_config_probabilistic-admitter-epp-config.yaml": (
+        "plugins[probabilistic-admitter].type: unknown plugin type 'probabilistic-admitter'"
+    ),
+    "llm-d-router__deploy_config_sim-e-p-d-epp-config.yaml": (
+        "plugins[disagg-profile-handler].type: unknown plugin type 'disagg-profile-handler'"
+    ),
+    "llm-d-router__deploy_config_sim-e-pd-epp-config.yaml": (
+        "plugins[always-disagg-multimodal-decider].parameters: plugin type "
+        f"'always-disagg-multimodal-decider' is not supported: {_MM} (E/P/D decider)"
+    ),
+    "llm-d-router__deploy_config_sim-epp-gpu-config.yaml": (
+        "plugins[dcgm-source].parameters: plugin type 'dcgm-data-source' is not supported: "
+        "NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads only model-server "
+        "metrics"
+    ),
+    "llm-d-router__deploy_config_sim-epp-no-hit-lru.yaml": (
+        "plugins[precise-prefix-cache-producer].parameters.tokenProcessorConfig.blockSizeTokens: "
+        "unknown parameter"
+    ),
+    "llm-d-router__deploy_config_sim-pd-epp-config.yaml": (
+        "plugins[prefix-based-pd-decider].type: unknown plugin type 'prefix-based-pd-decider'"
+    ),
+    "llm-d-router__deploy_config_sim-program-aware-config.yaml": (
+        "plugins[program-aware-fairness].type: unknown plugin type 'program-aware-fairness'"
+    ),
+    "llm-d-router__deploy_config_soft-reflective-ceiling-epp-config.yaml": (
+        "plugins[soft-reflective-ceiling-policy].type: unknown plugin type "
+        "'soft-reflective-ceiling-policy'"
+    ),
+    "llm-d-router__test_integration_epp_testdata_datalayer-config.yaml": (
+        "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
+    ),
+    "llm-d-router__test_integration_epp_testdata_request-attribute-reporter-config.yaml": (
+        "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
+    ),
+    "llm-d-router__test_perf_config_router-configs_precise-prefix.yaml": (
+        "plugins[precise-prefix-cache-producer].parameters.tokenProcessorConfig.blockSizeTokens: "
+        "unknown parameter"
+    ),
+    "llm-d-router__test_perf_config_router-configs_random-passthrough-parser.yaml": (
+        "plugins[passthrough-parser].parameters: plugin type 'passthrough-parser' is not "
+        "supported: kvgate needs the request's model and prompt to schedule; it forwards no "
+        "unparsed bodies"
+    ),
+    # a test config of llm-d's loader, which registers the gate in that test only
+    "llm-d-router__test_testdata_configloader_1_test.yaml": (
+        "featureGates[0]: unknown feature gate 'test-feature-gate' in apiVersion "
+        "inference.networking.x-k8s.io/v1alpha1"
+    ),
+    "llm-d__guides_optimized-baseline_router_optimized-baseline.values.yaml": (
+        "plugins[prefix-cache-affinity-filter].parameters.maxTokensInFlightPenalty: "
+        "unknown parameter"
+    ),
+    "llm-d__guides_pd-disaggregation_router_pd-disaggregation.values.yaml": (
+        "plugins[always-disagg-pd-decider].type: unknown plugin type 'always-disagg-pd-decider'"
+    ),
+    "llm-d__guides_predicted-latency-routing_router_predicted-latency.values.yaml": (
+        "plugins[predicted-latency-producer].type: unknown plugin type 'predicted-latency-producer'"
+    ),
+    "llm-d__guides_wide-ep_router_wide-ep.values.yaml": (
+        "plugins[disagg-headers-handler].type: unknown plugin type 'disagg-headers-handler'"
+    ),
+}
+
+
+def _files() -> list[Path]:
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert files, f"{CONFIGS}: no published configs found"
+    return files
+
+
+def _outcome(path: Path) -> str | None:
+    """None when the file loads, else its first problem as ``path: message``."""
+    try:
+        load_picker_config(path, env={})
+    except ConfigError as exc:
+        first = exc.problems[0]
+        return _KNOWN.sub("", f"{first.path}: {first.message}")
+    return None
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: p.name)
+def test_published_config(path: Path) -> None:
+    assert _outcome(path) == EXPECTED_FAILURES.get(path.name)
+
+
+def test_every_table_entry_names_a_file_and_sources_lists_every_file() -> None:
+    names = {p.name for p in _files()}
+    assert set(EXPECTED_FAILURES) <= names
+    sources = (CONFIGS / "SOURCES.md").read_text()
+    assert all(f"`{name}`" in sources for name in names)
+    loaded = len(names) - len(EXPECTED_FAILURES)
+    print(f"published EndpointPickerConfigs loaded: {loaded}/{len(names)}")
