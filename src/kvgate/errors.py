@@ -13,7 +13,8 @@ exceptions are converted at the edge (``raise ... from exc``)::
     │   └── PayloadTooLargeError   413
     ├── SchedulingError        the scheduler could not pick
     │   ├── NoCandidatesError      no healthy endpoint for the request -> 503 + Retry-After
-    │   └── SchedulingFailedError  a profile failed / every endpoint filtered out -> 429 (as llm-d)
+    │   ├── SchedulingFailedError  a profile failed / every endpoint filtered out -> 429 (as llm-d)
+    │   └── FlowRejected           flow control refused or gave up on the request -> 429 / 503
     ├── UpstreamError          the chosen model server failed (connection, 5xx, timeout)
     └── EngineError            a model server process could not be prepared or launched
 """
@@ -116,6 +117,34 @@ class SchedulingFailedError(SchedulingError):
     """Scheduling ran but produced no target, e.g. every endpoint was filtered out (HTTP 429)."""
 
     status = 429
+
+
+class FlowRejected(SchedulingError):
+    """Flow control did not admit the request (kvgate.flowcontrol.controller).
+
+    ``reason`` is one of ``capacity`` (queue limits, 429), ``ttl_expired`` (waited its whole
+    TTL, 429; 503 when the pool has no endpoints), ``shed`` (sheddable while saturated, 429),
+    ``evicted`` (429) or ``shutdown`` (503). ``code`` is the OpenAI error ``code``;
+    ``dropped_reason`` the value of llm-d's ``x-llm-d-request-dropped-reason`` header.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        dropped_reason: str,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.code = code
+        self.dropped_reason = dropped_reason
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
 
 
 class UpstreamError(KvgateError):

@@ -37,6 +37,14 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.profiles.single_profile_handler",
     "kvgate.plugins.profiles.pd_profile_handler",
     "kvgate.plugins.profiles.prefill_header_handler",
+    # flow control (brief A): saturation detectors, fairness/ordering/usage-limit policies
+    "kvgate.flowcontrol.detectors.utilization",
+    "kvgate.flowcontrol.detectors.concurrency",
+    "kvgate.flowcontrol.policies.global_strict",
+    "kvgate.flowcontrol.policies.round_robin",
+    "kvgate.flowcontrol.policies.fcfs",
+    "kvgate.flowcontrol.policies.edf",
+    "kvgate.flowcontrol.policies.static_usage_limit",
 )
 
 
