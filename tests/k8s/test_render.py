@@ -232,3 +232,110 @@ def test_unsupported_model_uri_is_a_config_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "spec.model.uri" in result.stderr and "s3://" in result.stderr
+
+
+def service(tmp_path: Path, extra_spec: str, text: str | None = None) -> Path:
+    """The seed with ``extra_spec`` (YAML indented two spaces) appended under ``spec``."""
+    path = tmp_path / "svc.yaml"
+    path.write_text((text or SEED.read_text()).rstrip("\n") + "\n" + extra_spec)
+    return path
+
+
+def test_multi_node_data_parallel_renders_a_leader_worker_set(tmp_path: Path) -> None:
+    path = service(
+        tmp_path,
+        "  parallelism: {data: 8, dataLocal: 4, tensor: 1}\n"
+        "  worker:\n    containers: [{name: main}]\n",
+    )
+    manifests = render(load_llm_inference_service(path))
+    (lws,) = by_kind(manifests)["LeaderWorkerSet"]
+    schema = json.loads((SCHEMAS / "leaderworkerset.v1.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(lws)
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == 2  # data 8 / dataLocal 4, as KServe's ParallelismSpec.GetSize
+    for role in ("leaderTemplate", "workerTemplate"):  # pod templates pass Kubernetes' schema
+        validate({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                  "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": template[role]}})  # fmt: skip
+    leader = template["leaderTemplate"]["spec"]["containers"][0]["args"][0]
+    worker = template["workerTemplate"]["spec"]["containers"][0]["args"][0]
+    for script in (leader, worker):
+        assert "--data-parallel-size 8 --data-parallel-size-local 4" in script
+        assert "--data-parallel-address '$(LWS_LEADER_ADDRESS)'" in script
+        assert "--data-parallel-start-rank $((${LWS_WORKER_INDEX:-0} * 4))" in script
+    assert "--headless" in worker and "--headless" not in leader
+    # the pool and the Service select leaders only; no Deployment for the model server
+    (pool,) = by_kind(manifests)["InferencePool"]
+    leader_labels = template["leaderTemplate"]["metadata"]["labels"]
+    assert parse_pool(pool).selector.items() <= leader_labels.items()
+    assert (
+        not parse_pool(pool).selector.items()
+        <= template["workerTemplate"]["metadata"]["labels"].items()
+    )
+    assert [d["metadata"]["name"] for d in by_kind(manifests)["Deployment"]] == [
+        "qwen-model-kserve-router-scheduler"
+    ]
+
+
+def test_seed_schemes_agree_and_tls_is_mounted() -> None:
+    manifests = render(load_llm_inference_service(SEED))
+    workload = next(m for m in manifests if m["metadata"]["name"] == "qwen-model-kserve")
+    epp = next(
+        m for m in manifests if m["metadata"]["name"] == "qwen-model-kserve-router-scheduler"
+    )
+    main = workload["spec"]["template"]["spec"]["containers"][0]
+    for key in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[key]["httpGet"]["scheme"] == "HTTPS"
+    assert "--ssl-certfile /var/run/kserve/tls/tls.crt" in main["args"][0]
+    epp_args = epp["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert flag(epp_args, "--model-server-metrics-scheme") == "https"
+    (secret,) = by_kind(manifests)["Secret"]
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls-certs"]["secret"]["secretName"] == secret["metadata"]["name"]
+    # --tls-secret: the user's Secret, none rendered
+    own = render(load_llm_inference_service(SEED), RenderOptions(tls_secret="mine"))
+    assert "Secret" not in by_kind(own)
+
+
+@pytest.mark.parametrize(
+    ("extra", "replace", "message"),
+    [
+        ("  prefill: {replicas: 1}\n", None, "spec.prefill: P/D is not rendered yet: "),
+        (
+            "  worker: {containers: [{name: main}]}\n",
+            None,
+            "spec.worker: multi-node rendering needs",
+        ),
+        ("", ("scheme: HTTPS", "scheme: HTTP"), "declared both ways"),
+    ],
+)
+def test_what_cannot_be_rendered_is_one_line(
+    tmp_path: Path, extra: str, replace: tuple[str, str] | None, message: str
+) -> None:
+    text = SEED.read_text().replace(*replace) if replace else None
+    result = subprocess.run(
+        [sys.executable, "-m", "kvgate", "render", str(service(tmp_path, extra, text))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    assert message in line
+
+
+def test_lora_adapters_become_vllm_flags(tmp_path: Path) -> None:
+    text = SEED.read_text().replace(
+        "    name: Qwen/Qwen3-0.6B\n",
+        "    name: Qwen/Qwen3-0.6B\n    lora:\n      adapters:\n"
+        "      - {name: sql, uri: hf://org/sql-lora}\n"
+        "      - {name: docs, uri: pvc://adapters/docs}\n",
+    )
+    path = tmp_path / "svc.yaml"
+    path.write_text(text)
+    manifests = render(load_llm_inference_service(path))
+    workload = next(m for m in manifests if m["metadata"]["name"] == "qwen-model-kserve")
+    main = workload["spec"]["template"]["spec"]["containers"][0]
+    assert "--enable-lora --lora-modules sql=org/sql-lora docs=/mnt/lora/docs" in main["args"][0]
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    assert mounts["/mnt/lora/docs"]["subPath"] == "docs"
+    validate(workload)

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from kvgate.endpoints.static import spec_from_url
-from kvgate.errors import EngineError
+from kvgate.errors import ConfigError, EngineError, Problem
 from kvgate.gateway.auth import generate_api_key, load_api_keys
-from kvgate.gateway.reqlog import configure_logging
+from kvgate.requestcontrol.reqlog import configure_logging
 
 log = logging.getLogger("kvgate.up")
 
@@ -86,10 +86,42 @@ def kv_events_collector(picker_config: Any) -> str | None:
     return None
 
 
+def lora_args(svc: Any, engine: str) -> list[str]:
+    """``spec.model.lora.adapters`` as engine flags: vLLM ``--enable-lora --lora-modules
+    name=path ...``; the simulator ``--lora-modules`` alone (it serves every listed name).
+
+    ``hf://org/repo`` is passed as the Hub id (vLLM downloads it), ``file:///dir`` and plain
+    paths as local folders; ``pvc://`` exists only in a cluster and is an error here.
+    """
+    modules: list[str] = []
+    for i, adapter in enumerate(svc.lora_adapters):
+        uri = str(adapter.uri)
+        if uri.startswith("pvc://"):
+            raise ConfigError(
+                [
+                    Problem(
+                        svc.source,
+                        f"spec.model.lora.adapters[{i}].uri",
+                        f"{uri!r} names a Kubernetes volume; kvgate up runs locally: use "
+                        "hf://org/repo or a local path",
+                    )
+                ]
+            )
+        path = uri.removeprefix("hf://").removeprefix("file://")
+        modules.append(f"{adapter.name}={path}")
+    if not modules:
+        return []
+    return (
+        ["--lora-modules", *modules]
+        if engine == "sim"
+        else ["--enable-lora", "--lora-modules", *modules]
+    )
+
+
 def up_from_args(args: argparse.Namespace) -> int:
     from kvgate.config import load_llm_inference_service
     from kvgate.engines import EngineConfig, plan_launch, resolve_model
-    from kvgate.gateway.server import run
+    from kvgate.gateway.app import run
 
     configure_logging(args.log_format)
     path = args.file or demo_file()
@@ -108,7 +140,7 @@ def up_from_args(args: argparse.Namespace) -> int:
         engine=args.engine,
         model=model,
         run_dir=run_dir,
-        extra_args=tuple(svc.vllm_additional_args),
+        extra_args=(*svc.vllm_additional_args, *lora_args(svc, args.engine)),
         vllm_python=args.vllm_python,
         kv_events_collector=kv_events_collector(svc.require_picker_config()),
     )
@@ -124,7 +156,7 @@ def up_from_args(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, svc: Any, plan: Any, model: Any) -> int:
     from kvgate.engines import ReplicaEvent, Supervisor
-    from kvgate.gateway.server import build_gateway, build_scheduler_from
+    from kvgate.gateway.app import build_gateway, build_scheduler_from
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
