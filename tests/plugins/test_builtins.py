@@ -14,7 +14,10 @@ from plugins.kit import ctx, endpoint, make, request, scheduler
 OWN = [
     m
     for m in BUILTIN_MODULES
-    if not m.endswith(("precise_prefix_cache_scorer", "oracle_prefix_scorer"))
+    if m.startswith("kvgate.plugins.")  # flow-control policies live in kvgate.flowcontrol
+    and not m.endswith(
+        ("precise_prefix_cache_scorer", "oracle_prefix_scorer", "precise_prefix_cache_producer")
+    )
 ]
 NEEDS_PARAMS = {"by-label"}
 SCORERS = [

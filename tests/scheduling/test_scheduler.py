@@ -65,3 +65,57 @@ def test_picker_sees_the_weighted_totals() -> None:
     ranking = FixedScorer("r", {"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3, "e": 0.0})
     result = scheduler([(ranking, 1.0)], picker=picker).schedule(request(), EPS)
     assert [t.name for t in result.primary.targets] == ["b", "c", "d"]
+
+
+class CountingProducer:
+    """A third-party producer that records each call and may consume another's key."""
+
+    type_name = "counting-producer"
+
+    def __init__(self, name: str, log: list[str], needs: str | None = None) -> None:
+        from kvgate.scheduling.data import DataKey
+
+        self.name = name
+        self.log = log
+        self.key = DataKey("Count", name)
+        self.needs = () if needs is None else (DataKey("Count", needs),)
+
+    def produces(self) -> tuple[object, ...]:
+        return (self.key,)
+
+    def consumes(self) -> tuple[object, ...]:
+        return self.needs
+
+    def produce(self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]) -> None:
+        from kvgate.scheduling import data
+
+        self.log.append(self.name)
+        data.put(request, self.key, len(endpoints))  # type: ignore[arg-type]
+
+
+def test_producers_run_once_per_request_in_dependency_order_and_are_timed() -> None:
+    log: list[str] = []
+    late = CountingProducer("late", log, needs="early")
+    early = CountingProducer("early", log)
+    sched = scheduler([(FixedScorer("s", {}), 1.0)], extra=[late, early])
+    seen: list[tuple[str, str]] = []
+    sched.observe = lambda point, type_name, name, s: seen.append((point, name))
+    assert [p.name for p in sched.producers] == ["early", "late"]
+    req = request()
+    sched.schedule(req, EPS)
+    sched.schedule(req, EPS[:2])  # a retry of the same request reuses the data
+    assert log == ["early", "late"]
+    assert seen[:2] == [("data_producer", "early"), ("data_producer", "late")]
+    assert req.produced == {"Count/early": 5, "Count/late": 5}
+    sched.schedule(request(request_id="r2"), EPS)
+    assert log == ["early", "late", "early", "late"]
+
+
+def test_producers_in_a_cycle_are_refused() -> None:
+    import pytest
+
+    from kvgate.scheduling.scheduler import order_producers
+
+    log: list[str] = []
+    with pytest.raises(ValueError, match="cycle: x, y"):
+        order_producers([CountingProducer("x", log, "y"), CountingProducer("y", log, "x")])  # type: ignore[list-item]

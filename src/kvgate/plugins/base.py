@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from kvgate.scheduling.data import DataKey
 from kvgate.scheduling.types import (
     Clock,
     CycleState,
@@ -44,6 +45,35 @@ class Plugin(Protocol):
 
     @property
     def name(self) -> str: ...
+
+
+@runtime_checkable
+class Producer(Plugin, Protocol):
+    """llm-d's DataProducer: computes per-request data before any profile runs.
+
+    The framework runs every configured producer once per request, in dependency order (a
+    producer that consumes another's data runs after it), before the profile handler's first
+    round; ``produce`` writes the keys ``produces`` names with
+    :func:`kvgate.scheduling.data.put`. Consumers find them by :class:`DataKey`.
+    """
+
+    def produces(self) -> tuple[DataKey, ...]: ...
+
+    def produce(
+        self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
+    ) -> None: ...
+
+
+@runtime_checkable
+class Consumer(Plugin, Protocol):
+    """A plugin that needs data from producers (by key, i.e. by producer name).
+
+    Every key ``consumes`` returns must be produced by a configured plugin; when it is the
+    data type's default key and nothing produces it, the config builder adds the default
+    producer (as llm-d does), otherwise the configuration is rejected naming both plugins.
+    """
+
+    def consumes(self) -> tuple[DataKey, ...]: ...
 
 
 @runtime_checkable

@@ -1,7 +1,11 @@
 """Type name -> factory, filled once by :func:`register_builtins`.
 
 Each built-in plugin module exports ``TYPE`` (llm-d's type name), ``create`` (the factory)
-and optionally ``ALIASES`` (older names that still load, e.g. ``kv-cache-scorer``).
+and optionally ``ALIASES`` (older names that still load, e.g. ``kv-cache-scorer``) and
+``DEFAULT_PRODUCER_FOR`` (data types it is the default producer of, added when a consumer
+needs one and none is configured, as llm-d's ``RegisterAsDefaultProducer``). llm-d types
+kvgate cannot act on are registered as rejections (kvgate.plugins.unsupported): loading one
+fails with its reason instead of "unknown type".
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvgate.errors import PluginParameterError
+from kvgate.plugins import unsupported
 from kvgate.plugins.base import Params, Plugin, PluginContext, PluginFactory
 
 #: Modules holding one built-in plugin each; the order is the order of ``known types`` in errors.
 BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.filters.by_label",
-    "kvgate.plugins.filters.by_label_selector",
+    "kvgate.plugins.filters.label_selector_filter",
     "kvgate.plugins.filters.decode_filter",
     "kvgate.plugins.filters.prefill_filter",
     "kvgate.plugins.scorers.queue_scorer",
@@ -37,6 +42,15 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.profiles.single_profile_handler",
     "kvgate.plugins.profiles.pd_profile_handler",
     "kvgate.plugins.profiles.prefill_header_handler",
+    # llm-d-router's data producers and their consumers (brief D2)
+    "kvgate.plugins.producers.token_producer",
+    "kvgate.plugins.producers.approx_prefix_cache_producer",
+    "kvgate.plugins.producers.precise_prefix_cache_producer",
+    "kvgate.plugins.producers.inflight_load_producer",
+    "kvgate.plugins.filters.prefix_cache_affinity_filter",
+    "kvgate.plugins.filters.encode_filter",
+    "kvgate.plugins.scorers.token_load_scorer",
+    "kvgate.plugins.profiles.data_parallel_profile_handler",
     # flow control (brief A): saturation detectors, fairness/ordering/usage-limit policies
     "kvgate.flowcontrol.detectors.utilization",
     "kvgate.flowcontrol.detectors.concurrency",
@@ -54,6 +68,8 @@ class Registry:
     def __init__(self) -> None:
         self._factories: dict[str, PluginFactory] = {}
         self._aliases: dict[str, str] = {}
+        self._default_producers: dict[str, str] = {}  # data type -> producer type
+        self._rejected: dict[str, str] = {}  # type -> why kvgate cannot run it
 
     def register(self, type_name: str, factory: PluginFactory, *aliases: str) -> None:
         if type_name in self._factories or type_name in self._aliases:
@@ -62,6 +78,27 @@ class Registry:
         for alias in aliases:
             self._aliases[alias] = type_name
 
+    def set_default_producer(self, data_type: str, type_name: str) -> None:
+        """Make ``type_name`` the producer added when ``data_type`` is consumed but not produced."""
+        self._default_producers[data_type] = type_name
+
+    def default_producer(self, data_type: str) -> str | None:
+        """The type of ``data_type``'s default producer (also its default plugin name)."""
+        return self._default_producers.get(data_type)
+
+    def reject(self, type_name: str, reason: str) -> None:
+        """Register an llm-d type kvgate cannot run: creating it fails with ``reason``."""
+
+        def refuse(name: str, params: Params, ctx: PluginContext) -> Plugin:
+            raise PluginParameterError("", f"plugin type {type_name!r} is not supported: {reason}")
+
+        self.register(type_name, refuse)
+        self._rejected[type_name] = reason
+
+    def rejected(self) -> dict[str, str]:
+        """Registered-but-refused types and why."""
+        return dict(self._rejected)
+
     def canonical(self, type_name: str) -> str | None:
         """The registered type for ``type_name`` (resolving aliases), or None if unknown."""
         if type_name in self._factories:
@@ -69,7 +106,7 @@ class Registry:
         return self._aliases.get(type_name)
 
     def known_types(self) -> list[str]:
-        return sorted(self._factories)
+        return sorted(t for t in self._factories if t not in self._rejected)
 
     def create(
         self,
@@ -103,6 +140,11 @@ def register_builtins(registry: Registry) -> Registry:
                 continue
             raise
         registry.register(module.TYPE, module.create, *getattr(module, "ALIASES", ()))
+        for data_type in getattr(module, "DEFAULT_PRODUCER_FOR", ()):
+            registry.set_default_producer(data_type, module.TYPE)
+    for type_name, reason in unsupported.UNSUPPORTED.items():
+        if registry.canonical(type_name) is None:  # a real plugin, once written, wins
+            registry.reject(type_name, reason)
     return registry
 
 

@@ -7,6 +7,11 @@ exactly once when the request ends. This module enforces llm-d's invariants once
 stay small: scores clamped to [0, 1]; total = Σ weight · clamp(score) with no normalisation;
 endpoints a scorer leaves out count 0; an empty filter result fails the profile; exactly one
 picker per profile (kvgate.scheduling.profile and the config builder guarantee it).
+
+Before the first profile, the data-preparation step (llm-d's ``PrepareRequestData``, its
+``DataProducer`` extension point) runs every :class:`~kvgate.plugins.base.Producer` in
+dependency order (:func:`order_producers`), each at most once per request: a request scheduled
+again (a retry) reuses what was produced the first time.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from dataclasses import dataclass, field
 
 from kvgate.errors import NoCandidatesError, SchedulingFailedError
 from kvgate.plugins.base import (
+    Consumer,
     EndpointListener,
     Filter,
     Lifecycle,
     Picker,
     Plugin,
     PreRequest,
+    Producer,
     ProfileHandler,
     ResponseComplete,
     Scorer,
@@ -39,6 +46,34 @@ from kvgate.scheduling.types import (
 
 #: Called after every plugin call: (extension point, plugin type, plugin name, seconds).
 PluginObserver = Callable[[str, str, str, float], None]
+
+#: ``Request.extra`` key of the set of producer names already run for the request.
+_PRODUCED_BY = "kvgate.data-producers.ran"
+
+
+def order_producers(producers: Sequence[Producer]) -> tuple[Producer, ...]:
+    """``producers`` in dependency order: one that consumes another's key runs after it.
+
+    Ties keep the configured order. Raises ValueError naming the plugins of a cycle.
+    """
+    by_key = {str(key): p.name for p in producers for key in p.produces()}
+    needs: dict[str, set[str]] = {}
+    for p in producers:
+        wanted = p.consumes() if isinstance(p, Consumer) else ()
+        needs[p.name] = {by_key[str(k)] for k in wanted if by_key.get(str(k), p.name) != p.name}
+    ordered: list[Producer] = []
+    done: set[str] = set()
+    pending = list(producers)
+    while pending:
+        ready = [p for p in pending if needs[p.name] <= done]
+        if not ready:
+            names = ", ".join(sorted(p.name for p in pending))
+            raise ValueError(f"data producers depend on each other in a cycle: {names}")
+        for p in ready:
+            ordered.append(p)
+            done.add(p.name)
+        pending = [p for p in pending if p.name not in done]
+    return tuple(ordered)
 
 
 def _no_observer(point: str, type_name: str, name: str, seconds: float) -> None:
@@ -116,11 +151,13 @@ class Scheduler:
     handler: ProfileHandler
     plugins: Sequence[Plugin] = ()  # every configured plugin, for the hooks
     observe: PluginObserver = _no_observer
+    _producers: tuple[Producer, ...] = field(init=False, default=())
     _pre_request: tuple[PreRequest, ...] = field(init=False, default=())
     _response_complete: tuple[ResponseComplete, ...] = field(init=False, default=())
     _listeners: tuple[EndpointListener, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
+        self._producers = order_producers([p for p in self.plugins if isinstance(p, Producer)])
         self._pre_request = tuple(p for p in self.plugins if isinstance(p, PreRequest))
         self._response_complete = tuple(p for p in self.plugins if isinstance(p, ResponseComplete))
         self._listeners = tuple(p for p in self.plugins if isinstance(p, EndpointListener))
@@ -134,6 +171,8 @@ class Scheduler:
         if not candidates:
             raise NoCandidatesError("no healthy endpoint is available")
         state = CycleState()
+        if self._producers:
+            self._prepare_data(state, request, candidates)
         results: dict[str, ProfileRunResult | None] = {}
         # Bounded: a handler may run each profile at most once.
         for _ in range(len(self.profiles) + 1):
@@ -170,6 +209,27 @@ class Scheduler:
                 f"scheduling profile {outcome.primary_profile_name!r} found no endpoint"
             )
         return outcome
+
+    @property
+    def producers(self) -> tuple[Producer, ...]:
+        """The data producers, in the order they run."""
+        return self._producers
+
+    def _prepare_data(
+        self, state: CycleState, request: Request, candidates: Sequence[Endpoint]
+    ) -> None:
+        ran = request.extra.get(_PRODUCED_BY)
+        if not isinstance(ran, set):
+            ran = request.extra[_PRODUCED_BY] = set()
+        for producer in self._producers:
+            if producer.name in ran:
+                continue
+            started = time.perf_counter()
+            producer.produce(state, request, candidates)
+            self.observe(
+                "data_producer", producer.type_name, producer.name, time.perf_counter() - started
+            )
+            ran.add(producer.name)
 
     def pre_request(self, request: Request, result: SchedulingResult) -> dict[str, str]:
         """Run PreRequest hooks; returns headers to add to the upstream request."""

@@ -94,3 +94,20 @@ def test_bad_parameters_name_the_field(params: dict[str, object], field: str) ->
     with pytest.raises(PluginParameterError) as err:
         make("no-hit-lru-scorer", params)
     assert err.value.field == field
+
+
+def test_coldness_from_a_named_producer() -> None:
+    from kvgate.scheduling import data
+    from kvgate.scheduling.data import DataKey, PrefixCacheMatchInfo
+
+    plugin = make("no-hit-lru-scorer", {"prefixMatchInfoProducerName": "approx"})
+    key = DataKey(data.PREFIX_CACHE_MATCH_INFO, "approx")
+    assert plugin.consumes() == (key,)
+    warm = request()
+    data.put(
+        warm, key, {"a": PrefixCacheMatchInfo(2, 4, 64, 2), "b": PrefixCacheMatchInfo(0, 4, 64, 0)}
+    )
+    assert score(plugin, [A, B], warm) == {"a": 0.5, "b": 0.5}
+    cold = request()
+    data.put(cold, key, {"a": PrefixCacheMatchInfo(0, 4, 64, 0)})
+    assert score(plugin, [A, B], cold) == {"a": 1.0, "b": 0.0}

@@ -220,3 +220,42 @@ def test_bad_parameters_name_the_field(params: dict[str, object], field: str) ->
     with pytest.raises(PluginParameterError) as err:
         make("prefix-cache-scorer", params)
     assert err.value.field == field
+
+
+def test_consumer_mode_scores_the_named_producers_matches() -> None:
+    from kvgate.scheduling import data as produced
+    from kvgate.scheduling.data import DataKey, PrefixCacheMatchInfo
+
+    s = make("prefix-cache-scorer", {"prefixMatchInfoProducerName": "gpu"})
+    key = DataKey(produced.PREFIX_CACHE_MATCH_INFO, "gpu")
+    assert s.consumes() == (key,)
+    req = request()
+    produced.put(req, key, {"a": PrefixCacheMatchInfo(3, 4, 64, 3)})
+    a, b = endpoint("a"), endpoint("b")
+    assert score(s, [a, b], req) == {"a": 0.75, "b": 0.0}
+    # llm-d's blend: 0.5 · min(1, 3·64/384)² + 0.5 · 3/4
+    blended = make(
+        "prefix-cache-scorer",
+        {"prefixMatchInfoProducerName": "gpu", "matchLengthWeight": 0.5,
+         "matchLengthScaleTokens": 384},
+    )  # fmt: skip
+    assert score(blended, [a], req)["a"] == pytest.approx(0.5 * 0.25 + 0.5 * 0.75)
+
+
+def test_standalone_scorer_reads_the_default_producer_when_it_ran() -> None:
+    from kvgate.scheduling import data as produced
+    from kvgate.scheduling.data import DataKey, PrefixCacheMatchInfo
+
+    s = make("prefix-cache-scorer")
+    assert s.consumes() == ()
+    req = request()
+    produced.put(req, DataKey(produced.PREFIX_CACHE_MATCH_INFO, "approx-prefix-cache-producer"),
+                 {"a": PrefixCacheMatchInfo(1, 2, 64, 1)})  # fmt: skip
+    assert score(s, [endpoint("a")], req) == {"a": 0.5}
+
+
+def test_index_parameters_conflict_with_a_producer() -> None:
+    with pytest.raises(PluginParameterError) as err:
+        make("prefix-cache-scorer", {"prefixMatchInfoProducerName": "p", "blockSize": 8})
+    assert err.value.field == "blockSize"
+    assert make("prefix-cache-scorer", {"blockSizeTokens": 16}).block_size == 64

@@ -4,9 +4,13 @@ A request no endpoint has a cached prefix for ("cold") should go where it distur
 cache: first to endpoints that never got a cold request, then to the least recently used.
 
 * Parameters: ``prefixPluginName`` (default ``"prefix-cache-scorer"``): the prefix scorer whose
-  cycle state tells whether the request is cold; ``lruSize`` (int, default 1024): how many
-  endpoints the LRU remembers.
-* Cold: the prefix scorer wrote no state this cycle, or no endpoint matched a block.
+  cycle state tells whether the request is cold; ``prefixMatchInfoProducerName`` (llm-d-router):
+  read coldness from that data producer's ``PrefixCacheMatchInfo`` instead (a config naming a
+  producer that is not configured is rejected); ``prefixPluginType`` (accepted: never used,
+  also in llm-d); ``lruSize`` (int, default 1024): how many endpoints the LRU remembers.
+* Cold: the prefix scorer wrote no state this cycle, or no endpoint matched a block. With a
+  producer — the named one, or ``approx-prefix-cache-producer`` whenever it ran for the
+  request (llm-d-router's default) — cold means no candidate has ``match_blocks > 0``.
 * Formula: warm → 0.5 for every candidate. Cold with ``N`` candidates (``N = 1`` → 1): the
   i-th candidate that never got a cold request (i from 0, in candidate order) scores
   ``1 − i / (N − 1)``; a candidate at LRU position ``p`` (0 = least recently used) scores
@@ -27,9 +31,14 @@ from collections.abc import Mapping, Sequence
 from kvgate.plugins.base import Params, PluginContext, state_key
 from kvgate.plugins.scorers import prefix_cache_scorer
 from kvgate.plugins.scorers.prefix_cache_scorer import PrefixCacheState
+from kvgate.scheduling import data
+from kvgate.scheduling.data import DataKey, PrefixCacheMatchInfo
 from kvgate.scheduling.types import CycleState, Endpoint, Request, SchedulingResult
 
 TYPE = "no-hit-lru-scorer"
+
+#: What llm-d-router's scorer reads when no producer is named (used when that producer ran).
+_DEFAULT_KEY = DataKey(data.PREFIX_CACHE_MATCH_INFO, prefix_cache_scorer.DEFAULT_PRODUCER)
 
 
 def prefix_state_key(ctx: PluginContext, prefix_plugin_name: str) -> str:
@@ -45,9 +54,17 @@ class NoHitLRUScorer:
     type_name = TYPE
 
     def __init__(
-        self, name: str, ctx: PluginContext, prefix_plugin_name: str, lru_size: int
+        self,
+        name: str,
+        ctx: PluginContext,
+        prefix_plugin_name: str,
+        lru_size: int,
+        producer_name: str = "",
     ) -> None:
         self.name = name
+        self.producer_key = (
+            DataKey(data.PREFIX_CACHE_MATCH_INFO, producer_name) if producer_name else None
+        )
         self.prefix_plugin_name = prefix_plugin_name
         self.lru_size = lru_size
         self._ctx = ctx
@@ -57,14 +74,23 @@ class NoHitLRUScorer:
     def lru(self) -> list[str]:
         return list(self._lru)
 
-    def is_cold(self, state: CycleState) -> bool:
+    def consumes(self) -> tuple[DataKey, ...]:
+        return (self.producer_key,) if self.producer_key is not None else ()
+
+    def is_cold(self, state: CycleState, request: Request | None = None) -> bool:
+        key = self.producer_key or _DEFAULT_KEY
+        matches = (
+            data.per_endpoint(request, key, PrefixCacheMatchInfo) if request is not None else None
+        )
+        if self.producer_key is not None or matches is not None:
+            return not matches or all(m.match_blocks <= 0 for m in matches.values())
         found = state.read(prefix_state_key(self._ctx, self.prefix_plugin_name), PrefixCacheState)
         return found is None or not found.matches
 
     def score(
         self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
-        cold = self.is_cold(state)
+        cold = self.is_cold(state, request)
         request.extra[self._cold_key] = cold
         if not cold:
             return {e.name: 0.5 for e in endpoints}
@@ -102,9 +128,11 @@ class NoHitLRUScorer:
 
 
 def create(name: str, params: Params, ctx: PluginContext) -> NoHitLRUScorer:
+    params.get_str("prefixPluginType", "")  # deprecated in llm-d: "never used"
     return NoHitLRUScorer(
         name,
         ctx,
         params.get_str("prefixPluginName", prefix_cache_scorer.TYPE),
         params.get_int("lruSize", 1024, minimum=1),
+        params.get_str("prefixMatchInfoProducerName", ""),
     )

@@ -9,12 +9,16 @@ Reads what each engine actually stored and evicted, from vLLM's KV events over Z
   cpu 0.8 by default); ``score = min(1, weighted_hits / n)`` (0 when ``n = 0``).
 * Parameters (llm-d's names; unknown keys are errors naming the field):
 
-  - ``tokenProcessorConfig`` (top level or inside ``indexerConfig``): ``blockSize`` (tokens;
+  - ``tokenProcessorConfig`` (top level or inside ``indexerConfig``): ``blockSizeTokens``
+    (llm-d-router's name, wins) or ``blockSize`` (tokens;
     0/absent = learn from the first event; must equal the engines' ``--block-size``),
     ``hashSeed`` (string, default "").
   - ``indexerConfig``: ``kvBlockIndexConfig`` {``inMemoryConfig`` {``size``: request keys
-    kept, default 10,000,000; ``podCacheSize``: accepted}, ``enableMetrics``,
-    ``metricsLoggingInterval``}; ``tokenizersPoolConfig`` {``tokenizerPath`` (kvgate: a
+    kept, default 10,000,000; ``podCacheSize``: accepted}, ``maxPrefixBlocksToMatch`` (at
+    most this many leading blocks are looked up and scored; 0/absent = all),
+    ``enableMetrics``, ``metricsLoggingInterval``}; ``tokenizersPoolConfig`` {``uds``
+    {``socketFile``} (the sidecar is not contacted: kvgate tokenizes in-process and logs so),
+    ``tokenizerPath`` (kvgate: a
     tokenizer.json or model folder), ``local`` {``modelTokenizerMap`` model -> path, ...},
     ``modelName``, ``workersCount``, ``minPrefixOverlapRatio``, ``hf``: accepted};
     ``kvCacheBackendConfigs`` [{``name``, ``weight``}] (tier weights); ``prefixStoreConfig``:
@@ -124,8 +128,10 @@ class PrecisePrefixCacheScorer:
         model_tokenizers: Mapping[str, Tokenizer] | None = None,
         speculative: SpeculativeBlocks | None = None,
         predicted_weight: float = 1.0,
+        max_prefix_blocks: int = 0,
     ) -> None:
         self._name = name
+        self.max_prefix_blocks = max_prefix_blocks  # 0: every full block of the prompt
         self.index = index
         self.events = events
         self.speculative = speculative
@@ -202,9 +208,18 @@ class PrecisePrefixCacheScorer:
         request.extra[_EXTRA_KEYS] = (self.index.block_size, seed, keys)
         return keys
 
-    def score(
-        self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
-    ) -> Mapping[str, float]:
+    def match(
+        self,
+        request: Request,
+        endpoints: Sequence[Endpoint],
+        token_ids: Sequence[int] | None = None,
+    ) -> tuple[dict[str, float], PreciseMatchState | None]:
+        """Tier-weighted leading blocks held per endpoint (only entries > 0), and the state.
+
+        ``token_ids`` are the prompt's tokens when a token producer already computed them;
+        otherwise the request is tokenized here (memoised on the request). The state is None
+        when no block can be keyed yet (block size unknown) or the prompt has no full block.
+        """
         hostports = self._hostports
         ids = []
         for e in endpoints:
@@ -214,19 +229,22 @@ class PrecisePrefixCacheScorer:
             ids.append(hp)
         if self.events.discover_pods and self.subscriber is not None:
             self._discover(endpoints)
-        # Through the shared chunk cache: a resent long prefix is not tokenized again (an 8k
-        # prompt costs ~10 ms to encode whole, on the event loop).
-        token_ids = chunk_encoder(self.tokenizer_for(request)).encode_request(request)
+        if token_ids is None:
+            # Through the shared chunk cache: a resent long prefix is not tokenized again (an
+            # 8k prompt costs ~10 ms to encode whole, on the event loop).
+            token_ids = chunk_encoder(self.tokenizer_for(request)).encode_request(request)
         block_size = self.index.block_size
         if block_size <= 0:
-            return {}
+            return {}, None
         keys = self.request_keys(request, token_ids)
+        if self.max_prefix_blocks > 0:
+            keys = keys[: self.max_prefix_blocks]
         n = len(keys)
         if n == 0:
-            return {}
+            return {}, None
         match = self.index.match(keys, ids)
         max_cached_blocks = (len(token_ids) - 1) // block_size
-        scores: dict[str, float] = {}
+        weighted_hits: dict[str, float] = {}
         blocks: dict[str, int] = {}
         cached: dict[str, int] = {}
         spec = self.speculative
@@ -238,13 +256,19 @@ class PrecisePrefixCacheScorer:
             if spec is not None:
                 weighted = max(weighted, spec.held(hp, keys) * self.predicted_weight)
             if weighted:
-                scores[e.name] = min(1.0, weighted / n)
+                weighted_hits[e.name] = weighted
         request.extra[EXTRA_CACHED_TOKENS] = cached
-        state.write(
-            state_key(self._name, TYPE),
-            PreciseMatchState(len(token_ids), block_size, n, blocks, cached),
-        )
-        return scores
+        return weighted_hits, PreciseMatchState(len(token_ids), block_size, n, blocks, cached)
+
+    def score(
+        self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
+    ) -> Mapping[str, float]:
+        weighted_hits, found = self.match(request, endpoints)
+        if found is None:
+            return {}
+        state.write(state_key(self._name, TYPE), found)
+        n = found.num_blocks
+        return {name: min(1.0, weighted / n) for name, weighted in weighted_hits.items()}
 
     def _discover(self, endpoints: Sequence[Endpoint]) -> None:
         assert self.subscriber is not None
@@ -309,6 +333,8 @@ def _section(params: Params, key: str) -> Params:
 
 def _token_processor(section: Params) -> tuple[int | None, str | None]:
     block_size = section.get_int("blockSize", 0, minimum=0) if section.has("blockSize") else None
+    if section.has("blockSizeTokens"):  # llm-d-router's name; ``blockSize`` is deprecated
+        block_size = section.get_int("blockSizeTokens", 0, minimum=0) or block_size
     seed = section.get_str("hashSeed", "") if section.has("hashSeed") else None
     section.check_unknown()
     return block_size, seed
@@ -361,6 +387,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
     block_size: int | None = None
     hash_seed: str | None = None
     max_blocks = DEFAULT_MAX_BLOCKS
+    max_prefix_blocks = 0
     tiers: dict[str, float] = dict(DEFAULT_TIER_WEIGHTS)
     tokenizer: Tokenizer | None = None
     model_tokenizers: dict[str, Tokenizer] = {}
@@ -382,6 +409,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
                 max_blocks = in_memory.get_int("size", DEFAULT_MAX_BLOCKS, minimum=1)
                 in_memory.get_int("podCacheSize", 10, minimum=1)  # kvgate keeps every holder
                 in_memory.check_unknown()
+            max_prefix_blocks = block_index.get_int("maxPrefixBlocksToMatch", 0, minimum=0)
             block_index.get_bool("enableMetrics", True)  # kvgate_kv_index_* are always exported
             block_index.get_any("metricsLoggingInterval")
             block_index.check_unknown()
@@ -406,6 +434,17 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
             pool.get_int("workersCount", 5, minimum=1)
             pool.get_float("minPrefixOverlapRatio", 0.8, minimum=0.0, maximum=1.0)
             pool.get_mapping("hf")
+            with _at("uds"):
+                uds = _section(pool, "uds")
+                uds.get_str("socketFile", "/tmp/tokenizer/tokenizer-uds.socket")
+                uds.check_unknown()
+            if pool.has("uds"):
+                log.warning(
+                    "%s %r: tokenizersPoolConfig.uds is not contacted; kvgate tokenizes "
+                    "in-process with the model's tokenizer",
+                    TYPE,
+                    name,
+                )
             pool.check_unknown()
         if indexer.has("kvCacheBackendConfigs"):
             with _at("kvCacheBackendConfigs"):
@@ -479,4 +518,5 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
         model_tokenizers=model_tokenizers,
         speculative=SpeculativeBlocks(speculative_ttl_s, ctx.clock) if speculative_on else None,
         predicted_weight=tiers.get("gpu", max(tiers.values())),
+        max_prefix_blocks=max_prefix_blocks,
     )

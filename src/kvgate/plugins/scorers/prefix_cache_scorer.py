@@ -3,10 +3,21 @@
 The index never reads the model servers: it remembers which prompt blocks kvgate itself sent
 to each endpoint, as GIE's approximate prefix plugin does.
 
-* Parameters:
+* Two modes. **Consumer** (llm-d-router's stateless scorer): with
+  ``prefixMatchInfoProducerName`` set — or, when it is not, whenever a producer named
+  ``approx-prefix-cache-producer`` published matches for the request — the scorer keeps no
+  index and scores the producer's :class:`~kvgate.scheduling.data.PrefixCacheMatchInfo`.
+  **Standalone** (GIE's approximate plugin, everything below): otherwise it keeps its own
+  index, so configs of that generation work unchanged.
+* Score (both modes): ``w · min(1, matched_tokens / matchLengthScaleTokens)² + (1 − w) ·
+  matched_blocks / total_blocks`` with ``w = matchLengthWeight`` (default 0: the ratio only).
+* Parameters: ``prefixMatchInfoProducerName`` (string; the producer to consume);
+  ``matchLengthWeight`` (float in [0, 1], default 0) and ``matchLengthScaleTokens`` (int > 0,
+  default 8192); standalone only (an error together with ``prefixMatchInfoProducerName``):
   ``autoTune`` (bool, default true) — size blocks and LRUs from ``vllm:cache_config_info``;
   ``blockSize`` (int, default 64; ``hashBlockSize`` is accepted as its older name) — block
   length in **bytes of the input**, used when autoTune is off or the size is unknown;
+  ``blockSizeTokens`` (int) — the same in tokens (``4 ·`` bytes; wins over ``blockSize``);
   ``maxPrefixBlocksToMatch`` (int, default 256) — at most this many leading blocks are hashed;
   ``lruCapacityPerServer`` (int, default 31250) — blocks remembered per endpoint when autoTune
   is off or ``num_gpu_blocks`` is unknown.
@@ -55,8 +66,11 @@ from itertools import islice
 
 import msgspec
 
+from kvgate.errors import PluginParameterError
 from kvgate.kvcache.hashing import prefix_block_hashes, prefix_hash_seed
 from kvgate.plugins.base import Params, PluginContext, state_key
+from kvgate.scheduling import data
+from kvgate.scheduling.data import DataKey, PrefixCacheMatchInfo
 from kvgate.scheduling.types import (
     Clock,
     CycleState,
@@ -66,6 +80,18 @@ from kvgate.scheduling.types import (
 )
 
 TYPE = "prefix-cache-scorer"
+
+#: The producer a scorer without ``prefixMatchInfoProducerName`` reads when it ran.
+DEFAULT_PRODUCER = "approx-prefix-cache-producer"
+#: Standalone-only parameters, rejected together with ``prefixMatchInfoProducerName``.
+INDEX_PARAMETERS = (
+    "autoTune",
+    "blockSize",
+    "hashBlockSize",
+    "blockSizeTokens",
+    "maxPrefixBlocksToMatch",
+    "lruCapacityPerServer",
+)
 
 #: Endpoints not seen among the candidates for this long are dropped from the index.
 STALE_ENDPOINT_S = 120.0
@@ -279,8 +305,16 @@ class PrefixCacheScorer:
         block_size: int = 64,
         max_prefix_blocks: int = 256,
         lru_capacity_per_server: int = 31250,
+        producer_name: str = "",
+        match_length_weight: float = 0.0,
+        match_length_scale_tokens: int = 8192,
     ) -> None:
         self.name = name
+        self.producer_name = producer_name
+        self.match_length_weight = match_length_weight
+        self.match_length_scale_tokens = match_length_scale_tokens
+        self.producer_key = DataKey(data.PREFIX_CACHE_MATCH_INFO, producer_name or DEFAULT_PRODUCER)
+        self._consumed = f"kvgate.prefix.consumed/{name}"
         self.auto_tune = auto_tune
         self.block_size = block_size
         self.max_prefix_blocks = max_prefix_blocks
@@ -309,9 +343,35 @@ class PrefixCacheScorer:
         """Every block hash of the request for ``block_bytes``."""
         return self.chain(request, block_bytes).all()
 
+    def consumes(self) -> tuple[DataKey, ...]:
+        """The named producer's matches (none in standalone mode: it is optional there)."""
+        return (self.producer_key,) if self.producer_name else ()
+
+    def combine(self, matched_blocks: float, total_blocks: int, block_tokens: float) -> float:
+        """llm-d's score from a match: ratio, blended with the squared match length."""
+        if total_blocks <= 0:
+            return 0.0
+        ratio = matched_blocks / total_blocks
+        w = self.match_length_weight
+        if w <= 0.0:
+            return ratio
+        length = min(1.0, matched_blocks * block_tokens / self.match_length_scale_tokens)
+        return w * length * length + (1.0 - w) * ratio
+
     def score(
         self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
+        produced = data.per_endpoint(request, self.producer_key, PrefixCacheMatchInfo)
+        if produced is not None or self.producer_name:
+            request.extra[self._consumed] = True
+            out = dict.fromkeys((e.name for e in endpoints), 0.0)
+            for e in endpoints:
+                info = (produced or {}).get(e.name)
+                if info is not None:
+                    out[e.name] = self.combine(
+                        info.match_blocks, info.total_blocks, info.block_size_tokens
+                    )
+            return out
         names = [e.name for e in endpoints]
         now = self._clock()
         if now >= self._next_purge:  # before marking: a returning endpoint starts cold
@@ -325,13 +385,16 @@ class PrefixCacheScorer:
         request.extra[self.state_key] = found  # PreRequest has no cycle state
         scores = dict.fromkeys(names, 0.0)
         n = chain.num_blocks
+        block_tokens = chain.block_bytes / 4  # GIE's 4 characters a token
         for name, matched in matches.items():
-            scores[name] = matched / n
+            scores[name] = self.combine(matched, n, block_tokens)
         return scores
 
     def pre_request(
         self, request: Request, result: SchedulingResult, headers: dict[str, str]
     ) -> None:
+        if request.extra.get(self._consumed):  # the producer keeps the index
+            return
         targets: list[Endpoint] = []
         primary = result.profile_results.get(result.primary_profile_name)
         if primary is not None and primary.targets:
@@ -358,9 +421,28 @@ class PrefixCacheScorer:
 
 
 def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheScorer:
-    # ``hashBlockSize`` is the name GIE used up to v1.0; ``blockSize`` wins when both are set.
+    producer_name = params.get_str("prefixMatchInfoProducerName", "")
+    if producer_name:
+        for key in INDEX_PARAMETERS:
+            if params.has(key):
+                raise PluginParameterError(
+                    key,
+                    "applies only to the scorer's own index; with prefixMatchInfoProducerName "
+                    f"{producer_name!r} set it on that producer",
+                )
+    weight = params.get_float("matchLengthWeight", 0.0, minimum=0.0, maximum=1.0)
+    scale = params.get_int("matchLengthScaleTokens", 8192)
+    if weight > 0.0 and scale <= 0:
+        raise PluginParameterError(
+            "matchLengthScaleTokens",
+            f"expected an integer > 0 when matchLengthWeight > 0, got {scale}",
+        )
+    # ``hashBlockSize`` is the name GIE used up to v1.0; ``blockSize`` wins when both are set;
+    # ``blockSizeTokens`` (tokens, 4 bytes each) wins over both.
     legacy_block_size = params.get_int("hashBlockSize", 64, minimum=1)
     block_size = params.get_int("blockSize", legacy_block_size, minimum=1)
+    if params.has("blockSizeTokens"):
+        block_size = 4 * params.get_int("blockSizeTokens", 16, minimum=1)
     return PrefixCacheScorer(
         name,
         ctx.clock,
@@ -368,4 +450,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheScorer:
         block_size=block_size,
         max_prefix_blocks=params.get_int("maxPrefixBlocksToMatch", 256, minimum=1),
         lru_capacity_per_server=params.get_int("lruCapacityPerServer", 31250, minimum=1),
+        producer_name=producer_name,
+        match_length_weight=weight,
+        match_length_scale_tokens=scale,
     )

@@ -1,4 +1,5 @@
-"""``by-label-selector``: keep endpoints matched by a Kubernetes label selector.
+"""``label-selector-filter`` (``by-label-selector`` before llm-d v0.9): keep endpoints matched
+by a Kubernetes label selector.
 
 * Parameters: a ``metav1.LabelSelector``: ``matchLabels`` (map of string to string) and
   ``matchExpressions`` (list of ``{key, operator, values}``; operator ``In`` / ``NotIn`` need
@@ -17,7 +18,8 @@ from kvgate.errors import PluginParameterError
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.scheduling.types import CycleState, Endpoint, Request
 
-TYPE = "by-label-selector"
+TYPE = "label-selector-filter"
+ALIASES = ("by-label-selector",)  # deprecated in llm-d v0.9.0, still accepted
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 

@@ -14,7 +14,7 @@ EPS = [
 
 
 def _names(params: dict[str, object]) -> list[str]:
-    plugin = make("by-label-selector", params)
+    plugin = make("label-selector-filter", params)
     return [e.name for e in plugin.filter(CycleState(), request(), EPS)]
 
 
@@ -67,5 +67,5 @@ def test_requirements_are_anded_and_empty_selector_keeps_all() -> None:
 )
 def test_bad_selectors_name_the_field(params: dict[str, object], field: str) -> None:
     with pytest.raises(PluginParameterError) as err:
-        make("by-label-selector", params)
+        make("label-selector-filter", params)
     assert err.value.field == field

@@ -1,0 +1,134 @@
+"""``prefix-cache-affinity-filter``: narrow the candidates to the "sticky" ones that hold the prompt.
+
+* Behaviour (llm-d's, in order): with at most one candidate or ``affinityThreshold <= 0``,
+  keep all; with probability ``explorationProbability`` keep all (exploration); sticky =
+  candidates whose prefix ratio ``match_blocks / total_blocks`` is ``>= affinityThreshold``;
+  none sticky → keep all; TTFT load gate: when ``maxTTFTPenaltyMs > 0`` and some candidates are
+  not sticky, estimate each one's TTFT as ``inFlightTokens / peakPrefillThroughput · 1000`` ms
+  and keep all if the best sticky one is slower than the best other one by more than
+  ``maxTTFTPenaltyMs``; else keep the sticky ones.
+* Parameters: ``affinityThreshold`` (<= 1, default 0.80), ``explorationProbability`` ([0, 1],
+  0), ``maxTTFTPenaltyMs`` (>= 0, 18000; 0 = always stick), ``ttftSource``
+  (``prefillThroughput``, the default; ``latencyPredictor`` is rejected while the gate is on:
+  kvgate has no latency predictor), ``peakPrefillThroughput`` (tokens/s > 0, 15928),
+  ``prefixMatchInfoProducerName``, ``inFlightLoadProducerName``,
+  ``latencyPredictionInfoProducerName`` (accepted only when unused).
+* Inputs: ``PrefixCacheMatchInfo`` (default producer ``approx-prefix-cache-producer``) and,
+  with the gate on, ``InFlightLoad`` (``inflight-load-producer``); both are added when not
+  configured. Randomness: the context's RNG only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from kvgate.errors import PluginParameterError
+from kvgate.plugins.base import Params, PluginContext
+from kvgate.scheduling import data
+from kvgate.scheduling.data import DataKey, InFlightLoad, PrefixCacheMatchInfo
+from kvgate.scheduling.types import CycleState, Endpoint, RandomSource, Request
+
+TYPE = "prefix-cache-affinity-filter"
+
+TTFT_SOURCES = ("prefillThroughput", "latencyPredictor")
+
+
+class PrefixCacheAffinityFilter:
+    """See the module docstring."""
+
+    type_name = TYPE
+
+    def __init__(
+        self,
+        name: str,
+        rng: RandomSource,
+        *,
+        affinity_threshold: float = 0.80,
+        exploration_probability: float = 0.0,
+        max_ttft_penalty_ms: float = 18000.0,
+        peak_prefill_throughput: float = 15928.0,
+        prefix_producer: str = "approx-prefix-cache-producer",
+        inflight_producer: str = "inflight-load-producer",
+    ) -> None:
+        self.name = name
+        self.rng = rng
+        self.affinity_threshold = affinity_threshold
+        self.exploration_probability = exploration_probability
+        self.max_ttft_penalty_ms = max_ttft_penalty_ms
+        self.peak_prefill_throughput = peak_prefill_throughput
+        self.prefix_key = DataKey(data.PREFIX_CACHE_MATCH_INFO, prefix_producer)
+        self.inflight_key = DataKey(data.IN_FLIGHT_LOAD, inflight_producer)
+
+    def consumes(self) -> tuple[DataKey, ...]:
+        if self.max_ttft_penalty_ms > 0:
+            return (self.prefix_key, self.inflight_key)
+        return (self.prefix_key,)
+
+    def filter(
+        self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
+    ) -> list[Endpoint]:
+        if len(endpoints) <= 1 or self.affinity_threshold <= 0:
+            return list(endpoints)
+        if self.rng.random() < self.exploration_probability:
+            return list(endpoints)
+        matches = data.per_endpoint(request, self.prefix_key, PrefixCacheMatchInfo) or {}
+        sticky: list[Endpoint] = []
+        others: list[Endpoint] = []
+        for e in endpoints:
+            info = matches.get(e.name)
+            ratio = info.ratio if info is not None else 0.0
+            (sticky if ratio >= self.affinity_threshold else others).append(e)
+        if not sticky:
+            return list(endpoints)
+        if self.max_ttft_penalty_ms > 0 and others:
+            loads = data.per_endpoint(request, self.inflight_key, InFlightLoad) or {}
+            penalty = self._best_ttft_ms(sticky, loads) - self._best_ttft_ms(others, loads)
+            if penalty > self.max_ttft_penalty_ms:
+                return list(endpoints)
+        return sticky
+
+    def _best_ttft_ms(
+        self, endpoints: Sequence[Endpoint], loads: Mapping[str, InFlightLoad]
+    ) -> float:
+        """The lowest estimated TTFT (ms) among ``endpoints``; no load published = 0 tokens."""
+        best = float("inf")
+        for e in endpoints:
+            load = loads.get(e.name)
+            tokens = load.tokens if load is not None else 0
+            best = min(best, tokens / self.peak_prefill_throughput * 1000.0)
+        return best
+
+
+def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheAffinityFilter:
+    threshold = params.get_float("affinityThreshold", 0.80, maximum=1.0)
+    exploration = params.get_float("explorationProbability", 0.0, minimum=0.0, maximum=1.0)
+    penalty = params.get_float("maxTTFTPenaltyMs", 18000.0, minimum=0.0)
+    source = params.get_str("ttftSource", "prefillThroughput")
+    if source not in TTFT_SOURCES:
+        raise PluginParameterError(
+            "ttftSource", f"expected one of {', '.join(TTFT_SOURCES)}, got {source!r}"
+        )
+    if source == "latencyPredictor" and penalty > 0:
+        raise PluginParameterError(
+            "ttftSource",
+            "latencyPredictor needs predicted-latency-producer, which kvgate does not have; "
+            "use prefillThroughput or maxTTFTPenaltyMs: 0",
+        )
+    peak = params.get_float("peakPrefillThroughput", 15928.0, minimum=0.0)
+    if source == "prefillThroughput" and penalty > 0 and peak == 0:
+        raise PluginParameterError(
+            "peakPrefillThroughput", "expected a number > 0 when ttftSource is prefillThroughput"
+        )
+    params.get_str("latencyPredictionInfoProducerName", "")
+    return PrefixCacheAffinityFilter(
+        name,
+        ctx.rng,
+        affinity_threshold=threshold,
+        exploration_probability=exploration,
+        max_ttft_penalty_ms=penalty,
+        peak_prefill_throughput=peak,
+        prefix_producer=params.get_str("prefixMatchInfoProducerName", "")
+        or "approx-prefix-cache-producer",
+        inflight_producer=params.get_str("inFlightLoadProducerName", "")
+        or "inflight-load-producer",
+    )

@@ -1,0 +1,1 @@
+"""kvgate.plugins.producers: llm-d DataProducers, run before the scheduling profiles."""

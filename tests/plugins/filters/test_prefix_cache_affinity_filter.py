@@ -1,0 +1,71 @@
+"""prefix-cache-affinity-filter: threshold, exploration, the TTFT load gate, parameters."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kvgate.errors import PluginParameterError
+from kvgate.scheduling import data
+from kvgate.scheduling.data import DataKey, InFlightLoad, PrefixCacheMatchInfo
+from kvgate.scheduling.types import CycleState, Request
+from plugins.kit import ctx, endpoint, make, request
+
+TYPE = "prefix-cache-affinity-filter"
+A, B, C = endpoint("a"), endpoint("b"), endpoint("c")
+PREFIX = DataKey(data.PREFIX_CACHE_MATCH_INFO, "approx-prefix-cache-producer")
+LOAD = DataKey(data.IN_FLIGHT_LOAD, "inflight-load-producer")
+
+
+def _req(ratios: dict[str, float], tokens: dict[str, int] | None = None) -> Request:
+    req = request()
+    data.put(req, PREFIX, {n: PrefixCacheMatchInfo(r * 10, 10, 64, int(r * 10))
+                           for n, r in ratios.items()})  # fmt: skip
+    data.put(req, LOAD, {n: InFlightLoad(1, t) for n, t in (tokens or {}).items()})
+    return req
+
+
+def _names(plugin: object, req: Request) -> list[str]:
+    return [e.name for e in plugin.filter(CycleState(), req, [A, B, C])]  # type: ignore[attr-defined]
+
+
+def test_keeps_sticky_endpoints_else_all() -> None:
+    f = make(TYPE)
+    assert _names(f, _req({"a": 0.9, "b": 0.8, "c": 0.5})) == ["a", "b"]
+    assert _names(f, _req({"a": 0.5})) == ["a", "b", "c"]  # nobody sticky: no-op
+    assert _names(f, request()) == ["a", "b", "c"]  # no producer output: no-op
+    assert _names(make(TYPE, {"affinityThreshold": 0}), _req({"a": 1.0})) == ["a", "b", "c"]
+
+
+def test_ttft_gate_breaks_stickiness_when_sticky_endpoints_are_slow() -> None:
+    f = make(TYPE, {"maxTTFTPenaltyMs": 1000, "peakPrefillThroughput": 1000})
+    # best sticky a: 2000 tokens = 2000 ms; best other: 500 ms; penalty 1500 > 1000
+    assert _names(f, _req({"a": 1.0}, {"a": 2000, "b": 500, "c": 500})) == ["a", "b", "c"]
+    assert _names(f, _req({"a": 1.0}, {"a": 1400, "b": 500, "c": 500})) == ["a"]
+    assert make(TYPE, {"maxTTFTPenaltyMs": 0}).consumes() == (PREFIX,)
+    assert make(TYPE).consumes() == (PREFIX, LOAD)
+
+
+def test_exploration_uses_the_context_rng() -> None:
+    c = ctx()
+    c.rng = random.Random(1)
+    f = make(TYPE, {"explorationProbability": 1.0}, c=c)
+    assert _names(f, _req({"a": 1.0})) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"affinityThreshold": 1.5}, "affinityThreshold"),
+        ({"explorationProbability": 2}, "explorationProbability"),
+        ({"ttftSource": "guess"}, "ttftSource"),
+        ({"ttftSource": "latencyPredictor"}, "ttftSource"),
+        ({"peakPrefillThroughput": 0}, "peakPrefillThroughput"),
+    ],
+)
+def test_bad_parameters_name_the_field(params: dict[str, object], field: str) -> None:
+    with pytest.raises(PluginParameterError) as err:
+        make(TYPE, params)
+    assert err.value.field == field
+    make(TYPE, {"ttftSource": "latencyPredictor", "maxTTFTPenaltyMs": 0})  # gate off: fine

@@ -1,0 +1,25 @@
+"""token-load-scorer: 1 − min(1, in-flight tokens / queueThresholdTokens)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvgate.errors import PluginParameterError
+from kvgate.scheduling import data
+from kvgate.scheduling.data import DataKey, InFlightLoad
+from plugins.kit import endpoint, make, request, score
+
+A, B, C = endpoint("a"), endpoint("b"), endpoint("c")
+
+
+def test_formula_and_producer_name() -> None:
+    s = make("token-load-scorer", {"queueThresholdTokens": 1000, "inFlightLoadProducerName": "ifl"})
+    key = DataKey(data.IN_FLIGHT_LOAD, "ifl")
+    assert s.consumes() == (key,)
+    req = request()
+    data.put(req, key, {"a": InFlightLoad(1, 250), "b": InFlightLoad(9, 4000)})
+    assert score(s, [A, B, C], req) == {"a": 0.75, "b": 0.0, "c": 1.0}
+    assert make("token-load-scorer").queue_threshold_tokens == 4194304
+    with pytest.raises(PluginParameterError) as err:
+        make("token-load-scorer", {"queueThresholdTokens": 0})
+    assert err.value.field == "queueThresholdTokens"
