@@ -132,6 +132,8 @@ class Request:
     body: Mapping[str, Any] | None = None  # the parsed JSON body, for plugins that need more
     body_size: int = 0  # bytes of the original body
     extra: dict[str, Any] = field(default_factory=dict)  # per-request memo shared by plugins
+    # DataProducer outputs, "<data type>/<producer name>" -> value (kvgate.scheduling.data)
+    produced: dict[str, object] = field(default_factory=dict)
 
     @property
     def effective_model(self) -> str:
