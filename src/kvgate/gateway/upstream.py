@@ -2,9 +2,17 @@
 
 The relay needs little of a general client: POST a body, read the status and headers,
 then either the whole body (Content-Length or chunked) or its chunks as they arrive. No
-cookies, redirects, proxies, compression or multiplexing. Measured against aiohttp's
-client in the same gateway it costs about half the CPU per request (docs/PERFORMANCE.md),
-which is most of the gateway's own overhead.
+cookies, redirects, proxies, compression or multiplexing. It replaces aiohttp's client:
+measured in the same gateway, that client (request and response objects, timers, cookie
+jar, header normalisation) was the largest single cost, and this one costs about half the
+CPU per request (docs/PERFORMANCE.md, "aiohttp's client replaced").
+
+Parsing follows RFC 9112 as ``h11`` reads it; tests/gateway/test_upstream_differential.py
+serves the same generated and broken answers to both and asserts they agree (1xx answers
+skipped, obs-fold joined, chunk extensions and trailers ignored; a bad status line, header
+line, Content-Length, Transfer-Encoding or chunk size refused). Buffers are capped: the head
+and a chunked body's trailers at 64 KiB, a chunk-size line at 4 KiB. An answer with bytes
+past its end retires its connection instead of leaving them for the next request.
 
 Errors are raised as :class:`UpstreamConnectError` (nothing was answered: refused, reset,
 closed before the status line; safe to retry elsewhere), :class:`UpstreamStreamError` (the
@@ -18,12 +26,37 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
-_MAX_HEADER_BYTES = 64 * 1024
+_MAX_HEADER_BYTES = 64 * 1024  # the status line and headers, and a chunked body's trailers
+_MAX_CHUNK_LINE_BYTES = 4096  # a chunk-size line with its extensions
+_STATUS_LINE = re.compile(r"HTTP/1\.[01] ([1-9][0-9][0-9])(?: [^\r\n]*)?")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+
+
+def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]] | None:
+    """``name: value`` pairs after the status line; None for a malformed line. A line that
+    starts with white space continues the previous value (obs-fold, RFC 9112 §5.2)."""
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if not headers:
+                return None
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value} {line.strip()}".strip())
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():  # no white space before the colon
+            return None
+        headers.append((name, value.strip()))
+    return headers
+
+
 _HIGH_WATER = 1 << 20  # pause reading from the server past this much unread body
 
 
@@ -83,49 +116,63 @@ class _Conn(asyncio.Protocol):
     # --- parsing ----------------------------------------------------------------------------
 
     def _parse_head(self, resp: UpstreamResponse) -> bool:
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buf) > _MAX_HEADER_BYTES:
-                self._fail(UpstreamStreamError("response headers too large"))
-            return False
-        head = bytes(self.buf[:end]).decode("latin-1")
-        del self.buf[: end + 4]
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ", 2)
-        try:
-            resp.status = int(parts[1])
-        except (IndexError, ValueError):
-            self._fail(UpstreamStreamError(f"bad status line {lines[0][:80]!r}"))
-            return False
-        headers = resp.headers
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers.append((name.strip(), value.strip()))
-        length: int | None = None
+        """Parse the status line and headers once they are all in; interim (1xx) answers are
+        skipped. False while incomplete, or after failing the response."""
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0 or end > _MAX_HEADER_BYTES:
+                if end > 0 or len(self.buf) > _MAX_HEADER_BYTES:
+                    self._fail(UpstreamStreamError("response headers over 64 KiB"))
+                return False
+            head = bytes(self.buf[:end]).decode("latin-1")
+            del self.buf[: end + 4]
+            lines = head.split("\r\n")
+            status = _STATUS_LINE.fullmatch(lines[0])
+            if status is None:
+                self._fail(UpstreamStreamError(f"bad status line {lines[0][:80]!r}"))
+                return False
+            resp.status = int(status.group(1))
+            headers = _parse_header_lines(lines)
+            if headers is None:
+                self._fail(UpstreamStreamError("bad header line in the response"))
+                return False
+            if resp.status == 101:  # never asked for: nothing after it is HTTP/1.1
+                self._fail(UpstreamStreamError("unexpected 101 Switching Protocols"))
+                return False
+            if resp.status >= 200:
+                break
+            # 1xx: an interim answer (100 Continue, 103 Early Hints); the final one follows
+        resp.headers = headers
+        lengths: set[str] = set()
         chunked = False
         keep_alive = True
         for name, value in headers:
             lower = name.lower()
-            if lower == "content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    self._fail(UpstreamStreamError("bad Content-Length"))
-                    return False
+            if lower == "content-length":  # "5, 5" is one length (RFC 9110 §8.6)
+                lengths.update(v.strip() for v in value.split(","))
             elif lower == "transfer-encoding":
-                chunked = "chunked" in value.lower()
+                if value.lower() != "chunked":  # no other coding is ever asked for
+                    self._fail(UpstreamStreamError(f"unsupported Transfer-Encoding {value!r}"))
+                    return False
+                chunked = True
             elif lower == "connection":
                 keep_alive = "close" not in value.lower()
             elif lower == "content-type":
                 resp.content_type = value
-        resp.keep_alive = keep_alive
+        length: int | None = None
+        if lengths and not chunked:  # RFC 9112 §6.3: Transfer-Encoding overrides it
+            value = lengths.pop()
+            if lengths or not _DIGITS.fullmatch(value):
+                self._fail(UpstreamStreamError("bad Content-Length"))
+                return False
+            length = int(value)
+        resp.keep_alive = keep_alive and not (chunked and lengths)
         if chunked:
             resp._mode = "chunked"
         elif length is not None:
             resp._mode = "length"
             resp._remaining = length
-        elif resp.status in (204, 304) or 100 <= resp.status < 200:
+        elif resp.status in (204, 304):
             resp._mode = "length"
             resp._remaining = 0
         else:
@@ -202,8 +249,11 @@ class UpstreamResponse:
 
     def _feed(self, data: bytes) -> None:
         if self._done:
+            self.keep_alive = False  # bytes past the end of the answer: out of step
             return
         if self._mode == "length":
+            if len(data) > self._remaining:
+                self.keep_alive = False
             take = data[: self._remaining]
             self._remaining -= len(take)
             self._push(take)
@@ -215,6 +265,9 @@ class UpstreamResponse:
             self._push(data)
 
     def _feed_chunked(self, data: bytes) -> None:
+        """Strip chunked framing (RFC 9112 §7.1). ``_remaining`` is the data left in the
+        current chunk, -2 while its CRLF is due, 0 while a size line is due, -1 for the
+        trailers after the last chunk."""
         buf = self._chunk_buf
         buf += data
         out: list[bytes] = []
@@ -230,29 +283,41 @@ class UpstreamResponse:
             if self._remaining == -2:
                 if len(buf) < 2:
                     break
+                if buf[:2] != b"\r\n":
+                    self._error(UpstreamStreamError("chunk data not followed by CRLF"))
+                    return
                 del buf[:2]
                 self._remaining = 0
-            line_end = buf.find(b"\r\n")
-            if line_end < 0:
-                break
-            size_text = bytes(buf[:line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                self._error(UpstreamStreamError(f"bad chunk size {size_text[:20]!r}"))
-                return
-            if size == 0:
-                # the last chunk; optional trailers (ignored) end with an empty line
-                rest = bytes(buf[line_end + 2 :])
-                if not (rest.startswith(b"\r\n") or b"\r\n\r\n" in rest):
-                    break
+            if self._remaining == -1:  # trailers (ignored), up to an empty line
+                if buf[:2] == b"\r\n":
+                    end = 0
+                else:
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        if len(buf) > _MAX_HEADER_BYTES:
+                            self._error(UpstreamStreamError("chunked trailers over 64 KiB"))
+                            return
+                        break
+                    end += 2
+                if len(buf) > end + 2:
+                    self.keep_alive = False  # bytes past the end of the answer
                 buf.clear()
                 if out:
                     self._push(b"".join(out))
                 self._eof(closed=False)
                 return
+            line_end = buf.find(b"\r\n")
+            if line_end < 0 or line_end > _MAX_CHUNK_LINE_BYTES:
+                if line_end > 0 or len(buf) > _MAX_CHUNK_LINE_BYTES:
+                    self._error(UpstreamStreamError("chunk-size line over 4 KiB"))
+                    return
+                break
+            size_text = bytes(buf[:line_end]).split(b";", 1)[0].rstrip(b" \t")
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                self._error(UpstreamStreamError(f"bad chunk size {size_text[:20]!r}"))
+                return
             del buf[: line_end + 2]
-            self._remaining = size
+            self._remaining = int(size_text, 16) or -1
         if out:
             self._push(out[0] if len(out) == 1 else b"".join(out))
 
