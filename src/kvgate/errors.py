@@ -102,21 +102,32 @@ class PayloadTooLargeError(RequestError):
 
 
 class SchedulingError(KvgateError):
-    """The scheduler could not choose an endpoint."""
+    """The request could not be given an endpoint (admission or scheduling).
+
+    ``reason`` names the failure in logs and counters, ``code`` is OpenAI's error ``code``,
+    ``retry_after_s`` (when set) becomes a ``Retry-After`` header.
+    """
 
     status: int = 500
+    reason: str = "scheduling_error"
+    code: str | None = None
+    retry_after_s: float | None = None
 
 
 class NoCandidatesError(SchedulingError):
     """No healthy endpoint can serve the request (HTTP 503 with Retry-After)."""
 
     status = 503
+    reason = "no_candidates"
+    retry_after_s = 1.0
 
 
 class SchedulingFailedError(SchedulingError):
     """Scheduling ran but produced no target, e.g. every endpoint was filtered out (HTTP 429)."""
 
     status = 429
+    reason = "scheduling_failed"
+    code = "scheduling_failed"
 
 
 class FlowRejected(SchedulingError):

@@ -20,7 +20,6 @@ def _compare(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs --objectives and flow control from requestcontrol")
 def test_multi_tenant_through_serve_with_flow_control(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = _compare(

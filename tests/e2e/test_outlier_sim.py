@@ -10,8 +10,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-import pytest
-
 from support.procs import Proc, free_port, kvgate_cmd, wait_until
 from support.sim import start_sim
 
@@ -60,7 +58,6 @@ def value_for(found: dict[str, float], endpoint: str, **labels: str) -> float:
     return sum(v for text, v in found.items() if all(w in text for w in want))
 
 
-@pytest.mark.xfail(strict=True, reason="wired by requestcontrol")
 def test_failing_replica_is_ejected(spawn: Callable[..., Proc]) -> None:
     good = start_sim(spawn, model=MODEL, speed=50, seed=1, name="good", wait=False)
     bad = start_sim(

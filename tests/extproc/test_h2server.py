@@ -20,7 +20,7 @@ from prometheus_client import generate_latest
 from extproc.epp_rig import BASE, Epp, body_msg, headers_msg, open_epp, set_headers
 from kvgate.errors import KvgateError
 from kvgate.extproc.h2server import PROCESS_PATH, H2ExtProcServer
-from kvgate.extproc.server import RequestStream
+from kvgate.extproc.stream import RequestStream
 
 
 @pytest.fixture

@@ -6,15 +6,11 @@ import json
 
 import pytest
 
-from kvgate.gateway.app import attempt_order
 from kvgate.gateway.auth import ApiKeyChecker, load_api_keys
-from kvgate.gateway.proxy import (
-    downstream_headers,
-    sse_error_event,
-    upstream_headers,
-    usage_from_json,
-    usage_from_sse,
-)
+from kvgate.gateway.proxy import downstream_headers, upstream_headers
+from kvgate.openai.errors import sse_error_event
+from kvgate.openai.usage import usage_from_json, usage_from_sse
+from kvgate.requestcontrol.control import attempt_order
 from kvgate.scheduling.types import Endpoint, ProfileRunResult, SchedulingResult, ScoredEndpoint
 
 

@@ -29,9 +29,11 @@ from kvgate.extproc.director import Director
 from kvgate.extproc.h2server import H2ExtProcServer, server_ssl_context
 from kvgate.extproc.health import health_handler
 from kvgate.extproc.messages import body_mode_value
-from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.server import ExtProcServicer, RequestStream, add_to_server
+from kvgate.extproc.stream import ExtProcServicer, RequestStream, add_to_server
 from kvgate.plugins.base import PluginContext
+from kvgate.requestcontrol.control import RequestControl
+from kvgate.requestcontrol.metrics import RequestMetrics
+from kvgate.requestcontrol.reqlog import flush_request_log
 from kvgate.scheduling.scheduler import Scheduler
 
 log = logging.getLogger("kvgate.epp")
@@ -93,11 +95,8 @@ class EppServer:
         self.rng = random.Random(opts.seed)
         self.pool = EndpointPool()
         pool_label = opts.pool_name or "static"
-        self.metrics = EppMetrics(self.pool, pool_label)
+        self.metrics = RequestMetrics(self.pool, pool_label)
         self.scheduler = scheduler or load_scheduler(opts, self.rng)
-        self.scheduler.observe = self.metrics.observe_plugin
-        self.pool.on_removed(self.scheduler.endpoints_removed)
-        self.director = Director(self.scheduler, self.pool, self.metrics, self.rng)
         self.scraper = Scraper(
             self.pool,
             opts.refresh_metrics_interval_s,
@@ -106,6 +105,8 @@ class EppServer:
             opts.model_server_metrics_verify_tls,
             staleness_s=opts.metrics_staleness_s,
         )
+        self.control = RequestControl(self.pool, self.scheduler, self.metrics)
+        self.director = Director(self.control, self.rng)
         self._discovery: Any = None
         self._grpc: grpc.aio.Server | None = None
         self._h2: H2ExtProcServer | None = None
@@ -223,6 +224,7 @@ class EppServer:
             await self._discovery.stop()
         await self.scraper.stop()
         await self.scheduler.stop()
+        flush_request_log()
 
 
 async def serve(opts: EppOptions) -> int:

@@ -6,7 +6,7 @@ cost (docs/PERFORMANCE.md, "Envoy ext_proc endpoint picker"). This server speaks
 bidirectional-streaming method Envoy calls on the event loop itself: HTTP/2 framing, HPACK
 and flow control come from :mod:`kvgate.extproc.http2`; gRPC's own layer is the 5-byte
 message prefix and the ``grpc-status`` trailer. Each call drives the same
-:class:`~kvgate.extproc.server.RequestStream` as the grpcio servicer, and ends through
+:class:`~kvgate.extproc.stream.RequestStream` as the grpcio servicer, and ends through
 :meth:`RequestStream.finish` (ResponseComplete hooks, ``kvgate_epp_streams_total``).
 
 How calls end, as gRPC's own servers do:
@@ -43,7 +43,7 @@ from google.protobuf.message import DecodeError
 
 from kvgate.errors import KvgateError
 from kvgate.extproc import http2
-from kvgate.extproc.server import RequestStream
+from kvgate.extproc.stream import RequestStream
 
 log = logging.getLogger("kvgate.epp")
 
@@ -152,7 +152,20 @@ class ExtProcH2Protocol(asyncio.Protocol):
             name = path.decode("latin-1")
             self._end(stream_id, UNIMPLEMENTED, f"kvgate epp does not serve {name}")
             return
-        self.calls[stream_id] = _Call(self.server.new_stream())
+        handler = self.server.new_stream()
+        handler.emit = lambda replies: self._deferred(stream_id, replies)
+        self.calls[stream_id] = _Call(handler)
+
+    def _deferred(self, stream_id: int, replies: list[ep.ProcessingResponse]) -> None:
+        """Replies a RequestStream decided later (flow control held the request)."""
+        call = self.calls.get(stream_id)
+        if call is None or call.handler is None:
+            return
+        self._send(stream_id, call, replies)
+        if call.handler.closed:
+            self._end(stream_id, OK, None)
+        if self.transport is not None:
+            self._flush()
 
     def on_data(self, stream_id: int, data: bytes) -> None:
         call = self.calls.get(stream_id)

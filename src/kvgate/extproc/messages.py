@@ -1,7 +1,7 @@
 """Building and reading Envoy ext_proc v3 messages.
 
 Small pure functions over the generated protobuf classes (from the ``xds-protos`` wheel), so
-the stream handler in :mod:`kvgate.extproc.server` reads as the protocol does. Two Envoy
+the stream handler in :mod:`kvgate.extproc.stream` reads as the protocol does. Two Envoy
 quirks are handled here once:
 
 * Envoy 1.40 sends header values in ``HeaderValue.raw_value`` (bytes) and leaves ``value``

@@ -1,1 +1,10 @@
-"""kvgate.gateway."""
+"""The OpenAI-compatible HTTP front door (``kvgate serve``, and ``kvgate up``'s gateway).
+
+* :mod:`.app` — the process: ``kvgate serve`` flags -> pool, scraper, scheduler, request
+  control -> :class:`~.routes.Gateway`; run until SIGINT/SIGTERM.
+* :mod:`.routes` — the aiohttp routes (inference, models, health, ready, metrics) around
+  :class:`kvgate.requestcontrol.control.RequestControl`.
+* :mod:`.forward` — attempts in score order, retries before the first byte, the relay.
+* :mod:`.upstream` — the keep-alive HTTP/1.1 client to the model servers.
+* :mod:`.proxy` — header hygiene; :mod:`.auth` — API keys; :mod:`.settings`; :mod:`.cli`.
+"""

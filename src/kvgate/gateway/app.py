@@ -1,354 +1,245 @@
-"""The OpenAI-compatible HTTP gateway: parse, schedule, forward, relay, account.
-
-One :class:`Gateway` owns an aiohttp server, one keep-alive client to the model servers
-(:mod:`.upstream`), the endpoint pool and its scraper, and the scheduler; forwarding and
-relaying live in :mod:`.forward`. Per inference request::
-
-    auth -> body (413 past the limit) -> parse (400) -> model check (404) -> candidates (503)
-    -> Scheduler.schedule (429 on failure) -> for each attempt, best first:
-         pre_request -> POST upstream -> connect error / 5xx before any byte: response_complete,
-         next endpoint (bounded by max_retries) | otherwise relay (streams chunk by chunk)
-         -> response_complete exactly once for the attempt, with usage parsed from the body
-
-Every request ends in a response or an explicit error: errors before the first byte are
-OpenAI JSON errors with the right status; after it, a terminal SSE error event. A client
-that disconnects cancels the handler (aiohttp ``handler_cancellation``), which closes the
-upstream connection so the model server aborts the request. ``kvgate_requests_total`` is
-incremented exactly once per request in a ``finally``, so the counters reconcile.
-"""
+"""Assemble a :class:`Gateway` from ``kvgate serve`` flags and run it until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import logging
-import time
+import random
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
 
-import msgspec
-from aiohttp import web
-
-from kvgate.endpoints.file import EndpointsFileWatcher
-from kvgate.endpoints.pool import EndpointPool
-from kvgate.endpoints.scrape import Scraper
-from kvgate.errors import (
-    ModelNotFoundError,
-    NoCandidatesError,
-    PayloadTooLargeError,
-    RequestError,
-    SchedulingFailedError,
-)
-from kvgate.gateway.auth import ApiKeyChecker
-from kvgate.gateway.forward import (
-    HEADER_SERVED_BY,
-    JSON,
-    Forwarder,
-    Outcome,
-    attempt_order,
-    json_error,
-)
-from kvgate.gateway.metrics import GatewayMetrics
-from kvgate.gateway.openai import (
-    build_request,
-    parse_body,
-    request_error_body,
-    strip_routing_headers,
-)
-from kvgate.gateway.reqlog import log_request, scores_of
-from kvgate.gateway.settings import GatewaySettings
-from kvgate.gateway.upstream import UpstreamClient
+from kvgate.endpoints import outlier_cli
+from kvgate.endpoints.file import EndpointsFileError, EndpointsFileWatcher
+from kvgate.endpoints.pool import EndpointPool, EndpointSpec
+from kvgate.endpoints.scrape import MetricNames, Scraper
+from kvgate.endpoints.static import EndpointURLError, specs_from_urls
+from kvgate.errors import KvgateError
+from kvgate.gateway.auth import load_api_keys
+from kvgate.gateway.routes import Gateway, GatewaySettings
+from kvgate.plugins.base import PluginContext
+from kvgate.requestcontrol.build import build_request_control, load_objectives
+from kvgate.requestcontrol.metrics import RequestMetrics
+from kvgate.requestcontrol.reqlog import configure_logging
 from kvgate.scheduling.scheduler import Scheduler
-from kvgate.scheduling.types import Endpoint, RequestKind
 
 log = logging.getLogger("kvgate.gateway")
 
+DEFAULT_POLICY = "llm-d-default"
 
-class Gateway:
-    """The HTTP front: see the module docstring. ``start``/``stop`` on one event loop."""
 
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        pool: EndpointPool,
-        scheduler: Scheduler,
-        scraper: Scraper,
-        *,
-        watcher: EndpointsFileWatcher | None = None,
-        metrics: GatewayMetrics | None = None,
-    ) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.scheduler = scheduler
-        self.scraper = scraper
-        self.watcher = watcher
-        self.metrics = metrics or GatewayMetrics(pool)
-        scheduler.observe = self.metrics.observe_plugin
-        self.auth = ApiKeyChecker(settings.api_keys)
-        self._client: UpstreamClient | None = None
-        self._forwarder: Forwarder | None = None
-        self._runner: web.AppRunner | None = None
-        self.port: int = settings.port
-        self.app = self._build_app()
-        self._started_plugins = False
-        pool.on_removed(scheduler.endpoints_removed)
+class UsageError(KvgateError):
+    """A command-line flag is wrong; the message names it and what is expected."""
 
-    # --- lifecycle --------------------------------------------------------------------------
 
-    def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
-        r = app.router
-        for prefix in ("/v1", "/{namespace}/{name}/v1"):
-            r.add_post(prefix + "/chat/completions", self._chat)
-            r.add_post(prefix + "/completions", self._completions)
-            r.add_get(prefix + "/models", self._models)
-        r.add_get("/health", self._health)
-        r.add_get("/ready", self._ready)
-        r.add_get("/metrics", self._metrics)
-        r.add_route("*", "/{tail:.*}", self._not_found)
-        return app
+def duration_s(text: str, flag: str) -> float:
+    from kvgate.config.loader import parse_duration
 
-    async def start(self) -> None:
-        """Start the client, scraper, watcher and plugins, then listen."""
-        self._client = UpstreamClient(connect_timeout_s=self.settings.connect_timeout_s)
-        self._forwarder = Forwarder(
-            self.settings,
-            self.pool,
-            self.scheduler,
-            self.scraper,
-            self.metrics,
-            self.auth,
-            self._client,
+    value = parse_duration(str(text))
+    if value is None or value < 0:
+        raise UsageError(f"{flag}: expected a duration such as 50ms, 2s or 1m, got {text!r}")
+    return value
+
+
+def load_scheduler_config(config: Path | None, config_text: str | None, policy: str | None) -> Any:
+    """The PickerConfig from --config, --config-text or --policy (default llm-d-default)."""
+    from kvgate.config import load_picker_config, load_scheduler_source
+    from kvgate.config.policies import POLICY_NAMES, policy_config_text
+
+    given = [x for x in (config, config_text, policy) if x is not None]
+    if len(given) > 1:
+        raise UsageError("give only one of --config, --config-text and --policy")
+    if config is not None:
+        return load_scheduler_source(config)
+    if config_text is not None:
+        return load_picker_config(text=config_text)
+    name = policy or DEFAULT_POLICY
+    if name not in POLICY_NAMES:
+        raise UsageError(f"--policy: unknown policy {name!r} (known: {', '.join(POLICY_NAMES)})")
+    return load_picker_config(text=policy_config_text(name))
+
+
+def build_scheduler_from(
+    picker_config: Any, *, seed: int | None = None, tokenizer: Path | None = None
+) -> Scheduler:
+    from kvgate.config import build_scheduler
+
+    ctx = PluginContext(rng=random.Random(seed))
+    if tokenizer is not None:
+        from kvgate.kvcache.tokenize import Tokenizer
+
+        ctx.services["tokenizer"] = Tokenizer.from_path(tokenizer)
+    scheduler: Scheduler = build_scheduler(picker_config, ctx)
+    return scheduler
+
+
+def metric_names_from_args(args: argparse.Namespace) -> MetricNames:
+    try:
+        return MetricNames.from_flags(
+            queued=args.total_queued_requests_metric,
+            running=args.total_running_requests_metric,
+            kv_usage=args.kv_cache_usage_percentage_metric,
+            lora_info=args.lora_info_metric,
+            cache_info=args.cache_info_metric,
         )
-        await self.scheduler.start()
-        self._started_plugins = True
-        await self.scraper.start()
-        if self.watcher is not None:
-            await self.watcher.start()
-        self._runner = web.AppRunner(
-            self.app,
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=self.settings.shutdown_timeout_s,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port, reuse_address=True, backlog=1024
-        )
-        await site.start()
-        sockets = getattr(site._server, "sockets", None)
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+    except ValueError as exc:
+        raise UsageError(f"metric name flag: {exc}") from exc
 
-    async def stop(self) -> None:
-        """Stop listening, let in-flight requests finish (bounded), then stop the rest."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self.watcher is not None:
-            await self.watcher.stop()
-        await self.scraper.stop()
-        if self._started_plugins:
-            await self.scheduler.stop()
-            self._started_plugins = False
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
-    @property
-    def base_url(self) -> str:
-        host = self.settings.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
-
-    # --- small routes -----------------------------------------------------------------------
-
-    async def _health(self, _: web.Request) -> web.Response:
-        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
-
-    async def _ready(self, _: web.Request) -> web.Response:
-        ready = len(self.pool.candidates())
-        body = msgspec.json.encode({"ready": ready > 0, "endpoints_in_rotation": ready})
-        return web.Response(status=200 if ready else 503, body=body, content_type=JSON)
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
-        )
-
-    async def _not_found(self, req: web.Request) -> web.Response:
-        return json_error(404, f"no route for {req.method} {req.path}", code="not_found")
-
-    def _check_service_path(self, req: web.Request) -> web.Response | None:
-        ns = req.match_info.get("namespace")
-        if ns is None or self.settings.service_path is None:
-            return None
-        if f"{ns}/{req.match_info.get('name')}" != self.settings.service_path:
-            return json_error(
-                404,
-                f"no service {ns}/{req.match_info.get('name')} here; "
-                f"use /{self.settings.service_path}/v1 or /v1",
-                code="not_found",
-            )
-        return None
-
-    async def _models(self, req: web.Request) -> web.Response:
-        if not self.auth.check(req.headers.get("Authorization")):
-            return json_error(401, "missing or invalid API key (Authorization: Bearer <key>)")
-        bad = self._check_service_path(req)
-        if bad is not None:
-            return bad
-        entries = self.scraper.model_entries()
-        known = {str(e["id"]) for e in entries}
-        for name in sorted(self.settings.models - known):
-            if self.pool.candidates():
-                entries.append({"id": name, "object": "model", "owned_by": "kvgate"})
-        return web.Response(
-            body=msgspec.json.encode({"object": "list", "data": entries}), content_type=JSON
-        )
-
-    # --- inference --------------------------------------------------------------------------
-
-    async def _chat(self, req: web.Request) -> web.StreamResponse:
-        return await self._inference(req, "chat", "/v1/chat/completions")
-
-    async def _completions(self, req: web.Request) -> web.StreamResponse:
-        return await self._inference(req, "completions", "/v1/completions")
-
-    async def _inference(
-        self, req: web.Request, kind: RequestKind, upstream_path: str
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        out = Outcome()
-        m = self.metrics
-        m.in_flight.inc()
+def build_gateway(
+    args: argparse.Namespace,
+    scheduler: Scheduler,
+    *,
+    picker_config: Any = None,
+    static: Sequence[EndpointSpec] | None = None,
+    models: frozenset[str] = frozenset(),
+    service_path: str | None = None,
+    api_keys: frozenset[str] | None = None,
+) -> Gateway:
+    """A Gateway from serve flags; ``static`` replaces ``--endpoint`` when given (kvgate up)."""
+    try:
+        specs = list(static) if static is not None else specs_from_urls(args.endpoint)
+    except EndpointURLError as exc:
+        raise UsageError(f"--endpoint: {exc}") from exc
+    pool = EndpointPool()
+    watcher = None
+    if args.endpoints_file is not None:
+        watcher = EndpointsFileWatcher(pool, args.endpoints_file, static=specs)
         try:
-            resp = await self._serve(req, kind, upstream_path, out, started)
-            if out.status == 0:
-                out.status = resp.status
-            return resp
-        except asyncio.CancelledError:
-            out.status = 499
-            out.error = out.error or "client_disconnect"
-            raise
-        except Exception as exc:  # a bug: still answer, in OpenAI's shape
-            log.exception("request failed unexpectedly")
-            out.status = 500
-            out.error = out.error or f"internal: {type(exc).__name__}"
-            return json_error(500, f"internal gateway error: {type(exc).__name__}")
+            watcher.load_now()
+        except EndpointsFileError as exc:
+            raise UsageError(f"--endpoints-file: {exc}") from exc
+    else:
+        pool.set_endpoints(specs)
+    if not len(pool) and watcher is None:
+        raise UsageError("give at least one --endpoint URL or an --endpoints-file")
+    interval = duration_s(args.refresh_metrics_interval, "--refresh-metrics-interval")
+    if interval <= 0:
+        raise UsageError("--refresh-metrics-interval: must be > 0")
+    scraper_args: dict[str, Any] = {
+        "interval_s": interval,
+        "names": metric_names_from_args(args),
+        "scheme": args.model_server_metrics_scheme,
+        "verify_tls": not args.model_server_metrics_https_insecure_skip_verify,
+        "staleness_s": duration_s(
+            args.metrics_staleness_threshold, "--metrics-staleness-threshold"
+        ),
+    }
+    data_layer = getattr(picker_config, "data_layer", None)
+    if data_layer is not None:  # llm-d's dataLayer section: its sources and extractors win
+        scraper_args.update(data_layer.scraper_kwargs())
+    scraper = Scraper(pool, **scraper_args)
+    if api_keys is None:
+        try:
+            api_keys = load_api_keys(args.api_key, args.api_key_file)
+        except OSError as exc:
+            raise UsageError(f"--api-key-file: cannot read {args.api_key_file}: {exc}") from exc
+    if args.max_retries < 0:
+        raise UsageError("--max-retries: must be >= 0")
+    settings = GatewaySettings(
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        max_retries=args.max_retries,
+        connect_timeout_s=duration_s(args.connect_timeout, "--connect-timeout"),
+        request_timeout_s=duration_s(args.request_timeout, "--request-timeout"),
+        api_keys=api_keys,
+        service_path=service_path or args.service_path,
+        models=models,
+        log_requests=not args.no_request_log,
+    )
+    try:
+        objectives = load_objectives(args.objectives)
+        outlier = outlier_cli.config_from_args(args)
+        retry = outlier_cli.retry_config_from_args(args)
+    except OSError as exc:
+        raise UsageError(f"--objectives: cannot read {args.objectives}: {exc}") from exc
+    metrics = RequestMetrics(pool)
+    control = build_request_control(
+        pool,
+        scheduler,
+        metrics,
+        picker_config,
+        objectives=objectives,
+        outlier=outlier,
+        retry=retry,
+        models_of=scraper.models_of,
+        log_requests=settings.log_requests,
+    )
+    return Gateway(
+        settings, pool, scheduler, scraper, watcher=watcher, metrics=metrics, control=control
+    )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where available (the gateway's measured stack), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+async def wait_for_signal(stop: asyncio.Event | None = None) -> str:
+    """Block until SIGINT or SIGTERM (or ``stop`` is set); returns the signal's name."""
+    loop = asyncio.get_running_loop()
+    event = stop or asyncio.Event()
+    received: list[str] = []
+
+    def _on(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        event.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on, sig)
+    try:
+        await event.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    return received[0] if received else "stop"
+
+
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main())
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format, args.log_level)
+    picker_config = load_scheduler_config(args.config, args.config_text, args.policy)
+    scheduler = build_scheduler_from(picker_config, seed=args.seed, tokenizer=args.tokenizer)
+    gateway = build_gateway(args, scheduler, picker_config=picker_config)
+
+    async def main() -> int:
+        try:
+            await gateway.start()
+        except OSError as exc:
+            await gateway.stop()
+            print(
+                f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+            )
+            return 1
+        log.info(
+            "kvgate gateway listening on %s/v1 with %d endpoint(s)",
+            gateway.base_url,
+            len(gateway.pool),
+        )
+        print(
+            f"kvgate serve: {gateway.base_url}/v1 (ready when {gateway.base_url}/ready is 200)",
+            flush=True,
+        )
+        try:
+            sig = await wait_for_signal()
+            log.info("received %s; shutting down", sig)
         finally:
-            elapsed = time.perf_counter() - started
-            m.in_flight.dec()
-            model = out.model or "unknown"
-            m.finished(model, out.endpoint, out.status, elapsed, out.ttft_s if out.stream else None)
-            if out.prompt_tokens or out.cached_tokens:
-                m.tokens(model, out.prompt_tokens or 0, out.cached_tokens or 0)
-            if self.settings.log_requests:
-                log_request(
-                    {
-                        "request_id": out.request_id,
-                        "model": out.model,
-                        "path": req.path,
-                        "status": out.status,
-                        "endpoint": out.endpoint or None,
-                        "attempts": out.attempts,
-                        "stream": out.stream,
-                        "ttft_ms": None if out.ttft_s is None else round(out.ttft_s * 1e3, 3),
-                        "duration_ms": round(elapsed * 1e3, 3),
-                        "error": out.error,
-                        "prompt_tokens": out.prompt_tokens,
-                        "cached_tokens": out.cached_tokens,
-                        "scores": scores_of(out.result),
-                    }
-                )
+            await gateway.stop()
+        return 0
 
-    async def _read_body(self, req: web.Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        if req.content_length is not None and req.content_length > limit:
-            raise PayloadTooLargeError(
-                f"request body of {req.content_length} bytes exceeds the limit of {limit} bytes"
-            )
-        try:
-            return await req.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
-
-    def _candidates_for(self, model: str) -> list[Endpoint]:
-        """Endpoints in rotation that serve ``model`` (or have not listed models yet)."""
-        healthy = self.pool.candidates()
-        if not healthy:
-            return []
-        out: list[Endpoint] = []
-        served: set[str] = set()
-        for endpoint in healthy:
-            models = self.scraper.models_of(endpoint.name)
-            if models is None or model in models:
-                out.append(endpoint)
-            else:
-                served |= models
-        if not out:
-            listing = ", ".join(sorted(served)) or "none"
-            raise ModelNotFoundError(
-                f"the model '{model}' does not exist here (served: {listing})",
-                param="model",
-                code="model_not_found",
-            )
-        return out
-
-    async def _serve(
-        self,
-        req: web.Request,
-        kind: RequestKind,
-        upstream_path: str,
-        out: Outcome,
-        started: float,
-    ) -> web.StreamResponse:
-        if not self.auth.check(req.headers.get("Authorization")):
-            out.error = "unauthorized"
-            return json_error(
-                401,
-                "missing or invalid API key (send Authorization: Bearer <key>)",
-                code="invalid_api_key",
-            )
-        bad = self._check_service_path(req)
-        if bad is not None:
-            return bad
-        try:
-            body = await self._read_body(req)
-            parsed = parse_body(body)
-            headers = strip_routing_headers(req.headers)
-            request = build_request(kind, parsed, headers, body_size=len(body))
-            out.model = request.model
-            out.request_id = request.request_id
-            out.stream = parsed.get("stream") is True
-            candidates = self._candidates_for(request.model)
-        except RequestError as exc:
-            out.error = type(exc).__name__
-            return web.Response(status=exc.status, body=request_error_body(exc), content_type=JSON)
-        if not candidates:
-            out.error = "no_healthy_endpoint"
-            return json_error(
-                503,
-                "no model server is healthy right now; retry shortly",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            )
-        t0 = time.perf_counter()
-        try:
-            result = self.scheduler.schedule(request, candidates)
-        except NoCandidatesError as exc:
-            out.error = "no_candidates"
-            return json_error(
-                503, str(exc), headers={"Retry-After": str(self.settings.retry_after_s)}
-            )
-        except SchedulingFailedError as exc:
-            out.error = "scheduling_failed"
-            return json_error(429, f"scheduling failed: {exc}", code="scheduling_failed")
-        finally:
-            self.metrics.scheduling.observe(time.perf_counter() - t0)
-        out.result = result
-        self.metrics.picked(result.target.name)
-        assert self._forwarder is not None
-        return await self._forwarder.forward(
-            req, request, result, body, upstream_path, out, started
-        )
-
-
-__all__ = ["HEADER_SERVED_BY", "Gateway", "GatewaySettings", "attempt_order"]
+    return run(main)

@@ -29,6 +29,14 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help="tokenizer.json or model folder (default: built-in SmolLM2)",
     )
     g.add_argument("--seed", type=int, default=None, help="seed the scheduler's random tie-breaks")
+    g.add_argument(
+        "--objectives",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="InferenceObjective documents (YAML): priorities for flow control, by the "
+        "x-gateway-inference-objective header",
+    )
     e = p.add_argument_group("endpoints")
     e.add_argument(
         "--endpoint",
@@ -108,6 +116,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--log-format", choices=("json", "text"), default="text")
     s.add_argument("--log-level", default="info")
     s.add_argument("--no-request-log", action="store_true", help="no per-request log line")
+    from kvgate.endpoints import outlier_cli
+
+    outlier_cli.add_arguments(p)
 
 
 def register(subparsers: Any) -> None:
@@ -125,6 +136,6 @@ def register(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from kvgate.gateway.server import serve_from_args
+    from kvgate.gateway.app import serve_from_args
 
     return serve_from_args(args)

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from kvgate.errors import BadRequestError, RequestError
-from kvgate.gateway.openai import error_body, parse_body
+from kvgate.openai import error_body, parse_body
 from kvgate.kvcache.tokenize import Tokenizer
 from kvgate.sim import api
 from kvgate.sim.engine import Engine, EngineConfig, LoraAdapter

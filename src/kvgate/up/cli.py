@@ -35,6 +35,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--log-format", choices=("json", "text"), default="text")
     p.add_argument("--no-request-log", action="store_true", help="no per-request log line")
+    p.add_argument(
+        "--objectives",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="InferenceObjective documents (YAML): flow-control priorities by objective name",
+    )
     p.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for replicas")
     p.add_argument("--vllm-python", type=Path, default=None, help="the Python that runs vLLM")
     p.set_defaults(func=_up)

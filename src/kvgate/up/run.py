@@ -62,6 +62,7 @@ def _serve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     ns.host = args.host
     ns.log_format = args.log_format
     ns.no_request_log = args.no_request_log
+    ns.objectives = getattr(args, "objectives", None)
     return ns
 
 
@@ -200,7 +201,8 @@ async def _run(args: argparse.Namespace, svc: Any, plan: Any, model: Any) -> int
                 _say(f"auth is on (security.opendatahub.io/enable-auth): API key {key}")
             else:
                 _say("auth is on (security.opendatahub.io/enable-auth): using the given key(s)")
-        scheduler = build_scheduler_from(svc.require_picker_config(), tokenizer=model.tokenizer)
+        picker_config = svc.require_picker_config()
+        scheduler = build_scheduler_from(picker_config, tokenizer=model.tokenizer)
         static = [
             spec_from_url(spec.base_url, labels={"kvgate.replica": spec.name})
             for spec in plan.replicas
@@ -208,6 +210,7 @@ async def _run(args: argparse.Namespace, svc: Any, plan: Any, model: Any) -> int
         gateway = build_gateway(
             _serve_defaults(args),
             scheduler,
+            picker_config=picker_config,
             static=static,
             models=frozenset({model.name}),
             service_path=f"{svc.namespace}/{svc.name}",

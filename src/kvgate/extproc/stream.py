@@ -20,10 +20,11 @@ Failures become an ImmediateResponse with OpenAI's JSON error body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -33,7 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from kvgate.errors import BadRequestError, RequestError, SchedulingError
-from kvgate.extproc.director import Decision, Director
+from kvgate.extproc.director import Director, destination_of, subset_filter
 from kvgate.extproc.messages import (
     header_map,
     header_mutation,
@@ -42,22 +43,17 @@ from kvgate.extproc.messages import (
     streamed_body_responses,
     subset_hint,
 )
-from kvgate.extproc.usage import UsageReader
-from kvgate.gateway.openai import (
-    build_request,
-    error_body,
-    parse_body,
-    request_error_body,
-    request_kind_for_path,
-    strip_routing_headers,
-)
+from kvgate.openai.errors import error_body, request_error_body, scheduling_error_reply
+from kvgate.openai.requests import parse_body, request_kind_for_path
+from kvgate.openai.usage import UsageReader
+from kvgate.requestcontrol.control import RequestContext
 from kvgate.scheduling.types import (
     HEADER_DESTINATION,
     HEADER_DESTINATION_SUBSET,
     HEADER_MODEL_REWRITE,
     HEADER_REQUEST_ID,
     ROUTING_HEADERS,
-    Request,
+    RequestKind,
     ResponseInfo,
 )
 
@@ -67,6 +63,8 @@ FULL_DUPLEX = pm.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = pm.ProcessingMode.BUFFERED
 #: Response header GIE's EPP adds to show the response went through it.
 HEADER_WENT_INTO_RESP = "x-went-into-resp-headers"
+
+Replies = list[ep.ProcessingResponse]
 
 _encoder = msgspec.json.Encoder()
 # Replies that never vary, built once (protobuf messages are only read when sent).
@@ -92,10 +90,18 @@ def _response_headers_reply(info: ResponseInfo | None) -> ep.ProcessingResponse:
 
 
 class RequestStream:
-    """State of one ext_proc stream; :meth:`on_message` returns the replies to send."""
+    """State of one ext_proc stream; :meth:`on_message` returns the replies to send.
+
+    Routing a request with a body may have to wait for flow control (the pool is saturated):
+    then :meth:`on_message` returns nothing, :attr:`pending` is the task deciding, messages
+    that arrive meanwhile are held, and the replies go out through :attr:`emit` (set by the
+    transport) once the request is dispatched or rejected. Without flow control, or when the
+    pool has room, routing is synchronous and costs no task.
+    """
 
     def __init__(self, director: Director, default_body_mode: int = FULL_DUPLEX) -> None:
         self.director = director
+        self.control = director.control
         self.request_mode = default_body_mode
         self.response_mode = default_body_mode
         self.headers: dict[str, str] = {}
@@ -103,18 +109,23 @@ class RequestStream:
         self.subset: list[str] | None = None
         self.body: list[bytes] = []
         self.routed = False
-        self.request: Request | None = None
-        self.decision: Decision | None = None
-        self.started = time.monotonic()
+        self.ctx: RequestContext | None = None  # set once the request is parsed
+        self.forwarded = False  # the routing reply went out: the request reached a server
         self.status = 0
         self.usage: UsageReader | None = None
         self.held_response: list[bytes] | None = None  # a JSON answer held until its end
         self.completed = False
         self.closed = False  # an immediate response ended the HTTP request
+        self.pending: asyncio.Task[None] | None = None  # deciding, waiting for flow control
+        self.backlog: list[ep.ProcessingRequest] = []  # messages that came while pending
+        self.emit: Callable[[Replies], None] | None = None  # the transport's deferred send
 
     # --- dispatch -------------------------------------------------------------------------
 
-    def on_message(self, msg: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
+    def on_message(self, msg: ep.ProcessingRequest) -> Replies:
+        if self.pending is not None:
+            self.backlog.append(msg)
+            return []
         which = msg.WhichOneof("request")
         if which == "request_headers":
             return self._on_request_headers(msg)
@@ -122,7 +133,9 @@ class RequestStream:
             return self._on_request_body(msg.request_body)
         if which == "request_trailers":
             out = [] if self.routed else self._route_with_body()
-            if self.closed:
+            if self.closed or self.pending is not None:
+                if self.pending is not None:
+                    self.backlog.append(msg)  # answered after the decision
                 return out
             return [*out, ep.ProcessingResponse(request_trailers=ep.TrailersResponse())]
         if which == "response_headers":
@@ -135,7 +148,7 @@ class RequestStream:
 
     # --- request side ---------------------------------------------------------------------
 
-    def _on_request_headers(self, msg: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
+    def _on_request_headers(self, msg: ep.ProcessingRequest) -> Replies:
         if msg.HasField("protocol_config"):
             self.request_mode = msg.protocol_config.request_body_mode
             self.response_mode = msg.protocol_config.response_body_mode
@@ -166,7 +179,7 @@ class RequestStream:
             )
         ]
 
-    def _on_request_body(self, body: ep.HttpBody) -> list[ep.ProcessingResponse]:
+    def _on_request_body(self, body: ep.HttpBody) -> Replies:
         if self.routed:  # a body after a body-less decision: pass it on unchanged
             return self._pass_request_body(body)
         self.body.append(body.body)
@@ -174,7 +187,7 @@ class RequestStream:
             return self._route_with_body()
         return []
 
-    def _pass_request_body(self, body: ep.HttpBody) -> list[ep.ProcessingResponse]:
+    def _pass_request_body(self, body: ep.HttpBody) -> Replies:
         if self.request_mode == FULL_DUPLEX:
             return streamed_body_responses(body.body, request_side=True)[-1:]
         return [ep.ProcessingResponse(request_body=ep.BodyResponse())]
@@ -183,16 +196,16 @@ class RequestStream:
         """Client-sent routing headers to drop upstream."""
         return [h for h in ROUTING_HEADERS if h in self.headers]
 
-    def _route_without_body(self) -> list[ep.ProcessingResponse]:
+    def _route_without_body(self) -> Replies:
         self.routed = True
         try:
-            decision = self.director.pick_without_body(self.subset)
+            endpoint = self.director.pick_without_body(self.subset)
         except SchedulingError as exc:
             return self._fail(exc.status, str(exc))
-        self.decision = decision
+        destination = endpoint.hostport
         common = ep.CommonResponse(
             header_mutation=header_mutation(
-                {**self.added_headers, HEADER_DESTINATION: decision.destination},
+                {**self.added_headers, HEADER_DESTINATION: destination},
                 [h for h in self._spoofed() if h != HEADER_DESTINATION],
             ),
             clear_route_cache=True,
@@ -200,44 +213,96 @@ class RequestStream:
         return [
             ep.ProcessingResponse(
                 request_headers=ep.HeadersResponse(response=common),
-                dynamic_metadata=lb_metadata({HEADER_DESTINATION: decision.destination}),
+                dynamic_metadata=lb_metadata({HEADER_DESTINATION: destination}),
             )
         ]
 
-    def _route_with_body(self) -> list[ep.ProcessingResponse]:
+    def _route_with_body(self) -> Replies:
+        """Parse, find candidates, then admit and schedule: synchronously when flow control
+        is off, else in a task that may wait while the pool is saturated."""
         started = time.perf_counter()
-        replies = self._decide()
-        self.director.metrics.decision.observe(time.perf_counter() - started)
-        return replies
-
-    def _decide(self) -> list[ep.ProcessingResponse]:
         self.routed = True
         raw = b"".join(self.body)
         self.body = []
-        model = "unknown"
+        path = self.headers.get(":path", "")
+        control = self.control
+        ctx = self.ctx = control.begin("epp", path.split("?", 1)[0])
+        control.started(ctx)
         try:
-            parsed = parse_body(raw)
-            raw_model = parsed.get("model")
-            model = raw_model if isinstance(raw_model, str) else "unknown"
-            request, body = self._build_request(parsed, raw)
-            decision = self.director.pick(request, self.subset)
-        except RequestError as exc:
-            self.director.record_error(model, exc.status)
-            return self._fail(exc.status, request_error_body(exc))
-        except SchedulingError as exc:
-            self.director.record_error(model, exc.status)
-            return self._fail(exc.status, str(exc))
+            body = self._parse(ctx, raw)
+            candidates = control.candidates(ctx, subset_filter(self.subset))
+            if control.flow is None:
+                control.schedule(ctx, candidates)
+                return self._forward(ctx, raw, body, started)
+        except (RequestError, SchedulingError) as exc:
+            return self._reject(ctx, exc)
         except Exception as exc:
-            log.exception("scheduling failed")
-            self.director.record_error(model, 500)
-            return self._fail(500, f"internal error while scheduling: {exc}")
-        self.request = request
-        self.decision = decision
-        self.started = time.monotonic()
+            log.exception("routing failed")
+            return self._reject(ctx, exc)
+        self.pending = asyncio.get_running_loop().create_task(self._admit(ctx, raw, body, started))
+        return []
+
+    async def _admit(self, ctx: RequestContext, raw: bytes, body: bytes, started: float) -> None:
+        control = self.control
+        try:
+            await control.admit(ctx)
+            # read again after a wait: the request goes where the cache is at dispatch time
+            candidates = control.candidates(ctx, subset_filter(self.subset))
+            control.schedule(ctx, candidates)
+            replies = self._forward(ctx, raw, body, started)
+        except asyncio.CancelledError:  # Envoy reset the stream: the client is gone
+            ctx.error = ctx.error or "client_disconnect"
+            self.pending = None
+            raise
+        except (RequestError, SchedulingError) as exc:
+            replies = self._reject(ctx, exc)
+        except Exception as exc:
+            log.exception("routing failed")
+            replies = self._reject(ctx, exc)
+        self.pending = None
+        backlog, self.backlog = self.backlog, []
+        for msg in backlog:
+            if self.closed:
+                break
+            replies += self.on_message(msg)
+        if self.emit is not None:
+            self.emit(replies)
+
+    def _parse(self, ctx: RequestContext, raw: bytes) -> bytes:
+        """Build the scheduler's Request; returns the body to forward (re-encoded only when
+        the gateway rewrites the model)."""
+        path = self.headers.get(":path", "").split("?", 1)[0]
+        kind: RequestKind | None = request_kind_for_path(path)
+        parsed: dict[str, Any] | None = None
+        if kind is None:  # other OpenAI endpoints: route on the body's shape
+            parsed = parse_body(raw)
+            kind = "chat" if "messages" in parsed else "completions"
+            if kind == "completions" and "prompt" not in parsed:
+                if not isinstance(parsed.get("model"), str) or not parsed["model"]:
+                    raise BadRequestError(
+                        "'model' is required and must be a non-empty string", param="model"
+                    )
+                parsed = {**parsed, "prompt": ""}
+        headers = {k: v for k, v in self.headers.items() if k[:1] != ":"}
+        rid = self.headers.get(HEADER_REQUEST_ID) or self.added_headers[HEADER_REQUEST_ID]
+        request = self.control.parse(ctx, kind, raw, headers, request_id=rid, parsed=parsed)
+        rewrite = self.headers.get(HEADER_MODEL_REWRITE)
+        if rewrite and request.body is not None:
+            request.target_model = rewrite
+            return _encoder.encode({**request.body, "model": rewrite})
+        return raw
+
+    def _forward(self, ctx: RequestContext, raw: bytes, body: bytes, started: float) -> Replies:
+        """The routing reply: destination, PreRequest headers, the (re-sent) body."""
+        result = ctx.result
+        assert result is not None
+        destination = destination_of(result)
+        headers = self.control.start_attempt(ctx, result.target)
+        self.forwarded = True
         set_headers = {
             **self.added_headers,
-            **decision.headers,
-            HEADER_DESTINATION: decision.destination,
+            **headers,
+            HEADER_DESTINATION: destination,
             "content-length": str(len(body)),
         }
         common = ep.CommonResponse(
@@ -246,50 +311,50 @@ class RequestStream:
             ),
             clear_route_cache=True,
         )
-        metadata = lb_metadata({HEADER_DESTINATION: decision.destination})
+        metadata = lb_metadata({HEADER_DESTINATION: destination})
         if self.request_mode == FULL_DUPLEX:
-            return [
+            replies = [
                 ep.ProcessingResponse(
                     request_headers=ep.HeadersResponse(response=common), dynamic_metadata=metadata
                 ),
                 *streamed_body_responses(body, request_side=True),
             ]
-        if body != raw:
-            common.body_mutation.body = body
-        return [
-            ep.ProcessingResponse(
-                request_body=ep.BodyResponse(response=common), dynamic_metadata=metadata
-            )
-        ]
+        else:
+            if body is not raw:  # re-sent only when changed
+                common.body_mutation.body = body
+            replies = [
+                ep.ProcessingResponse(
+                    request_body=ep.BodyResponse(response=common), dynamic_metadata=metadata
+                )
+            ]
+        self.director.decision.observe(time.perf_counter() - started)
+        return replies
 
-    def _build_request(self, parsed: dict[str, Any], raw: bytes) -> tuple[Request, bytes]:
-        """The scheduler's Request and the body to forward (re-encoded if the model changed)."""
-        path = self.headers.get(":path", "").split("?", 1)[0]
-        kind = request_kind_for_path(path)
-        if kind is None:  # other OpenAI endpoints: route on the body's shape
-            kind = "chat" if "messages" in parsed else "completions"
-            if kind == "completions" and "prompt" not in parsed:
-                if not isinstance(parsed.get("model"), str) or not parsed["model"]:
-                    raise BadRequestError(
-                        "'model' is required and must be a non-empty string", param="model"
-                    )
-                parsed = {**parsed, "prompt": ""}
-        clean = strip_routing_headers({k: v for k, v in self.headers.items() if k[:1] != ":"})
-        rid = self.headers.get(HEADER_REQUEST_ID) or self.added_headers[HEADER_REQUEST_ID]
-        clean[HEADER_REQUEST_ID] = rid
-        request = build_request(kind, parsed, clean, body_size=len(raw), request_id=rid)
-        body = raw
-        rewrite = self.headers.get(HEADER_MODEL_REWRITE)
-        if rewrite:
-            request.target_model = rewrite
-            body = _encoder.encode({**parsed, "model": rewrite})
-        return request, body
+    def _reject(self, ctx: RequestContext, exc: Exception) -> Replies:
+        """An immediate response for a request that gets no endpoint; the request ends here."""
+        if isinstance(exc, RequestError):
+            ctx.error = type(exc).__name__
+            replies = self._fail(exc.status, request_error_body(exc))
+            self.control.finish(ctx, exc.status)
+            return replies
+        if isinstance(exc, SchedulingError):
+            ctx.error = exc.reason
+            status, headers, body = scheduling_error_reply(exc)
+            replies = self._fail(status, body, headers)
+            self.control.finish(ctx, status)
+            return replies
+        ctx.error = f"internal: {type(exc).__name__}"
+        replies = self._fail(500, f"internal error while routing: {exc}")
+        self.control.finish(ctx, 500)
+        return replies
 
-    def _fail(self, status: int, message: str | bytes) -> list[ep.ProcessingResponse]:
+    def _fail(
+        self, status: int, message: str | bytes, headers: dict[str, str] | None = None
+    ) -> Replies:
         self.closed = True
         body = message if isinstance(message, bytes) else error_body(message, status=status)
-        extra = {}
-        if status == 503:
+        extra = {k.lower(): v for k, v in (headers or {}).items()}
+        if status == 503 and "retry-after" not in extra:
             extra["retry-after"] = "1"
         rid = self.headers.get(HEADER_REQUEST_ID) or self.added_headers.get(HEADER_REQUEST_ID)
         if rid:
@@ -298,22 +363,20 @@ class RequestStream:
 
     # --- response side --------------------------------------------------------------------
 
-    def _on_response_headers(self, headers: ep.HttpHeaders) -> list[ep.ProcessingResponse]:
+    def _on_response_headers(self, headers: ep.HttpHeaders) -> Replies:
         values = header_map(headers)
         try:
             self.status = int(values.get(":status", "0"))
         except ValueError:
             self.status = 0
         self.usage = UsageReader(values.get("content-type", ""))
+        if self.ctx is not None:
+            self.ctx.stream = self.usage.streaming
         if headers.end_of_stream or self.response_mode == pm.ProcessingMode.NONE:
             # no body will come (response_body_mode NONE: bodies bypass the EPP, no usage)
             info = self._complete(None)
             return [_response_headers_reply(info)]
-        if (
-            self.response_mode == FULL_DUPLEX
-            and self.request is not None
-            and not self.usage.streaming
-        ):
+        if self.response_mode == FULL_DUPLEX and self.forwarded and not self.usage.streaming:
             # A whole JSON answer: hold the headers until its end, as the request side
             # does, so ResponseComplete plugins' headers (session affinity's x-session-token)
             # can still be added. Server-sent events are never held.
@@ -321,9 +384,12 @@ class RequestStream:
             return []
         return [_RESPONSE_HEADERS_REPLY]
 
-    def _on_response_body(self, body: ep.HttpBody) -> list[ep.ProcessingResponse]:
+    def _on_response_body(self, body: ep.HttpBody) -> Replies:
         if self.usage is not None:
             self.usage.feed(body.body)
+        ctx = self.ctx
+        if ctx is not None and ctx.ttft_s is None and body.body:
+            self.control.first_byte(ctx)
         if self.held_response is not None:
             self.held_response.append(body.body)
             if not body.end_of_stream:
@@ -361,12 +427,12 @@ class RequestStream:
                 ]
         return out
 
-    def _on_response_trailers(self) -> list[ep.ProcessingResponse]:
+    def _on_response_trailers(self) -> Replies:
         out = self._release_response(end_of_stream=False) if self.held_response is not None else []
         self._complete(None)
         return [*out, ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
 
-    def _release_response(self, *, end_of_stream: bool) -> list[ep.ProcessingResponse]:
+    def _release_response(self, *, end_of_stream: bool) -> Replies:
         """Send held response headers (with the completion hooks' headers) and body."""
         body = b"".join(self.held_response or ())
         self.held_response = None
@@ -378,23 +444,27 @@ class RequestStream:
         return [*replies, *chunks]
 
     def _complete(self, error: str | None) -> ResponseInfo | None:
-        """Run the completion hooks exactly once for a forwarded request."""
-        if self.completed or self.request is None or self.decision is None:
+        """End the forwarded attempt exactly once: ResponseComplete hooks, usage, and the
+        request's end (metrics and the request log line)."""
+        ctx = self.ctx
+        if self.completed or ctx is None or not self.forwarded:
             return None
         self.completed = True
         usage = self.usage.finish() if self.usage is not None else None
         if error is None and self.status >= 500:
             error = "upstream_5xx"
-        info = ResponseInfo(
-            status=self.status,
-            error=error,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            cached_tokens=usage.cached_tokens if usage else None,
-        )
-        self.director.complete(
-            self.request, self.decision.endpoint, info, time.monotonic() - self.started
-        )
+        info = ResponseInfo(status=self.status, error=error)
+        if usage is not None:
+            info.prompt_tokens = usage.prompt_tokens
+            info.completion_tokens = usage.completion_tokens
+            info.cached_tokens = usage.cached_tokens
+        control = self.control
+        control.end_attempt(ctx, info)
+        ctx.error = info.error
+        status = self.status
+        if error == "client_disconnect" or (error == "stream_error" and not status):
+            status = 499
+        control.finish(ctx, status)
         return info
 
     def close(self, clean: bool = False) -> str:
@@ -404,7 +474,15 @@ class RequestStream:
         processing off (response_header_mode SKIP) that is how a request ends: it completes
         without a status (0, no error) rather than as a failure.
         """
-        if self.request is not None and not self.completed:
+        if self.pending is not None:  # still queued in flow control: the client left
+            self.pending.cancel()
+            self.pending = None
+            ctx = self.ctx
+            if ctx is not None:
+                ctx.error = "client_disconnect"
+                self.control.finish(ctx, 499)
+            return "broken"
+        if self.forwarded and not self.completed:
             # With response bodies off (NONE), Envoy may end the stream by a reset rather
             # than a close once the request is forwarded (a race with the response); either
             # way nothing about the response was ever going to arrive.
@@ -422,8 +500,7 @@ class RequestStream:
         """:meth:`close`, counted in ``kvgate_epp_streams_total``: every server (grpcio's
         servicer, :mod:`kvgate.extproc.h2server`) ends each call through here, once."""
         outcome = self.close(clean)
-        metrics = self.director.metrics
-        metrics.child(metrics.streams, outcome).inc()
+        self.director.stream_ended(outcome)
         return outcome
 
 
@@ -440,11 +517,18 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ep.ProcessingResponse]:
         stream = RequestStream(self.director, self.default_body_mode)
+        deferred: Replies = []
+        stream.emit = deferred.extend
         clean = False
         try:
             async for msg in request_iterator:
                 for reply in stream.on_message(msg):
                     yield reply
+                if stream.pending is not None:  # flow control holds the request: wait here
+                    await asyncio.shield(stream.pending)
+                    for reply in deferred:
+                        yield reply
+                    deferred.clear()
                 if stream.closed:
                     break
             # grpc.aio also ends the request iterator quietly when the client resets the

@@ -1,8 +1,8 @@
-"""OpenAI request parsing and error bodies, shared by the HTTP gateway and the ext_proc server.
+"""OpenAI request parsing: body -> :class:`kvgate.scheduling.types.Request`.
 
 Only what the scheduler needs is read from the body: model, prompt or messages, cache salt,
 priority. Errors are :class:`kvgate.errors.RequestError` subclasses whose status and message
-become OpenAI's JSON error shape via :func:`error_body`.
+become OpenAI's JSON error shape via :func:`kvgate.openai.errors.error_body`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from kvgate.errors import BadRequestError, RequestError
+from kvgate.errors import BadRequestError
 from kvgate.scheduling.types import HEADER_REQUEST_ID, ROUTING_HEADERS, Request, RequestKind
 
 _decoder = msgspec.json.Decoder()
@@ -45,6 +45,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
         parsed = _decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec recurses once per nesting level
+        raise BadRequestError("request body is nested too deeply to be a request") from exc
     if not isinstance(parsed, dict):
         raise BadRequestError("request body must be a JSON object")
     return parsed
@@ -112,40 +114,4 @@ def build_request(
         priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
         body=body,
         body_size=body_size,
-    )
-
-
-def error_body(
-    message: str,
-    *,
-    status: int,
-    error_type: str | None = None,
-    param: str | None = None,
-    code: str | int | None = None,
-) -> bytes:
-    """OpenAI's error JSON: ``{"error": {"message", "type", "param", "code"}}``."""
-    if error_type is None:
-        error_type = {
-            400: "invalid_request_error",
-            401: "authentication_error",
-            403: "permission_error",
-            404: "not_found_error",
-            413: "invalid_request_error",
-            429: "rate_limit_error",
-        }.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return msgspec.json.encode(
-        {
-            "error": {
-                "message": message,
-                "type": error_type,
-                "param": param,
-                "code": code if code is not None else status,
-            }
-        }
-    )
-
-
-def request_error_body(exc: RequestError) -> bytes:
-    return error_body(
-        exc.message, status=exc.status, error_type=exc.error_type, param=exc.param, code=exc.code
     )

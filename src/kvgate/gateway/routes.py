@@ -1,0 +1,270 @@
+"""The HTTP front door's routes: OpenAI's inference API, models, health, metrics.
+
+One :class:`Gateway` owns an aiohttp server, one keep-alive client to the model servers
+(:mod:`.upstream`), the endpoint pool and its scraper, and the one request path
+(:class:`kvgate.requestcontrol.control.RequestControl`, shared with ``kvgate epp``).
+Per inference request::
+
+    auth (401) -> body (413 past the limit) -> RequestControl: parse (400) -> candidates
+    (404 / 503) -> admission (flow control: wait, or 429/503) -> schedule (503 / 429)
+    -> Forwarder (:mod:`.forward`): for each attempt, best first: start_attempt (PreRequest)
+       -> POST upstream -> connect error / 5xx before any byte: end_attempt, next endpoint
+       (bounded by max_retries) | otherwise relay (streams chunk by chunk) -> end_attempt
+    -> RequestControl.finish: metrics and the request log line, exactly once
+
+Every request ends in a response or an explicit error: errors before the first byte are
+OpenAI JSON errors with the right status; after it, a terminal SSE error event. A client
+that disconnects cancels the handler (aiohttp ``handler_cancellation``), which closes the
+upstream connection so the model server aborts the request (and removes it from a flow
+control queue). ``finish`` runs in a ``finally``, so the counters reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from aiohttp import web
+
+from kvgate.endpoints.file import EndpointsFileWatcher
+from kvgate.endpoints.pool import EndpointPool
+from kvgate.endpoints.scrape import Scraper
+from kvgate.errors import PayloadTooLargeError, RequestError, SchedulingError
+from kvgate.gateway.auth import ApiKeyChecker
+from kvgate.gateway.forward import HEADER_SERVED_BY, JSON, Forwarder, json_error
+from kvgate.gateway.settings import GatewaySettings
+from kvgate.gateway.upstream import UpstreamClient
+from kvgate.openai.errors import request_error_body, scheduling_error_reply
+from kvgate.requestcontrol.control import RequestContext, RequestControl
+from kvgate.requestcontrol.metrics import RequestMetrics
+from kvgate.requestcontrol.reqlog import flush_request_log
+from kvgate.scheduling.scheduler import Scheduler
+from kvgate.scheduling.types import RequestKind
+
+log = logging.getLogger("kvgate.gateway")
+
+
+def scheduling_error_response(exc: SchedulingError, retry_after_s: float) -> web.Response:
+    status, headers, body = scheduling_error_reply(exc, retry_after_s)
+    return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+
+
+class Gateway:
+    """The HTTP front: see the module docstring. ``start``/``stop`` on one event loop."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        pool: EndpointPool,
+        scheduler: Scheduler,
+        scraper: Scraper,
+        *,
+        watcher: EndpointsFileWatcher | None = None,
+        metrics: RequestMetrics | None = None,
+        control: RequestControl | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.scheduler = scheduler
+        self.scraper = scraper
+        self.watcher = watcher
+        self.metrics = metrics or RequestMetrics(pool)
+        self.control = control or RequestControl(
+            pool,
+            scheduler,
+            self.metrics,
+            models_of=scraper.models_of,
+            log_requests=settings.log_requests,
+        )
+        self.auth = ApiKeyChecker(settings.api_keys)
+        self._client: UpstreamClient | None = None
+        self._forwarder: Forwarder | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int = settings.port
+        self.app = self._build_app()
+        self._started_plugins = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        r = app.router
+        for prefix in ("/v1", "/{namespace}/{name}/v1"):
+            r.add_post(prefix + "/chat/completions", self._chat)
+            r.add_post(prefix + "/completions", self._completions)
+            r.add_get(prefix + "/models", self._models)
+        r.add_get("/health", self._health)
+        r.add_get("/ready", self._ready)
+        r.add_get("/metrics", self._metrics)
+        r.add_route("*", "/{tail:.*}", self._not_found)
+        return app
+
+    async def start(self) -> None:
+        """Start the client, scraper, watcher and plugins, then listen."""
+        self._client = UpstreamClient(connect_timeout_s=self.settings.connect_timeout_s)
+        self._forwarder = Forwarder(
+            self.settings, self.control, self.scraper, self.auth, self._client
+        )
+        await self.scheduler.start()
+        await self.control.start()
+        self._started_plugins = True
+        await self.scraper.start()
+        if self.watcher is not None:
+            await self.watcher.start()
+        self._runner = web.AppRunner(
+            self.app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=self.settings.shutdown_timeout_s,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.settings.host, self.settings.port, reuse_address=True, backlog=1024
+        )
+        await site.start()
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening, let in-flight requests finish (bounded), then stop the rest."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.watcher is not None:
+            await self.watcher.stop()
+        await self.scraper.stop()
+        if self._started_plugins:
+            await self.control.stop()
+            await self.scheduler.stop()
+            self._started_plugins = False
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        flush_request_log()
+
+    @property
+    def base_url(self) -> str:
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    # --- small routes -----------------------------------------------------------------------
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+
+    async def _ready(self, _: web.Request) -> web.Response:
+        ready = len(self.pool.candidates())
+        body = msgspec.json.encode({"ready": ready > 0, "endpoints_in_rotation": ready})
+        return web.Response(status=200 if ready else 503, body=body, content_type=JSON)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    async def _not_found(self, req: web.Request) -> web.Response:
+        return json_error(404, f"no route for {req.method} {req.path}", code="not_found")
+
+    def _check_service_path(self, req: web.Request) -> web.Response | None:
+        ns = req.match_info.get("namespace")
+        if ns is None or self.settings.service_path is None:
+            return None
+        if f"{ns}/{req.match_info.get('name')}" != self.settings.service_path:
+            return json_error(
+                404,
+                f"no service {ns}/{req.match_info.get('name')} here; "
+                f"use /{self.settings.service_path}/v1 or /v1",
+                code="not_found",
+            )
+        return None
+
+    async def _models(self, req: web.Request) -> web.Response:
+        if not self.auth.check(req.headers.get("Authorization")):
+            return json_error(401, "missing or invalid API key (Authorization: Bearer <key>)")
+        bad = self._check_service_path(req)
+        if bad is not None:
+            return bad
+        entries = self.scraper.model_entries()
+        known = {str(e["id"]) for e in entries}
+        for name in sorted(self.settings.models - known):
+            if self.pool.candidates():
+                entries.append({"id": name, "object": "model", "owned_by": "kvgate"})
+        return web.Response(
+            body=msgspec.json.encode({"object": "list", "data": entries}), content_type=JSON
+        )
+
+    # --- inference --------------------------------------------------------------------------
+
+    async def _chat(self, req: web.Request) -> web.StreamResponse:
+        return await self._inference(req, "chat", "/v1/chat/completions")
+
+    async def _completions(self, req: web.Request) -> web.StreamResponse:
+        return await self._inference(req, "completions", "/v1/completions")
+
+    async def _inference(
+        self, req: web.Request, kind: RequestKind, upstream_path: str
+    ) -> web.StreamResponse:
+        control = self.control
+        ctx = control.begin("gateway", req.path)
+        control.started(ctx)
+        status = 0
+        try:
+            resp = await self._serve(req, kind, upstream_path, ctx)
+            status = ctx.status or resp.status
+            return resp
+        except asyncio.CancelledError:
+            status = 499
+            ctx.error = ctx.error or "client_disconnect"
+            raise
+        except Exception as exc:  # a bug: still answer, in OpenAI's shape
+            log.exception("request failed unexpectedly")
+            status = 500
+            ctx.error = ctx.error or f"internal: {type(exc).__name__}"
+            return json_error(500, f"internal gateway error: {type(exc).__name__}")
+        finally:
+            control.finish(ctx, status)
+
+    async def _read_body(self, req: web.Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        if req.content_length is not None and req.content_length > limit:
+            raise PayloadTooLargeError(
+                f"request body of {req.content_length} bytes exceeds the limit of {limit} bytes"
+            )
+        try:
+            return await req.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
+
+    async def _serve(
+        self, req: web.Request, kind: RequestKind, upstream_path: str, ctx: RequestContext
+    ) -> web.StreamResponse:
+        if not self.auth.check(req.headers.get("Authorization")):
+            ctx.error = "unauthorized"
+            return json_error(
+                401,
+                "missing or invalid API key (send Authorization: Bearer <key>)",
+                code="invalid_api_key",
+            )
+        bad = self._check_service_path(req)
+        if bad is not None:
+            ctx.error = "not_found"
+            return bad
+        try:
+            body = await self._read_body(req)
+            self.control.parse(ctx, kind, body, req.headers)
+            await self.control.route(ctx)
+        except RequestError as exc:
+            ctx.error = type(exc).__name__
+            return web.Response(status=exc.status, body=request_error_body(exc), content_type=JSON)
+        except SchedulingError as exc:
+            ctx.error = exc.reason
+            return scheduling_error_response(exc, self.settings.retry_after_s)
+        assert self._forwarder is not None
+        return await self._forwarder.forward(req, ctx, body, upstream_path)
+
+
+__all__ = ["HEADER_SERVED_BY", "Gateway", "GatewaySettings"]

@@ -1,0 +1,321 @@
+"""The request path's Prometheus series: one set, exported by both front doors.
+
+Every series lives in a private :class:`CollectorRegistry` (several servers may run in one
+process, e.g. in tests). Names follow the projects users already have dashboards for:
+
+* GIE's EPP (pkg/epp/metrics): ``inference_objective_*`` per request, ``inference_pool_*``
+  per pool, ``inference_extension_*`` for the scheduler and its plugins;
+* the llm-d course's dashboards: ``vllm_llmd_kv_cache_hit_rate`` and
+  ``vllm_llmd_time_to_first_token_seconds``;
+* kvgate's own ``kvgate_*`` (requests by endpoint and status, retries, upstream errors,
+  per-endpoint gauges).
+
+The hit rate is computed at scrape time from the counters the replicas report
+(``vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total`` over the pool). Children
+of labelled series are cached: ``labels()`` takes a lock and builds a tuple on every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kvgate.endpoints.pool import EndpointPool
+from kvgate.kvcache.metrics import register_metrics as register_kv_metrics
+
+#: Request latencies (seconds): the gateway's own buckets, fine below a second.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0,
+)  # fmt: skip
+#: GIE's request-duration buckets (inference_objective_request_duration_seconds).
+GIE_LATENCY_BUCKETS = (
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20,
+    30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
+)  # fmt: skip
+#: Scheduler and plugin durations.
+FAST_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
+    0.1,
+)  # fmt: skip
+_TOKEN_BUCKETS = tuple(float(2**i) for i in range(0, 17))
+
+
+class _PoolCollector(Collector):
+    """Per-endpoint gauges, GIE's pool gauges and the prefix-cache hit rate, at scrape time."""
+
+    def __init__(self, pool: EndpointPool, pool_name: str) -> None:
+        self.pool = pool
+        self.pool_name = pool_name
+
+    def collect(self) -> Iterator[Any]:
+        healthy = GaugeMetricFamily(
+            "kvgate_endpoint_in_rotation", "1 if the endpoint is in rotation", labels=["endpoint"]
+        )
+        queue = GaugeMetricFamily(
+            "kvgate_endpoint_queue_size", "Waiting requests last scraped", labels=["endpoint"]
+        )
+        running = GaugeMetricFamily(
+            "kvgate_endpoint_running_requests", "Running requests last scraped", labels=["endpoint"]
+        )
+        kv = GaugeMetricFamily(
+            "kvgate_endpoint_kv_cache_usage", "KV-cache usage fraction", labels=["endpoint"]
+        )
+        hits = 0.0
+        queries = 0.0
+        for endpoint in self.pool.all():
+            m = endpoint.metrics
+            healthy.add_metric([endpoint.name], 1.0 if self.pool.is_healthy(endpoint.name) else 0.0)
+            queue.add_metric([endpoint.name], m.waiting_queue_size)
+            running.add_metric([endpoint.name], m.running_requests_size)
+            kv.add_metric([endpoint.name], m.kv_cache_usage_percent)
+            hits += m.prefix_cache_hits
+            queries += m.prefix_cache_queries
+        rate = hits / queries if queries > 0 else 0.0
+        yield healthy
+        yield queue
+        yield running
+        yield kv
+        help_text = "Prefix-cache hit rate over the replicas (hit tokens / queried tokens)"
+        yield GaugeMetricFamily("kvgate_kv_cache_hit_rate", help_text, value=rate)
+        yield GaugeMetricFamily("vllm_llmd_kv_cache_hit_rate", help_text, value=rate)
+
+        ready = self.pool.candidates()
+        n = len(ready)
+        name = [self.pool_name]
+        avg_kv = GaugeMetricFamily(
+            "inference_pool_average_kv_cache_utilization",
+            "The average kv cache utilization for an inference server pool.",
+            labels=["name"],
+        )
+        avg_kv.add_metric(
+            name, sum(e.metrics.kv_cache_usage_percent for e in ready) / n if n else 0.0
+        )
+        avg_queue = GaugeMetricFamily(
+            "inference_pool_average_queue_size",
+            "The average number of requests pending in the model server queue.",
+            labels=["name"],
+        )
+        avg_queue.add_metric(
+            name, sum(e.metrics.waiting_queue_size for e in ready) / n if n else 0.0
+        )
+        pods = GaugeMetricFamily(
+            "inference_pool_ready_pods",
+            "The number of ready pods in the inference server pool.",
+            labels=["name"],
+        )
+        pods.add_metric(name, n)
+        yield avg_kv
+        yield avg_queue
+        yield pods
+
+
+class RequestMetrics:
+    """Counters and histograms the request path updates; :meth:`render` serves /metrics.
+
+    ``pool_name`` labels GIE's ``inference_pool_*`` gauges (the InferencePool's name under
+    Kubernetes, ``static`` otherwise).
+    """
+
+    def __init__(self, pool: EndpointPool, pool_name: str = "static") -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        gie = ["model_name", "target_model_name"]
+        # --- per request, kvgate's names
+        self.requests = Counter(
+            "kvgate_requests",
+            "Requests finished, by model, endpoint and HTTP status",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.in_flight = Gauge("kvgate_requests_in_flight", "Requests in progress", registry=r)
+        self.e2e = Histogram(
+            "kvgate_request_duration_seconds",
+            "End-to-end request latency seen at the front door",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "kvgate_time_to_first_token_seconds",
+            "Time from request arrival to the first response byte passed to the client",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft_llmd = Histogram(
+            "vllm_llmd_time_to_first_token_seconds",
+            "Time to first token seen at the gateway (the llm-d course dashboards' name)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "kvgate_prompt_tokens", "Prompt tokens reported in usage", ["model"], registry=r
+        )
+        self.cached_tokens = Counter(
+            "kvgate_cached_prompt_tokens",
+            "Prompt tokens served from the prefix cache (usage.prompt_tokens_details)",
+            ["model"],
+            registry=r,
+        )
+        self.picks = Counter(
+            "kvgate_endpoint_picks",
+            "Times the scheduler picked each endpoint",
+            ["endpoint"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "kvgate_retries",
+            "Requests re-sent to another endpoint, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "kvgate_upstream_errors",
+            "Failed upstream attempts, by endpoint and kind",
+            ["endpoint", "kind"],
+            registry=r,
+        )
+        self.scheduling = Histogram(
+            "kvgate_scheduling_duration_seconds",
+            "Time to run the scheduling profiles for one request",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.plugin = Histogram(
+            "kvgate_plugin_duration_seconds",
+            "Time spent in one plugin call",
+            ["extension_point", "plugin_type", "plugin_name"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        # --- per request, GIE's names
+        self.objective_requests = Counter(
+            "inference_objective_request_total",
+            "Counter of inference objective requests broken out for each model and target model.",
+            gie,
+            registry=r,
+        )
+        self.objective_errors = Counter(
+            "inference_objective_request_error_total",
+            "Counter of inference objective requests errors broken out for each model and "
+            "target model.",
+            [*gie, "error_code"],
+            registry=r,
+        )
+        self.objective_duration = Histogram(
+            "inference_objective_request_duration_seconds",
+            "Inference objective response latency distribution in seconds for each model and "
+            "target model.",
+            gie,
+            buckets=GIE_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.input_tokens = Histogram(
+            "inference_objective_input_tokens",
+            "Inference objective input token count distribution for requests in each model.",
+            gie,
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.output_tokens = Histogram(
+            "inference_objective_output_tokens",
+            "Inference objective output token count distribution for requests in each model.",
+            gie,
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.running = Gauge(
+            "inference_objective_running_requests",
+            "Inference objective number of running requests in each model.",
+            ["model_name"],
+            registry=r,
+        )
+        self.scheduler_e2e = Histogram(
+            "inference_extension_scheduler_e2e_duration_seconds",
+            "End-to-end scheduling latency distribution in seconds.",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.plugin_duration = Histogram(
+            "inference_extension_plugin_duration_seconds",
+            "Plugin processing latency distribution in seconds for each extension point, "
+            "plugin type and plugin name.",
+            ["extension_point", "plugin_type", "plugin_name"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        r.register(_PoolCollector(pool, pool_name))
+        register_kv_metrics(r)  # the precise scorer's index and event intake, if any
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised (label sets are few: models x endpoints)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def observe_plugin(self, point: str, type_name: str, name: str, seconds: float) -> None:
+        """The Scheduler's ``observe`` hook: one plugin call, under both names."""
+        key = (point, type_name, name)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (
+                self.plugin.labels(point, type_name, name),
+                self.plugin_duration.labels(point, type_name, name),
+            )
+        pair[0].observe(seconds)
+        pair[1].observe(seconds)
+
+    def scheduled(self, endpoint: str, seconds: float) -> None:
+        self.scheduling.observe(seconds)
+        self.scheduler_e2e.observe(seconds)
+        self.child(self.picks, endpoint).inc()
+
+    def started(self, model: str) -> None:
+        self.in_flight.inc()
+        self.child(self.running, model).inc()
+
+    def finished(
+        self,
+        model: str,
+        target_model: str,
+        endpoint: str,
+        status: int,
+        error: str | None,
+        seconds: float,
+        ttft_s: float | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cached_tokens: int | None,
+    ) -> None:
+        """Count one finished request (exactly once per request, in both name sets)."""
+        self.in_flight.dec()
+        self.child(self.running, model).dec()
+        self.child(self.requests, model, endpoint, str(status)).inc()
+        self.child(self.e2e, model).observe(seconds)
+        self.child(self.objective_requests, model, target_model).inc()
+        self.child(self.objective_duration, model, target_model).observe(seconds)
+        if error is not None or status >= 400:
+            code = str(status) if status else error or "unknown"
+            self.child(self.objective_errors, model, target_model, code).inc()
+        if ttft_s is not None:
+            self.child(self.ttft, model).observe(ttft_s)
+            self.child(self.ttft_llmd, model).observe(ttft_s)
+        if prompt_tokens:
+            self.child(self.prompt_tokens, model).inc(prompt_tokens)
+            self.child(self.input_tokens, model, target_model).observe(prompt_tokens)
+        if cached_tokens:
+            self.child(self.cached_tokens, model).inc(cached_tokens)
+        if completion_tokens is not None:
+            self.child(self.output_tokens, model, target_model).observe(completion_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
