@@ -2,8 +2,12 @@
 
 It runs every 50 ms per endpoint, so it is hand-written: it jumps with ``str.find`` to the
 lines of the names it needs, reads one metric family's contiguous samples and stops, and
-never looks at the hundreds of other series a vLLM page has (73 µs vs 23 ms for
-``prometheus_client``'s parser on tests/data/vllm-cpu-metrics.txt, see docs/PERFORMANCE.md).
+never looks at the hundreds of other series a vLLM page has. It replaces
+``prometheus_client``'s parser: 73 µs against 23.4 ms on tests/data/vllm-cpu-metrics.txt
+(docs/PERFORMANCE.md). tests/endpoints/test_promtext_differential.py reads every sample of
+real vLLM pages, and mutations of them, with both and asserts the same values; where the
+page is malformed, ``prometheus_client`` refuses the whole page and this parser skips the
+bad line (a scrape keeps what it can read). No input raises: NaN and ±Inf counts read as 0.
 Metric names follow GIE's flags (:class:`MetricNames`); a spec may carry a label filter,
 ``name{k="v"}``.
 
@@ -16,6 +20,7 @@ GIE does. Absent metrics read as 0 (GIE stores partial results too).
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -162,9 +167,10 @@ def _series(text: str, spec: MetricSpec) -> Iterator[tuple[str, float]]:
             rest = text[pos:end]
         else:
             continue  # a longer name sharing the prefix
-        # The samples of one family are contiguous in the text format: once this line is
-        # read, stop unless the next line is the same metric (saves scanning the rest).
-        if not text.startswith(name, end + 1):
+        # The samples of one family are contiguous in the text format: once the next line
+        # opens another family, stop (saves scanning the rest). Not at the first line of
+        # another name: a summary's or histogram's _count and _sum lines alternate.
+        if text.startswith("# HELP ", end + 1) or text.startswith("# TYPE ", end + 1):
             pos = len(text)
         if spec.labels:
             labels = _parse_labels(label_text)
@@ -205,8 +211,13 @@ def _adapters(value: str | None) -> frozenset[str]:
 def _int_label(labels: dict[str, str], key: str) -> int:
     try:
         return int(float(labels.get(key, "0")))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, NaN or ±Inf
         return 0
+
+
+def _count(value: float | None) -> int:
+    """A gauge read as a count: NaN, ±Inf and absent read as 0 (never an exception)."""
+    return int(value) if value is not None and math.isfinite(value) else 0
 
 
 def parse_metrics(text: str, names: MetricNames | None = None, now: float | None = None) -> Metrics:
@@ -215,8 +226,8 @@ def parse_metrics(text: str, names: MetricNames | None = None, now: float | None
     Absent metrics read as 0 (GIE stores partial results too).
     """
     names = names or MetricNames()
-    queued = _sum(text, names.queued) or 0.0
-    running = _sum(text, names.running) or 0.0
+    queued = _sum(text, names.queued)
+    running = _sum(text, names.running)
     kv = _max(text, names.kv_usage)
     if kv is None and names.kv_usage_fallback is not None:
         kv = _max(text, names.kv_usage_fallback)
@@ -243,8 +254,8 @@ def parse_metrics(text: str, names: MetricNames | None = None, now: float | None
             num_blocks = _int_label(labels, "num_gpu_blocks")
             break
     return Metrics(
-        waiting_queue_size=int(queued),
-        running_requests_size=int(running),
+        waiting_queue_size=_count(queued),
+        running_requests_size=_count(running),
         kv_cache_usage_percent=float(kv or 0.0),
         active_models=active,
         waiting_models=waiting,
