@@ -16,12 +16,13 @@ import os
 import random
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kvgate.endpoints.outlier import OutlierConfig
 from kvgate.endpoints.pool import EndpointPool, EndpointSpec
 from kvgate.endpoints.scrape import MetricNames, Scraper
 from kvgate.errors import KvgateError
@@ -31,10 +32,13 @@ from kvgate.extproc.health import health_handler
 from kvgate.extproc.messages import body_mode_value
 from kvgate.extproc.stream import ExtProcServicer, RequestStream, add_to_server
 from kvgate.plugins.base import PluginContext
-from kvgate.requestcontrol.control import RequestControl
+from kvgate.requestcontrol.build import build_request_control, load_objectives
 from kvgate.requestcontrol.metrics import RequestMetrics
 from kvgate.requestcontrol.reqlog import flush_request_log
 from kvgate.scheduling.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from kvgate.config.model import PickerConfig
 
 log = logging.getLogger("kvgate.epp")
 
@@ -70,21 +74,31 @@ class EppOptions:
     request_body_mode: str = "FULL_DUPLEX_STREAMED"
     grpc_server: str = "h2"  # one of GRPC_SERVERS
     seed: int = 0
+    #: InferenceObjective documents (YAML) for flow-control priorities; with --pool-name
+    #: they are also watched from the Kubernetes API server.
+    objectives_file: str | None = None
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+    log_requests: bool = True
+
+
+def load_config(opts: EppOptions) -> PickerConfig:
+    """The EndpointPickerConfig from --config-text / --config-file / --policy (GIE's default)."""
+    from kvgate.config import load_picker_config
+
+    if opts.config_text is not None:
+        return load_picker_config(text=opts.config_text)
+    if opts.config_file is not None:
+        return load_picker_config(path=opts.config_file)
+    from kvgate.config.policies import policy_config_text
+
+    return load_picker_config(text=policy_config_text(opts.policy or "llm-d-default"))
 
 
 def load_scheduler(opts: EppOptions, rng: random.Random) -> Scheduler:
-    """Build the scheduler from --config-text / --config-file / --policy (GIE's default)."""
-    from kvgate.config import build_scheduler, load_picker_config
+    """The scheduler the options' EndpointPickerConfig describes."""
+    from kvgate.config import build_scheduler
 
-    if opts.config_text is not None:
-        config = load_picker_config(text=opts.config_text)
-    elif opts.config_file is not None:
-        config = load_picker_config(path=opts.config_file)
-    else:
-        from kvgate.config.policies import policy_config_text
-
-        config = load_picker_config(text=policy_config_text(opts.policy or "llm-d-default"))
-    return build_scheduler(config, PluginContext(rng=rng))
+    return build_scheduler(load_config(opts), PluginContext(rng=rng))
 
 
 class EppServer:
@@ -96,7 +110,13 @@ class EppServer:
         self.pool = EndpointPool()
         pool_label = opts.pool_name or "static"
         self.metrics = RequestMetrics(self.pool, pool_label)
-        self.scheduler = scheduler or load_scheduler(opts, self.rng)
+        self.picker_config: PickerConfig | None = None
+        if scheduler is None:
+            from kvgate.config import build_scheduler
+
+            self.picker_config = load_config(opts)
+            scheduler = build_scheduler(self.picker_config, PluginContext(rng=self.rng))
+        self.scheduler = scheduler
         self.scraper = Scraper(
             self.pool,
             opts.refresh_metrics_interval_s,
@@ -105,7 +125,17 @@ class EppServer:
             opts.model_server_metrics_verify_tls,
             staleness_s=opts.metrics_staleness_s,
         )
-        self.control = RequestControl(self.pool, self.scheduler, self.metrics)
+        self.objectives = load_objectives(opts.objectives_file)
+        self.control = build_request_control(
+            self.pool,
+            self.scheduler,
+            self.metrics,
+            self.picker_config,
+            objectives=self.objectives,
+            outlier=opts.outlier,
+            log_requests=opts.log_requests,
+            pool_name=pool_label,
+        )
         self.director = Director(self.control, self.rng)
         self._discovery: Any = None
         self._grpc: grpc.aio.Server | None = None
@@ -122,6 +152,7 @@ class EppServer:
             raise KvgateError(f"grpc_server {opts.grpc_server!r}: expected one of {GRPC_SERVERS}")
         await self._start_discovery()
         await self.scheduler.start()
+        await self.control.start()
         await self.scraper.start()
         options = [("grpc.so_reuseport", 0)]
         address = f"{opts.grpc_host}:{opts.grpc_port}"
@@ -223,6 +254,7 @@ class EppServer:
         if self._discovery is not None:
             await self._discovery.stop()
         await self.scraper.stop()
+        await self.control.stop()
         await self.scheduler.stop()
         flush_request_log()
 
