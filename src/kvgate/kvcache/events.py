@@ -23,6 +23,12 @@ always written, so vLLM's own strict decoder accepts what kvgate sends.
 
 The public event classes are lenient (every field after ``block_size`` has a default) so
 older and newer producers decode; encoding converts to strict private twins.
+
+These structs stand in for vLLM's own (vllm/distributed/kv_events.py), which kvgate does not
+import: vLLM is a separate environment. No benchmark chose them; the reason is the import.
+tests/kvcache/test_events_differential.py decodes captured vLLM batches and generated ones
+encoded by a restatement of vLLM's structs, checks vLLM's strict decoder reads what this
+module encodes, and that any other payload raises only ``msgspec.DecodeError``.
 """
 
 from __future__ import annotations
