@@ -7,7 +7,7 @@ ENGINE ?= vllm
 # Where `make vllm` puts the engine's own virtual environment (kept apart from kvgate's).
 export KVGATE_VLLM_VENV ?= $(CURDIR)/.venv-vllm
 
-.PHONY: install lint typecheck unit test up clean help
+.PHONY: install lint typecheck unit test up image clean help
 
 help:
 	@echo "make up            install what is needed, then kvgate up (real vLLM replicas of SmolLM2 on CPU)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test          ruff, mypy and pytest (includes the real-vLLM tier)"
 	@echo "make vllm          create the vLLM engine environment ($(KVGATE_VLLM_VENV))"
 	@echo "make model         prepare SmolLM2-135M-Instruct for vLLM (kvgate model prepare)"
+	@echo "make image         build localhost/kvgate:<version> (deploy/image/build.sh; not part of make test)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +47,11 @@ else
 	$(MAKE) vllm model
 	$(BIN)/kvgate up --engine $(ENGINE)
 endif
+
+# Minutes (a Debian root filesystem and every wheel): kept out of `make test`, whose
+# tests/k8s/test_image.py runs the image only when it exists.
+image: install
+	PYTHON=$(CURDIR)/$(BIN)/python deploy/image/build.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
