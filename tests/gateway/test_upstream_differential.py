@@ -14,6 +14,7 @@ The places they differ on purpose are asserted in tests of their own below (each
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,22 +41,52 @@ class Answer:
     reason: str = ""
 
 
-async def _serve_once(wire: bytes, piece: int) -> tuple[asyncio.Server, int]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await reader.readexactly(len(REQUEST_BODY))
-        step = piece or len(wire) or 1
-        for i in range(0, len(wire), step):
-            writer.write(wire[i : i + step])
-            await writer.drain()
-        writer.close()
+class OneShotServer:
+    """A loopback server that answers each request with ``wire`` (in ``piece``-byte writes),
+    then closes; :meth:`close` waits until every connection's handler has finished, so no
+    socket outlives the test."""
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+    def __init__(self, wire: bytes, piece: int = 0, keep_alive: bool = False) -> None:
+        self.wire, self.piece, self.keep_alive = wire, piece, keep_alive
+        self.connections = 0
+        self.handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        self.connections += 1
+        step = self.piece or len(self.wire) or 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(len(REQUEST_BODY))
+                for i in range(0, len(self.wire), step):
+                    writer.write(self.wire[i : i + step])
+                    await writer.drain()
+                if not self.keep_alive:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client hung up: what the test is about, often
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        if self.handlers:
+            await asyncio.wait(self.handlers, timeout=5)
 
 
 async def kvgate_reads(wire: bytes, piece: int = 0) -> Answer:
-    server, port = await _serve_once(wire, piece)
+    server = OneShotServer(wire, piece)
+    port = await server.start()
     client = UpstreamClient()
     try:
         async with asyncio.timeout(5):
@@ -72,8 +103,7 @@ async def kvgate_reads(wire: bytes, piece: int = 0) -> Answer:
             return Answer(True, resp.status, body)
     finally:
         await client.close()
-        server.close()
-        await server.wait_closed()
+        await server.close()
 
 
 def h11_reads(wire: bytes) -> Answer:
@@ -256,31 +286,15 @@ async def test_bytes_past_the_end_of_an_answer_retire_the_connection() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nEXTRA",
     ):
-        connections = 0
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal connections
-            connections += 1
-            while True:
-                try:
-                    await reader.readuntil(b"\r\n\r\n")
-                    await reader.readexactly(len(REQUEST_BODY))
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                writer.write(extra)  # noqa: B023 - used within the iteration
-                await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        server = OneShotServer(extra, keep_alive=True)
+        port = await server.start()
         client = UpstreamClient()
         try:
             for _ in range(2):
                 resp = await client.post("127.0.0.1", port, "/", [], REQUEST_BODY)
                 assert await resp.read() == b"ok"
                 resp.release()
-            assert connections == 2
+            assert server.connections == 2
         finally:
             await client.close()
-            server.close()
-            await server.wait_closed()
+            await server.close()
