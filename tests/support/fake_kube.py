@@ -11,11 +11,15 @@ same JSON shapes, so the production client library (``kubernetes.aio``) drives i
   one that starts matching as ``ADDED``; a resourceVersion older than the compaction point
   gets an ``ERROR`` event with a 410 ``Expired`` Status;
 * ``GET /apis/{group}/{version}/namespaces/{ns}/inferencepools/{name}`` and the list/watch
-  of inferencepools.
+  of inferencepools;
+* the list/watch of ``inferenceobjectives`` for each apiVersion in ``objective_api_versions``
+  (both ``llm-d.ai/v1alpha2`` and ``inference.networking.x-k8s.io/v1alpha2`` by default; a
+  version left out answers 404, as a cluster without that CRD does). Objectives are kept per
+  API group, so the same name may exist in both.
 
 Every mutation bumps one global resourceVersion, as etcd's revision does. Tests drive it
 through methods (``add_pod``, ``set_ready``, ``set_labels``, ``terminate``, ``delete_pod``,
-``break_watches``, ``compact``) on the same event loop as the client.
+``add_objective``, ``update_objective``, ``delete_objective``, ``break_watches``, ``compact``) on the same event loop as the client.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ from aiohttp import web
 Obj = dict[str, Any]
 
 _PLURALS = {"pods": "Pod", "inferencepools": "InferencePool"}
+OBJECTIVE_API_VERSIONS = ("llm-d.ai/v1alpha2", "inference.networking.x-k8s.io/v1alpha2")
+
+
+def objective_kind(api_version: str) -> str:
+    """The store's kind key for InferenceObjectives of ``api_version``'s group."""
+    return f"InferenceObjective.{api_version.split('/')[0]}"
 
 
 def selector_matches(selector: str, labels: dict[str, str]) -> bool:
@@ -58,7 +68,7 @@ def selector_matches(selector: str, labels: dict[str, str]) -> bool:
 @dataclass
 class _Event:
     rv: int
-    kind: str  # "Pod" / "InferencePool"
+    kind: str  # "Pod" / "InferencePool" / objective_kind(apiVersion)
     namespace: str
     type: str  # ADDED / MODIFIED / DELETED
     old: Obj | None
@@ -85,6 +95,7 @@ class FakeKube:
         self._watchers: list[_Watcher] = []
         self._responses: set[web.StreamResponse] = set()
         self.requests: list[str] = []  # "GET path?query" of every request, for assertions
+        self.objective_api_versions: set[str] = set(OBJECTIVE_API_VERSIONS)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -263,6 +274,54 @@ class FakeKube:
         pool["spec"].update(spec)
         return self._store("InferencePool", pool)
 
+    def add_objective(
+        self,
+        name: str,
+        pool: str,
+        priority: int | None = None,
+        *,
+        namespace: str = "default",
+        api_version: str = "llm-d.ai/v1alpha2",
+        pool_group: str | None = None,
+    ) -> Obj:
+        """An InferenceObjective; ``priority`` None leaves it unset, ``pool_group`` None
+        leaves poolRef.group out (the CRD's default, inference.networking.k8s.io, applies)."""
+        pool_ref: Obj = {"name": pool}
+        if pool_group is not None:
+            pool_ref["group"] = pool_group
+        spec: Obj = {"poolRef": pool_ref}
+        if priority is not None:
+            spec["priority"] = priority
+        objective: Obj = {
+            "apiVersion": api_version,
+            "kind": "InferenceObjective",
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+            "spec": spec,
+        }
+        return self._store(objective_kind(api_version), objective)
+
+    def objective(
+        self, name: str, namespace: str = "default", api_version: str = "llm-d.ai/v1alpha2"
+    ) -> Obj:
+        return copy.deepcopy(self.objects[(objective_kind(api_version), namespace, name)])
+
+    def update_objective(
+        self,
+        name: str,
+        namespace: str = "default",
+        api_version: str = "llm-d.ai/v1alpha2",
+        **spec: Any,
+    ) -> Obj:
+        objective = self.objective(name, namespace, api_version)
+        objective["spec"].update(spec)
+        return self._store(objective_kind(api_version), objective)
+
+    def delete_objective(
+        self, name: str, namespace: str = "default", api_version: str = "llm-d.ai/v1alpha2"
+    ) -> Obj:
+        objective = self.objective(name, namespace, api_version)
+        return self._store(objective_kind(api_version), objective, "DELETED")
+
     def break_watches(self) -> int:
         """Cut every open watch stream (as an apiserver restart or a load balancer would)."""
         n = len(self._watchers)
@@ -287,6 +346,16 @@ class FakeKube:
 
     def _kind(self, request: web.Request) -> str:
         plural = request.match_info.get("plural", "pods")
+        if plural == "inferenceobjectives":
+            api_version = f"{request.match_info['group']}/{request.match_info['version']}"
+            if api_version not in self.objective_api_versions:
+                raise web.HTTPNotFound(
+                    content_type="application/json",
+                    text=_status(
+                        404, "NotFound", "the server could not find the requested resource"
+                    ),
+                )
+            return objective_kind(api_version)
         kind = _PLURALS.get(plural)
         if kind is None:
             raise web.HTTPNotFound(text=_status(404, "NotFound", f"unknown resource {plural}"))
@@ -331,7 +400,7 @@ class FakeKube:
             return web.json_response(
                 {
                     "apiVersion": "v1",
-                    "kind": f"{kind}List",
+                    "kind": f"{kind.split('.')[0]}List",
                     "metadata": {"resourceVersion": str(self.rv)},
                     "items": items,
                 }

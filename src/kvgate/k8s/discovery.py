@@ -12,24 +12,21 @@ chose it). Two loops run:
 * **pool**: watch the InferencePool object itself; a changed selector or port list
   re-lists the pods.
 
-Response bodies are read as raw JSON (``*_without_preload_content``): the generated model
-classes are not needed and would cost a deserialisation per event.
+The connection and the reading of list/watch answers are shared with the InferenceObjective
+watcher (kvgate.k8s.apiclient).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-import aiohttp
 
 from kvgate.endpoints.pool import EndpointPool, EndpointSpec
 from kvgate.errors import KvgateError
+from kvgate.k8s.apiclient import WatchExpired, connect, json_or_raise, watch_events
 from kvgate.k8s.inferencepool import (
     PLURAL,
     PoolSpec,
@@ -40,11 +37,7 @@ from kvgate.k8s.inferencepool import (
 
 log = logging.getLogger("kvgate.k8s")
 
-_SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-
-class WatchExpired(Exception):
-    """The server answered 410 Gone: the resourceVersion is too old; re-list."""
+__all__ = ["PoolWatcher", "WatchExpired"]
 
 
 class PoolWatcher:
@@ -87,16 +80,9 @@ class PoolWatcher:
 
     async def start(self, wait_synced_s: float | None = 30.0) -> None:
         """Connect, then start the loops; waits for the first pod list unless None."""
-        from kubernetes.aio import client, config
+        from kubernetes.aio import client
 
-        configuration = client.Configuration()
-        if self.kubeconfig or os.environ.get("KUBECONFIG") or not os.path.exists(_SA_TOKEN):
-            await config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=self.kubeconfig, client_configuration=configuration
-            )
-        else:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        self._api = client.ApiClient(configuration)
+        self._api = await connect(self.kubeconfig)
         self._core = client.CoreV1Api(self._api)
         self._custom = client.CustomObjectsApi(self._api)
         loop = asyncio.get_running_loop()
@@ -132,7 +118,7 @@ class PoolWatcher:
         resp = await self._custom.get_namespaced_custom_object_without_preload_content(
             self.group, self.version, self.namespace, PLURAL, self.name, _request_timeout=30.0
         )
-        obj = await _json_or_raise(resp)
+        obj = await json_or_raise(resp)
         return parse_pool(obj)
 
     async def _run_pool(self) -> None:
@@ -154,7 +140,7 @@ class PoolWatcher:
                     timeout_seconds=self.watch_timeout_s,
                     _request_timeout=float(self.watch_timeout_s + 30),
                 )
-                async for etype, obj in _events(resp):
+                async for etype, obj in watch_events(resp):
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)
                     if etype in ("ADDED", "MODIFIED"):
                         spec = parse_pool(obj)
@@ -182,7 +168,7 @@ class PoolWatcher:
         resp = await self._core.list_namespaced_pod_without_preload_content(
             self.namespace, label_selector=self.spec.label_selector, _request_timeout=60.0
         )
-        body = await _json_or_raise(resp)
+        body = await json_or_raise(resp)
         self.lists += 1
         specs: list[EndpointSpec] = []
         self._pod_endpoints.clear()
@@ -238,7 +224,7 @@ class PoolWatcher:
                     timeout_seconds=self.watch_timeout_s,
                     _request_timeout=float(self.watch_timeout_s + 30),
                 )
-                async for etype, obj in _events(resp):
+                async for etype, obj in watch_events(resp):
                     rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if etype != "BOOKMARK":
                         self._apply(etype, obj)
@@ -258,42 +244,3 @@ class PoolWatcher:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
-
-
-async def _json_or_raise(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    async with resp:
-        text = await resp.text()
-        if resp.status == 410:
-            raise WatchExpired()
-        if resp.status != 200:
-            raise KvgateError(
-                f"Kubernetes API {resp.method} {resp.url.path}: {resp.status} {text[:300]}"
-            )
-    obj = json.loads(text)
-    if not isinstance(obj, dict):
-        raise KvgateError(f"Kubernetes API {resp.url.path}: expected a JSON object")
-    return obj
-
-
-async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """(type, object) of each line of a watch stream; raises WatchExpired on 410."""
-    async with resp:
-        if resp.status == 410:
-            raise WatchExpired()
-        if resp.status != 200:
-            text = await resp.text()
-            raise KvgateError(f"Kubernetes watch {resp.url.path}: {resp.status} {text[:300]}")
-        while True:
-            line = await resp.content.readline()
-            if not line:
-                return  # the server ended the watch (timeoutSeconds)
-            if not line.strip():
-                continue
-            event = json.loads(line)
-            etype = event.get("type", "")
-            obj = event.get("object") or {}
-            if etype == "ERROR":
-                if obj.get("code") == 410:
-                    raise WatchExpired()
-                raise KvgateError(f"watch error: {obj.get('code')} {obj.get('message')}")
-            yield etype, obj
