@@ -83,7 +83,7 @@ class Forwarder:
         return body
 
     async def forward(
-        self, req: web.Request, ctx: RequestContext, body: bytes, upstream_path: str
+        self, req: web.BaseRequest, ctx: RequestContext, body: bytes, upstream_path: str
     ) -> web.StreamResponse:
         assert ctx.request is not None and ctx.result is not None
         request = ctx.request
@@ -172,7 +172,7 @@ class Forwarder:
 
     async def _relay(
         self,
-        req: web.Request,
+        req: web.BaseRequest,
         ctx: RequestContext,
         upstream: UpstreamResponse,
         deadline: float,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
@@ -43,6 +44,9 @@ from kvgate.scheduling.scheduler import Scheduler
 from kvgate.scheduling.types import RequestKind
 
 log = logging.getLogger("kvgate.gateway")
+
+#: A route's handler: the request and the ``namespace/name`` of a service path, if any.
+Handler = Callable[[web.BaseRequest, str | None], Awaitable[web.StreamResponse]]
 
 
 def scheduling_error_response(exc: SchedulingError, retry_after_s: float) -> web.Response:
@@ -80,25 +84,40 @@ class Gateway:
         self.auth = ApiKeyChecker(settings.api_keys)
         self._client: UpstreamClient | None = None
         self._forwarder: Forwarder | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.BaseRunner | None = None
         self.port: int = settings.port
-        self.app = self._build_app()
+        self._build_routes()
+        self._service_handlers = {self._chat, self._completions, self._models}
         self._started_plugins = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
-        r = app.router
-        for prefix in ("/v1", "/{namespace}/{name}/v1"):
-            r.add_post(prefix + "/chat/completions", self._chat)
-            r.add_post(prefix + "/completions", self._completions)
-            r.add_get(prefix + "/models", self._models)
-        r.add_get("/health", self._health)
-        r.add_get("/ready", self._ready)
-        r.add_get("/metrics", self._metrics)
-        r.add_route("*", "/{tail:.*}", self._not_found)
-        return app
+    def _build_routes(self) -> None:
+        """``(method, path) -> handler``; ``/<namespace>/<name>/v1/...`` maps to the same."""
+        self._routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/completions"): self._completions,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/health"): self._health,
+            ("GET", "/ready"): self._ready,
+            ("GET", "/metrics"): self._metrics,
+        }
+
+    async def _dispatch(self, req: web.BaseRequest) -> web.StreamResponse:
+        """aiohttp's low-level server hands every request here: one dict lookup instead of
+        the URL dispatcher, middlewares and application object of ``web.Application`` (a
+        fifth of the gateway's CPU per request, docs/PERFORMANCE.md)."""
+        path = req.path
+        handler = self._routes.get((req.method, path))
+        if handler is not None:
+            return await handler(req, None)
+        # /<namespace>/<name>/v1/...: the seed's service path shape
+        parts = path.split("/", 3)
+        if len(parts) == 4 and parts[1] and parts[2] and parts[3].startswith("v1/"):
+            handler = self._routes.get((req.method, "/" + parts[3]))
+            if handler is not None and handler in self._service_handlers:
+                return await handler(req, f"{parts[1]}/{parts[2]}")
+        return json_error(404, f"no route for {req.method} {path}", code="not_found")
 
     async def start(self) -> None:
         """Start the client, scraper, watcher and plugins, then listen."""
@@ -112,12 +131,8 @@ class Gateway:
         await self.scraper.start()
         if self.watcher is not None:
             await self.watcher.start()
-        self._runner = web.AppRunner(
-            self.app,
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=self.settings.shutdown_timeout_s,
-        )
+        server = web.Server(self._dispatch, handler_cancellation=True, access_log=None)
+        self._runner = web.ServerRunner(server, shutdown_timeout=self.settings.shutdown_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, self.settings.host, self.settings.port, reuse_address=True, backlog=1024
@@ -153,39 +168,34 @@ class Gateway:
 
     # --- small routes -----------------------------------------------------------------------
 
-    async def _health(self, _: web.Request) -> web.Response:
+    async def _health(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)
 
-    async def _ready(self, _: web.Request) -> web.Response:
+    async def _ready(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
         ready = len(self.pool.candidates())
         body = msgspec.json.encode({"ready": ready > 0, "endpoints_in_rotation": ready})
         return web.Response(status=200 if ready else 503, body=body, content_type=JSON)
 
-    async def _metrics(self, _: web.Request) -> web.Response:
+    async def _metrics(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
 
-    async def _not_found(self, req: web.Request) -> web.Response:
-        return json_error(404, f"no route for {req.method} {req.path}", code="not_found")
-
-    def _check_service_path(self, req: web.Request) -> web.Response | None:
-        ns = req.match_info.get("namespace")
-        if ns is None or self.settings.service_path is None:
+    def _check_service_path(self, service: str | None) -> web.Response | None:
+        if service is None or self.settings.service_path is None:
             return None
-        if f"{ns}/{req.match_info.get('name')}" != self.settings.service_path:
+        if service != self.settings.service_path:
             return json_error(
                 404,
-                f"no service {ns}/{req.match_info.get('name')} here; "
-                f"use /{self.settings.service_path}/v1 or /v1",
+                f"no service {service} here; use /{self.settings.service_path}/v1 or /v1",
                 code="not_found",
             )
         return None
 
-    async def _models(self, req: web.Request) -> web.Response:
+    async def _models(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
         if not self.auth.check(req.headers.get("Authorization")):
             return json_error(401, "missing or invalid API key (Authorization: Bearer <key>)")
-        bad = self._check_service_path(req)
+        bad = self._check_service_path(service)
         if bad is not None:
             return bad
         entries = self.scraper.model_entries()
@@ -199,21 +209,21 @@ class Gateway:
 
     # --- inference --------------------------------------------------------------------------
 
-    async def _chat(self, req: web.Request) -> web.StreamResponse:
-        return await self._inference(req, "chat", "/v1/chat/completions")
+    async def _chat(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
+        return await self._inference(req, service, "chat", "/v1/chat/completions")
 
-    async def _completions(self, req: web.Request) -> web.StreamResponse:
-        return await self._inference(req, "completions", "/v1/completions")
+    async def _completions(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
+        return await self._inference(req, service, "completions", "/v1/completions")
 
     async def _inference(
-        self, req: web.Request, kind: RequestKind, upstream_path: str
+        self, req: web.BaseRequest, service: str | None, kind: RequestKind, upstream_path: str
     ) -> web.StreamResponse:
         control = self.control
         ctx = control.begin("gateway", req.path)
         control.started(ctx)
         status = 0
         try:
-            resp = await self._serve(req, kind, upstream_path, ctx)
+            resp = await self._serve(req, service, kind, upstream_path, ctx)
             status = ctx.status or resp.status
             return resp
         except asyncio.CancelledError:
@@ -228,19 +238,31 @@ class Gateway:
         finally:
             control.finish(ctx, status)
 
-    async def _read_body(self, req: web.Request) -> bytes:
+    async def _read_body(self, req: web.BaseRequest) -> bytes:
         limit = self.settings.max_body_bytes
         if req.content_length is not None and req.content_length > limit:
             raise PayloadTooLargeError(
                 f"request body of {req.content_length} bytes exceeds the limit of {limit} bytes"
             )
-        try:
-            return await req.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes") from exc
+        chunks: list[bytes] = []
+        size = 0
+        content = req.content
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
 
     async def _serve(
-        self, req: web.Request, kind: RequestKind, upstream_path: str, ctx: RequestContext
+        self,
+        req: web.BaseRequest,
+        service: str | None,
+        kind: RequestKind,
+        upstream_path: str,
+        ctx: RequestContext,
     ) -> web.StreamResponse:
         if not self.auth.check(req.headers.get("Authorization")):
             ctx.error = "unauthorized"
@@ -249,7 +271,7 @@ class Gateway:
                 "missing or invalid API key (send Authorization: Bearer <key>)",
                 code="invalid_api_key",
             )
-        bad = self._check_service_path(req)
+        bad = self._check_service_path(service)
         if bad is not None:
             ctx.error = "not_found"
             return bad

@@ -12,7 +12,10 @@ process, e.g. in tests). Names follow the projects users already have dashboards
 
 The hit rate is computed at scrape time from the counters the replicas report
 (``vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total`` over the pool). Children
-of labelled series are cached: ``labels()`` takes a lock and builds a tuple on every call.
+of prometheus_client's labelled counters are cached (``labels()`` takes a lock and builds a tuple
+on every call); histograms are kvgate's own (:mod:`.histogram`: one bisect per observation,
+the library's exposition), one set of counts per measurement even where GIE and kvgate name it
+differently.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kvgate.endpoints.pool import EndpointPool
 from kvgate.kvcache.metrics import register_metrics as register_kv_metrics
+from kvgate.requestcontrol.histogram import Histogram
 
 #: Request latencies (seconds): the gateway's own buckets, fine below a second.
 LATENCY_BUCKETS = (
@@ -146,13 +150,12 @@ class RequestMetrics:
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
-        )
-        self.ttft_llmd = Histogram(
-            "vllm_llmd_time_to_first_token_seconds",
-            "Time to first token seen at the gateway (the llm-d course dashboards' name)",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            aliases=[
+                (
+                    "vllm_llmd_time_to_first_token_seconds",
+                    "Time to first token seen at the gateway (the llm-d course dashboards' name)",
+                )
+            ],
         )
         self.prompt_tokens = Counter(
             "kvgate_prompt_tokens", "Prompt tokens reported in usage", ["model"], registry=r
@@ -186,6 +189,12 @@ class RequestMetrics:
             "Time to run the scheduling profiles for one request",
             buckets=FAST_BUCKETS,
             registry=r,
+            aliases=[
+                (
+                    "inference_extension_scheduler_e2e_duration_seconds",
+                    "End-to-end scheduling latency distribution in seconds.",
+                )
+            ],
         )
         self.plugin = Histogram(
             "kvgate_plugin_duration_seconds",
@@ -193,6 +202,13 @@ class RequestMetrics:
             ["extension_point", "plugin_type", "plugin_name"],
             buckets=FAST_BUCKETS,
             registry=r,
+            aliases=[
+                (
+                    "inference_extension_plugin_duration_seconds",
+                    "Plugin processing latency distribution in seconds for each extension "
+                    "point, plugin type and plugin name.",
+                )
+            ],
         )
         # --- per request, GIE's names
         self.objective_requests = Counter(
@@ -236,20 +252,6 @@ class RequestMetrics:
             ["model_name"],
             registry=r,
         )
-        self.scheduler_e2e = Histogram(
-            "inference_extension_scheduler_e2e_duration_seconds",
-            "End-to-end scheduling latency distribution in seconds.",
-            buckets=FAST_BUCKETS,
-            registry=r,
-        )
-        self.plugin_duration = Histogram(
-            "inference_extension_plugin_duration_seconds",
-            "Plugin processing latency distribution in seconds for each extension point, "
-            "plugin type and plugin name.",
-            ["extension_point", "plugin_type", "plugin_name"],
-            buckets=FAST_BUCKETS,
-            registry=r,
-        )
         r.register(_PoolCollector(pool, pool_name))
         register_kv_metrics(r)  # the precise scorer's index and event intake, if any
         self._children: dict[tuple[object, ...], Any] = {}
@@ -263,20 +265,11 @@ class RequestMetrics:
         return found
 
     def observe_plugin(self, point: str, type_name: str, name: str, seconds: float) -> None:
-        """The Scheduler's ``observe`` hook: one plugin call, under both names."""
-        key = (point, type_name, name)
-        pair = self._children.get(key)
-        if pair is None:
-            pair = self._children[key] = (
-                self.plugin.labels(point, type_name, name),
-                self.plugin_duration.labels(point, type_name, name),
-            )
-        pair[0].observe(seconds)
-        pair[1].observe(seconds)
+        """The Scheduler's ``observe`` hook: one plugin call (exported under both names)."""
+        self.plugin.labels(point, type_name, name).observe(seconds)
 
     def scheduled(self, endpoint: str, seconds: float) -> None:
         self.scheduling.observe(seconds)
-        self.scheduler_e2e.observe(seconds)
         self.child(self.picks, endpoint).inc()
 
     def started(self, model: str) -> None:
@@ -300,22 +293,21 @@ class RequestMetrics:
         self.in_flight.dec()
         self.child(self.running, model).dec()
         self.child(self.requests, model, endpoint, str(status)).inc()
-        self.child(self.e2e, model).observe(seconds)
+        self.e2e.labels(model).observe(seconds)
         self.child(self.objective_requests, model, target_model).inc()
-        self.child(self.objective_duration, model, target_model).observe(seconds)
+        self.objective_duration.labels(model, target_model).observe(seconds)
         if error is not None or status >= 400:
             code = str(status) if status else error or "unknown"
             self.child(self.objective_errors, model, target_model, code).inc()
         if ttft_s is not None:
-            self.child(self.ttft, model).observe(ttft_s)
-            self.child(self.ttft_llmd, model).observe(ttft_s)
+            self.ttft.labels(model).observe(ttft_s)
         if prompt_tokens:
             self.child(self.prompt_tokens, model).inc(prompt_tokens)
-            self.child(self.input_tokens, model, target_model).observe(prompt_tokens)
+            self.input_tokens.labels(model, target_model).observe(prompt_tokens)
         if cached_tokens:
             self.child(self.cached_tokens, model).inc(cached_tokens)
         if completion_tokens is not None:
-            self.child(self.output_tokens, model, target_model).observe(completion_tokens)
+            self.output_tokens.labels(model, target_model).observe(completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
