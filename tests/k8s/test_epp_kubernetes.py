@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
@@ -174,3 +174,107 @@ async def test_seed_args_drive_discovery_tls_and_routing(kube: FakeKube, tmp_pat
         proc.stop()
         for runner in runners:
             await runner.cleanup()
+
+
+FLOW_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: max-score-picker
+"""
+
+
+async def test_inference_objective_priority_from_the_api_server(
+    kube: FakeKube, tmp_path: Path
+) -> None:
+    """An InferenceObjective in the pool's namespace sets the priority of requests naming it
+    (flow control counts them in that band; another pool's objective counts as 0), and a
+    change of spec.priority is followed through the watch."""
+    from extproc.epp_rig import BASE, body_msg, headers_msg
+
+    ns, pool = "llm", "qwen-pool"
+    labels = {"app": "qwen"}
+    runner, model = await start_metrics_server(page=METRICS)
+    kube.add_pool(pool, labels, [int(model.rsplit(":", 1)[1])], namespace=ns)
+    kube.add_pod("qwen-a", "127.0.0.1", labels, namespace=ns, ready=True)
+    kube.add_objective("interactive", pool, 7, namespace=ns)
+    kube.add_objective("other", "another-pool", 9, namespace=ns)
+    grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+    args = ["--pool-name", pool, "--pool-namespace", ns, "--zap-encoder", "json"]
+    args += ["--config-text", FLOW_CONFIG, "--host", "127.0.0.1", "--secure-serving=false"]
+    args += ["--grpc-port", str(grpc_port), "--grpc-health-port", str(health_port)]
+    args += ["--metrics-port", str(metrics_port)]
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    args += ["--kubeconfig", str(kube.write_kubeconfig(tmp_path / "kubeconfig", ns))]
+    proc = Proc(kvgate_cmd("epp", *args), tmp_path / "epp.log")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+    health = grpc.aio.insecure_channel(f"127.0.0.1:{health_port}")
+    try:
+        check = health.unary_unary("/grpc.health.v1.Health/Check")
+
+        async def serving() -> bool:
+            assert proc.alive(), proc.log()[-3000:]
+            return bool(await check(b"", timeout=1) == b"\x08\x01")
+
+        await eventually(serving, "health SERVING", timeout_s=90)  # slow imports, busy CPU
+        stub = ep_grpc.ExternalProcessorStub(channel)
+
+        async def one_request(objective: str) -> None:
+            call = stub.Process()
+            headers = {**BASE, "x-gateway-inference-objective": objective}
+            body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+            for msg in (headers_msg(headers), body_msg(body)):
+                await call.write(msg)
+            for _ in range(2):  # the routing reply: headers, then the body
+                await asyncio.wait_for(call.read(), 5)
+            await call.write(
+                ep.ProcessingRequest(
+                    response_headers=ep.HttpHeaders(
+                        headers=core.HeaderMap(
+                            headers=[core.HeaderValue(key=":status", raw_value=b"200")]
+                        ),
+                        end_of_stream=True,
+                    )
+                )
+            )
+            await asyncio.wait_for(call.read(), 5)
+            await call.done_writing()
+
+        async def dispatched(priority: int) -> float:
+            async with ClientSession() as http, http.get(metrics_url) as resp:
+                page = await resp.text()
+            wanted = (
+                "inference_extension_flow_control_requests_total{"
+                f'inference_pool="{pool}",outcome="Dispatched",priority="{priority}"}}'
+            )
+            lines = [line for line in page.splitlines() if line.startswith(wanted)]
+            return float(lines[0].split()[-1]) if lines else 0.0
+
+        await one_request("interactive")
+        await one_request("other")  # another pool's objective: priority 0
+        assert await dispatched(7) == 1
+        assert await dispatched(0) == 1
+
+        # the watcher said what it found, in the EPP's JSON log
+        found = [json.loads(x)["msg"] for x in proc.log().splitlines() if x.startswith("{")]
+        assert f"InferenceObjectives (llm-d.ai/v1alpha2) for pool {pool}: 1 at " in " ".join(found)
+
+        kube.update_objective("interactive", namespace=ns, priority=3)
+
+        async def changed() -> bool:
+            await one_request("interactive")
+            return await dispatched(3) >= 1
+
+        await eventually(changed, "spec.priority change followed", timeout_s=5)
+    finally:
+        await channel.close()
+        await health.close()
+        proc.stop()
+        await runner.cleanup()

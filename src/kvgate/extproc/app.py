@@ -39,6 +39,7 @@ from kvgate.scheduling.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from kvgate.config.model import PickerConfig
+    from kvgate.k8s.objectives import ObjectiveWatcher
 
 log = logging.getLogger("kvgate.epp")
 
@@ -138,6 +139,7 @@ class EppServer:
         )
         self.director = Director(self.control, self.rng)
         self._discovery: Any = None
+        self._objective_watcher: ObjectiveWatcher | None = None
         self._grpc: grpc.aio.Server | None = None
         self._h2: H2ExtProcServer | None = None
         self._health: grpc.aio.Server | None = None
@@ -217,6 +219,19 @@ class EppServer:
             )
             await watcher.start()
             self._discovery = watcher
+            # InferenceObjective priorities of this pool, over --objectives FILE's (the file's
+            # are the base: a watched objective of the same name overrides it while it exists)
+            from kvgate.k8s.objectives import ObjectiveWatcher
+
+            objectives = ObjectiveWatcher(
+                self.objectives,
+                pool_name=opts.pool_name,
+                namespace=opts.pool_namespace,
+                pool_group=opts.pool_group,
+                kubeconfig=opts.kubeconfig,
+            )
+            await objectives.start()
+            self._objective_watcher = objectives
             self.synced = True
             return
         if opts.endpoints_file:
@@ -253,6 +268,8 @@ class EppServer:
             await self._metrics_runner.cleanup()
         if self._discovery is not None:
             await self._discovery.stop()
+        if self._objective_watcher is not None:
+            await self._objective_watcher.stop()
         await self.scraper.stop()
         await self.control.stop()
         await self.scheduler.stop()
