@@ -359,8 +359,9 @@ class RequestControl:
         ctx.status = status
         if error is not None:
             ctx.error = error
-        if ctx.attempt_open:
-            self.end_attempt(ctx, ResponseInfo(status=0, error=ctx.error or "client_disconnect"))
+        if ctx.attempt_open:  # the front door never saw the attempt end: the client left
+            ctx.error = ctx.error or "client_disconnect"
+            self.end_attempt(ctx, ResponseInfo(status=0, error=ctx.error))
         if self.retry_budget is not None:
             self.retry_budget.request_finished()
         elapsed = time.perf_counter() - ctx.started
