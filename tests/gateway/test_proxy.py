@@ -1,41 +1,14 @@
-"""The gateway's I/O-free pieces: usage parsing, header filtering, SSE errors, auth, order."""
+"""The gateway's I/O-free pieces: header filtering, auth, attempt order (usage and error
+shapes are tests/openai/'s)."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from kvgate.gateway.auth import ApiKeyChecker, load_api_keys
 from kvgate.gateway.proxy import downstream_headers, upstream_headers
-from kvgate.openai.errors import sse_error_event
-from kvgate.openai.usage import usage_from_json, usage_from_sse
 from kvgate.requestcontrol.control import attempt_order
 from kvgate.scheduling.types import Endpoint, ProfileRunResult, SchedulingResult, ScoredEndpoint
-
-
-def test_usage_from_json_and_sse() -> None:
-    body = json.dumps(
-        {
-            "usage": {
-                "prompt_tokens": 7,
-                "completion_tokens": 2,
-                "prompt_tokens_details": {"cached_tokens": 4},
-            }
-        }
-    ).encode()
-    u = usage_from_json(body)
-    assert u is not None and (u.prompt_tokens, u.completion_tokens, u.cached_tokens) == (7, 2, 4)
-    assert usage_from_json(b"not json") is None
-    assert usage_from_json(b'{"usage": null}') is None
-    tail = (
-        b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n'
-        b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1}}\n\n'
-        b"data: [DONE]\n\n"
-    )
-    u = usage_from_sse(tail)
-    assert u is not None and u.prompt_tokens == 9 and u.cached_tokens is None
-    assert usage_from_sse(b"data: [DONE]\n\n") is None
 
 
 def test_headers_filtered_both_ways() -> None:
@@ -59,13 +32,6 @@ def test_headers_filtered_both_ways() -> None:
         [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked"), ("Server", "x")]
     )
     assert down == {"Content-Type": "text/event-stream"}
-
-
-def test_sse_error_event_is_openai_shaped() -> None:
-    event = sse_error_event("boom", status=502)
-    first, second = event.split(b"\n\n")[:2]
-    assert json.loads(first[len(b"data: ") :])["error"]["message"] == "boom"
-    assert second == b"data: [DONE]"
 
 
 def test_api_keys(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
