@@ -134,6 +134,8 @@ async def test_both_groups_the_first_wins_and_unserved_is_rechecked(
     store, watcher = await start_watcher(kube, tmp_path, recheck_s=0.05)
     try:
         assert store.priority("shared") == 1
+        assert any(r.startswith("GET /apis/llm-d.ai/v1alpha2") for r in kube.requests)
+        assert not any("/apis/llm-d.ai/v1alpha2/namespaces" in r for r in kube.requests)
         kube.objective_api_versions.add("llm-d.ai/v1alpha2")  # llm-d's CRD gets installed
         kube.add_objective("shared", POOL, 9, namespace=NS)
         await eventually(lambda: store.priority("shared") == 9, "llm-d.ai object wins")
@@ -178,6 +180,25 @@ async def test_invalid_objective_is_logged_once_and_skipped(
         await eventually(lambda: store.priority("bad") == 5, "fixed objective counts again")
     finally:
         await watcher.stop()
+
+
+async def test_unreadable_installed_version_fails_start_naming_it(
+    kube: FakeKube, tmp_path: Path
+) -> None:
+    kube.forbidden_api_versions = {"llm-d.ai/v1alpha2"}  # installed, but RBAC lacks the group
+    watcher = ObjectiveWatcher(
+        ObjectiveStore(),
+        pool_name=POOL,
+        namespace=NS,
+        kubeconfig=str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
+        backoff_max_s=0.1,
+    )
+    with pytest.raises(KvgateError) as info:
+        await watcher.start(wait_synced_s=1)
+    message = str(info.value)
+    assert message.startswith("InferenceObjectives in namespace llm not readable after 1s: ")
+    assert "llm-d.ai/v1alpha2: Kubernetes API GET " in message and " 403 " in message
+    assert message.endswith("(get/list/watch inferenceobjectives in API group 'llm-d.ai')")
 
 
 async def test_unknown_api_version_is_refused() -> None:

@@ -14,8 +14,11 @@ same JSON shapes, so the production client library (``kubernetes.aio``) drives i
   of inferencepools;
 * the list/watch of ``inferenceobjectives`` for each apiVersion in ``objective_api_versions``
   (both ``llm-d.ai/v1alpha2`` and ``inference.networking.x-k8s.io/v1alpha2`` by default; a
-  version left out answers 404, as a cluster without that CRD does). Objectives are kept per
-  API group, so the same name may exist in both.
+  version left out answers 404, as a cluster without that CRD does; one in
+  ``forbidden_api_versions`` answers 403, as RBAC without that group does). Objectives are
+  kept per API group, so the same name may exist in both;
+* ``GET /apis/{group}/{version}`` -> the ``APIResourceList`` of API discovery (404 for a
+  version that serves nothing here).
 
 Every mutation bumps one global resourceVersion, as etcd's revision does. Tests drive it
 through methods (``add_pod``, ``set_ready``, ``set_labels``, ``terminate``, ``delete_pod``,
@@ -38,6 +41,7 @@ from aiohttp import web
 Obj = dict[str, Any]
 
 _PLURALS = {"pods": "Pod", "inferencepools": "InferencePool"}
+_POOL_API_VERSIONS = ("inference.networking.k8s.io/v1", "inference.networking.x-k8s.io/v1alpha2")
 OBJECTIVE_API_VERSIONS = ("llm-d.ai/v1alpha2", "inference.networking.x-k8s.io/v1alpha2")
 
 
@@ -96,6 +100,7 @@ class FakeKube:
         self._responses: set[web.StreamResponse] = set()
         self.requests: list[str] = []  # "GET path?query" of every request, for assertions
         self.objective_api_versions: set[str] = set(OBJECTIVE_API_VERSIONS)
+        self.forbidden_api_versions: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -107,6 +112,8 @@ class FakeKube:
         app.router.add_get("/version/", self._version)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._list_or_watch)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get)
+        app.router.add_get("/apis/{group}/{version}", self._resources)
+        app.router.add_get("/apis/{group}/{version}/", self._resources)
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._list_or_watch)
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", self._get)
         self._runner = web.AppRunner(
@@ -344,10 +351,48 @@ class FakeKube:
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"})
 
+    async def _resources(self, request: web.Request) -> web.Response:
+        self.requests.append(f"GET {request.path_qs}")
+        api_version = f"{request.match_info['group']}/{request.match_info['version']}"
+        resources = []
+        if api_version in self.objective_api_versions:
+            resources.append(("inferenceobjectives", "InferenceObjective"))
+        if api_version in _POOL_API_VERSIONS:
+            resources.append(("inferencepools", "InferencePool"))
+        if not resources:
+            return web.Response(
+                status=404,
+                content_type="application/json",
+                text=_status(404, "NotFound", "the server could not find the requested resource"),
+            )
+        return web.json_response(
+            {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": api_version,
+                "resources": [
+                    {
+                        "name": plural,
+                        "namespaced": True,
+                        "kind": kind,
+                        "verbs": ["get", "list", "watch"],
+                    }
+                    for plural, kind in resources
+                ],
+            }
+        )
+
     def _kind(self, request: web.Request) -> str:
         plural = request.match_info.get("plural", "pods")
         if plural == "inferenceobjectives":
             api_version = f"{request.match_info['group']}/{request.match_info['version']}"
+            if api_version in self.forbidden_api_versions:
+                raise web.HTTPForbidden(
+                    content_type="application/json",
+                    text=_status(
+                        403, "Forbidden", f"inferenceobjectives.{api_version} is forbidden"
+                    ),
+                )
             if api_version not in self.objective_api_versions:
                 raise web.HTTPNotFound(
                     content_type="application/json",

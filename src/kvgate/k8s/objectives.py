@@ -14,10 +14,12 @@ Rules, as llm-d-router applies them:
   removed: its requests fall back to priority 0. ``spec.priority`` unset means 0.
 * API versions: ``llm-d.ai/v1alpha2`` (llm-d-router's current group) and
   ``inference.networking.x-k8s.io/v1alpha2`` (GIE's experimental group, where the CRD lived
-  before it moved to llm-d). Each version the server serves is listed and watched; one it
-  does not serve (404: CRD not installed) is logged once and checked again every
-  ``recheck_s``, as llm-d only watches a kind its discovery finds. A name present in several
-  versions takes the first version's object.
+  before it moved to llm-d). As llm-d-router does (``controller_config.go``), API discovery
+  (``GET /apis/{group}/{version}``, readable without RBAC on the resource) decides whether a
+  version is installed; each installed one is listed and watched, one that is not is logged
+  once and looked for again every ``recheck_s``. A name present in several versions takes
+  the first version's object. An installed version the EPP may not read (403: RBAC) keeps
+  :meth:`ObjectiveWatcher.start` from finishing, and it fails naming the version.
 * An objective kvgate cannot read (``spec.priority`` not an integer) is logged once per
   distinct mistake, naming the object and field, and left out of the store.
 
@@ -70,7 +72,8 @@ class _Source:
     api_version: str
     objectives: dict[str, Objective] = field(default_factory=dict)  # name -> objective
     rv: str | None = None  # last resourceVersion seen; None: list next
-    served: bool | None = None  # None until the first list answers
+    served: bool | None = None  # None until discovery said no or the first list answered
+    last_error: str = ""  # why the last list/watch failed, for start()'s error
 
     @property
     def group(self) -> str:
@@ -143,11 +146,14 @@ class ObjectiveWatcher:
                 await asyncio.wait_for(self.synced.wait(), wait_synced_s)
             except TimeoutError:
                 await self.stop()
-                versions = ", ".join(s.api_version for s in self.sources)
+                stuck = [s for s in self.sources if s.served is None]
                 raise KvgateError(
-                    f"InferenceObjectives in namespace {self.namespace} ({versions}) not "
-                    f"readable after {wait_synced_s:.0f}s; check the EPP's RBAC "
-                    "(get/list/watch inferenceobjectives)"
+                    f"InferenceObjectives in namespace {self.namespace} not readable after "
+                    f"{wait_synced_s:.0f}s: "
+                    + "; ".join(f"{s.api_version}: {s.last_error or 'no answer'}" for s in stuck)
+                    + "; check the EPP's RBAC (get/list/watch inferenceobjectives in API group "
+                    + " and ".join(repr(s.group) for s in stuck)
+                    + ")"
                 ) from None
 
     async def stop(self) -> None:
@@ -225,6 +231,17 @@ class ObjectiveWatcher:
 
     # --- the loop ------------------------------------------------------------------------
 
+    async def _installed(self, source: _Source) -> bool:
+        """Whether API discovery lists InferenceObjective in ``source``'s group/version."""
+        resp = await self._custom.get_api_resources_without_preload_content(
+            source.group, source.version, _request_timeout=30.0
+        )
+        try:
+            body = await json_or_raise(resp)
+        except NotFound:
+            return False
+        return any(r.get("kind") == KIND for r in body.get("resources") or ())
+
     async def _list(self, source: _Source) -> None:
         resp = await self._custom.list_namespaced_custom_object_without_preload_content(
             source.group, source.version, self.namespace, PLURAL, _request_timeout=60.0
@@ -267,6 +284,8 @@ class ObjectiveWatcher:
         while True:
             try:
                 if source.rv is None:
+                    if not await self._installed(source):
+                        raise NotFound(f"{source.api_version} {KIND}: not installed")
                     await self._list(source)
                     self._mark_listed(source, True)
                 self.watches += 1
@@ -295,12 +314,13 @@ class ObjectiveWatcher:
                 log.info("InferenceObjective watch (%s) expired; re-listing", source.api_version)
                 source.rv = None
             except NotFound:
-                # the CRD is absent (or was removed): nothing of this version counts
+                # the CRD is absent (or was removed since): nothing of this version counts
                 self._drop(source)
                 self._mark_listed(source, False)
                 await asyncio.sleep(self.recheck_s)
             except Exception as exc:
                 self.reconnects += 1
+                source.last_error = str(exc) or type(exc).__name__
                 log.warning(
                     "InferenceObjective watch (%s) broke (%s); resuming in %.1fs",
                     source.api_version,
