@@ -1,0 +1,333 @@
+"""Flow control end to end: real ``kvgate serve`` in front of a real ``kvgate sim`` replica.
+
+The pool is held saturated by one long streamed request: the configs use llm-d's
+``concurrency-detector`` with ``maxConcurrency: 1`` over the one replica, so saturation is
+exactly "one request in flight" and needs no scrape timing. Closing that stream frees the
+slot, and the queued requests are then dispatched one at a time; each one's request line is
+written before the next one is dispatched (the next dispatch waits for the previous
+attempt's end), so the order of the gateway's request log is the dispatch order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from support.procs import Proc, free_port, kvgate_cmd
+from support.sim import SimHandle, start_sim
+
+pytestmark = pytest.mark.slow
+
+MODEL = "sim-model"
+OBJECTIVES = """apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: critical}
+spec: {priority: 1, poolRef: {name: pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: standard}
+spec: {priority: 0, poolRef: {name: pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: batch}
+spec: {priority: -1, poolRef: {name: pool}}
+"""
+
+
+def picker_config(flow_control: str) -> str:
+    """An EndpointPickerConfig with the flowControl gate, one request in flight at a time."""
+    return f"""apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- {{type: queue-scorer}}
+- {{type: max-score-picker}}
+- {{type: concurrency-detector, name: one-at-a-time, parameters: {{maxConcurrency: 1}}}}
+- {{type: round-robin-fairness-policy, name: take-turns}}
+schedulingProfiles:
+- name: default
+  plugins: [{{pluginRef: queue-scorer}}, {{pluginRef: max-score-picker}}]
+flowControl:
+  saturationDetector: {{pluginRef: one-at-a-time}}
+{flow_control}"""
+
+
+#: Band 0 takes turns between fairness ids; a long TTL so nothing expires.
+ORDERING = picker_config(
+    "  defaultRequestTTL: 30s\n  priorityBands:\n  - {priority: 0, fairnessPolicyRef: take-turns}\n"
+)
+#: At most 2 queued requests, each for at most 1 s.
+LIMITS = picker_config("  maxRequests: 2\n  defaultRequestTTL: 1s\n")
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: Proc
+
+    def request_lines(self) -> list[dict[str, Any]]:
+        """The gateway's JSON request lines so far, in the order written."""
+        out = []
+        for line in self.proc.log().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("logger") == "kvgate.requests":
+                    out.append(record)
+        return out
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimHandle]:
+    tmp = tmp_path_factory.mktemp("fc-sim")
+    procs: list[Proc] = []
+
+    def spawn(args: list[str], name: str = "p", env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(args, tmp / f"{name}.log", env=env)
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start_sim(spawn, model=MODEL, seed=1, max_num_seqs=4)
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def start_gateway(
+    spawn: Callable[..., Proc], tmp: Path, sim: SimHandle, config: str, name: str = "gw"
+) -> Gateway:
+    objectives = tmp / "objectives.yaml"
+    objectives.write_text(OBJECTIVES)
+    port = free_port()
+    proc = spawn(
+        kvgate_cmd(
+            "serve", "--port", str(port), "--endpoint", sim.url, "--log-format", "json",
+            "--config-text", config, "--objectives", str(objectives),
+        ),
+        name=name,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_http(url + "/ready", timeout_s=30)
+    return Gateway(url, proc)
+
+
+def completion(max_tokens: int = 2, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "prompt": "Tell me about flow control.",
+        "max_tokens": max_tokens,
+        **extra,
+    }
+
+
+def headers(rid: str, fairness: str = "", objective: str = "") -> dict[str, str]:
+    out = {"x-request-id": rid}
+    if fairness:
+        out["x-gateway-inference-fairness-id"] = fairness
+    if objective:
+        out["x-gateway-inference-objective"] = objective
+    return out
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """``{label text: value}`` of every sample of ``name`` in a /metrics page."""
+    found = re.findall(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M)
+    return {labels: float(value) for labels, value in found}
+
+
+def label(labels: str, name: str) -> str:
+    """The value of label ``name`` in a sample's label text ('' when absent)."""
+    m = re.search(rf'\b{name}="([^"]*)"', labels)
+    return m.group(1) if m else ""
+
+
+def by_label(text: str, name: str, key: str) -> dict[str, float]:
+    """``name``'s samples summed by the value of label ``key``."""
+    out: dict[str, float] = {}
+    for labels, value in samples(text, name).items():
+        out[label(labels, key)] = out.get(label(labels, key), 0.0) + value
+    return out
+
+
+async def poll(check: Callable[[], Any], what: str, timeout_s: float = 10.0) -> None:
+    """Await ``check()`` (sync or async) until truthy, or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"not after {timeout_s}s: {what}"
+        await asyncio.sleep(0.02)
+
+
+class Client:
+    """aiohttp against one gateway: requests, /metrics, and a held streamed request."""
+
+    def __init__(self, session: aiohttp.ClientSession, gw: Gateway) -> None:
+        self.session = session
+        self.gw = gw
+
+    async def metrics(self) -> str:
+        async with self.session.get(self.gw.url + "/metrics") as resp:
+            return await resp.text()
+
+    async def queued(self) -> float:
+        text = await self.metrics()
+        return sum(samples(text, "inference_extension_flow_control_queue_size").values())
+
+    async def post(self, body: dict[str, Any], hdrs: dict[str, str]) -> tuple[int, Any, float]:
+        """(status, response with headers, seconds the client waited)."""
+        t0 = time.monotonic()
+        async with self.session.post(
+            self.gw.url + "/v1/completions", json=body, headers=hdrs
+        ) as resp:
+            data = await resp.read()
+            resp.body_bytes = data  # type: ignore[attr-defined]
+            return resp.status, resp, time.monotonic() - t0
+
+    async def enqueue(
+        self, body: dict[str, Any], hdrs: dict[str, str], expect_queued: int
+    ) -> asyncio.Task[tuple[int, Any, float]]:
+        """Send a request and return once flow control holds ``expect_queued`` requests."""
+        task = asyncio.create_task(self.post(body, hdrs))
+        await poll(lambda: task.done() or self.queued_is(expect_queued), f"{expect_queued} queued")
+        assert not task.done(), "the request was answered instead of queued"
+        return task
+
+    async def queued_is(self, n: int) -> bool:
+        return await self.queued() == n
+
+    async def hold(self, rid: str) -> aiohttp.ClientResponse:
+        """A long stream, read until its first chunk: it holds the one slot until closed."""
+        resp = await self.session.post(
+            self.gw.url + "/v1/completions",
+            json=completion(4000, stream=True),
+            headers=headers(rid),
+        )
+        assert resp.status == 200
+        await resp.content.readany()
+        return resp
+
+
+async def test_priority_then_turns_between_tenants_then_arrival_order(
+    spawn: Callable[..., Proc], tmp_path: Path, sim: SimHandle
+) -> None:
+    gw = start_gateway(spawn, tmp_path, sim, ORDERING)
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, gw)
+        holder = await client.hold("holder")
+        queued = [
+            ("a1", "tenant-a", "standard"),
+            ("a2", "tenant-a", "standard"),
+            ("a3", "tenant-a", ""),
+            ("b1", "tenant-b", "standard"),
+            ("b2", "tenant-b", ""),
+            ("c1", "tenant-a", "critical"),  # arrives last, leaves first
+        ]
+        tasks = [
+            await client.enqueue(completion(), headers(rid, tenant, objective), i + 1)
+            for i, (rid, tenant, objective) in enumerate(queued)
+        ]
+        text = await client.metrics()
+        sizes = samples(text, "inference_extension_flow_control_queue_size")
+        flows = {(label(k, "fairness_id"), label(k, "priority")): v for k, v in sizes.items()}
+        assert flows == {("tenant-a", "0"): 3.0, ("tenant-b", "0"): 2.0, ("tenant-a", "1"): 1.0}
+        assert all('inference_pool="static"' in k and f'model_name="{MODEL}"' in k for k in sizes)
+        assert samples(text, "inference_extension_flow_control_pool_saturation") == {
+            '{inference_pool="static"}': 1.0
+        }
+        holder.close()  # the client leaves: its slot frees and dispatch begins
+        replies = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert [status for status, _, _ in replies] == [200] * len(queued)
+    await poll(lambda: len(gw.request_lines()) == 7, "every request line written")
+    order = [line["request_id"] for line in gw.request_lines()]
+    assert order == ["holder", "c1", "a1", "b1", "a2", "b2", "a3"]
+    lines = {line["request_id"]: line for line in gw.request_lines()}
+    assert lines["holder"]["status"] == 499
+    assert (lines["c1"]["priority"], lines["c1"]["fairness_id"]) == (1, "tenant-a")
+    assert all(lines[rid]["queue_wait_ms"] > 0 for rid, _, _ in queued)
+
+
+def openai_error(resp: Any) -> dict[str, Any]:
+    error: dict[str, Any] = json.loads(resp.body_bytes)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+async def test_shed_capacity_ttl_and_a_client_leaving_while_queued(
+    spawn: Callable[..., Proc], tmp_path: Path, sim: SimHandle
+) -> None:
+    gw = start_gateway(spawn, tmp_path, sim, LIMITS)
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, gw)
+        holder = await client.hold("holder")
+        # sheddable (negative priority) while saturated: 429 at once
+        status, resp, waited = await client.post(completion(), headers("shed", "", "batch"))
+        assert (status, waited < 0.5) == (429, True)
+        assert resp.headers["Retry-After"] == "1"
+        assert resp.headers["x-llm-d-request-dropped-reason"] == "rejected-saturated"
+        error = openai_error(resp)
+        assert error["type"] == "rate_limit_error"
+        assert error["message"] == "system saturated, sheddable request dropped"
+        # maxRequests 2: the third queued request is refused at once
+        ttl = [await client.enqueue(completion(), headers(f"q{i}"), i) for i in (1, 2)]
+        status, resp, waited = await client.post(completion(), headers("over"))
+        assert (status, waited < 0.5) == (429, True)
+        assert resp.headers["x-llm-d-request-dropped-reason"] == "rejected-saturated"
+        assert openai_error(resp)["message"] == "request rejected pre-queue: queue at capacity"
+        # defaultRequestTTL 1s: both queued requests are answered by then, never later
+        for status, resp, waited in await asyncio.wait_for(asyncio.gather(*ttl), 5):
+            assert status == 429 and 0.9 < waited < 1.5
+            assert resp.headers["x-llm-d-request-dropped-reason"] == "rejected-ttl-expired"
+            assert resp.headers["Retry-After"] == "1"
+            assert openai_error(resp)["message"] == (
+                "request timed out in queue: request evicted from queue: request TTL expired"
+            )
+        # a client that leaves while queued is taken out of the queue and counted
+        port = int(gw.url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        raw = json.dumps(completion()).encode()
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"x-request-id: gone\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
+        )
+        await writer.drain()
+        await poll(lambda: client.queued_is(1), "the raw request queued")
+        writer.close()
+        await writer.wait_closed()
+        await poll(lambda: client.queued_is(0), "the departed request left the queue")
+        holder.close()
+        await poll(lambda: len(gw.request_lines()) == 6, "every request line written")
+        text = await client.metrics()
+    # every request the clients sent is counted exactly once, with the status they saw
+    statuses = by_label(text, "kvgate_requests_total", "status")
+    assert statuses == {"429": 4.0, "499": 2.0}
+    assert sum(samples(text, "inference_objective_request_total").values()) == 6
+    assert sum(samples(text, "kvgate_requests_in_flight").values()) == 0
+    outcomes = by_label(text, "inference_extension_flow_control_requests_total", "outcome")
+    assert outcomes == {
+        "Dispatched": 1.0,
+        "Shed": 1.0,
+        "RejectedCapacity": 1.0,
+        "EvictedTTL": 2.0,
+        "EvictedContextCancelled": 1.0,
+    }
+    lines = {line["request_id"]: line for line in gw.request_lines()}
+    assert set(lines) == {"holder", "shed", "q1", "q2", "over", "gone"}
+    # the gateway's own clock: answered within the TTL (the timer is set 10 ms early)
+    assert all(lines[rid]["duration_ms"] < 1000 for rid in ("q1", "q2"))
+    assert (lines["gone"]["status"], lines["gone"]["error"]) == (499, "client_disconnect")
+    assert (lines["shed"]["priority"], lines["shed"]["error"]) == (-1, "shed")
