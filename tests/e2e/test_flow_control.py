@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from support.procs import Proc, free_port, kvgate_cmd
+from kvgate.extproc import envoyconfig
+from support.procs import Proc, free_port, kvgate_cmd, wait_until
 from support.sim import SimHandle, start_sim
 
 pytestmark = pytest.mark.slow
 
 MODEL = "sim-model"
+ENVOY_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "envoy" / "envoy.yaml"
 OBJECTIVES = """apiVersion: inference.networking.x-k8s.io/v1alpha2
 kind: InferenceObjective
 metadata: {name: critical}
@@ -73,8 +76,14 @@ LIMITS = picker_config("  maxRequests: 2\n  defaultRequestTTL: 1s\n")
 
 @dataclass
 class Gateway:
+    """A front door: ``url`` takes OpenAI requests, ``metrics_url`` serves its /metrics."""
+
     url: str
     proc: Proc
+    metrics_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.metrics_url = self.metrics_url or self.url + "/metrics"
 
     def request_lines(self) -> list[dict[str, Any]]:
         """The gateway's JSON request lines so far, in the order written."""
@@ -104,11 +113,16 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimHandle]:
             proc.stop()
 
 
+def objectives_file(tmp: Path) -> Path:
+    path = tmp / "objectives.yaml"
+    path.write_text(OBJECTIVES)
+    return path
+
+
 def start_gateway(
     spawn: Callable[..., Proc], tmp: Path, sim: SimHandle, config: str, name: str = "gw"
 ) -> Gateway:
-    objectives = tmp / "objectives.yaml"
-    objectives.write_text(OBJECTIVES)
+    objectives = objectives_file(tmp)
     port = free_port()
     proc = spawn(
         kvgate_cmd(
@@ -181,7 +195,7 @@ class Client:
         self.gw = gw
 
     async def metrics(self) -> str:
-        async with self.session.get(self.gw.url + "/metrics") as resp:
+        async with self.session.get(self.gw.metrics_url) as resp:
             return await resp.text()
 
     async def queued(self) -> float:
@@ -331,3 +345,86 @@ async def test_shed_capacity_ttl_and_a_client_leaving_while_queued(
     assert all(lines[rid]["duration_ms"] < 1000 for rid in ("q1", "q2"))
     assert (lines["gone"]["status"], lines["gone"]["error"]) == (499, "client_disconnect")
     assert (lines["shed"]["priority"], lines["shed"]["error"]) == (-1, "shed")
+
+
+def start_epp_behind_envoy(
+    spawn: Callable[..., Proc], tmp: Path, sim: SimHandle, config: str
+) -> Gateway:
+    """``kvgate epp`` over the replica, and Envoy running the shipped example in front."""
+    grpc, health, metrics = free_port(), free_port(), free_port()
+    epp = spawn(
+        kvgate_cmd(
+            "epp", "--host", "127.0.0.1", "--grpc-port", str(grpc),
+            "--grpc-health-port", str(health), "--metrics-port", str(metrics),
+            "--endpoint", f"127.0.0.1:{sim.port}", "--config-text", config,
+            "--objectives", str(objectives_file(tmp)), "--zap-encoder", "json",
+        ),
+        name="epp",
+    )  # fmt: skip
+    metrics_url = f"http://127.0.0.1:{metrics}/metrics"
+    epp.wait_http(f"http://127.0.0.1:{metrics}/healthz", timeout_s=30)
+    ports = envoyconfig.EnvoyPorts(listen=free_port(), admin=free_port(), epp=grpc)
+    cfg = envoyconfig.adapt(ENVOY_EXAMPLE, ports, access_log=tmp / "envoy-access.log")
+    envoy = spawn(envoyconfig.command(envoyconfig.write(cfg, tmp / "envoy.yaml")), name="envoy")
+    envoy.wait_http(f"http://127.0.0.1:{ports.admin}/ready", timeout_s=30)
+    gw = Gateway(f"http://127.0.0.1:{ports.listen}", epp, metrics_url)
+
+    def in_rotation() -> bool:
+        with urllib.request.urlopen(metrics_url, timeout=2) as resp:
+            text = resp.read().decode()
+        return samples(text, "inference_pool_ready_pods") == {'{name="static"}': 1.0}
+
+    wait_until(in_rotation, timeout_s=10, what="the replica in the EPP's rotation")
+    return gw
+
+
+@pytest.mark.envoy
+async def test_the_epp_behind_envoy_queues_and_sheds_the_same_way(
+    spawn: Callable[..., Proc], tmp_path: Path, sim: SimHandle
+) -> None:
+    """A request held by flow control gets its routing reply later and Envoy forwards it
+    then; both front doors write the same request line (only ``door`` differs)."""
+    epp = start_epp_behind_envoy(spawn, tmp_path, sim, ORDERING)
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, epp)
+        holder = await client.hold("holder")
+        status, resp, waited = await client.post(completion(), headers("shed", "", "batch"))
+        assert (status, waited < 0.5) == (429, True)
+        assert resp.headers["Retry-After"] == "1"
+        assert resp.headers["x-llm-d-request-dropped-reason"] == "rejected-saturated"
+        assert openai_error(resp)["message"] == "system saturated, sheddable request dropped"
+        tasks = [
+            await client.enqueue(completion(), headers("a1", "tenant-a", "standard"), 1),
+            await client.enqueue(completion(), headers("a2", "tenant-a"), 2),
+            await client.enqueue(completion(), headers("c1", "tenant-b", "critical"), 3),
+        ]
+        holder.close()
+        replies = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert [status for status, _, _ in replies] == [200, 200, 200]
+        assert all(json.loads(r.body_bytes)["choices"] for _, r, _ in replies)
+        await poll(lambda: len(epp.request_lines()) == 5, "every request line written")
+        text = await client.metrics()
+    assert [line["request_id"] for line in epp.request_lines()] == [
+        "shed", "holder", "c1", "a1", "a2"
+    ]  # fmt: skip
+    outcomes = by_label(text, "inference_extension_flow_control_requests_total", "outcome")
+    assert outcomes == {"Dispatched": 4.0, "Shed": 1.0}
+    # The EPP cannot tell a client that left mid-stream from a broken upstream (Envoy resets
+    # the ext_proc stream either way): the holder counts as the 200 it began as, with
+    # error stream_error, where `kvgate serve` says 499 client_disconnect.
+    assert by_label(text, "kvgate_requests_total", "status") == {"200": 4.0, "429": 1.0}
+    holder_line = next(x for x in epp.request_lines() if x["request_id"] == "holder")
+    assert (holder_line["status"], holder_line["error"]) == (200, "stream_error")
+    # the same request through `kvgate serve` logs the same fields
+    gw = start_gateway(spawn, tmp_path, sim, ORDERING)
+    async with aiohttp.ClientSession() as session:
+        status, _, _ = await Client(session, gw).post(completion(), headers("via-serve", "t"))
+        assert status == 200
+    await poll(lambda: len(gw.request_lines()) == 1, "the gateway's request line")
+    (served,) = gw.request_lines()
+    routed = next(x for x in epp.request_lines() if x["request_id"] == "a1")
+    assert (served["door"], routed["door"]) == ("gateway", "epp")
+    assert set(served) == set(routed)
+    assert {k for k, v in served.items() if v is None} == {
+        k for k, v in routed.items() if v is None
+    }

@@ -366,16 +366,23 @@ async def test_the_request_line_carries_every_field(log_stream: io.StringIO) -> 
     )
     result = await control.route(ctx)
     control.start_attempt(ctx, result.target)
+    control.first_byte(ctx)  # a JSON answer: no TTFT in the line (both doors agree)
     control.end_attempt(
         ctx, ResponseInfo(status=200, prompt_tokens=5, completion_tokens=2, cached_tokens=4)
     )
     control.finish(ctx, 200)
+    stream = begin(control, body(stream=True))
+    control.start_attempt(stream, (await control.route(stream)).target)
+    control.first_byte(stream)
+    control.end_attempt(stream, ResponseInfo(status=200))
+    control.finish(stream, 200)
     bad = begin(control)
     with pytest.raises(BadRequestError):
         control.parse(bad, "completions", b"{", {})
     control.finish(bad, 400, "BadRequestError")
-    ok, rejected = request_lines(log_stream)
-    assert set(ok) == LOG_KEYS and set(rejected) == LOG_KEYS
+    ok, streamed, rejected = request_lines(log_stream)
+    assert set(ok) == set(streamed) == set(rejected) == LOG_KEYS
+    assert ok["ttft_ms"] is None and streamed["ttft_ms"] >= 0 and streamed["stream"] is True
     assert ok["door"] == "gateway" and ok["path"] == "/v1/completions"
     assert (ok["request_id"], ok["model"], ok["status"], ok["endpoint"]) == (
         "rid-1",

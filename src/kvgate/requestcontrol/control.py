@@ -398,7 +398,11 @@ class RequestControl:
                     "queue_wait_ms": None
                     if ctx.queue_wait_s is None
                     else round(ctx.queue_wait_s * 1e3, 3),
-                    "ttft_ms": None if ctx.ttft_s is None else round(ctx.ttft_s * 1e3, 3),
+                    # streams only, as the TTFT histograms: the EPP sees a JSON answer's
+                    # first byte, the gateway relays it whole, and both must log the same
+                    "ttft_ms": None
+                    if ctx.ttft_s is None or not ctx.stream
+                    else round(ctx.ttft_s * 1e3, 3),
                     "duration_ms": round(elapsed * 1e3, 3),
                     "error": ctx.error,
                     "prompt_tokens": ctx.prompt_tokens,
