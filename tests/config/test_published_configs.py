@@ -91,10 +91,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads only model-server "
         "metrics"
     ),
-    "llm-d-router__deploy_config_sim-epp-no-hit-lru.yaml": (
-        "plugins[precise-prefix-cache-producer].parameters.tokenProcessorConfig.blockSizeTokens: "
-        "unknown parameter"
-    ),
     "llm-d-router__deploy_config_sim-pd-epp-config.yaml": (
         "plugins[prefix-based-pd-decider].type: unknown plugin type 'prefix-based-pd-decider'"
     ),
@@ -110,10 +106,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     ),
     "llm-d-router__test_integration_epp_testdata_request-attribute-reporter-config.yaml": (
         "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
-    ),
-    "llm-d-router__test_perf_config_router-configs_precise-prefix.yaml": (
-        "plugins[precise-prefix-cache-producer].parameters.tokenProcessorConfig.blockSizeTokens: "
-        "unknown parameter"
     ),
     "llm-d-router__test_perf_config_router-configs_random-passthrough-parser.yaml": (
         "plugins[passthrough-parser].parameters: plugin type 'passthrough-parser' is not "

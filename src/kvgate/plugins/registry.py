@@ -17,6 +17,7 @@ from typing import Any
 from kvgate.errors import PluginParameterError
 from kvgate.plugins import unsupported
 from kvgate.plugins.base import Params, Plugin, PluginContext, PluginFactory
+from kvgate.plugins.datalayer import unsupported as datalayer_unsupported
 
 #: Modules holding one built-in plugin each; the order is the order of ``known types`` in errors.
 BUILTIN_MODULES: tuple[str, ...] = (
@@ -51,6 +52,11 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.filters.encode_filter",
     "kvgate.plugins.scorers.token_load_scorer",
     "kvgate.plugins.profiles.data_parallel_profile_handler",
+    # data layer and request handling (config generations, brief D1)
+    "kvgate.plugins.datalayer.metrics_data_source",
+    "kvgate.plugins.datalayer.core_metrics_extractor",
+    "kvgate.plugins.datalayer.endpoint_notification_source",
+    "kvgate.plugins.requesthandling.openai_parser",
     # flow control (brief A): saturation detectors, fairness/ordering/usage-limit policies
     "kvgate.flowcontrol.detectors.utilization",
     "kvgate.flowcontrol.detectors.concurrency",
@@ -144,6 +150,10 @@ def register_builtins(registry: Registry) -> Registry:
             registry.set_default_producer(data_type, module.TYPE)
     for type_name, reason in unsupported.UNSUPPORTED.items():
         if registry.canonical(type_name) is None:  # a real plugin, once written, wins
+            registry.reject(type_name, reason)
+    # data-layer and parser types kvgate cannot act on (brief D1)
+    for type_name, reason in datalayer_unsupported.UNSUPPORTED.items():
+        if registry.canonical(type_name) is None:
             registry.reject(type_name, reason)
     return registry
 
