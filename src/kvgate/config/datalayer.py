@@ -91,8 +91,9 @@ class DataLayerConfig:
         """Keyword arguments for :class:`kvgate.endpoints.scrape.Scraper` that make it act as
         this data layer: scheme, path, port, TLS, interval and per-engine metric names.
 
-        Empty under ``enableLegacyMetrics`` (the front door's ``--*-metric`` flags apply). With
-        metrics collection off, only ``collect_metrics=False``. The caller passes its own
+        Empty under ``enableLegacyMetrics`` and for the source llm-d injects by default: there,
+        as in llm-d, the front door's flags (``--model-server-metrics-scheme``, ``--*-metric``,
+        ...) configure the scrape. With metrics collection off, only ``collect_metrics=False``. The caller passes its own
         pool, timeouts and health settings; ``interval_s`` is present only when the source
         set ``interval``.
         """
@@ -101,6 +102,8 @@ class DataLayerConfig:
         if self.metrics is None:
             return {"collect_metrics": False}
         metrics = self.metrics
+        if metrics.injected:
+            return {}
         src = metrics.source
         kwargs: dict[str, Any] = {
             "scheme": src.scheme,
