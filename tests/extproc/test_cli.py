@@ -143,6 +143,16 @@ def test_gie_defaults_and_off_values_all_act() -> None:
         ["epp", *off, "--model-server-metrics-path=/metrics", "--model-server-metrics-port=0"]
     )
     assert unsupported_flags(args) == []
+    # these act (scrape path and port, the subset hint ignored), so any value is accepted
+    args = build_parser().parse_args(
+        [
+            "epp",
+            "--disable-endpoint-subset-filter",
+            "--model-server-metrics-path=/stats",
+            "--model-server-metrics-port=9000",
+        ]
+    )
+    assert unsupported_flags(args) == []
 
 
 @pytest.mark.parametrize(
@@ -155,11 +165,8 @@ def test_gie_defaults_and_off_values_all_act() -> None:
         ["--metrics-endpoint-auth"],
         ["--enable-cert-reload"],
         ["--health-checking"],
-        ["--disable-endpoint-subset-filter"],
         ["--endpoint-selector", "app=vllm"],
         ["--endpoint-target-ports", "8000,8001"],
-        ["--model-server-metrics-path", "/stats"],
-        ["--model-server-metrics-port", "9000"],
     ],
 )
 def test_a_value_kvgate_cannot_honour_is_one_line(argv: list[str]) -> None:

@@ -28,13 +28,17 @@ from extproc.epp_rig import (
     exchange,
     headers_msg,
     metric,
+    model_server,
     open_epp,
     set_headers,
     start_epp,
     wait_metric,
 )
+from kvgate.endpoints.static import spec_from_url
+from kvgate.extproc.app import EppOptions, EppServer
 from kvgate.extproc.health import SERVING, _encode_status
 from kvgate.extproc.messages import MAX_BODY_CHUNK_BYTES
+from support.procs import free_port
 
 FILTER_ALL = """
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -120,6 +124,41 @@ async def test_subset_hint_narrows_the_candidates(epp: Epp) -> None:
     replies, call = await exchange(epp, [headers_msg(BASE, subset=[]), body_msg(body)], expect=1)
     assert replies[0].immediate_response.status.code == 503
     await call.done_writing()
+
+
+async def test_disable_endpoint_subset_filter_ignores_the_hint() -> None:
+    body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+    async with open_epp("h2", subset_filter=False) as epp:
+        replies, call = await exchange(
+            epp, [headers_msg(BASE, subset=[]), body_msg(body)], expect=2
+        )
+        assert set_headers(replies[0])["x-gateway-destination-endpoint"] in epp.endpoints
+        await call.done_writing()
+
+
+async def test_metrics_path_flag_sets_what_is_scraped() -> None:
+    # the model server serves /metrics only: scraped at /stats it fails and stays out
+    runner, hostport = await model_server()
+    server = EppServer(
+        EppOptions(
+            grpc_host="127.0.0.1",
+            grpc_port=free_port(),
+            grpc_health_port=free_port(),
+            metrics_port=free_port(),
+            endpoints=[spec_from_url(hostport)],
+            model_server_metrics_path="/stats",
+        )
+    )
+    await server.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while server.scraper.scrape_errors_total < 3:
+            assert asyncio.get_running_loop().time() < deadline, "/stats was never scraped"
+            await asyncio.sleep(0.02)
+        assert server.pool.candidates() == []
+    finally:
+        await server.stop()
+        await runner.cleanup()
 
 
 async def test_model_rewrite_header_rewrites_the_body(epp: Epp) -> None:

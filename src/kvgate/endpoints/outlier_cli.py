@@ -84,8 +84,9 @@ def _outcomes(text: str) -> frozenset[str]:
     return kinds
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the outlier-detection and retry flags to ``parser`` (one argument group each)."""
+def add_arguments(parser: argparse.ArgumentParser, *, retries: bool = True) -> None:
+    """Add the outlier-detection and (with ``retries``) retry flags to ``parser``, one
+    argument group each. ``kvgate epp`` leaves retries out: Envoy, not the EPP, re-sends."""
     d = OutlierConfig()
     o = parser.add_argument_group("outlier detection (circuit breaker per endpoint)")
     o.add_argument(
@@ -146,6 +147,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="which attempt outcomes count as failures "
         f"(default {','.join(sorted(d.failure_outcomes))})",
     )
+    if not retries:
+        return
     r = RetryConfig()
     g = parser.add_argument_group("retry budget and back-off")
     g.add_argument(

@@ -80,6 +80,9 @@ class EppOptions:
     objectives_file: str | None = None
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     log_requests: bool = True
+    model_server_metrics_path: str = "/metrics"
+    model_server_metrics_port: int | None = None  # None: each endpoint's serving port
+    subset_filter: bool = True  # honour x-gateway-destination-endpoint-subset
 
 
 def load_config(opts: EppOptions) -> PickerConfig:
@@ -118,14 +121,19 @@ class EppServer:
             self.picker_config = load_config(opts)
             scheduler = build_scheduler(self.picker_config, PluginContext(rng=self.rng))
         self.scheduler = scheduler
-        self.scraper = Scraper(
-            self.pool,
-            opts.refresh_metrics_interval_s,
-            opts.metric_names,
-            opts.model_server_metrics_scheme,
-            opts.model_server_metrics_verify_tls,
-            staleness_s=opts.metrics_staleness_s,
-        )
+        scraper_args: dict[str, Any] = {
+            "interval_s": opts.refresh_metrics_interval_s,
+            "names": opts.metric_names,
+            "scheme": opts.model_server_metrics_scheme,
+            "verify_tls": opts.model_server_metrics_verify_tls,
+            "staleness_s": opts.metrics_staleness_s,
+            "metrics_path": opts.model_server_metrics_path,
+            "metrics_port": opts.model_server_metrics_port,
+        }
+        data_layer = getattr(self.picker_config, "data_layer", None)
+        if data_layer is not None:  # llm-d's dataLayer section: its sources and extractors win
+            scraper_args.update(data_layer.scraper_kwargs())
+        self.scraper = Scraper(self.pool, **scraper_args)
         self.objectives = load_objectives(opts.objectives_file)
         self.control = build_request_control(
             self.pool,
@@ -137,7 +145,7 @@ class EppServer:
             log_requests=opts.log_requests,
             pool_name=pool_label,
         )
-        self.director = Director(self.control, self.rng)
+        self.director = Director(self.control, self.rng, subset_filter=opts.subset_filter)
         self._discovery: Any = None
         self._objective_watcher: ObjectiveWatcher | None = None
         self._grpc: grpc.aio.Server | None = None

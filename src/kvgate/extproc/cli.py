@@ -97,24 +97,6 @@ _UNSUPPORTED: tuple[tuple[str, str, Any, str], ...] = (
         None,
         "only used with --endpoint-selector, which kvgate does not implement",
     ),
-    (
-        "--disable-endpoint-subset-filter",
-        "disable_endpoint_subset_filter",
-        True,
-        "kvgate always honours x-gateway-destination-endpoint-subset",
-    ),
-    (
-        "--model-server-metrics-path",
-        "model_server_metrics_path",
-        None,
-        "kvgate epp scrapes /metrics only (kvgate serve --metrics-path is not wired here yet)",
-    ),
-    (
-        "--model-server-metrics-port",
-        "model_server_metrics_port",
-        None,
-        "kvgate scrapes each endpoint on its serving port (the pool's targetPorts)",
-    ),
     ("--tracing", "tracing", True, "kvgate emits no OpenTelemetry traces; pass --tracing=false"),
     (
         "--enable-pprof",
@@ -142,8 +124,7 @@ _UNSUPPORTED: tuple[tuple[str, str, Any, str], ...] = (
         "kvgate serves gRPC health on --grpc-health-port only, not on the ext_proc port",
     ),
 )
-_NON_DEFAULT = {"endpoint_selector": "", "endpoint_target_ports": [],
-                "model_server_metrics_path": "/metrics", "model_server_metrics_port": 0}  # fmt: skip
+_NON_DEFAULT = {"endpoint_selector": "", "endpoint_target_ports": []}
 
 
 def unsupported_flags(args: argparse.Namespace) -> list[str]:
@@ -210,6 +191,13 @@ def register(subparsers: Any) -> None:
     src.add_argument("--config-file", default=None, help="EndpointPickerConfig file")
     src.add_argument("--policy", default=None, help="a built-in policy name (llm-d-default)")
     c.add_argument("--seed", type=int, default=0, help="random seed for tie-breaks (0)")
+    c.add_argument(
+        "--objectives",
+        default=None,
+        metavar="FILE",
+        help="InferenceObjective documents (YAML): flow-control priorities by objective name "
+        "(with --pool-name they are also watched from the API server)",
+    )
     d = p.add_argument_group("endpoints")
     d.add_argument("--pool-name", default=None, help="InferencePool to watch (Kubernetes)")
     d.add_argument(
@@ -249,11 +237,23 @@ def register(subparsers: Any) -> None:
         const=True,
         default=True,
     )
-    m.add_argument("--model-server-metrics-path", default="/metrics", help="(/metrics only)")
-    m.add_argument("--model-server-metrics-port", type=int, default=0, help="(0 only)")
+    m.add_argument(
+        "--model-server-metrics-path", default="/metrics", help="path scraped on each endpoint"
+    )
+    m.add_argument(
+        "--model-server-metrics-port",
+        type=int,
+        default=0,
+        help="port scraped on each endpoint (0: its serving port)",
+    )
     d.add_argument("--endpoint-selector", default="", help="GIE: pod selector (not supported)")
     d.add_argument("--endpoint-target-ports", type=parse_ports, default=[], help="(not supported)")
-    _bool_flag(d, "--disable-endpoint-subset-filter", False, "(false only)")
+    _bool_flag(
+        d,
+        "--disable-endpoint-subset-filter",
+        False,
+        "ignore the gateway's x-gateway-destination-endpoint-subset hint",
+    )
     gie = p.add_argument_group("GIE operations flags (false or absent only, see docs)")
     _bool_flag(gie, "--ha-enable-leader-election", False, "GIE default false")
     _bool_flag(gie, "--tracing", None, "GIE default true; kvgate: off")
@@ -284,6 +284,10 @@ def register(subparsers: Any) -> None:
         help="how 'ts' is written (zap's default: epoch seconds)",
     )
     lg.add_argument("--v", "-v", type=int, default=0, help="verbosity (GIE: 1-5)")
+    lg.add_argument("--no-request-log", action="store_true", help="no JSON line per routed request")
+    from kvgate.endpoints import outlier_cli
+
+    outlier_cli.add_arguments(p, retries=False)
     p.set_defaults(func=run_epp)
 
 
@@ -379,9 +383,14 @@ def _setup_logging(args: argparse.Namespace) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if encoder == "json":  # the request line, as `kvgate serve --log-format json` writes it
+        from kvgate.requestcontrol.reqlog import use_json_request_log
+
+        use_json_request_log(handler.stream)
 
 
 def run_epp(args: argparse.Namespace) -> int:
+    from kvgate.endpoints import outlier_cli
     from kvgate.endpoints.scrape import MetricNames
     from kvgate.endpoints.static import EndpointURLError, spec_from_url
     from kvgate.errors import KvgateError
@@ -435,5 +444,11 @@ def run_epp(args: argparse.Namespace) -> int:
         request_body_mode=args.request_body_mode,
         grpc_server=args.grpc_server,
         seed=args.seed,
+        model_server_metrics_path=args.model_server_metrics_path,
+        model_server_metrics_port=args.model_server_metrics_port or None,
+        subset_filter=not args.disable_endpoint_subset_filter,
+        objectives_file=args.objectives,
+        outlier=outlier_cli.config_from_args(args),
+        log_requests=not args.no_request_log,
     )
     return run(opts)

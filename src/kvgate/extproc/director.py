@@ -65,9 +65,17 @@ def destination_of(result: SchedulingResult) -> str:
 class Director:
     """The EPP's side of request control: one per server, shared by every ext_proc stream."""
 
-    def __init__(self, control: RequestControl, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        control: RequestControl,
+        rng: random.Random | None = None,
+        *,
+        subset_filter: bool = True,
+    ) -> None:
         self.control = control
         self._rng = rng or random.Random(0)
+        #: False with GIE's --disable-endpoint-subset-filter: the hint is ignored
+        self.subset_filter = subset_filter
         r = control.metrics.registry
         self.decision = Histogram(
             "kvgate_epp_decision_duration_seconds",
@@ -84,6 +92,12 @@ class Director:
         )
         self._stream_children = {o: self.streams.labels(o) for o in ("ok", "broken", "rejected")}
 
+    def narrow(
+        self, subset: Sequence[str] | None
+    ) -> Callable[[list[Endpoint]], list[Endpoint]] | None:
+        """The candidate filter for a stream's subset hint (None: every endpoint)."""
+        return subset_filter(subset) if self.subset_filter else None
+
     def stream_ended(self, outcome: str) -> None:
         child = self._stream_children.get(outcome)
         if child is None:
@@ -93,7 +107,7 @@ class Director:
     def pick_without_body(self, subset: Sequence[str] | None) -> Endpoint:
         """A request without a body (GET /v1/models): any endpoint in rotation, as GIE does."""
         ready = self.control.pool.candidates()
-        narrow = subset_filter(subset)
+        narrow = self.narrow(subset)
         candidates = narrow(ready) if narrow is not None else ready
         if not candidates:
             raise NoCandidatesError("no healthy endpoint is available")

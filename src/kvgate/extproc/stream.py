@@ -34,7 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from kvgate.errors import BadRequestError, RequestError, SchedulingError
-from kvgate.extproc.director import Director, destination_of, subset_filter
+from kvgate.extproc.director import Director, destination_of
 from kvgate.extproc.messages import (
     header_map,
     header_mutation,
@@ -230,7 +230,7 @@ class RequestStream:
         control.started(ctx)
         try:
             body = self._parse(ctx, raw)
-            candidates = control.candidates(ctx, subset_filter(self.subset))
+            candidates = control.candidates(ctx, self.director.narrow(self.subset))
             if control.flow is None:
                 control.schedule(ctx, candidates)
                 return self._forward(ctx, raw, body, started)
@@ -247,7 +247,7 @@ class RequestStream:
         try:
             await control.admit(ctx)
             # read again after a wait: the request goes where the cache is at dispatch time
-            candidates = control.candidates(ctx, subset_filter(self.subset))
+            candidates = control.candidates(ctx, self.director.narrow(self.subset))
             control.schedule(ctx, candidates)
             replies = self._forward(ctx, raw, body, started)
         except asyncio.CancelledError:  # Envoy reset the stream: the client is gone

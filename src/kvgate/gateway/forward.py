@@ -2,10 +2,11 @@
 
 For each attempt, best endpoint first: ``RequestControl.start_attempt`` (PreRequest hooks) ->
 POST upstream -> a connect error or a 5xx before the first byte ends the attempt
-(``end_attempt``: ResponseComplete with the failure) and moves on, at most ``max_retries``
-times -> otherwise the answer is relayed (whole for JSON, chunk by chunk for SSE) and the
-attempt ends with the usage parsed from it. Errors before the first byte are OpenAI JSON
-errors; after it, a terminal SSE error event.
+(``end_attempt``: ResponseComplete with the failure, counted by outlier detection) and moves
+on, at most ``max_retries`` times, each retry within the retry budget and after a jittered
+back-off (Envoy's semantics, :mod:`kvgate.endpoints.retry`) -> otherwise the answer is relayed
+(whole for JSON, chunk by chunk for SSE) and the attempt ends with the usage parsed from it.
+Errors before the first byte are OpenAI JSON errors; after it, a terminal SSE error event.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 
 import msgspec
 from aiohttp import web
 
+from kvgate.endpoints.retry import backoff_s
 from kvgate.endpoints.scrape import Scraper
 from kvgate.gateway.auth import ApiKeyChecker
 from kvgate.gateway.proxy import downstream_headers, upstream_headers
@@ -30,7 +33,7 @@ from kvgate.gateway.upstream import (
 from kvgate.openai.errors import error_body, sse_error_event
 from kvgate.openai.usage import Usage, usage_from_json, usage_from_sse
 from kvgate.requestcontrol.control import RequestContext, RequestControl, attempt_order
-from kvgate.scheduling.types import HEADER_REQUEST_ID, Request, ResponseInfo
+from kvgate.scheduling.types import HEADER_REQUEST_ID, Endpoint, Request, ResponseInfo
 
 log = logging.getLogger("kvgate.gateway")
 
@@ -74,6 +77,7 @@ class Forwarder:
         self.scraper = scraper
         self.auth = auth
         self.client = client
+        self._rng = random.Random()  # back-off jitter
 
     def _payload(self, request: Request, body: bytes) -> bytes:
         """The body to send: unchanged unless a plugin rewrote the model."""
@@ -86,81 +90,41 @@ class Forwarder:
         self, req: web.BaseRequest, ctx: RequestContext, body: bytes, upstream_path: str
     ) -> web.StreamResponse:
         assert ctx.request is not None and ctx.result is not None
-        request = ctx.request
-        control = self.control
-        client = self.client
         order = attempt_order(ctx.result)[: self.settings.max_retries + 1]
-        payload = self._payload(request, body)
+        payload = self._payload(ctx.request, body)
         query = req.query_string
         path = upstream_path + ("?" + query if query else "")
         last_error = "no endpoint could be reached"
         all_connect = True
-        loop = asyncio.get_running_loop()
+        budget = self.control.retry_budget
         for i, endpoint in enumerate(order):
-            if i > 0:
+            retry = i > 0
+            if retry:
                 if not self.pool.is_healthy(endpoint.name) and self.pool.get(endpoint.name):
                     continue
+                if budget is not None and not budget.try_acquire():
+                    # retries must not multiply an overload: answer with what failed
+                    last_error += "; not retried: the retry budget is spent"
+                    break
                 self.metrics.child(
                     self.metrics.retries, "connect" if all_connect else "upstream_5xx"
                 ).inc()
-            extra = control.start_attempt(ctx, endpoint)
-            extra[HEADER_REQUEST_ID] = request.request_id
-            hdrs = upstream_headers(
-                req.headers.items(), extra, drop_authorization=self.auth.enabled
-            )
-            is_last = i == len(order) - 1
-            deadline = loop.time() + self.settings.request_timeout_s
             try:
-                async with asyncio.timeout_at(deadline):
-                    upstream = await client.post(
-                        endpoint.address,
-                        endpoint.port,
-                        path,
-                        hdrs.items(),
-                        payload,
-                        tls=endpoint.scheme == "https",
-                        host_header=endpoint.hostport,
+                if retry and budget is not None:
+                    cfg = budget.config
+                    await asyncio.sleep(
+                        backoff_s(i, cfg.backoff_base_s, cfg.backoff_max_s, self._rng)
                     )
-            except asyncio.CancelledError:
-                control.end_attempt(ctx, ResponseInfo(error="client_disconnect"))
-                raise
-            except (UpstreamConnectError, UpstreamStreamError) as exc:
-                control.end_attempt(ctx, ResponseInfo(error="connect"))
-                self.metrics.child(self.metrics.upstream_errors, endpoint.name, "connect").inc()
-                if "cannot connect" in str(exc):
-                    self.scraper.mark_failed(endpoint.name)
-                last_error = f"endpoint {endpoint.name} failed: {exc}"
-                log.warning("request %s: %s", request.request_id, last_error)
-                continue
-            except TimeoutError:
-                control.end_attempt(ctx, ResponseInfo(error="timeout"))
-                self.metrics.child(self.metrics.upstream_errors, endpoint.name, "timeout").inc()
-                ctx.error = "timeout"
-                return json_error(
-                    504, f"endpoint {endpoint.name} did not answer in time", code="timeout"
+                outcome = await self._attempt(
+                    req, ctx, endpoint, path, payload, is_last=i == len(order) - 1
                 )
-            try:
-                if upstream.status >= 500 and not is_last:
-                    with contextlib.suppress(UpstreamStreamError, TimeoutError):
-                        async with asyncio.timeout_at(deadline):
-                            await upstream.read()
-                    control.end_attempt(
-                        ctx, ResponseInfo(status=upstream.status, error="upstream_5xx")
-                    )
-                    self.metrics.child(
-                        self.metrics.upstream_errors, endpoint.name, "upstream_5xx"
-                    ).inc()
-                    last_error = f"endpoint {endpoint.name} answered {upstream.status}"
-                    all_connect = False
-                    continue
-                return await self._relay(req, ctx, upstream, deadline)
-            except asyncio.CancelledError:
-                control.end_attempt(
-                    ctx, ResponseInfo(status=upstream.status, error="client_disconnect")
-                )
-                raise
             finally:
-                upstream.release()
+                if retry and budget is not None:
+                    budget.release()
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            last_error, connect = outcome
+            all_connect = all_connect and connect
         ctx.error = "upstream_unreachable" if all_connect else "upstream_5xx"
         if all_connect:
             return json_error(
@@ -169,6 +133,73 @@ class Forwarder:
                 headers={"Retry-After": str(self.settings.retry_after_s)},
             )
         return json_error(502, f"{last_error} (after {ctx.attempts} attempt(s))")
+
+    async def _attempt(
+        self,
+        req: web.BaseRequest,
+        ctx: RequestContext,
+        endpoint: Endpoint,
+        path: str,
+        payload: bytes,
+        *,
+        is_last: bool,
+    ) -> web.StreamResponse | tuple[str, bool]:
+        """One attempt at ``endpoint``: the answer for the client, or ``(what failed,
+        whether it was a connect failure)`` when the next endpoint should be tried."""
+        assert ctx.request is not None
+        control = self.control
+        request = ctx.request
+        extra = control.start_attempt(ctx, endpoint)
+        extra[HEADER_REQUEST_ID] = request.request_id
+        hdrs = upstream_headers(req.headers.items(), extra, drop_authorization=self.auth.enabled)
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                upstream = await self.client.post(
+                    endpoint.address,
+                    endpoint.port,
+                    path,
+                    hdrs.items(),
+                    payload,
+                    tls=endpoint.scheme == "https",
+                    host_header=endpoint.hostport,
+                )
+        except asyncio.CancelledError:
+            control.end_attempt(ctx, ResponseInfo(error="client_disconnect"))
+            raise
+        except (UpstreamConnectError, UpstreamStreamError) as exc:
+            control.end_attempt(ctx, ResponseInfo(error="connect"))
+            self.metrics.child(self.metrics.upstream_errors, endpoint.name, "connect").inc()
+            if "cannot connect" in str(exc):
+                self.scraper.mark_failed(endpoint.name)
+            failed = f"endpoint {endpoint.name} failed: {exc}"
+            log.warning("request %s: %s", request.request_id, failed)
+            return failed, True
+        except TimeoutError:
+            control.end_attempt(ctx, ResponseInfo(error="timeout"))
+            self.metrics.child(self.metrics.upstream_errors, endpoint.name, "timeout").inc()
+            ctx.error = "timeout"
+            return json_error(
+                504, f"endpoint {endpoint.name} did not answer in time", code="timeout"
+            )
+        try:
+            if upstream.status >= 500 and not is_last:
+                with contextlib.suppress(UpstreamStreamError, TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await upstream.read()
+                control.end_attempt(ctx, ResponseInfo(status=upstream.status, error="upstream_5xx"))
+                self.metrics.child(
+                    self.metrics.upstream_errors, endpoint.name, "upstream_5xx"
+                ).inc()
+                return f"endpoint {endpoint.name} answered {upstream.status}", False
+            return await self._relay(req, ctx, upstream, deadline)
+        except asyncio.CancelledError:
+            control.end_attempt(
+                ctx, ResponseInfo(status=upstream.status, error="client_disconnect")
+            )
+            raise
+        finally:
+            upstream.release()
 
     async def _relay(
         self,

@@ -70,11 +70,12 @@ def configure_logging(log_format: str = "text", level: str = "INFO", stream: Any
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
-    global _FAST_BUFFER
-    if _FAST_BUFFER is not None:
-        _FAST_BUFFER.flush()
-    _FAST_BUFFER = _LineBuffer(handler.stream) if log_format == "json" else None
-    atexit.register(flush_request_log)
+    if log_format == "json":
+        use_json_request_log(handler.stream)
+    else:
+        global _FAST_BUFFER
+        flush_request_log()
+        _FAST_BUFFER = None
     # aiohttp's access log would duplicate our request line
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
@@ -168,6 +169,16 @@ def log_request(fields: dict[str, Any]) -> None:
         fast.add(_encoder.encode(line) + b"\n")
         return
     _log.info("request", extra={"fields": fields})
+
+
+def use_json_request_log(stream: Any) -> None:
+    """Write request lines as JSON to ``stream``, batched (``kvgate epp`` with zap's JSON
+    encoder; ``configure_logging`` does the same for ``--log-format json``)."""
+    global _FAST_BUFFER
+    if _FAST_BUFFER is not None:
+        _FAST_BUFFER.flush()
+    _FAST_BUFFER = _LineBuffer(stream)
+    atexit.register(flush_request_log)
 
 
 def flush_request_log() -> None:
