@@ -236,6 +236,18 @@ class Client:
         return resp
 
 
+async def raw_request(gw: Gateway, body: dict[str, Any], rid: str) -> asyncio.StreamWriter:
+    """A request on a bare connection, never read: closing the writer is the client leaving."""
+    _, writer = await asyncio.open_connection("127.0.0.1", int(gw.url.rsplit(":", 1)[1]))
+    raw = json.dumps(body).encode()
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"x-request-id: %s\r\nContent-Length: %d\r\n\r\n%s" % (rid.encode(), len(raw), raw)
+    )
+    await writer.drain()
+    return writer
+
+
 async def test_priority_then_turns_between_tenants_then_arrival_order(
     spawn: Callable[..., Proc], tmp_path: Path, sim: SimHandle
 ) -> None:
@@ -311,14 +323,7 @@ async def test_shed_capacity_ttl_and_a_client_leaving_while_queued(
                 "request timed out in queue: request evicted from queue: request TTL expired"
             )
         # a client that leaves while queued is taken out of the queue and counted
-        port = int(gw.url.rsplit(":", 1)[1])
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        raw = json.dumps(completion()).encode()
-        writer.write(
-            b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-            b"x-request-id: gone\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
-        )
-        await writer.drain()
+        writer = await raw_request(gw, completion(), "gone")
         await poll(lambda: client.queued_is(1), "the raw request queued")
         writer.close()
         await writer.wait_closed()
@@ -428,3 +433,45 @@ async def test_the_epp_behind_envoy_queues_and_sheds_the_same_way(
     assert {k for k, v in served.items() if v is None} == {
         k for k, v in routed.items() if v is None
     }
+
+
+async def test_the_default_detector_saturates_on_the_replicas_scraped_queue(
+    spawn: Callable[..., Proc], tmp_path: Path, sim: SimHandle
+) -> None:
+    """``llm-d-default+flow-control``: GIE's detector (queue depth >= 5, fresh metrics)
+    reads the replica's own queue, so flow control holds requests once vLLM's queue is full."""
+    objectives = objectives_file(tmp_path)
+    port = free_port()
+    proc = spawn(
+        kvgate_cmd(
+            "serve", "--port", str(port), "--endpoint", sim.url, "--log-format", "json",
+            "--policy", "llm-d-default+flow-control", "--objectives", str(objectives),
+        ),
+        name="gw-default",
+    )  # fmt: skip
+    gw = Gateway(f"http://127.0.0.1:{port}", proc)
+    proc.wait_http(gw.url + "/ready", timeout_s=30)
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, gw)
+        # max-num-seqs 4: four run and five wait in the replica's queue (those get no
+        # first chunk, so they are held as tasks)
+        holders = [await raw_request(gw, completion(4000, stream=True), f"h{i}") for i in range(9)]
+
+        async def replica_queue_full() -> bool:
+            text = await client.metrics()
+            return sum(samples(text, "kvgate_endpoint_queue_size").values()) >= 5
+
+        await poll(replica_queue_full, "the replica's waiting queue scraped at >= 5")
+        status, resp, _ = await client.post(completion(), headers("shed", "", "batch"))
+        assert status == 429
+        assert resp.headers["x-llm-d-request-dropped-reason"] == "rejected-saturated"
+        waiting = await client.enqueue(completion(), headers("waits"), 1)
+        text = await client.metrics()
+        assert samples(text, "inference_extension_flow_control_pool_saturation") == {
+            '{inference_pool="static"}': 1.0
+        }
+        for writer in holders:  # the clients leave: the replica aborts their requests
+            writer.close()
+            await writer.wait_closed()
+        status, _, _ = await asyncio.wait_for(waiting, 20)
+        assert status == 200
