@@ -5,7 +5,6 @@ The data layer and request handler are in :mod:`kvgate.config.datalayer`."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,8 @@ from kvgate.config.fields import (
 )
 from kvgate.config.generations import FEATURE_GATES as FEATURE_GATES  # re-exported
 from kvgate.config.model import SaturationDetectorConfig
+from kvgate.durations import format_duration as format_duration  # re-exported
+from kvgate.durations import parse_duration as parse_duration  # re-exported
 
 if TYPE_CHECKING:  # kvgate.flowcontrol.config imports kvgate.config: import it when called
     from kvgate.flowcontrol.config import FlowControlConfig
@@ -34,46 +35,6 @@ _SD_FIELDS = (
 SD_ENV_QUEUE = "SD_QUEUE_DEPTH_THRESHOLD"
 SD_ENV_KV = "SD_KV_CACHE_UTIL_THRESHOLD"
 SD_ENV_STALENESS = "SD_METRICS_STALENESS_THRESHOLD"
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str) -> float | None:
-    """A Go duration string (``200ms``, ``1m30s``, ``0``) in seconds, or None if invalid."""
-    s = text.strip()
-    if s in ("0", "+0", "-0"):
-        return 0.0
-    sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
-    if not s:
-        return None
-    total, pos = 0.0, 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if m is None:
-            return None
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    return sign * total
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as a short Go-style duration (``200ms``, ``2s``)."""
-    if seconds and seconds < 1 and (seconds * 1000).is_integer():
-        return f"{int(seconds * 1000)}ms"
-    if float(seconds).is_integer():
-        return f"{int(seconds)}s"
-    return f"{seconds:g}s"
 
 
 def saturation_detector(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from kvgate.durations import parse_duration
 from kvgate.endpoints import outlier_cli
 from kvgate.endpoints.file import EndpointsFileError, EndpointsFileWatcher
 from kvgate.endpoints.pool import EndpointPool, EndpointSpec
@@ -37,8 +38,6 @@ class UsageError(KvgateError):
 
 
 def duration_s(text: str, flag: str) -> float:
-    from kvgate.config.loader import parse_duration
-
     value = parse_duration(str(text))
     if value is None or value < 0:
         raise UsageError(f"{flag}: expected a duration such as 50ms, 2s or 1m, got {text!r}")
@@ -147,6 +146,7 @@ def build_gateway(
         max_retries=args.max_retries,
         connect_timeout_s=duration_s(args.connect_timeout, "--connect-timeout"),
         request_timeout_s=duration_s(args.request_timeout, "--request-timeout"),
+        shutdown_timeout_s=duration_s(args.drain_timeout, "--drain-timeout"),
         api_keys=api_keys,
         service_path=service_path or args.service_path,
         models=models,
@@ -237,7 +237,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
         )
         try:
             sig = await wait_for_signal()
-            log.info("received %s; shutting down", sig)
+            log.info(
+                "received %s; draining (up to %gs for requests in flight)",
+                sig,
+                gateway.settings.shutdown_timeout_s,
+            )
         finally:
             await gateway.stop()
         return 0

@@ -67,7 +67,7 @@ def test_bad_timeout_names_the_field(value: object) -> None:
 
 
 def test_go_durations() -> None:
-    from kvgate.plugins.scorers._duration import parse_duration_s
+    from kvgate.durations import parse_duration as parse_duration_s
 
     assert parse_duration_s("1m30s") == 90.0
     assert parse_duration_s("250ms") == 0.25

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvgate.durations import parse_duration
 from kvgate.errors import PluginParameterError
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.plugins.datalayer.base import SourceKind
-from kvgate.plugins.scorers._duration import parse_duration_s
 
 TYPE = "metrics-data-source"
 
@@ -72,7 +72,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> MetricsDataSource:
     interval_s: float | None = None
     interval = params.get_str("interval", "")
     if interval:
-        interval_s = parse_duration_s(interval)
+        interval_s = parse_duration(interval)
         if interval_s is None or interval_s <= 0:
             raise PluginParameterError(
                 "interval", f"expected a positive duration such as '1s', got {interval!r}"
