@@ -186,7 +186,7 @@ def picker_config_from_data(
     )
     if problems.items:
         raise ConfigError(problems.items)
-    return PickerConfig(
+    config = PickerConfig(
         source=source,
         api_version=str(api_version),
         plugins=tuple(resolved_plugins),
@@ -200,6 +200,11 @@ def picker_config_from_data(
         text=text,
         warnings=tuple(warnings),
     )
+    # llm-d's CreateMissingDataProducers, here rather than only at start-up, so `config
+    # check` shows the producers a consumer gets and names a producer that cannot be had
+    from kvgate.config.producers import add_default_producers
+
+    return add_default_producers(config, registry if registry is not None else default_registry())
 
 
 def _top_fields(problems: Problems, data: dict[str, Any], gen: Generation | None) -> None:
