@@ -183,9 +183,10 @@ class FlowController:
             return 0.0
         return await self._wait(item, band, now, pool_empty=not candidates)
 
-    def dispatched(self, endpoint_name: str) -> None:
-        """Scheduling sent an admitted request to ``endpoint_name``."""
-        if self._pending:
+    def dispatched(self, endpoint_name: str, *, retry: bool = False) -> None:
+        """Scheduling sent an admitted request to ``endpoint_name``; ``retry``: a later
+        attempt of a request already reported (it is in flight again, not newly admitted)."""
+        if self._pending and not retry:
             self._pending.popleft()
         self.detector.on_dispatched(endpoint_name)
 

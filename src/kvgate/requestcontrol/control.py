@@ -19,6 +19,9 @@ Invariants the front doors rely on:
 * every attempt that reached ``start_attempt`` is reported to flow control as dispatched and,
   exactly once, as completed, so the saturation detector's in-flight counts cannot drift.
 * A plugin hook that raises never breaks the request: it is logged and counted.
+* ``finish`` hands the finished context to every callable in ``RequestControl.on_finish``
+  (the dashboard's ring, :mod:`kvgate.dashboard.state`), last, with ``ctx.duration_s`` set;
+  with none registered it costs one empty-list test. An observer that raises is logged.
 """
 
 from __future__ import annotations
@@ -89,12 +92,17 @@ class RequestContext:
     flow_item: FlowItem | None = None
     attempt_open: bool = False
     finished: bool = False
+    duration_s: float | None = None  # arrival to finish, set by RequestControl.finish
 
     def set_usage(self, usage: Usage | None) -> None:
         if usage is not None:
             self.prompt_tokens = usage.prompt_tokens
             self.completion_tokens = usage.completion_tokens
             self.cached_tokens = usage.cached_tokens
+
+
+#: Told of every finished request (see the module docstring); must be cheap and not block.
+FinishObserver = Callable[[RequestContext], None]
 
 
 def _retarget(result: SchedulingResult, endpoint: Endpoint) -> SchedulingResult:
@@ -161,6 +169,7 @@ class RequestControl:
         if outlier is not None:
             pool.set_outlier(outlier)
         self.log_requests = log_requests
+        self.on_finish: list[FinishObserver] = []
         scheduler.observe = metrics.observe_plugin
         pool.on_removed(scheduler.endpoints_removed)
 
@@ -313,7 +322,7 @@ class RequestControl:
             self.outlier.started(endpoint.name)
         headers = self.scheduler.pre_request(ctx.request, self.attempt_result(ctx, endpoint))
         if self.flow is not None and ctx.flow_item is not None:
-            self.flow.dispatched(endpoint.name)
+            self.flow.dispatched(endpoint.name, retry=ctx.attempts > 1)
         return headers
 
     def first_byte(self, ctx: RequestContext) -> None:
@@ -365,6 +374,7 @@ class RequestControl:
         if self.retry_budget is not None:
             self.retry_budget.request_finished()
         elapsed = time.perf_counter() - ctx.started
+        ctx.duration_s = elapsed
         request = ctx.request
         model = ctx.model or "unknown"
         target = request.effective_model if request is not None else model
@@ -411,3 +421,9 @@ class RequestControl:
                     "scores": scores_of(ctx.result),
                 }
             )
+        if self.on_finish:
+            for observer in self.on_finish:
+                try:
+                    observer(ctx)
+                except Exception:  # an observer's bug must not break the request
+                    log.exception("on_finish observer failed")
