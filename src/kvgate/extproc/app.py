@@ -83,6 +83,8 @@ class EppOptions:
     model_server_metrics_path: str = "/metrics"
     model_server_metrics_port: int | None = None  # None: each endpoint's serving port
     subset_filter: bool = True  # honour x-gateway-destination-endpoint-subset
+    #: ``--drain-timeout``: after SIGTERM, how long ext_proc streams in flight may run on.
+    drain_timeout_s: float = 30.0
 
 
 def load_config(opts: EppOptions) -> PickerConfig:
@@ -262,10 +264,14 @@ class EppServer:
         return web.Response(status=200 if ready else 503, text="ok" if ready else "not ready")
 
     async def stop(self, grace_s: float = 2.0) -> None:
-        """Calls in flight get ``grace_s`` to end (both servers); a second stop is a no-op."""
+        """Drain: requests queued in flow control are answered (503 ``shutting_down``) at once,
+        new streams are refused, calls in flight get ``grace_s`` to end (both servers) and are
+        then reset; a second stop is a no-op."""
         if self._stopped:
             return
         self._stopped = True
+        self.synced = False  # the health service reports NOT_SERVING while draining
+        await self.control.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace_s)
         if self._h2 is not None:
@@ -279,7 +285,6 @@ class EppServer:
         if self._objective_watcher is not None:
             await self._objective_watcher.stop()
         await self.scraper.stop()
-        await self.control.stop()
         await self.scheduler.stop()
         flush_request_log()
 
@@ -294,7 +299,8 @@ async def serve(opts: EppOptions) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop()
+    log.info("draining (up to %gs for ext_proc streams in flight)", opts.drain_timeout_s)
+    await server.stop(opts.drain_timeout_s)
     return 0
 
 

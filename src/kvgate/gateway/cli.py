@@ -102,6 +102,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--connect-timeout", default="5s")
     s.add_argument(
+        "--drain-timeout",
+        default="30s",
+        help="on SIGTERM/SIGINT: stop accepting, let requests in flight finish for this long, "
+        "then cancel them (default 30s)",
+    )
+    s.add_argument(
         "--max-body-bytes",
         type=int,
         default=16 * 1024 * 1024,

@@ -89,6 +89,8 @@ class Gateway:
         self._build_routes()
         self._service_handlers = {self._chat, self._completions, self._models}
         self._started_plugins = False
+        #: True from the start of :meth:`stop`: ``/ready`` answers 503 so balancers move away.
+        self.draining = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -143,7 +145,19 @@ class Gateway:
             self.port = int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        """Stop listening, let in-flight requests finish (bounded), then stop the rest."""
+        """Drain, then stop: close the listening socket (new connections are refused), answer
+        requests still queued in flow control (503 ``shutting_down``) and report ``/ready``
+        503, let requests in flight (streams included) finish for up to
+        ``settings.shutdown_timeout_s`` (``--drain-timeout``), cancel what is left (each
+        still ends in ``finish``), then stop the scraper, watcher, plugins and client."""
+        self.draining = True
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+        if self._started_plugins:
+            # before waiting on handlers: a queued request would otherwise wait out the whole
+            # drain and then be cancelled, unanswered
+            await self.control.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -151,7 +165,6 @@ class Gateway:
             await self.watcher.stop()
         await self.scraper.stop()
         if self._started_plugins:
-            await self.control.stop()
             await self.scheduler.stop()
             self._started_plugins = False
         if self._client is not None:
@@ -173,8 +186,11 @@ class Gateway:
 
     async def _ready(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
         ready = len(self.pool.candidates())
-        body = msgspec.json.encode({"ready": ready > 0, "endpoints_in_rotation": ready})
-        return web.Response(status=200 if ready else 503, body=body, content_type=JSON)
+        ok = ready > 0 and not self.draining
+        body = msgspec.json.encode(
+            {"ready": ok, "endpoints_in_rotation": ready, "draining": self.draining}
+        )
+        return web.Response(status=200 if ok else 503, body=body, content_type=JSON)
 
     async def _metrics(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
         return web.Response(
@@ -228,6 +244,8 @@ class Gateway:
             return resp
         except asyncio.CancelledError:
             status = 499
+            if self.draining:  # cancelled by stop() at the drain deadline, not by the client
+                ctx.error = "drain_timeout"
             ctx.error = ctx.error or "client_disconnect"
             raise
         except Exception as exc:  # a bug: still answer, in OpenAI's shape

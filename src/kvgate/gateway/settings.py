@@ -21,5 +21,6 @@ class GatewaySettings:
     service_path: str | None = None
     #: Model names known from configuration, used for 404s before any replica listed models.
     models: frozenset[str] = frozenset()
-    shutdown_timeout_s: float = 10.0
+    #: ``--drain-timeout``: how long requests in flight may run on after SIGTERM.
+    shutdown_timeout_s: float = 30.0
     log_requests: bool = True

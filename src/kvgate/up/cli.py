@@ -42,6 +42,11 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="InferenceObjective documents (YAML): flow-control priorities by objective name",
     )
+    p.add_argument(
+        "--drain-timeout",
+        default="30s",
+        help="on Ctrl-C/SIGTERM: how long requests in flight may finish (default 30s)",
+    )
     p.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for replicas")
     p.add_argument("--vllm-python", type=Path, default=None, help="the Python that runs vLLM")
     p.set_defaults(func=_up)

@@ -63,6 +63,7 @@ def _serve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     ns.log_format = args.log_format
     ns.no_request_log = args.no_request_log
     ns.objectives = getattr(args, "objectives", None)
+    ns.drain_timeout = getattr(args, "drain_timeout", ns.drain_timeout)
     return ns
 
 
