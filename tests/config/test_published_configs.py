@@ -33,9 +33,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d-inference-scheduler__deploy_config_epp-precise-prefix-cache-config.yaml": (
         "plugins[token-producer].parameters.vllm.http: unknown parameter"
     ),
-    "llm-d-inference-scheduler__deploy_config_pd-epp-config.yaml": (
-        "plugins[prefix-based-pd-decider].type: unknown plugin type 'prefix-based-pd-decider'"
-    ),
     "llm-d-inference-scheduler__deploy_config_probabilistic-admitter-epp-config.yaml": (
         "plugins[probabilistic-admitter].type: unknown plugin type 'probabilistic-admitter'"
     ),
@@ -48,9 +45,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     ),
     "llm-d-inference-scheduler__deploy_config_sim-epp-tokenizer-vllm-http-config.yaml": (
         "plugins[token-producer].parameters.vllm.http: unknown parameter"
-    ),
-    "llm-d-inference-scheduler__deploy_config_sim-pd-epp-config.yaml": (
-        "plugins[prefix-based-pd-decider].type: unknown plugin type 'prefix-based-pd-decider'"
     ),
     "llm-d-inference-scheduler__test_integration_epp_testdata_datalayer-config.yaml": (
         "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
@@ -69,9 +63,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[mm-embeddings-cache-producer].parameters: plugin type "
         f"'mm-embeddings-cache-producer' is not supported: {_MM}"
     ),
-    "llm-d-router__deploy_config_pd-epp-config.yaml": (
-        "plugins[disagg-profile-handler].type: unknown plugin type 'disagg-profile-handler'"
-    ),
     "llm-d-router__deploy_config_pd-topology-epp-config.yaml": (
         "plugins[topology-extractor].parameters: plugin type 'topology-extractor' is not "
         "supported: kvgate has no node/accelerator topology attributes to extract into"
@@ -80,7 +71,9 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[probabilistic-admitter].type: unknown plugin type 'probabilistic-admitter'"
     ),
     "llm-d-router__deploy_config_sim-e-p-d-epp-config.yaml": (
-        "plugins[disagg-profile-handler].type: unknown plugin type 'disagg-profile-handler'"
+        "plugins[disagg-profile-handler].parameters.deciders.encode: kvgate has no encode (E) "
+        "stage: it routes text requests and its sidecar runs prefill and decode legs only; "
+        "remove the encode decider"
     ),
     "llm-d-router__deploy_config_sim-e-pd-epp-config.yaml": (
         "plugins[always-disagg-multimodal-decider].parameters: plugin type "
@@ -90,9 +83,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[dcgm-source].parameters: plugin type 'dcgm-data-source' is not supported: "
         "NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads only model-server "
         "metrics"
-    ),
-    "llm-d-router__deploy_config_sim-pd-epp-config.yaml": (
-        "plugins[prefix-based-pd-decider].type: unknown plugin type 'prefix-based-pd-decider'"
     ),
     "llm-d-router__deploy_config_sim-program-aware-config.yaml": (
         "plugins[program-aware-fairness].type: unknown plugin type 'program-aware-fairness'"
@@ -121,14 +111,8 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[prefix-cache-affinity-filter].parameters.maxTokensInFlightPenalty: "
         "unknown parameter"
     ),
-    "llm-d__guides_pd-disaggregation_router_pd-disaggregation.values.yaml": (
-        "plugins[always-disagg-pd-decider].type: unknown plugin type 'always-disagg-pd-decider'"
-    ),
     "llm-d__guides_predicted-latency-routing_router_predicted-latency.values.yaml": (
         "plugins[predicted-latency-producer].type: unknown plugin type 'predicted-latency-producer'"
-    ),
-    "llm-d__guides_wide-ep_router_wide-ep.values.yaml": (
-        "plugins[disagg-headers-handler].type: unknown plugin type 'disagg-headers-handler'"
     ),
 }
 

@@ -293,6 +293,13 @@ def _plugins(problems: Problems, reg: InspectingRegistry, value: Any) -> dict[st
         plugin.plugin = built
         plugin.roles = roles_of(built)
         plugin.effective = dict(reg.last_parameters)
+    for plugin in declared.values():  # references to other plugins, once all are built
+        check = getattr(plugin.plugin, "check_references", None)
+        if callable(check):
+            try:
+                check(ctx.plugins)
+            except PluginParameterError as exc:
+                problems.add(parameter_path(plugin.name, exc), exc.message)
     return declared
 
 

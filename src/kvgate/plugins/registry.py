@@ -52,6 +52,11 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.filters.encode_filter",
     "kvgate.plugins.scorers.token_load_scorer",
     "kvgate.plugins.profiles.data_parallel_profile_handler",
+    # P/D disaggregation, llm-d-router's generation (brief L)
+    "kvgate.plugins.profiles.disagg_profile_handler",
+    "kvgate.plugins.profiles.prefix_based_pd_decider",
+    "kvgate.plugins.profiles.always_disagg_pd_decider",
+    "kvgate.plugins.profiles.disagg_headers_handler",
     # data layer and request handling (config generations, brief D1)
     "kvgate.plugins.datalayer.metrics_data_source",
     "kvgate.plugins.datalayer.core_metrics_extractor",
