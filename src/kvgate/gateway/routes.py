@@ -28,10 +28,13 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
+from kvgate.dashboard import DashboardRoutes, DashboardState, dashboard_url
 from kvgate.endpoints.file import EndpointsFileWatcher
 from kvgate.endpoints.pool import EndpointPool
 from kvgate.endpoints.scrape import Scraper
 from kvgate.errors import PayloadTooLargeError, RequestError, SchedulingError
+from kvgate.explain.route import PATH as EXPLAIN_PATH
+from kvgate.explain.route import ExplainRoute
 from kvgate.gateway.auth import ApiKeyChecker
 from kvgate.gateway.forward import HEADER_SERVED_BY, JSON, Forwarder, json_error
 from kvgate.gateway.settings import GatewaySettings
@@ -47,6 +50,17 @@ log = logging.getLogger("kvgate.gateway")
 
 #: A route's handler: the request and the ``namespace/name`` of a service path, if any.
 Handler = Callable[[web.BaseRequest, str | None], Awaitable[web.StreamResponse]]
+
+
+def _without_service(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> Handler:
+    """A dashboard handler in the route table's ``(request, service)`` shape."""
+
+    async def route(req: web.BaseRequest, _: str | None) -> web.StreamResponse:
+        return await handler(req)
+
+    return route
 
 
 def scheduling_error_response(exc: SchedulingError, retry_after_s: float) -> web.Response:
@@ -82,6 +96,10 @@ class Gateway:
             log_requests=settings.log_requests,
         )
         self.auth = ApiKeyChecker(settings.api_keys)
+        # the operator's view: a ring fed by request control's one on_finish hook
+        self.dashboard = DashboardState(self.control, "gateway").attach()
+        self.dashboard_routes = DashboardRoutes(self.dashboard)
+        self.explain = ExplainRoute(self.control, self.dashboard)
         self._client: UpstreamClient | None = None
         self._forwarder: Forwarder | None = None
         self._runner: web.BaseRunner | None = None
@@ -103,7 +121,11 @@ class Gateway:
             ("GET", "/health"): self._health,
             ("GET", "/ready"): self._ready,
             ("GET", "/metrics"): self._metrics,
+            ("POST", EXPLAIN_PATH): self._explain,
+            ("GET", EXPLAIN_PATH): self._explain,
         }
+        for path, page in self.dashboard_routes.table().items():
+            self._routes[("GET", path)] = _without_service(page)
 
     async def _dispatch(self, req: web.BaseRequest) -> web.StreamResponse:
         """aiohttp's low-level server hands every request here: one dict lookup instead of
@@ -151,6 +173,7 @@ class Gateway:
         ``settings.shutdown_timeout_s`` (``--drain-timeout``), cancel what is left (each
         still ends in ``finish``), then stop the scraper, watcher, plugins and client."""
         self.draining = True
+        self.dashboard_routes.close()  # an open page must not hold the drain
         if self._runner is not None:
             for site in list(self._runner.sites):
                 await site.stop()
@@ -179,6 +202,10 @@ class Gateway:
             host = "127.0.0.1"
         return f"http://{host}:{self.port}"
 
+    @property
+    def dashboard_url(self) -> str:
+        return dashboard_url(self.base_url)
+
     # --- small routes -----------------------------------------------------------------------
 
     async def _health(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
@@ -196,6 +223,11 @@ class Gateway:
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
+
+    async def _explain(self, req: web.BaseRequest, _: str | None) -> web.StreamResponse:
+        if not self.auth.check(req.headers.get("Authorization")):
+            return json_error(401, "missing or invalid API key (Authorization: Bearer <key>)")
+        return await self.explain.handle(req)
 
     def _check_service_path(self, service: str | None) -> web.Response | None:
         if service is None or self.settings.service_path is None:

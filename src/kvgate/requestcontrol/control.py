@@ -37,6 +37,7 @@ from kvgate.endpoints.pool import EndpointPool
 from kvgate.errors import ModelNotFoundError, NoCandidatesError
 from kvgate.openai.requests import build_request, parse_body, strip_routing_headers
 from kvgate.openai.usage import Usage
+from kvgate.requestcontrol import tracing
 from kvgate.requestcontrol.metrics import RequestMetrics
 from kvgate.requestcontrol.reqlog import log_request, scores_of
 from kvgate.scheduling.scheduler import Scheduler
@@ -92,6 +93,7 @@ class RequestContext:
     flow_item: FlowItem | None = None
     attempt_open: bool = False
     finished: bool = False
+    trace: object | None = None  # the tracer's spans for this request (requestcontrol.tracing)
     duration_s: float | None = None  # arrival to finish, set by RequestControl.finish
 
     def set_usage(self, usage: Usage | None) -> None:
@@ -169,6 +171,8 @@ class RequestControl:
         if outlier is not None:
             pool.set_outlier(outlier)
         self.log_requests = log_requests
+        # --tracing's tracer (None when off: one `is not None` test per hook, no import)
+        self.tracer: tracing.RequestTracer | None = tracing.installed()
         self.on_finish: list[FinishObserver] = []
         scheduler.observe = metrics.observe_plugin
         pool.on_removed(scheduler.endpoints_removed)
@@ -323,6 +327,8 @@ class RequestControl:
         headers = self.scheduler.pre_request(ctx.request, self.attempt_result(ctx, endpoint))
         if self.flow is not None and ctx.flow_item is not None:
             self.flow.dispatched(endpoint.name, retry=ctx.attempts > 1)
+        if self.tracer is not None:  # W3C traceparent naming the attempt's span
+            headers.update(self.tracer.start_attempt(ctx, endpoint))
         return headers
 
     def first_byte(self, ctx: RequestContext) -> None:
@@ -351,6 +357,8 @@ class RequestControl:
                 self.outlier.record(endpoint.name, _outcome_of(info))
         if self.flow is not None and ctx.flow_item is not None:
             self.flow.completed(endpoint.name)
+        if self.tracer is not None:
+            self.tracer.end_attempt(ctx, info)
 
     # --- the end ------------------------------------------------------------------------------
 
@@ -391,6 +399,8 @@ class RequestControl:
             ctx.completion_tokens,
             ctx.cached_tokens,
         )
+        if self.tracer is not None:
+            self.tracer.finish(ctx)
         if self.log_requests:
             log_request(
                 {
