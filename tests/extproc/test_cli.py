@@ -159,8 +159,6 @@ def test_gie_defaults_and_off_values_all_act() -> None:
     "argv",
     [
         ["--ha-enable-leader-election"],
-        ["--tracing"],
-        ["--tracing=true"],
         ["--enable-pprof", "true"],
         ["--metrics-endpoint-auth"],
         ["--enable-cert-reload"],
@@ -177,14 +175,14 @@ def test_a_value_kvgate_cannot_honour_is_one_line(argv: list[str]) -> None:
 
 def test_unsupported_flag_stops_start_up() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "kvgate", "epp", "--endpoint", "127.0.0.1:1", "--tracing"],
+        [sys.executable, "-m", "kvgate", "epp", "--endpoint", "127.0.0.1:1", "--enable-pprof"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert "--tracing=true: not supported" in last and "--tracing=false" in last
+    assert "--enable-pprof=true: not supported" in last and "--enable-pprof=false" in last
 
 
 def test_pool_namespace_falls_back_to_namespace_env(monkeypatch: pytest.MonkeyPatch) -> None:

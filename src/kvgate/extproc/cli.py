@@ -9,9 +9,10 @@ duration (``50ms``) forms. Heavy imports happen inside :func:`run_epp`.
 Every flag of GIE's EPP (``pkg/epp/server/options.go`` and controller-runtime's ``--zap-*``
 in llm-d/llm-d-inference-scheduler) is accepted with GIE's default, and either acts or stops
 start-up with one line naming it (:func:`unsupported_flags`): a value kvgate cannot honour is
-never ignored. GIE defaults that kvgate does not implement (``--tracing``,
-``--enable-pprof``, ``--metrics-endpoint-auth``, all on in GIE) take effect as off, and
-stating them on is the error; docs/kubernetes.md lists them.
+never ignored. GIE defaults that kvgate does not implement (``--enable-pprof``,
+``--metrics-endpoint-auth``, both on in GIE) take effect as off, and stating them on is the
+error; docs/kubernetes.md lists them. ``--tracing`` (on in GIE) is off unless stated:
+``--tracing=true`` exports OpenTelemetry traces (:mod:`kvgate.requestcontrol.tracing`).
 """
 
 from __future__ import annotations
@@ -97,7 +98,6 @@ _UNSUPPORTED: tuple[tuple[str, str, Any, str], ...] = (
         None,
         "only used with --endpoint-selector, which kvgate does not implement",
     ),
-    ("--tracing", "tracing", True, "kvgate emits no OpenTelemetry traces; pass --tracing=false"),
     (
         "--enable-pprof",
         "enable_pprof",
@@ -256,7 +256,13 @@ def register(subparsers: Any) -> None:
     )
     gie = p.add_argument_group("GIE operations flags (false or absent only, see docs)")
     _bool_flag(gie, "--ha-enable-leader-election", False, "GIE default false")
-    _bool_flag(gie, "--tracing", None, "GIE default true; kvgate: off")
+    _bool_flag(
+        g,
+        "--tracing",
+        False,
+        "OpenTelemetry traces, configured by the OTEL_* variables as GIE's (GIE default "
+        "true; kvgate: off unless given; docs/observability.md)",
+    )
     _bool_flag(gie, "--enable-pprof", None, "GIE default true; kvgate: off")
     _bool_flag(gie, "--enable-cert-reload", False, "GIE default false")
     _bool_flag(gie, "--metrics-endpoint-auth", None, "GIE default true; kvgate: off")
@@ -451,4 +457,12 @@ def run_epp(args: argparse.Namespace) -> int:
         outlier=outlier_cli.config_from_args(args),
         log_requests=not args.no_request_log,
     )
-    return run(opts)
+    if not args.tracing:
+        return run(opts)
+    from kvgate.requestcontrol import tracing
+
+    tracing.setup(tracing.SERVICE_EPP)
+    try:
+        return run(opts)
+    finally:
+        tracing.shutdown()  # export the spans still buffered

@@ -138,10 +138,24 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_serve_args(p)
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry trace of each request, configured by the OTEL_* variables "
+        "(exporter, endpoint, sampler: docs/observability.md); off by default",
+    )
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from kvgate.gateway.app import serve_from_args
 
-    return serve_from_args(args)
+    if not args.tracing:
+        return serve_from_args(args)
+    from kvgate.requestcontrol import tracing
+
+    tracing.setup(tracing.SERVICE_GATEWAY)
+    try:
+        return serve_from_args(args)
+    finally:
+        tracing.shutdown()  # export the spans still buffered
