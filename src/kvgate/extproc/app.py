@@ -22,10 +22,13 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kvgate.dashboard import DashboardRoutes, DashboardState, dashboard_url
 from kvgate.endpoints.outlier import OutlierConfig
 from kvgate.endpoints.pool import EndpointPool, EndpointSpec
 from kvgate.endpoints.scrape import MetricNames, Scraper
 from kvgate.errors import KvgateError
+from kvgate.explain.route import PATH as EXPLAIN_PATH
+from kvgate.explain.route import ExplainRoute
 from kvgate.extproc.director import Director
 from kvgate.extproc.h2server import H2ExtProcServer, server_ssl_context
 from kvgate.extproc.health import health_handler
@@ -148,6 +151,11 @@ class EppServer:
             pool_name=pool_label,
         )
         self.director = Director(self.control, self.rng, subset_filter=opts.subset_filter)
+        # the operator's view on the metrics port: /dashboard and /debug/explain
+        self.dashboard = DashboardState(self.control, "epp").attach()
+        self.dashboard_routes = DashboardRoutes(self.dashboard)
+        self.explain = ExplainRoute(self.control, self.dashboard)
+        self.metrics_port = opts.metrics_port  # the bound port once started
         self._discovery: Any = None
         self._objective_watcher: ObjectiveWatcher | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -202,17 +210,37 @@ class EppServer:
         app = web.Application()
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/healthz", self._serve_health)
+        for path, handler in self.dashboard_routes.table().items():
+            app.router.add_get(path, handler)
+        app.router.add_post(EXPLAIN_PATH, self.explain.handle)
+        app.router.add_get(EXPLAIN_PATH, self.explain.handle)
         self._metrics_runner = web.AppRunner(app, access_log=None)
         await self._metrics_runner.setup()
-        await web.TCPSite(self._metrics_runner, opts.grpc_host, opts.metrics_port).start()
+        site = web.TCPSite(self._metrics_runner, opts.grpc_host, opts.metrics_port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.metrics_port = int(sockets[0].getsockname()[1])
         log.info(
-            "kvgate epp serving ext_proc on %s (%s, %s), health on :%d, metrics on :%d",
+            "kvgate epp serving ext_proc on %s (%s, %s), health on :%d, metrics on :%d, "
+            "dashboard at %s",
             address,
             opts.grpc_server,
             "TLS" if opts.secure_serving else "plaintext",
             opts.grpc_health_port,
-            opts.metrics_port,
+            self.metrics_port,
+            self.dashboard_url,
         )
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard on the metrics port (loopback when listening on every address)."""
+        host = self.opts.grpc_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return dashboard_url(f"http://{host}:{self.metrics_port}")
 
     async def _start_discovery(self) -> None:
         opts = self.opts
@@ -279,6 +307,7 @@ class EppServer:
         if self._health is not None:
             await self._health.stop(0)
         if self._metrics_runner is not None:
+            self.dashboard_routes.close()  # an open page must not hold the metrics server
             await self._metrics_runner.cleanup()
         if self._discovery is not None:
             await self._discovery.stop()

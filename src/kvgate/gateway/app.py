@@ -235,6 +235,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
             f"kvgate serve: {gateway.base_url}/v1 (ready when {gateway.base_url}/ready is 200)",
             flush=True,
         )
+        print(f"kvgate serve: dashboard at {gateway.dashboard_url}", flush=True)
         try:
             sig = await wait_for_signal()
             log.info(

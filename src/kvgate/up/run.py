@@ -231,6 +231,7 @@ async def _run(args: argparse.Namespace, svc: Any, plan: Any, model: Any) -> int
         _say(f"ready: model {model.name!r} behind {len(plan.replicas)} replica(s)")
         print(f"  OpenAI base URL: {base}/v1", flush=True)
         print(f"  OpenAI base URL: {base}/{svc.namespace}/{svc.name}/v1", flush=True)
+        print(f"  dashboard: {gateway.dashboard_url}", flush=True)
         print(f"  metrics: {base}/metrics   (Ctrl-C to stop)", flush=True)
 
         def _report(event: ReplicaEvent) -> None:
