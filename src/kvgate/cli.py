@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kvgate.k8s.cli",  # render
     "kvgate.bench.cli",  # bench
     "kvgate.config.cli",  # config check
+    "kvgate.explain.cli",  # explain
     "kvgate.engines.cli",  # model prepare, engine
 )
 
