@@ -337,9 +337,14 @@ class ChunkWriter:
         )
 
     def full(
-        self, text: str, finish_reason: str, stop_reason: str | None, usage: dict[str, Any]
+        self,
+        text: str,
+        finish_reason: str,
+        stop_reason: str | None,
+        usage: dict[str, Any],
+        kv_transfer_params: dict[str, Any] | None = None,
     ) -> bytes:
-        """The non-streaming response body."""
+        """The non-streaming response body (``kv_transfer_params``: a P/D prefill's answer)."""
         if self.chat:
             message = {
                 "role": "assistant",
@@ -372,7 +377,7 @@ class ChunkWriter:
                     "prompt_logprobs": None,
                     "prompt_token_ids": None,
                     "prompt_text": None,
-                    "kv_transfer_params": None,
+                    "kv_transfer_params": kv_transfer_params,
                     "ec_transfer_params": None,
                     "metrics": None,
                 }
@@ -398,7 +403,7 @@ class ChunkWriter:
                 "service_tier": None,
                 "system_fingerprint": SYSTEM_FINGERPRINT,
                 "usage": usage,
-                "kv_transfer_params": None,
+                "kv_transfer_params": kv_transfer_params,
                 "ec_transfer_params": None,
                 "metrics": None,
             }

@@ -66,6 +66,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kv-events-config", default=None, help="vLLM's --kv-events-config JSON")
     p.add_argument(
+        "--kv-transfer-config",
+        default=None,
+        help='vLLM\'s --kv-transfer-config JSON for P/D, e.g. {"kv_connector":"NixlConnector",'
+        '"kv_role":"kv_both"} (see kvgate.sim.kvtransfer for the simulated link)',
+    )
+    p.add_argument(
         "--kv-events-endpoint", default=None, help="ZMQ endpoint of the PUB socket (enables events)"
     )
     p.add_argument("--kv-events-topic", default=None, help="default kv@<host:port>@<model>")

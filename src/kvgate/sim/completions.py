@@ -105,6 +105,11 @@ async def _completion_inner(
             raise
         return error_response(BadRequestError(f"could not prepare the prompt: {exc}"))
 
+    try:
+        remote_decode, remote_prefill = _kv_transfer_request(state, body)
+    except RequestError as exc:
+        return error_response(exc)
+
     fault = request.headers.get(FAULT_HEADER) or _draw_fault(state)
     if fault not in FAILURE_KINDS and fault is not None:
         return error_response(
@@ -142,16 +147,70 @@ async def _completion_inner(
         arrival_time=arrival,
     )
     req.notify_each_token = sampling.stream
+    if remote_prefill is not None:
+        await _pull_kv(state, req, remote_prefill)
     state.metrics.observe_admitted(sampling.max_tokens, max_tokens)
     engine.add(req)
     writer = api.ChunkWriter(model, chat=chat)
     try:
         if sampling.stream:
             return await _stream(request, state, req, writer, sampling, drop=fault == "drop")
-        return await _full(request, state, req, writer, drop=fault == "drop")
+        return await _full(
+            request, state, req, writer, drop=fault == "drop", remote_decode=remote_decode
+        )
     finally:
         if not req.finished:
             engine.abort(req)
+
+
+def _kv_transfer_request(
+    state: SimState, body: dict[str, Any]
+) -> tuple[bool, dict[str, Any] | None]:
+    """(is a P/D prefill leg, the decode leg's params or None) from ``kv_transfer_params``.
+
+    Without ``--kv-transfer-config`` the field is ignored, as vLLM ignores it without a KV
+    connector; with one, a leg the replica's ``kv_role`` cannot serve is a 400."""
+    kvt = state.settings.kv_transfer
+    params = body.get("kv_transfer_params")
+    if kvt is None or params is None:
+        return False, None
+    if not isinstance(params, dict):
+        raise BadRequestError("'kv_transfer_params' must be an object", param="kv_transfer_params")
+    remote_decode = params.get("do_remote_decode") is True
+    remote_prefill = params.get("do_remote_prefill") is True
+    if remote_decode and not kvt.is_producer:
+        raise BadRequestError(
+            f"kv_transfer_params.do_remote_decode: this replica's kv_role is {kvt.kv_role}",
+            param="kv_transfer_params",
+        )
+    if remote_prefill and not kvt.is_consumer:
+        raise BadRequestError(
+            f"kv_transfer_params.do_remote_prefill: this replica's kv_role is {kvt.kv_role}",
+            param="kv_transfer_params",
+        )
+    return remote_decode, params if remote_prefill else None
+
+
+async def _pull_kv(state: SimState, req: SimRequest, params: dict[str, Any]) -> None:
+    """The decode leg's wait for the prompt's KV: the blocks not held here cross the link.
+
+    vLLM's consumer pulls every remote block beyond its local prefix hit; an empty
+    ``remote_block_ids`` (a prompt shorter than a block) transfers nothing."""
+    kvt = state.settings.kv_transfer
+    assert kvt is not None
+    engine = state.engine
+    n = req.num_prompt_tokens
+    blocks = params.get("remote_block_ids")
+    delivered = (
+        n if not isinstance(blocks, list) else min(n, len(blocks) * engine.config.block_size)
+    )
+    if delivered <= 0:
+        return
+    pulled = max(0, delivered - engine.cached_prefix_tokens(req))
+    req.num_external_tokens = delivered
+    wait_s = kvt.transfer_s(pulled, state.settings.profile.kv_bytes_per_token)
+    if wait_s > 0:
+        await asyncio.sleep(wait_s / state.settings.speed)
 
 
 def _draw_fault(state: SimState) -> str | None:
@@ -301,7 +360,13 @@ async def _stream(
 
 
 async def _full(
-    request: web.Request, state: SimState, req: SimRequest, writer: api.ChunkWriter, *, drop: bool
+    request: web.Request,
+    state: SimState,
+    req: SimRequest,
+    writer: api.ChunkWriter,
+    *,
+    drop: bool,
+    remote_decode: bool = False,
 ) -> web.StreamResponse:
     if drop:
         req.notify_each_token = True
@@ -320,7 +385,14 @@ async def _full(
         texts[-1] = req.stream.last_text
     reason = req.finish_reason or "length"
     stop_reason = req.stream.stop_reason if reason == "stop" else None
-    body = writer.full("".join(texts), reason, stop_reason, _usage(req, writer.chat, full=True))
+    kv_params = None
+    kvt = state.settings.kv_transfer
+    if remote_decode and kvt is not None and reason in ("length", "stop"):
+        # vLLM's NIXL producer: the finished prefill's blocks, for the decode side to pull
+        kv_params = kvt.producer_params(req.request_id or writer.id, req.finished_block_ids)
+    body = writer.full(
+        "".join(texts), reason, stop_reason, _usage(req, writer.chat, full=True), kv_params
+    )
     return web.Response(body=body, content_type="application/json")
 
 

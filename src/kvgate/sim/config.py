@@ -12,7 +12,8 @@ import logging
 
 from kvgate.kvcache.hashing import HASH_ALGOS
 from kvgate.sim.engine import LoraAdapter
-from kvgate.sim.profiles import DEFAULT_PROFILE, load_profile
+from kvgate.sim.kvtransfer import KVTransferConfig, parse_kv_transfer_config
+from kvgate.sim.profiles import DEFAULT_PROFILE, Profile, load_profile
 from kvgate.sim.publisher import parse_kv_events_config
 from kvgate.sim.state import FAILURE_KINDS, SimSettings
 
@@ -139,4 +140,19 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         legacy_gpu_cache_usage_metric=args.legacy_gpu_cache_usage_metric,
         enable_prefix_caching=args.enable_prefix_caching,
         shutdown_timeout_s=args.shutdown_timeout,
+        kv_transfer=_kv_transfer(args, profile),
     )
+
+
+def _kv_transfer(args: argparse.Namespace, profile: Profile) -> KVTransferConfig | None:
+    text = getattr(args, "kv_transfer_config", None)
+    if not text:
+        return None
+    # vLLM's default engine id is a fresh UUID; a stable one per replica is easier to read
+    config = parse_kv_transfer_config(text, default_engine_id=f"kvgate-sim-{args.port}")
+    if config.is_consumer and not (config.kv_bytes_per_token or profile.kv_bytes_per_token):
+        raise ValueError(
+            f"--kv-transfer-config: profile {profile.name!r} has no kv_bytes_per_token; set "
+            "kv_connector_extra_config.sim_kv_bytes_per_token"
+        )
+    return config

@@ -95,6 +95,7 @@ class EngineStats:
     prompt_tokens_computed: int = 0
     prompt_tokens_cached_gpu: int = 0
     prompt_tokens_cached_cpu: int = 0
+    prompt_tokens_transferred: int = 0  # P/D: delivered by the KV connector
     generation_tokens: int = 0
     prefix_queries: int = 0
     prefix_hits: int = 0
@@ -205,6 +206,7 @@ class SimRequest:
         "delivered",
         "emit_step",
         "finish_reason",
+        "finished_block_ids",
         "finished_time",
         "first_scheduled_time",
         "first_token_time",
@@ -217,6 +219,7 @@ class SimRequest:
         "num_cached_tokens",
         "num_computed_tokens",
         "num_created_cache_tokens",
+        "num_external_tokens",
         "num_output_tokens",
         "num_preemptions",
         "num_prompt_tokens",
@@ -256,6 +259,10 @@ class SimRequest:
         self.num_created_cache_tokens = 0  # prompt tokens this request put into the cache
         self.num_preemptions = 0
         self.block_ids: list[int] = []
+        #: the blocks it held when it finished (a P/D prefill returns them as remote_block_ids)
+        self.finished_block_ids: list[int] = []
+        #: prompt tokens a KV connector delivered (P/D decode): admitted as computed
+        self.num_external_tokens = 0
         self.block_hashes: list[BlockHash] = []
         self.finish_reason: str | None = None
         self.delivered = 0
@@ -416,6 +423,12 @@ class Engine:
         """A wall-clock duration in the modelled clock (× speed)."""
         return wall_s * self.config.speed
 
+    def cached_prefix_tokens(self, req: SimRequest) -> int:
+        """Leading prompt tokens of ``req`` this engine's cache holds now (full blocks)."""
+        n = len(req.token_ids)
+        hit = self.kv.lookup(self._hashes(req, n), (n - 1) // self.config.block_size)
+        return hit.num_blocks * self.config.block_size
+
     def reset_prefix_cache(self) -> bool:
         ok = self.kv.reset()
         self._flush_events()
@@ -569,7 +582,9 @@ class Engine:
                 n_tokens = len(req.token_ids)
                 hashes = self._hashes(req, n_tokens)
                 hit = kv.lookup(hashes, (n_tokens - 1) // bs)
-                computed = hit.num_blocks * bs
+                local = hit.num_blocks * bs
+                # KV a connector transferred counts as computed (never the last token)
+                computed = max(local, min(req.num_external_tokens, n_tokens - 1))
                 num_new = min(n_tokens - computed, budget)
                 need = -(-(computed + num_new) // bs) - hit.num_blocks
                 if not kv.can_allocate(hit, need):
@@ -581,14 +596,15 @@ class Engine:
                 loaded += len(hit.cpu_hashes)
                 st = self.stats
                 st.prefix_queries += n_tokens
-                st.prefix_hits += computed
+                st.prefix_hits += local
                 if req.num_cached_tokens < 0:
                     # First admission: what the response reports as cached_tokens.
                     req.num_cached_tokens = computed
                     req.first_scheduled_time = start
                     cpu_tokens = len(hit.cpu_hashes) * bs
                     st.prompt_tokens += req.num_prompt_tokens
-                    st.prompt_tokens_cached_gpu += computed - cpu_tokens
+                    st.prompt_tokens_cached_gpu += local - cpu_tokens
+                    st.prompt_tokens_transferred += computed - local
                     st.prompt_tokens_cached_cpu += cpu_tokens
                     st.prompt_tokens_computed += req.num_prompt_tokens - computed
                 req.status = RUNNING
@@ -742,6 +758,7 @@ class Engine:
             self.on_step(sum(n for _, n, _ in scheduled), itl)
 
     def _finish(self, req: SimRequest, reason: str, now: float, *, wake: bool = True) -> None:
+        req.finished_block_ids = req.block_ids
         self.kv.free_blocks(req.block_ids)
         req.block_ids = []
         req.status = FINISHED

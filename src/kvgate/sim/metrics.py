@@ -305,12 +305,12 @@ class SimMetrics:
         yield counter(
             "vllm:external_prefix_cache_queries",
             "External prefix cache queries from KV connector cross-instance cache sharing, in terms of number of queried tokens.",
-            0,
+            st.prompt_tokens_transferred,
         )
         yield counter(
             "vllm:external_prefix_cache_hits",
             "External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.",
-            0,
+            st.prompt_tokens_transferred,
         )
         yield counter(
             "vllm:mm_cache_queries",
@@ -335,11 +335,13 @@ class SimMetrics:
         for source, value in (
             ("local_compute", st.prompt_tokens_computed),
             ("local_cache_hit", st.prompt_tokens_cached_gpu + st.prompt_tokens_cached_cpu),
-            ("external_kv_transfer", 0),
+            ("external_kv_transfer", st.prompt_tokens_transferred),
         ):
             src.add_metric([*values, source], value, created=created)
         yield src
-        cached_total = st.prompt_tokens_cached_gpu + st.prompt_tokens_cached_cpu
+        cached_total = (
+            st.prompt_tokens_cached_gpu + st.prompt_tokens_cached_cpu + st.prompt_tokens_transferred
+        )
         yield counter(
             "vllm:prompt_tokens_cached",
             "Number of cached prompt tokens (local + external).",
@@ -354,7 +356,7 @@ class SimMetrics:
         for source, value in (
             ("device", st.prompt_tokens_cached_gpu),
             ("host", st.prompt_tokens_cached_cpu),
-            ("p2p", 0),
+            ("p2p", st.prompt_tokens_transferred),
             ("disk", 0),
             ("external_unspecified", 0),
         ):

@@ -97,6 +97,8 @@ class Profile:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     max_model_len: int = 8192
+    #: bytes of KV cache per token (2 · layers · kv_heads · head_dim · dtype bytes): P/D transfer
+    kv_bytes_per_token: int = 0
     model: str = ""
     description: str = ""
 
@@ -125,6 +127,7 @@ class Profile:
                 max_num_seqs=int(data.get("max_num_seqs", 256)),
                 max_num_batched_tokens=int(data.get("max_num_batched_tokens", 8192)),
                 max_model_len=int(data.get("max_model_len", 8192)),
+                kv_bytes_per_token=int(data.get("kv_bytes_per_token", 0)),
                 model=str(data.get("model", "")),
                 description=str(data.get("description", "")),
             )

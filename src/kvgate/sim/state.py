@@ -12,10 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from kvgate.errors import BadRequestError, RequestError
-from kvgate.openai import error_body, parse_body
 from kvgate.kvcache.tokenize import Tokenizer
+from kvgate.openai import error_body, parse_body
 from kvgate.sim import api
 from kvgate.sim.engine import Engine, EngineConfig, LoraAdapter
+from kvgate.sim.kvtransfer import KVTransferConfig
 from kvgate.sim.metrics import SimMetrics
 from kvgate.sim.output import OutputVocab
 from kvgate.sim.profiles import Profile
@@ -71,6 +72,7 @@ class SimSettings:
     legacy_gpu_cache_usage_metric: bool = False
     enable_prefix_caching: bool = True
     shutdown_timeout_s: float = 30.0
+    kv_transfer: KVTransferConfig | None = None  # --kv-transfer-config (P/D)
 
 
 class SimState:
