@@ -7,6 +7,17 @@ template ship inside the package (Apache-2.0, see data/tokenizers/*/README.md) a
 default, so the simulator, the router and real vLLM serving SmolLM2 agree on prompt token
 ids exactly. vLLM tokenizes a rendered chat with ``add_special_tokens=False`` and a
 completion prompt with the tokenizer's defaults; :meth:`Tokenizer.encode_request` does the same.
+
+A model's own tokenizer is found by :func:`load_tokenizer` (a path, llm-d's
+``tokenizersPoolConfig`` sources, the Hugging Face cache or the Hub: see
+:mod:`kvgate.kvcache.tokenizer_files`). Chat templates render as ``transformers``'
+``apply_chat_template`` renders them: the same sandbox, ``trim_blocks``/``lstrip_blocks``,
+``loopcontrols``, the ``{% generation %}`` tag, ``raise_exception``, ``strftime_now`` and a
+``tojson`` that keeps non-ASCII text (tests/kvcache/test_chat_templates.py compares them).
+
+Front doors hand plugins the process's defaults through ``PluginContext.services``
+(:func:`tokenizer_services`): ``"tokenizer"`` (``--tokenizer``) and ``"hf-offline"``
+(``--offline``).
 """
 
 from __future__ import annotations
@@ -16,18 +27,26 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.ext
+import jinja2.nodes
+import jinja2.parser
 import jinja2.sandbox
 from tokenizers import Tokenizer as HFTokenizer
 
+from kvgate.kvcache.tokenizer_files import TokenizerSource, find_tokenizer
 from kvgate.scheduling.types import Request
 
 DEFAULT_TOKENIZER_NAME = "smollm2-135m-instruct"
+#: ``PluginContext.services`` keys the front doors fill (see :func:`tokenizer_services`).
+TOKENIZER_SERVICE = "tokenizer"
+OFFLINE_SERVICE = "hf-offline"
 
 #: Used when a tokenizer comes without a chat template.
 CHATML_TEMPLATE = (
@@ -47,13 +66,45 @@ def _raise_exception(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    # transformers' filter, not Jinja's: no HTML escaping, non-ASCII kept
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}``: renders its body (transformers marks the
+    assistant's span with it; the text is the same)."""
+
+    tags = {"generation"}  # noqa: RUF012 - Jinja's Extension API declares it so
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
+
+
 @lru_cache(maxsize=16)
 def _compile_template(source: str) -> jinja2.Template:
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[jinja2.ext.loopcontrols, _GenerationTag],
     )
     env.globals["raise_exception"] = _raise_exception
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent)
+    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
     return env.from_string(source)
 
 
@@ -175,6 +226,36 @@ def _load(path: str) -> Tokenizer:
         tok = Tokenizer(folder.name, hf, template, special)
         _CACHE[path] = tok
         return tok
+
+
+def load_tokenizer(ref: str | Path, source: TokenizerSource | None = None) -> Tokenizer:
+    """The tokenizer for ``ref``: a tokenizer.json, a model folder, or a model name found as
+    :func:`kvgate.kvcache.tokenizer_files.find_tokenizer` finds it (local map, discovery, the
+    HF cache, the Hub unless offline). Loaded once per path (:meth:`Tokenizer.from_path`).
+
+    Raises :class:`~kvgate.kvcache.tokenizer_files.TokenizerNotFoundError` (one line naming the
+    model and the options), never falls back to another model's tokenizer.
+    """
+    path = find_tokenizer(str(ref), source)
+    try:
+        return Tokenizer.from_path(path)
+    except Exception as exc:  # tokenizers raises its own Exception subclasses
+        from kvgate.kvcache.tokenizer_files import TokenizerNotFoundError
+
+        raise TokenizerNotFoundError(f"tokenizer {path}: cannot be loaded: {exc}") from exc
+
+
+def tokenizer_services(tokenizer: str | Path | None, *, offline: bool = False) -> dict[str, Any]:
+    """``PluginContext.services`` entries for a front door's ``--tokenizer`` / ``--offline``.
+
+    ``"tokenizer"``: the loaded ``--tokenizer`` (absent when not given: plugins then use their
+    own ``tokenizersPoolConfig`` or the built-in SmolLM2 one, saying so at start-up);
+    ``"hf-offline"``: whether plugins may download tokenizers from the Hub.
+    """
+    services: dict[str, Any] = {OFFLINE_SERVICE: offline}
+    if tokenizer is not None and str(tokenizer):
+        services[TOKENIZER_SERVICE] = load_tokenizer(tokenizer, TokenizerSource(offline=offline))
+    return services
 
 
 class ChunkCachedEncoder:
