@@ -31,9 +31,17 @@ from kvgate.gateway.upstream import (
     UpstreamStreamError,
 )
 from kvgate.openai.errors import error_body, sse_error_event
+from kvgate.openai.requests import UPSTREAM_BODY
 from kvgate.openai.usage import Usage, usage_from_json, usage_from_sse
 from kvgate.requestcontrol.control import RequestContext, RequestControl, attempt_order
-from kvgate.scheduling.types import HEADER_REQUEST_ID, Endpoint, Request, ResponseInfo
+from kvgate.scheduling.types import (
+    HEADER_PREFILLER,
+    HEADER_REQUEST_ID,
+    Endpoint,
+    Request,
+    ResponseInfo,
+)
+from kvgate.sidecar.legs import PrefillLeg, decode_body
 
 log = logging.getLogger("kvgate.gateway")
 
@@ -78,12 +86,18 @@ class Forwarder:
         self.auth = auth
         self.client = client
         self._rng = random.Random()  # back-off jitter
+        #: P/D: the prefill leg when the schedule names a prefill endpoint (kvgate.sidecar.legs)
+        self.prefill_leg = PrefillLeg(
+            client, self.metrics.registry, timeout_s=settings.request_timeout_s
+        )
 
     def _payload(self, request: Request, body: bytes) -> bytes:
-        """The body to send: unchanged unless a plugin rewrote the model."""
+        """The body to send: unchanged unless a plugin rewrote the model (then the client's
+        body with the new model, not the view the scheduler read)."""
         target = request.target_model
         if target and target != request.model and request.body is not None:
-            return msgspec.json.encode({**request.body, "model": target})
+            original = request.extra.get(UPSTREAM_BODY, request.body)
+            return msgspec.json.encode({**original, "model": target})
         return body
 
     async def forward(

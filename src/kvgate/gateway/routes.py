@@ -40,6 +40,7 @@ from kvgate.gateway.forward import HEADER_SERVED_BY, JSON, Forwarder, json_error
 from kvgate.gateway.settings import GatewaySettings
 from kvgate.gateway.upstream import UpstreamClient
 from kvgate.openai.errors import request_error_body, scheduling_error_reply
+from kvgate.openai.requests import OTHER_ROUTES, UPSTREAM_BODY, parse_body, routing_view
 from kvgate.requestcontrol.control import RequestContext, RequestControl
 from kvgate.requestcontrol.metrics import RequestMetrics
 from kvgate.requestcontrol.reqlog import flush_request_log
@@ -105,7 +106,7 @@ class Gateway:
         self._runner: web.BaseRunner | None = None
         self.port: int = settings.port
         self._build_routes()
-        self._service_handlers = {self._chat, self._completions, self._models}
+        self._service_handlers = {self._chat, self._completions, self._models, self._other}
         self._started_plugins = False
         #: True from the start of :meth:`stop`: ``/ready`` answers 503 so balancers move away.
         self.draining = False
@@ -124,6 +125,8 @@ class Gateway:
             ("POST", EXPLAIN_PATH): self._explain,
             ("GET", EXPLAIN_PATH): self._explain,
         }
+        for path in OTHER_ROUTES:  # vLLM's other JSON routes: routed by model and prompt
+            self._routes[("POST", path)] = self._other
         for path, page in self.dashboard_routes.table().items():
             self._routes[("GET", path)] = _without_service(page)
 
@@ -263,8 +266,18 @@ class Gateway:
     async def _completions(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
         return await self._inference(req, service, "completions", "/v1/completions")
 
+    async def _other(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
+        """A vLLM route other than completions and chat, forwarded to the same path."""
+        # under /<namespace>/<name>/v1/...: the model server's path is the /v1/... part
+        path = req.path if service is None else "/" + req.path.split("/", 3)[3]
+        return await self._inference(req, service, None, path)
+
     async def _inference(
-        self, req: web.BaseRequest, service: str | None, kind: RequestKind, upstream_path: str
+        self,
+        req: web.BaseRequest,
+        service: str | None,
+        kind: RequestKind | None,
+        upstream_path: str,
     ) -> web.StreamResponse:
         control = self.control
         ctx = control.begin("gateway", req.path)
@@ -310,7 +323,7 @@ class Gateway:
         self,
         req: web.BaseRequest,
         service: str | None,
-        kind: RequestKind,
+        kind: RequestKind | None,
         upstream_path: str,
         ctx: RequestContext,
     ) -> web.StreamResponse:
@@ -327,7 +340,14 @@ class Gateway:
             return bad
         try:
             body = await self._read_body(req)
-            self.control.parse(ctx, kind, body, req.headers)
+            if kind is None:  # another vLLM route: schedule on the prompt it carries
+                parsed = parse_body(body)
+                kind, view = routing_view(parsed)
+                request = self.control.parse(ctx, kind, body, req.headers, parsed=view)
+                if view is not parsed:
+                    request.extra[UPSTREAM_BODY] = parsed
+            else:
+                self.control.parse(ctx, kind, body, req.headers)
             await self.control.route(ctx)
         except RequestError as exc:
             ctx.error = type(exc).__name__

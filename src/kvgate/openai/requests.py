@@ -115,3 +115,58 @@ def build_request(
         body=body,
         body_size=body_size,
     )
+
+
+#: vLLM's OpenAI-server routes besides completions and chat that take a JSON body with a
+#: ``model``; kvgate routes them by model and schedules them on the prompt they carry.
+OTHER_ROUTES: tuple[str, ...] = (
+    "/v1/responses",
+    "/v1/embeddings",
+    "/tokenize",
+    "/detokenize",
+    "/pooling",
+    "/classify",
+    "/score",
+    "/v1/score",
+    "/rerank",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/invocations",
+)
+#: Body fields that carry the text a route works on, in the order they are looked for.
+_TEXT_FIELDS = ("prompt", "input", "query", "text_1", "text", "documents")
+#: ``upstream_body`` in Request.extra: the client's body, when the scheduler reads a view of it.
+UPSTREAM_BODY = "upstream_body"
+
+
+def _text_of(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return "".join(value)
+    return None
+
+
+def routing_view(body: dict[str, Any]) -> tuple[RequestKind, dict[str, Any]]:
+    """The request kind and the body the scheduler reads, for a route other than completions
+    and chat: chat when the body has ``messages`` (``/tokenize``, ``/v1/responses`` with a
+    list of messages as ``input``), else completions on the text the route carries (a prompt,
+    ``input``, a query, ...), or an empty prompt when it carries none the scheduler can hash
+    (token ids, images). ``model`` is validated as for completions."""
+    if isinstance(body.get("messages"), list):
+        return "chat", body
+    items = body.get("input")
+    if isinstance(items, list) and items and all(isinstance(i, dict) for i in items):
+        messages: list[dict[str, Any]] = []
+        instructions = body.get("instructions")
+        if isinstance(instructions, str):
+            messages.append({"role": "system", "content": instructions})
+        for item in items:
+            role = item.get("role")
+            messages.append({"role": role if isinstance(role, str) else "user", **item})
+        return "chat", {**body, "messages": messages}
+    for field in _TEXT_FIELDS:
+        text = _text_of(body.get(field))
+        if text is not None:
+            return "completions", {**body, "prompt": text}
+    return "completions", {**body, "prompt": ""}
