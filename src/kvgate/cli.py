@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kvgate.gateway.cli",  # serve
     "kvgate.sim.cli",  # sim
     "kvgate.extproc.cli",  # epp
+    "kvgate.sidecar.cli",  # sidecar (P/D)
     "kvgate.k8s.cli",  # render
     "kvgate.bench.cli",  # bench
     "kvgate.config.cli",  # config check
