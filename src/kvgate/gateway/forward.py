@@ -167,8 +167,11 @@ class Forwarder:
         extra[HEADER_REQUEST_ID] = request.request_id
         hdrs = upstream_headers(req.headers.items(), extra, drop_authorization=self.auth.enabled)
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        prefiller = hdrs.pop(HEADER_PREFILLER, None)  # this gateway runs both legs itself
         try:
             async with asyncio.timeout_at(deadline):
+                if prefiller:
+                    payload = await self._prefill(request, prefiller, path, hdrs, payload)
                 upstream = await self.client.post(
                     endpoint.address,
                     endpoint.port,
@@ -214,6 +217,23 @@ class Forwarder:
             raise
         finally:
             upstream.release()
+
+    async def _prefill(
+        self, request: Request, prefiller: str, path: str, hdrs: dict[str, str], payload: bytes
+    ) -> bytes:
+        """P/D: run the prefill leg; the decode leg's body (unchanged if it failed)."""
+        body = msgspec.json.decode(payload)
+        if not isinstance(body, dict):
+            return payload
+        params = await self.prefill_leg.run(
+            prefiller,
+            path,
+            hdrs.items(),
+            body,
+            chat=request.kind == "chat",
+            request_id=request.request_id,
+        )
+        return payload if params is None else msgspec.json.encode(decode_body(body, params))
 
     async def _relay(
         self,
