@@ -219,7 +219,7 @@ class RequestStream:
 
     def _route_with_body(self) -> Replies:
         """Parse, find candidates, then admit and schedule: synchronously when flow control
-        is off, else in a task that may wait while the pool is saturated."""
+        is off or the pool has room, else in a task that waits while it is saturated."""
         started = time.perf_counter()
         self.routed = True
         raw = b"".join(self.body)
@@ -231,7 +231,7 @@ class RequestStream:
         try:
             body = self._parse(ctx, raw)
             candidates = control.candidates(ctx, self.director.narrow(self.subset))
-            if control.flow is None:
+            if control.try_admit(ctx):  # flow control off, or the pool has room
                 control.schedule(ctx, candidates)
                 return self._forward(ctx, raw, body, started)
         except (RequestError, SchedulingError) as exc:
@@ -245,7 +245,7 @@ class RequestStream:
     async def _admit(self, ctx: RequestContext, raw: bytes, body: bytes, started: float) -> None:
         control = self.control
         try:
-            await control.admit(ctx)
+            await control.wait_admission(ctx)
             # read again after a wait: the request goes where the cache is at dispatch time
             candidates = control.candidates(ctx, self.director.narrow(self.subset))
             control.schedule(ctx, candidates)

@@ -160,6 +160,16 @@ class FlowController:
         Raises :class:`FlowRejected` (capacity, shed, ttl_expired, shutdown); re-raises
         ``CancelledError`` after removing the item when the caller is cancelled.
         """
+        if self.try_admit(item):
+            return 0.0
+        return await self.wait(item)
+
+    def try_admit(self, item: FlowItem) -> bool:
+        """The synchronous part of :meth:`admit`: True when ``item`` is dispatched now (the
+        pool has room and nothing waits), False when it must queue (then call :meth:`wait`);
+        raises :class:`FlowRejected` when it is shed or over capacity. A front door that
+        cannot await on every request (the ext_proc stream) uses it to wait only when it must.
+        """
         if self._stopped:
             self.metrics.outcome(item, "RejectedOther", 0.0)
             raise _rejected("shutdown", "")
@@ -180,8 +190,13 @@ class FlowController:
         if self._size == 0 and saturation < self.usage_limit:
             self._pending.append(now)
             self.metrics.outcome(item, "Dispatched", 0.0)
-            return 0.0
-        return await self._wait(item, band, now, pool_empty=not candidates)
+            return True
+        return False
+
+    async def wait(self, item: FlowItem) -> float:
+        """Queue ``item`` (after :meth:`try_admit` said False) until it is dispatched."""
+        band = self._band(item.priority)
+        return await self._wait(item, band, self._clock(), pool_empty=not self._candidates())
 
     def dispatched(self, endpoint_name: str, *, retry: bool = False) -> None:
         """Scheduling sent an admitted request to ``endpoint_name``; ``retry``: a later

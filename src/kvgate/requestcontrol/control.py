@@ -263,9 +263,15 @@ class RequestControl:
         """Flow control: returns at once when the pool has room (or flow control is off),
         waits while it is saturated, raises FlowRejected (429/503) when the request is shed,
         over capacity or past its TTL. A client that leaves while queued cancels the wait."""
+        if not self.try_admit(ctx):
+            await self.wait_admission(ctx)
+
+    def try_admit(self, ctx: RequestContext) -> bool:
+        """The synchronous part of :meth:`admit`: True when the request may be scheduled now,
+        False when it must wait (:meth:`wait_admission`); raises FlowRejected."""
         flow = self.flow
         if flow is None or ctx.request is None:
-            return
+            return True
         from kvgate.flowcontrol.controller import FlowItem
 
         item = FlowItem(
@@ -275,8 +281,16 @@ class RequestControl:
             byte_size=ctx.request.body_size,
             model=ctx.request.model,
         )
-        ctx.queue_wait_s = await flow.admit(item)
         ctx.flow_item = item
+        if flow.try_admit(item):
+            ctx.queue_wait_s = 0.0
+            return True
+        return False
+
+    async def wait_admission(self, ctx: RequestContext) -> None:
+        """Queue a request :meth:`try_admit` could not admit until flow control dispatches it."""
+        assert self.flow is not None and ctx.flow_item is not None
+        ctx.queue_wait_s = await self.flow.wait(ctx.flow_item)
 
     def schedule(self, ctx: RequestContext, candidates: Sequence[Endpoint]) -> SchedulingResult:
         """Run the scheduler (NoCandidatesError 503, SchedulingFailedError 429)."""
