@@ -38,6 +38,7 @@ from kvgate.errors import ModelNotFoundError, NoCandidatesError
 from kvgate.openai.requests import build_request, parse_body, strip_routing_headers
 from kvgate.openai.usage import Usage
 from kvgate.requestcontrol import tracing
+from kvgate.requestcontrol.eppmetrics import Labels
 from kvgate.requestcontrol.metrics import RequestMetrics
 from kvgate.requestcontrol.reqlog import log_request, scores_of
 from kvgate.scheduling.scheduler import Scheduler
@@ -95,6 +96,7 @@ class RequestContext:
     finished: bool = False
     trace: object | None = None  # the tracer's spans for this request (requestcontrol.tracing)
     duration_s: float | None = None  # arrival to finish, set by RequestControl.finish
+    metric_labels: Labels | None = None  # GIE's label values, from parse (running gauges)
 
     def set_usage(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -170,6 +172,8 @@ class RequestControl:
         self.retry_budget = retry_budget
         if outlier is not None:
             pool.set_outlier(outlier)
+        if flow is not None:  # llm-d's llm_d_epp_flow_control_* names for its series
+            metrics.mirror_flow(flow.metrics)
         self.log_requests = log_requests
         # --tracing's tracer (None when off: one `is not None` test per hook, no import)
         self.tracer: tracing.RequestTracer | None = tracing.installed()
@@ -223,6 +227,13 @@ class RequestControl:
         objective = clean.get(HEADER_OBJECTIVE)
         if objective and self.objectives is not None:
             ctx.flow_priority = self.objectives.priority(objective)
+        ctx.metric_labels = self.metrics.parsed(
+            request.model,
+            request.effective_model,
+            ctx.fairness_id,
+            ctx.flow_priority,
+            request.body_size,
+        )
         return request
 
     def candidates(
@@ -298,10 +309,13 @@ class RequestControl:
         t0 = time.perf_counter()
         try:
             result = self.scheduler.schedule(ctx.request, candidates)
-        finally:
-            elapsed = time.perf_counter() - t0
+        except Exception:
+            target = ctx.request.effective_model
+            self.metrics.scheduled(None, time.perf_counter() - t0, target)
+            raise
+        elapsed = time.perf_counter() - t0
         ctx.result = result
-        self.metrics.scheduled(result.target.name, elapsed)
+        self.metrics.scheduled(result.target, elapsed, ctx.request.effective_model)
         return result
 
     async def route(
@@ -336,6 +350,8 @@ class RequestControl:
         ctx.endpoint = endpoint
         ctx.attempts += 1
         ctx.attempt_open = True
+        if ctx.attempts == 1:  # the request side is done: parsed, admitted, scheduled
+            self.metrics.processed(time.perf_counter() - ctx.started)
         if self.outlier is not None:
             self.outlier.started(endpoint.name)
         headers = self.scheduler.pre_request(ctx.request, self.attempt_result(ctx, endpoint))
@@ -412,6 +428,8 @@ class RequestControl:
             ctx.prompt_tokens,
             ctx.completion_tokens,
             ctx.cached_tokens,
+            labels=ctx.metric_labels,
+            stream=ctx.stream,
         )
         if self.tracer is not None:
             self.tracer.finish(ctx)

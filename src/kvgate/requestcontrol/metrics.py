@@ -25,28 +25,25 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from kvgate.endpoints.pool import EndpointPool
 from kvgate.kvcache.metrics import register_metrics as register_kv_metrics
+from kvgate.requestcontrol.eppmetrics import EppMetrics, EppPoolCollector, Labels, RenamedCollector
 from kvgate.requestcontrol.histogram import Histogram
+from kvgate.scheduling.types import Endpoint
 
 #: Request latencies (seconds): the gateway's own buckets, fine below a second.
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0,
 )  # fmt: skip
-#: GIE's request-duration buckets (inference_objective_request_duration_seconds).
-GIE_LATENCY_BUCKETS = (
-    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20,
-    30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
-)  # fmt: skip
 #: Scheduler and plugin durations.
 FAST_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
     0.1,
 )  # fmt: skip
-_TOKEN_BUCKETS = tuple(float(2**i) for i in range(0, 17))
 
 
 class _PoolCollector(Collector):
@@ -88,35 +85,6 @@ class _PoolCollector(Collector):
         yield GaugeMetricFamily("kvgate_kv_cache_hit_rate", help_text, value=rate)
         yield GaugeMetricFamily("vllm_llmd_kv_cache_hit_rate", help_text, value=rate)
 
-        ready = self.pool.candidates()
-        n = len(ready)
-        name = [self.pool_name]
-        avg_kv = GaugeMetricFamily(
-            "inference_pool_average_kv_cache_utilization",
-            "The average kv cache utilization for an inference server pool.",
-            labels=["name"],
-        )
-        avg_kv.add_metric(
-            name, sum(e.metrics.kv_cache_usage_percent for e in ready) / n if n else 0.0
-        )
-        avg_queue = GaugeMetricFamily(
-            "inference_pool_average_queue_size",
-            "The average number of requests pending in the model server queue.",
-            labels=["name"],
-        )
-        avg_queue.add_metric(
-            name, sum(e.metrics.waiting_queue_size for e in ready) / n if n else 0.0
-        )
-        pods = GaugeMetricFamily(
-            "inference_pool_ready_pods",
-            "The number of ready pods in the inference server pool.",
-            labels=["name"],
-        )
-        pods.add_metric(name, n)
-        yield avg_kv
-        yield avg_queue
-        yield pods
-
 
 class RequestMetrics:
     """Counters and histograms the request path updates; :meth:`render` serves /metrics.
@@ -128,7 +96,6 @@ class RequestMetrics:
     def __init__(self, pool: EndpointPool, pool_name: str = "static") -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        gie = ["model_name", "target_model_name"]
         # --- per request, kvgate's names
         self.requests = Counter(
             "kvgate_requests",
@@ -189,12 +156,6 @@ class RequestMetrics:
             "Time to run the scheduling profiles for one request",
             buckets=FAST_BUCKETS,
             registry=r,
-            aliases=[
-                (
-                    "inference_extension_scheduler_e2e_duration_seconds",
-                    "End-to-end scheduling latency distribution in seconds.",
-                )
-            ],
         )
         self.plugin = Histogram(
             "kvgate_plugin_duration_seconds",
@@ -202,57 +163,11 @@ class RequestMetrics:
             ["extension_point", "plugin_type", "plugin_name"],
             buckets=FAST_BUCKETS,
             registry=r,
-            aliases=[
-                (
-                    "inference_extension_plugin_duration_seconds",
-                    "Plugin processing latency distribution in seconds for each extension "
-                    "point, plugin type and plugin name.",
-                )
-            ],
         )
-        # --- per request, GIE's names
-        self.objective_requests = Counter(
-            "inference_objective_request_total",
-            "Counter of inference objective requests broken out for each model and target model.",
-            gie,
-            registry=r,
-        )
-        self.objective_errors = Counter(
-            "inference_objective_request_error_total",
-            "Counter of inference objective requests errors broken out for each model and "
-            "target model.",
-            [*gie, "error_code"],
-            registry=r,
-        )
-        self.objective_duration = Histogram(
-            "inference_objective_request_duration_seconds",
-            "Inference objective response latency distribution in seconds for each model and "
-            "target model.",
-            gie,
-            buckets=GIE_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.input_tokens = Histogram(
-            "inference_objective_input_tokens",
-            "Inference objective input token count distribution for requests in each model.",
-            gie,
-            buckets=_TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.output_tokens = Histogram(
-            "inference_objective_output_tokens",
-            "Inference objective output token count distribution for requests in each model.",
-            gie,
-            buckets=_TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.running = Gauge(
-            "inference_objective_running_requests",
-            "Inference objective number of running requests in each model.",
-            ["model_name"],
-            registry=r,
-        )
+        # --- GIE's and llm-d's names (eppmetrics)
+        self.epp = EppMetrics(r)
         r.register(_PoolCollector(pool, pool_name))
+        r.register(EppPoolCollector(pool, pool_name))
         register_kv_metrics(r)  # the precise scorer's index and event intake, if any
         self._children: dict[tuple[object, ...], Any] = {}
 
@@ -265,16 +180,44 @@ class RequestMetrics:
         return found
 
     def observe_plugin(self, point: str, type_name: str, name: str, seconds: float) -> None:
-        """The Scheduler's ``observe`` hook: one plugin call (exported under both names)."""
+        """The Scheduler's ``observe`` hook: one plugin call (kvgate's and GIE's buckets)."""
         self.plugin.labels(point, type_name, name).observe(seconds)
+        self.epp.plugin.labels(point, type_name, name).observe(seconds)
 
-    def scheduled(self, endpoint: str, seconds: float) -> None:
+    def mirror_flow(self, flow_metrics: object) -> None:
+        """Export flow control's ``inference_extension_flow_control_*`` families (the
+        collectors among ``flow_metrics``' attributes) also under llm-d's
+        ``llm_d_epp_flow_control_*`` names, at scrape time."""
+        sources = [m for m in vars(flow_metrics).values() if isinstance(m, MetricWrapperBase)]
+        self.registry.register(
+            RenamedCollector(
+                sources, "inference_extension_flow_control_", "llm_d_epp_flow_control_"
+            )
+        )
+
+    def scheduled(self, endpoint: Endpoint | None, seconds: float, target_model: str = "") -> None:
+        """One scheduling cycle; ``endpoint`` is None when it picked nothing."""
         self.scheduling.observe(seconds)
-        self.child(self.picks, endpoint).inc()
+        self.epp.scheduled(target_model, endpoint, seconds)
+        if endpoint is not None:
+            self.child(self.picks, endpoint.name).inc()
 
-    def started(self, model: str) -> None:
+    def started(self, model: str = "") -> None:
+        """The front door will ``finish`` this request (GIE's running gauges start at
+        :meth:`parsed`, once the model is known)."""
         self.in_flight.inc()
-        self.child(self.running, model).inc()
+
+    def processed(self, seconds: float) -> None:
+        """Arrival to the first attempt: parsing, admission and scheduling."""
+        self.epp.processed(seconds)
+
+    def parsed(
+        self, model: str, target_model: str, fairness_id: str, priority: int, body_size: int
+    ) -> Labels:
+        """The request is parsed; returns its GIE label values for :meth:`finished`."""
+        labels = self.epp.labels(model, target_model, fairness_id, priority)
+        self.epp.parsed(labels, body_size)
+        return labels
 
     def finished(
         self,
@@ -288,26 +231,39 @@ class RequestMetrics:
         prompt_tokens: int | None,
         completion_tokens: int | None,
         cached_tokens: int | None,
+        *,
+        labels: Labels | None = None,
+        stream: bool = False,
     ) -> None:
-        """Count one finished request (exactly once per request, in both name sets)."""
+        """Count one finished request (exactly once per request, in every name set).
+
+        ``labels`` are those :meth:`parsed` returned (None: the request never parsed, and
+        was not counted as running); ``ttft_s`` is for streams only.
+        """
         self.in_flight.dec()
-        self.child(self.running, model).dec()
         self.child(self.requests, model, endpoint, str(status)).inc()
         self.e2e.labels(model).observe(seconds)
-        self.child(self.objective_requests, model, target_model).inc()
-        self.objective_duration.labels(model, target_model).observe(seconds)
-        if error is not None or status >= 400:
-            code = str(status) if status else error or "unknown"
-            self.child(self.objective_errors, model, target_model, code).inc()
         if ttft_s is not None:
             self.ttft.labels(model).observe(ttft_s)
         if prompt_tokens:
             self.child(self.prompt_tokens, model).inc(prompt_tokens)
-            self.input_tokens.labels(model, target_model).observe(prompt_tokens)
         if cached_tokens:
             self.child(self.cached_tokens, model).inc(cached_tokens)
-        if completion_tokens is not None:
-            self.output_tokens.labels(model, target_model).observe(completion_tokens)
+        running = labels is not None
+        if labels is None:
+            labels = self.epp.labels(model, target_model, "", 0)
+        self.epp.finished(
+            labels,
+            running,
+            status,
+            error,
+            seconds,
+            stream,
+            ttft_s,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
