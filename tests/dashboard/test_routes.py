@@ -9,7 +9,7 @@ import itertools
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import aiohttp
@@ -61,7 +61,7 @@ def samples(text: str, name: str) -> dict[str, float]:
     return out
 
 
-async def events(session: aiohttp.ClientSession, url: str) -> AsyncIterator[dict[str, Any]]:
+async def events(session: aiohttp.ClientSession, url: str) -> AsyncGenerator[dict[str, Any], None]:
     """Snapshots from /dashboard/events, as they arrive."""
     async with session.get(url + "/dashboard/events") as resp:
         assert resp.status == 200
@@ -92,11 +92,11 @@ async def test_events_follow_load_and_match_metrics(gateway: dict[str, Any]) -> 
         start_total = first["totals"]["requests"]
         assert start_total == before
         load = asyncio.gather(*(chat(session, url, SHARED + f"q{i}") for i in range(8)))
-        seen: list[dict[str, Any]] = []
+        seen: list[tuple[float, dict[str, Any]]] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
         async for snap in stream:
-            seen.append((loop.time(), snap))  # type: ignore[arg-type]
+            seen.append((loop.time(), snap))
             if snap["totals"]["requests"] >= start_total + 8:
                 break
             assert loop.time() < deadline, "the dashboard never counted the load"
@@ -104,7 +104,7 @@ async def test_events_follow_load_and_match_metrics(gateway: dict[str, Any]) -> 
         await stream.aclose()
         async with session.get(url + "/metrics") as resp:
             text = await resp.text()
-    last = seen[-1][1]  # type: ignore[index]
+    last = seen[-1][1]
     assert last["totals"]["requests"] == sum(samples(text, "kvgate_requests_total").values())
     picks = samples(text, "kvgate_endpoint_picks_total")
     for endpoint, count in last["totals"]["picks"].items():
@@ -114,7 +114,7 @@ async def test_events_follow_load_and_match_metrics(gateway: dict[str, Any]) -> 
     assert newest["status"] == 200 and newest["winner"] in newest["scores"]
     assert {"total", "prefix-cache-scorer"} <= set(newest["scores"][newest["winner"]])
     # pushed at most every 500 ms (the first two may be closer: the first is sent at once)
-    times = [t for t, _ in seen]  # type: ignore[misc]
+    times = [t for t, _ in seen]
     assert all(b - a >= 0.45 for a, b in itertools.pairwise(times[1:]))
 
 

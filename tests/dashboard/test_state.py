@@ -51,7 +51,9 @@ def make_control(config_text: str | None = None, **kw: Any) -> RequestControl:
     )
 
 
-async def serve_one(control: RequestControl, prompt: str = "hello", **usage: int) -> RequestContext:
+async def serve_one(
+    control: RequestControl, prompt: str = "hello", **usage: int | None
+) -> RequestContext:
     """One completions request along the whole path, as a front door drives it."""
     ctx = control.begin("gateway", "/v1/completions")
     control.started(ctx)
@@ -59,7 +61,11 @@ async def serve_one(control: RequestControl, prompt: str = "hello", **usage: int
     control.parse(ctx, "completions", body, {})
     result = await control.route(ctx)
     control.start_attempt(ctx, result.target)
-    control.end_attempt(ctx, ResponseInfo(status=200, **usage))
+    info = ResponseInfo(status=200)
+    info.prompt_tokens = usage.get("prompt_tokens")
+    info.cached_tokens = usage.get("cached_tokens")
+    info.completion_tokens = usage.get("completion_tokens")
+    control.end_attempt(ctx, info)
     control.finish(ctx, 200)
     return ctx
 

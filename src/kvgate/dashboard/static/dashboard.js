@@ -41,7 +41,8 @@ function renderEndpoints(rows) {
     const tr = el("tr");
     tr.dataset.endpoint = e.name;
     const name = el("td");
-    name.append(el("div", e.name), el("div", e.address, "muted"));
+    name.append(el("div", e.name));
+    if (e.address !== e.name) name.append(el("div", e.address, "muted"));
     tr.append(name);
     const state = el("td");
     if (!e.healthy) state.append(pill("unhealthy", "bad"));
@@ -77,6 +78,7 @@ function renderChart(svgId, axisId, times, lines, unit) {
   for (const line of lines) {
     let points = [];
     const flush = () => {
+      if (points.length === 1) points.push(points[0].replace(/^[^,]+/, (x) => String(Math.max(0, Number(x) - 3))));
       if (points.length) {
         const poly = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
         poly.setAttribute("points", points.join(" "));
