@@ -7,7 +7,7 @@ ENGINE ?= vllm
 # Where `make vllm` puts the engine's own virtual environment (kept apart from kvgate's).
 export KVGATE_VLLM_VENV ?= $(CURDIR)/.venv-vllm
 
-.PHONY: install lint typecheck unit test up image clean help
+.PHONY: install lint typecheck unit test up image clean help browser
 
 help:
 	@echo "make up            install what is needed, then kvgate up (real vLLM replicas of SmolLM2 on CPU)"
@@ -37,7 +37,15 @@ unit: install
 
 include mk/vllm.mk
 
-test: install lint typecheck vllm model
+# tests/e2e/test_dashboard_browser.py drives a headless Chromium; it fails (never skips)
+# without one, so install Debian's package when we can (root with apt-get), else say how.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	else echo "make: no Chromium: install it (sudo apt-get install -y chromium) or tests/e2e/test_dashboard_browser.py fails"; fi
+
+test: install lint typecheck vllm model browser
 	$(BIN)/pytest -q
 
 up: install
