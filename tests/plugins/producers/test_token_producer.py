@@ -7,13 +7,15 @@ import logging
 import pytest
 
 from kvgate.errors import PluginParameterError
-from kvgate.kvcache.tokenize import Tokenizer
+from kvgate.kvcache.tokenize import Tokenizer, builtin_tokenizer_dir
 from kvgate.plugins.registry import default_registry
 from kvgate.scheduling import data
 from kvgate.scheduling.types import CycleState
 from plugins.kit import make, request
 
 TYPE = "token-producer"
+#: A modelName whose tokenizer is on disk (a model folder's path is a model name too).
+MODEL = str(builtin_tokenizer_dir())
 
 
 def test_estimate_packs_four_bytes_per_token_little_endian() -> None:
@@ -32,7 +34,7 @@ def test_model_backend_tokenizes_in_process_and_warns_about_the_url(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        p = make(TYPE, {"modelName": "m", "vllm": {"url": "http://render:8000", "timeout": "2s"}})
+        p = make(TYPE, {"modelName": MODEL, "vllm": {"url": "http://render:8000", "timeout": "2s"}})
     assert "not contacted" in caplog.text
     req = request("Hello world")
     p.produce(CycleState(), req, [])
@@ -43,7 +45,7 @@ def test_model_backend_tokenizes_in_process_and_warns_about_the_url(
 
 
 def test_the_first_token_producer_wins() -> None:
-    estimate, real = make(TYPE, name="est"), make(TYPE, {"modelName": "m"}, name="real")
+    estimate, real = make(TYPE, name="est"), make(TYPE, {"modelName": MODEL}, name="real")
     req = request("Hello world")
     estimate.produce(CycleState(), req, [])
     real.produce(CycleState(), req, [])

@@ -12,8 +12,10 @@ for consumers such as ``inflight-load-producer`` and ``precise-prefix-cache-prod
   - ``vllm`` / ``modelName`` / ``udsTokenizerConfig``: the model's real token ids.
     **Difference from llm-d:** llm-d asks a vLLM ``/render`` endpoint (or the deprecated UDS
     sidecar) for them; kvgate computes the same ids in-process with
-    :mod:`kvgate.kvcache.tokenize` (the gateway's ``--tokenizer``, else the built-in SmolLM2
-    tokenizer), memoised on the request and shared with every other plugin. The
+    :mod:`kvgate.kvcache.tokenize` with ``modelName``'s own tokenizer (found locally, in the
+    Hugging Face cache or on the Hub unless offline; one that cannot be had stops start-up),
+    else the front door's ``--tokenizer``, else -- with a start-up warning -- the built-in
+    SmolLM2 one; memoised on the request and shared with every other plugin. The
     ``vllm.url`` / socket is validated and logged at start-up as not contacted.
 
 * Parameters: ``modelName`` (string); ``vllm`` {``url`` (http URL, default
@@ -32,6 +34,7 @@ from kvgate.errors import PluginParameterError
 from kvgate.kvcache.tokenize import Tokenizer, chunk_encoder
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.plugins.scorers._duration import get_duration_s
+from kvgate.plugins.scorers._tokenizers import pool_tokenizers
 from kvgate.plugins.scorers.prefix_cache_scorer import prefix_input
 from kvgate.scheduling import data
 from kvgate.scheduling.data import DataKey, TokenizedPrompt
@@ -129,5 +132,5 @@ def create(name: str, params: Params, ctx: PluginContext) -> TokenProducer:
     model = _model_backend(params, name)
     if model is None:
         return TokenProducer(name, None)
-    service = ctx.services.get("tokenizer")
-    return TokenProducer(name, service if isinstance(service, Tokenizer) else Tokenizer.default())
+    tokenizers = pool_tokenizers(Params({}), ctx, f"{TYPE} {name!r}", model_name=model)
+    return TokenProducer(name, tokenizers.default)

@@ -16,11 +16,11 @@ Reads what each engine actually stored and evicted, from vLLM's KV events over Z
   - ``indexerConfig``: ``kvBlockIndexConfig`` {``inMemoryConfig`` {``size``: request keys
     kept, default 10,000,000; ``podCacheSize``: accepted}, ``maxPrefixBlocksToMatch`` (at
     most this many leading blocks are looked up and scored; 0/absent = all),
-    ``enableMetrics``, ``metricsLoggingInterval``}; ``tokenizersPoolConfig`` {``uds``
-    {``socketFile``} (the sidecar is not contacted: kvgate tokenizes in-process and logs so),
-    ``tokenizerPath`` (kvgate: a
-    tokenizer.json or model folder), ``local`` {``modelTokenizerMap`` model -> path, ...},
-    ``modelName``, ``workersCount``, ``minPrefixOverlapRatio``, ``hf``: accepted};
+    ``enableMetrics``, ``metricsLoggingInterval``}; ``tokenizersPoolConfig`` {``modelName``,
+    ``local`` {``modelTokenizerMap``, ``autoDiscoveryDir``, ``autoDiscoveryTokenizerFileName``},
+    ``hf`` {``enabled``, ``huggingFaceToken``, ``tokenizersCacheDir``}, kvgate's
+    ``tokenizerPath``; ``uds``, ``workersCount``, ``minPrefixOverlapRatio``: accepted} (see
+    :mod:`kvgate.plugins.scorers._tokenizers`);
     ``kvCacheBackendConfigs`` [{``name``, ``weight``}] (tier weights); ``prefixStoreConfig``:
     accepted.
   - ``kvEventsConfig``: ``zmqEndpoint`` (default ``tcp://*:5557``; the SUB binds it),
@@ -40,8 +40,11 @@ Reads what each engine actually stored and evicted, from vLLM's KV events over Z
     blocks raise the score (at the GPU tier's weight) but not the predicted cached tokens,
     which stay what the engines reported.
 
-* Tokenizer: ``tokenizerPath`` / ``modelTokenizerMap`` when given, else the gateway's
-  ``--tokenizer`` (PluginContext service "tokenizer"), else the built-in SmolLM2 tokenizer.
+* Tokenizer: the model's own, as llm-d finds it -- ``tokenizerPath``, else ``modelName``
+  (through ``local``, the Hugging Face cache, or the Hub unless offline), else the front
+  door's ``--tokenizer``; a request for a model in ``local.modelTokenizerMap`` uses that one.
+  Only when nothing names a model is the built-in SmolLM2 tokenizer used, with a start-up
+  warning; a named model whose tokenizer cannot be had stops start-up, naming it.
   Prompts are encoded through the process's chunk cache (``tokenize.chunk_encoder``: a
   resent long prefix is tokenized once) and the ids memoised on the request
   (``Request.token_ids``) so other plugins reuse them.
@@ -63,7 +66,6 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kvgate.errors import PluginParameterError
@@ -73,6 +75,7 @@ from kvgate.kvcache.subscriber import DEFAULT_ZMQ_ENDPOINT, KVEventSubscriber
 from kvgate.kvcache.tokenize import Tokenizer, chunk_encoder
 from kvgate.plugins.base import Params, PluginContext, state_key
 from kvgate.plugins.scorers._duration import get_duration_s
+from kvgate.plugins.scorers._tokenizers import pool_tokenizers
 from kvgate.scheduling.types import (
     CycleState,
     Endpoint,
@@ -376,21 +379,12 @@ def _speculative(section: Params, on: bool, ttl_s: float) -> tuple[bool, float]:
     return on, ttl_s
 
 
-def _load_tokenizer(path: str) -> Tokenizer:
-    try:
-        return Tokenizer.from_path(Path(path).expanduser())
-    except Exception as exc:  # tokenizers raises its own Exception subclasses
-        raise PluginParameterError("", f"cannot load tokenizer {path!r}: {exc}") from None
-
-
 def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheScorer:
     block_size: int | None = None
     hash_seed: str | None = None
     max_blocks = DEFAULT_MAX_BLOCKS
     max_prefix_blocks = 0
     tiers: dict[str, float] = dict(DEFAULT_TIER_WEIGHTS)
-    tokenizer: Tokenizer | None = None
-    model_tokenizers: dict[str, Tokenizer] = {}
 
     with _at("tokenProcessorConfig"):
         block_size, hash_seed = _token_processor(_section(params, "tokenProcessorConfig"))
@@ -414,38 +408,9 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
             block_index.get_any("metricsLoggingInterval")
             block_index.check_unknown()
         with _at("tokenizersPoolConfig"):
-            pool = _section(indexer, "tokenizersPoolConfig")
-            path = pool.get_str("tokenizerPath", "")
-            if path:
-                with _at("tokenizerPath"):
-                    tokenizer = _load_tokenizer(path)
-            with _at("local"):
-                local = _section(pool, "local")
-                with _at("modelTokenizerMap"):
-                    for model, model_path in local.get_mapping("modelTokenizerMap").items():
-                        with _at(str(model)):
-                            if not isinstance(model_path, str):
-                                raise PluginParameterError("", "expected a path string")
-                            model_tokenizers[str(model)] = _load_tokenizer(model_path)
-                local.get_any("autoDiscoveryDir")
-                local.get_any("autoDiscoveryTokenizerFileName")
-                local.check_unknown()
-            pool.get_str("modelName", "")
-            pool.get_int("workersCount", 5, minimum=1)
-            pool.get_float("minPrefixOverlapRatio", 0.8, minimum=0.0, maximum=1.0)
-            pool.get_mapping("hf")
-            with _at("uds"):
-                uds = _section(pool, "uds")
-                uds.get_str("socketFile", "/tmp/tokenizer/tokenizer-uds.socket")
-                uds.check_unknown()
-            if pool.has("uds"):
-                log.warning(
-                    "%s %r: tokenizersPoolConfig.uds is not contacted; kvgate tokenizes "
-                    "in-process with the model's tokenizer",
-                    TYPE,
-                    name,
-                )
-            pool.check_unknown()
+            tokenizers = pool_tokenizers(
+                _section(indexer, "tokenizersPoolConfig"), ctx, f"{TYPE} {name!r}"
+            )
         if indexer.has("kvCacheBackendConfigs"):
             with _at("kvCacheBackendConfigs"):
                 tiers = _tier_weights(indexer.get_any("kvCacheBackendConfigs"))
@@ -487,9 +452,6 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
         replay_timeout_s = events.get_float("replayTimeout", 2.0, minimum=0.01)
         events.check_unknown()
 
-    if tokenizer is None:
-        service = ctx.services.get("tokenizer")
-        tokenizer = service if isinstance(service, Tokenizer) else None
     index = KVBlockIndex(
         block_size=block_size or 0,
         hash_seed=hash_seed or "",
@@ -514,8 +476,8 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
         name,
         index,
         settings,
-        tokenizer=tokenizer,
-        model_tokenizers=model_tokenizers,
+        tokenizer=tokenizers.default,
+        model_tokenizers=tokenizers.per_model,
         speculative=SpeculativeBlocks(speculative_ttl_s, ctx.clock) if speculative_on else None,
         predicted_weight=tiers.get("gpu", max(tiers.values())),
         max_prefix_blocks=max_prefix_blocks,
