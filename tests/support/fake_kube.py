@@ -18,7 +18,10 @@ same JSON shapes, so the production client library (``kubernetes.aio``) drives i
   ``forbidden_api_versions`` answers 403, as RBAC without that group does). Objectives are
   kept per API group, so the same name may exist in both;
 * ``GET /apis/{group}/{version}`` -> the ``APIResourceList`` of API discovery (404 for a
-  version that serves nothing here).
+  version that serves nothing here);
+* ``coordination.k8s.io/v1`` Leases: GET, POST (409 AlreadyExists when it exists) and PUT
+  (409 Conflict unless ``metadata.resourceVersion`` is the stored one), as leader election
+  uses them; ``lease()`` reads one back for assertions.
 
 Every mutation bumps one global resourceVersion, as etcd's revision does. Tests drive it
 through methods (``add_pod``, ``set_ready``, ``set_labels``, ``terminate``, ``delete_pod``,
@@ -112,6 +115,10 @@ class FakeKube:
         app.router.add_get("/version/", self._version)
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._list_or_watch)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get)
+        leases = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+        app.router.add_post(leases, self._create_lease)
+        app.router.add_get(leases + "/{name}", self._get_lease)
+        app.router.add_put(leases + "/{name}", self._replace_lease)
         app.router.add_get("/apis/{group}/{version}", self._resources)
         app.router.add_get("/apis/{group}/{version}/", self._resources)
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._list_or_watch)
@@ -329,6 +336,45 @@ class FakeKube:
         objective = self.objective(name, namespace, api_version)
         return self._store(objective_kind(api_version), objective, "DELETED")
 
+    def lease(self, name: str, namespace: str = "default") -> Obj | None:
+        return self.objects.get(("Lease", namespace, name))
+
+    async def _get_lease(self, request: web.Request) -> web.Response:
+        self.requests.append(f"GET {request.path_qs}")
+        obj = self.lease(request.match_info["name"], request.match_info["ns"])
+        if obj is None:
+            return _json_status(404, "NotFound", f'leases "{request.match_info["name"]}" not found')
+        return web.json_response(obj)
+
+    async def _create_lease(self, request: web.Request) -> web.Response:
+        self.requests.append(f"POST {request.path_qs}")
+        obj = await request.json()
+        meta = obj.setdefault("metadata", {})
+        meta["namespace"] = request.match_info["ns"]
+        if self.lease(meta.get("name", ""), meta["namespace"]) is not None:
+            return _json_status(409, "AlreadyExists", f'leases "{meta.get("name")}" already exists')
+        meta["uid"] = str(uuid.uuid4())
+        return web.json_response(self._store("Lease", obj), status=201)
+
+    async def _replace_lease(self, request: web.Request) -> web.Response:
+        self.requests.append(f"PUT {request.path_qs}")
+        name, ns = request.match_info["name"], request.match_info["ns"]
+        stored = self.lease(name, ns)
+        if stored is None:
+            return _json_status(404, "NotFound", f'leases "{name}" not found')
+        obj = await request.json()
+        meta = obj.setdefault("metadata", {})
+        if meta.get("resourceVersion") != stored["metadata"]["resourceVersion"]:
+            return _json_status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on leases.coordination.k8s.io "{name}": the '
+                "object has been modified; please apply your changes to the latest version "
+                "and try again",
+            )
+        meta.update(name=name, namespace=ns, uid=stored["metadata"]["uid"])
+        return web.json_response(self._store("Lease", obj))
+
     def break_watches(self) -> int:
         """Cut every open watch stream (as an apiserver restart or a load balancer would)."""
         n = len(self._watchers)
@@ -542,6 +588,12 @@ def _status_obj(code: int, reason: str, message: str) -> Obj:
         "reason": reason,
         "code": code,
     }
+
+
+def _json_status(code: int, reason: str, message: str) -> web.Response:
+    return web.Response(
+        status=code, content_type="application/json", text=_status(code, reason, message)
+    )
 
 
 def _status(code: int, reason: str, message: str) -> str:
