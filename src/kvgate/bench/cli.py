@@ -8,9 +8,14 @@ import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvgate.bench.presets import PRESETS, Preset
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kvgate.bench.procs import Proc
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
@@ -128,6 +133,12 @@ def register(subparsers: Any) -> None:
         choices=("serve", "epp"),
         default="serve",
         help="the front door: kvgate serve (default), or Envoy + kvgate epp (ext_proc)",
+    )
+    cmp.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the last policy's cluster and front door up after the report, for a look "
+        "at its /dashboard, until Ctrl-C",
     )
     cmp.add_argument(
         "--unloaded",
@@ -461,8 +472,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     runs = []
     skipped: dict[str, str] = {}
+    kept: list[Proc] = []  # --keep: the last run's processes, stopped after the report
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def keep_for(last: bool) -> list[Proc] | None:
+        if not (args.keep and last):
+            return None
+        for proc in reversed(kept):  # an earlier kept run (skipped later) goes now
+            proc.stop()
+        kept.clear()
+        return kept
+
     for policy in policies:
         print(f"--- {policy}: starting a fresh cluster", file=sys.stderr)
+        last_policy = policy == policies[-1]
         run = run_policy(
             policy,
             cluster,
@@ -472,6 +497,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             run_config=run_cfg,
             progress=factory,
             front=front,
+            log=say,
+            keep=keep_for(last_policy and unloaded is None),
         )
         if run.skipped:
             print(f"--- {policy}: skipped: {run.skipped}", file=sys.stderr)
@@ -490,6 +517,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 progress=factory,
                 front=front,
                 label=policy + UNLOADED_SUFFIX,
+                log=say,
+                keep=keep_for(last_policy),
             )
             if ref.skipped:
                 skipped[ref.policy] = ref.skipped
@@ -544,4 +573,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if s is not base:
                 print(f"{s.policy} vs round-robin: {comparison_line(s, base)}")
     print(f"wrote {out_dir}/results.json, report.md, ttft_cdf.png, ttft_throughput_vs_rate.png")
+    if kept:
+        _hold(kept, say)
     return 0 if summaries else 1
+
+
+def _hold(procs: list[Proc], say: Callable[[str], None]) -> None:
+    """--keep: leave the last cluster up until Ctrl-C, then stop it (last started first)."""
+    import time
+
+    say("--keep: the last cluster stays up (its dashboard URL is above); Ctrl-C stops it")
+    try:
+        while all(p.alive() for p in procs):
+            time.sleep(0.5)
+        say("--keep: a process of the kept cluster exited; stopping the rest")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in reversed(procs):
+            proc.stop()

@@ -173,9 +173,12 @@ def run_policy(
     log: Callable[[str], None] = print,
     front: FrontSpec | None = None,
     label: str | None = None,
+    keep: list[Proc] | None = None,
 ) -> PolicyRun:
     """Start a fresh cluster and front door for ``policy``, run the workload, stop
-    everything. ``label`` names the run in the report (default: the policy)."""
+    everything. ``label`` names the run in the report (default: the policy). With ``keep``,
+    a run that completes hands its processes over (appended, in start order) instead of
+    stopping them: the caller stops them (``kvgate bench compare --keep``)."""
     from kvgate.engines.hosts import free_port
 
     front_spec = front or FrontSpec(args=cluster.gateway_args)
@@ -194,6 +197,7 @@ def run_policy(
 
     name = label or policy
     procs: list[Proc] = []
+    kept = False
     try:
         for r in plan.replicas:
             procs.append(Proc(r.name, r.argv, r.log_path, r.env, r.unset_env))
@@ -211,6 +215,7 @@ def run_policy(
             return PolicyRun(name, None, [], skipped=str(exc))
         procs += started.procs
         gw_url = started.base_url
+        log(f"--- {name}: dashboard at {dashboard_of(started.metrics_url)}")
         # Every replica must be in rotation before the clock starts.
         wait_in_rotation(started.metrics_url, len(plan.replicas), 30.0)
         before = scrape_counters(plan.endpoints)
@@ -244,10 +249,20 @@ def run_policy(
         )
         with contextlib.suppress(OSError):
             summary.load_average_1m = os.getloadavg()[0]
+        if keep is not None:
+            keep.extend(procs)
+            kept = True
         return PolicyRun(name, summary, records, replicas=plan.endpoints)
     finally:
-        for p in reversed(procs):
-            p.stop()
+        if not kept:
+            for p in reversed(procs):
+                p.stop()
+
+
+def dashboard_of(metrics_url: str) -> str:
+    """The front door's /dashboard beside its /metrics (the gateway's, or the EPP's port)."""
+    base = metrics_url.split("/metrics", 1)[0]
+    return base.rstrip("/") + "/dashboard"
 
 
 def _run_overrides(cfg: RunConfig | None) -> dict[str, Any]:
