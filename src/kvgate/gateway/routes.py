@@ -36,6 +36,7 @@ from kvgate.errors import PayloadTooLargeError, RequestError, SchedulingError
 from kvgate.explain.route import PATH as EXPLAIN_PATH
 from kvgate.explain.route import ExplainRoute
 from kvgate.gateway.auth import ApiKeyChecker
+from kvgate.gateway.conn_limits import BoundedServer
 from kvgate.gateway.forward import HEADER_SERVED_BY, JSON, Forwarder, json_error
 from kvgate.gateway.settings import GatewaySettings
 from kvgate.gateway.upstream import UpstreamClient
@@ -158,7 +159,12 @@ class Gateway:
         await self.scraper.start()
         if self.watcher is not None:
             await self.watcher.start()
-        server = web.Server(self._dispatch, handler_cancellation=True, access_log=None)
+        server = BoundedServer(
+            self._dispatch,
+            first_request_timeout_s=self.settings.first_request_timeout_s,
+            handler_cancellation=True,
+            access_log=None,
+        )
         self._runner = web.ServerRunner(server, shutdown_timeout=self.settings.shutdown_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(

@@ -24,3 +24,6 @@ class GatewaySettings:
     #: ``--drain-timeout``: how long requests in flight may run on after SIGTERM.
     shutdown_timeout_s: float = 30.0
     log_requests: bool = True
+    #: ``--header-timeout``: a connection whose first request head has not arrived by then is
+    #: closed (slowloris); kvgate.gateway.conn_limits.
+    first_request_timeout_s: float = 10.0
