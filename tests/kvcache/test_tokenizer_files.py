@@ -3,7 +3,9 @@ HF cache, or a loopback Hub (HF_ENDPOINT); offline and unknown models fail with 
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from kvgate.kvcache.tokenizer_files import (
     find_tokenizer,
 )
 from support.hf_hub import COMMIT, HubServer
+from support.procs import kvgate_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOLLM2 = ROOT / "../shared/models/smollm2-135m-instruct"
@@ -123,3 +126,20 @@ def test_front_door_services() -> None:
     assert isinstance(services["tokenizer"], Tokenizer)
     with pytest.raises(TokenizerNotFoundError):
         tokenizer_services("Qwen/Qwen3-0.6B", offline=True)
+
+
+@pytest.mark.parametrize("door", ["serve", "epp"])
+def test_front_doors_stop_at_start_up_naming_the_model(door: str, tmp_path: Path) -> None:
+    """``--tokenizer MODEL --offline`` with MODEL nowhere on disk: one line, exit 1."""
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "0"}
+    args = ["--port", "0"] if door == "serve" else ["--grpc-port", "0", "--endpoint", "127.0.0.1:9"]
+    result = subprocess.run(
+        kvgate_cmd(door, "--tokenizer", "Qwen/Qwen3-32B", "--offline", *args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode != 0, result.stdout
+    line = next(x for x in result.stderr.splitlines() if "--tokenizer" in x)
+    assert "'Qwen/Qwen3-32B'" in line and "downloads are off" in line, result.stderr

