@@ -146,6 +146,8 @@ def build_gateway(
             raise UsageError(f"--api-key-file: cannot read {args.api_key_file}: {exc}") from exc
     if args.max_retries < 0:
         raise UsageError("--max-retries: must be >= 0")
+    if duration_s(args.header_timeout, "--header-timeout") <= 0:
+        raise UsageError("--header-timeout: must be > 0")
     settings = GatewaySettings(
         host=args.host,
         port=args.port,
@@ -154,6 +156,7 @@ def build_gateway(
         connect_timeout_s=duration_s(args.connect_timeout, "--connect-timeout"),
         request_timeout_s=duration_s(args.request_timeout, "--request-timeout"),
         shutdown_timeout_s=duration_s(args.drain_timeout, "--drain-timeout"),
+        first_request_timeout_s=duration_s(args.header_timeout, "--header-timeout"),
         api_keys=api_keys,
         service_path=service_path or args.service_path,
         models=models,

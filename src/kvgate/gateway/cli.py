@@ -109,6 +109,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--connect-timeout", default="5s")
     s.add_argument(
+        "--header-timeout",
+        default="10s",
+        help="close a connection that has not sent its first request head by then (default 10s)",
+    )
+    s.add_argument(
         "--drain-timeout",
         default="30s",
         help="on SIGTERM/SIGINT: stop accepting, let requests in flight finish for this long, "
