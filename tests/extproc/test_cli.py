@@ -158,7 +158,6 @@ def test_gie_defaults_and_off_values_all_act() -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--ha-enable-leader-election"],
         ["--enable-pprof", "true"],
         ["--metrics-endpoint-auth"],
         ["--enable-cert-reload"],

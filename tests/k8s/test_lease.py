@@ -19,7 +19,20 @@ from kvgate.k8s.lease import LeaderElector, lease_name
 from support.fake_kube import FakeKube
 
 NAME = lease_name("default", "pool")
-FAST = {"lease_duration_s": 1.0, "renew_deadline_s": 0.6, "retry_period_s": 0.1}
+
+
+def elector(client: Any, identity: str, on_lost: Any = None) -> LeaderElector:
+    """Short timings: a 1 s lease, 0.6 s renew deadline, 0.1 s retry period."""
+    return LeaderElector(
+        client,
+        namespace="default",
+        name=NAME,
+        identity=identity,
+        lease_duration_s=1.0,
+        renew_deadline_s=0.6,
+        retry_period_s=0.1,
+        on_lost=on_lost,
+    )
 
 
 @pytest.fixture
@@ -62,8 +75,8 @@ def test_timings_must_nest() -> None:
 
 
 async def test_one_leads_and_a_released_lease_passes_at_once(kube: FakeKube, client: Any) -> None:
-    a = LeaderElector(client, namespace="default", name=NAME, identity="a", **FAST)
-    b = LeaderElector(client, namespace="default", name=NAME, identity="b", **FAST)
+    a = elector(client, "a")
+    b = elector(client, "b")
     await asyncio.gather(a.start(), b.start())
     try:
         await until(lambda: a.is_leader or b.is_leader)
@@ -85,10 +98,10 @@ async def test_one_leads_and_a_released_lease_passes_at_once(kube: FakeKube, cli
 async def test_an_abandoned_lease_is_taken_after_the_lease_duration(
     kube: FakeKube, client: Any
 ) -> None:
-    a = LeaderElector(client, namespace="default", name=NAME, identity="a", **FAST)
+    a = elector(client, "a")
     await a.start()
     await until(lambda: a.is_leader)
-    b = LeaderElector(client, namespace="default", name=NAME, identity="b", **FAST)
+    b = elector(client, "b")
     await b.start()
     try:
         assert a._task is not None
@@ -105,9 +118,7 @@ async def test_an_abandoned_lease_is_taken_after_the_lease_duration(
 
 async def test_a_leader_whose_lease_was_taken_stops_leading(kube: FakeKube, client: Any) -> None:
     lost = asyncio.Event()
-    a = LeaderElector(
-        client, namespace="default", name=NAME, identity="a", on_lost=lost.set, **FAST
-    )
+    a = elector(client, "a", lost.set)
     await a.start()
     try:
         await until(lambda: a.is_leader)

@@ -42,6 +42,7 @@ from kvgate.scheduling.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from kvgate.config.model import PickerConfig
+    from kvgate.k8s.lease import LeaderElector
     from kvgate.k8s.objectives import ObjectiveWatcher
 
 log = logging.getLogger("kvgate.epp")
@@ -88,6 +89,12 @@ class EppOptions:
     subset_filter: bool = True  # honour x-gateway-destination-endpoint-subset
     #: ``--drain-timeout``: after SIGTERM, how long ext_proc streams in flight may run on.
     drain_timeout_s: float = 30.0
+    #: ``--ha-enable-leader-election`` (with --pool-name): only the Lease holder reports
+    #: SERVING on gRPC health; the timings are controller-runtime's defaults.
+    leader_election: bool = False
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
     #: ``--tokenizer`` (a path or a model name) and ``--offline``: the tokenizer plugins use
     #: unless their tokenizersPoolConfig names one, and whether they may download from the Hub.
     tokenizer: str | None = None
@@ -181,12 +188,16 @@ class EppServer:
         self.synced = False
         self._stopped = False
         self.tls_cert: bytes | None = None  # PEM served under --secure-serving
+        self.elector: LeaderElector | None = None  # --ha-enable-leader-election
+        self.leader_lost = asyncio.Event()  # set when a held Lease could not be renewed
+        self._lease_api: Any = None
 
     async def start(self) -> None:
         opts = self.opts
         if opts.grpc_server not in GRPC_SERVERS:
             raise KvgateError(f"grpc_server {opts.grpc_server!r}: expected one of {GRPC_SERVERS}")
         await self._start_discovery()
+        await self._start_election()
         await self.scheduler.start()
         await self.control.start()
         await self.scraper.start()
@@ -220,7 +231,7 @@ class EppServer:
                 self._grpc.add_insecure_port(address)
             await self._grpc.start()
         self._health = grpc.aio.server(options=options)
-        self._health.add_generic_rpc_handlers((health_handler(lambda: self.synced),))
+        self._health.add_generic_rpc_handlers((health_handler(self.serving),))
         self._health.add_insecure_port(f"{opts.grpc_host}:{opts.grpc_health_port}")
         await self._health.start()
         app = web.Application()
@@ -299,6 +310,33 @@ class EppServer:
             self.pool.set_endpoints(opts.endpoints)
         self.synced = True
 
+    def serving(self) -> bool:
+        """What gRPC health reports: synced and, under leader election, holding the Lease
+        (GIE's passive replica is NOT_SERVING so Envoy sends it nothing; it still keeps its
+        pool in sync and routes what reaches it, as llm-d's haPopulateNonLeaderDatastore)."""
+        return self.synced and (self.elector is None or self.elector.is_leader)
+
+    async def _start_election(self) -> None:
+        opts = self.opts
+        if not opts.leader_election:
+            return
+        if not opts.pool_name:
+            raise KvgateError("leader election: needs --pool-name (the Lease is the pool's)")
+        from kvgate.k8s.apiclient import connect
+        from kvgate.k8s.lease import LeaderElector, lease_name
+
+        self._lease_api = await connect(opts.kubeconfig)
+        self.elector = LeaderElector(
+            self._lease_api,
+            namespace=opts.pool_namespace,
+            name=lease_name(opts.pool_namespace, opts.pool_name),
+            lease_duration_s=opts.lease_duration_s,
+            renew_deadline_s=opts.renew_deadline_s,
+            retry_period_s=opts.retry_period_s,
+            on_lost=self.leader_lost.set,
+        )
+        await self.elector.start()
+
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -315,6 +353,9 @@ class EppServer:
             return
         self._stopped = True
         self.synced = False  # the health service reports NOT_SERVING while draining
+        if self.elector is not None:  # release the Lease first: a standby takes over now
+            await self.elector.stop()
+            await self._lease_api.close()
         await self.control.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace_s)
@@ -343,7 +384,15 @@ async def serve(opts: EppOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    lost = asyncio.ensure_future(server.leader_lost.wait())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((lost, stopping), return_when=asyncio.FIRST_COMPLETED)
+    lost.cancel()
+    stopping.cancel()
+    if server.leader_lost.is_set():  # as controller-runtime: a lost lease ends the process
+        log.error("leader election lost: exiting")
+        await server.stop(opts.drain_timeout_s)
+        return 1
     log.info("draining (up to %gs for ext_proc streams in flight)", opts.drain_timeout_s)
     await server.stop(opts.drain_timeout_s)
     return 0

@@ -27,6 +27,8 @@ import sys
 import time
 from typing import Any
 
+from kvgate.durations import duration_arg
+
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -79,12 +81,6 @@ def _bool_flag(group: Any, name: str, default: bool | None, help_text: str) -> N
 
 #: (flag, attribute, value kvgate cannot honour -> why). ``None`` matches any non-default.
 _UNSUPPORTED: tuple[tuple[str, str, Any, str], ...] = (
-    (
-        "--ha-enable-leader-election",
-        "ha_enable_leader_election",
-        True,
-        "kvgate has no leader election; run one EPP replica (each replica routes on its own)",
-    ),
     (
         "--endpoint-selector",
         "endpoint_selector",
@@ -267,7 +263,32 @@ def register(subparsers: Any) -> None:
         "ignore the gateway's x-gateway-destination-endpoint-subset hint",
     )
     gie = p.add_argument_group("GIE operations flags (false or absent only, see docs)")
-    _bool_flag(gie, "--ha-enable-leader-election", False, "GIE default false")
+    le = p.add_argument_group("leader election (docs/extproc.md)")
+    _bool_flag(
+        le,
+        "--ha-enable-leader-election",
+        False,
+        "active-passive on a Lease: only its holder reports SERVING (needs --pool-name; GIE "
+        "default false)",
+    )
+    le.add_argument(
+        "--leader-election-lease-duration",
+        type=duration_arg,
+        default=None,
+        help="kvgate-specific: how long an unrenewed Lease stays held (15s, as controller-runtime)",
+    )
+    le.add_argument(
+        "--leader-election-renew-deadline",
+        type=duration_arg,
+        default=None,
+        help="kvgate-specific: the leader gives up after failing to renew for this long (10s)",
+    )
+    le.add_argument(
+        "--leader-election-retry-period",
+        type=duration_arg,
+        default=None,
+        help="kvgate-specific: between acquire or renew attempts (2s)",
+    )
     _bool_flag(
         g,
         "--tracing",
@@ -424,6 +445,25 @@ def run_epp(args: argparse.Namespace) -> int:
         raise KvgateError(
             "no endpoints: give --pool-name, --endpoint HOST:PORT or --endpoints-file"
         )
+    lease = {
+        "--leader-election-lease-duration": args.leader_election_lease_duration,
+        "--leader-election-renew-deadline": args.leader_election_renew_deadline,
+        "--leader-election-retry-period": args.leader_election_retry_period,
+    }
+    if not args.ha_enable_leader_election:
+        given = [flag for flag, value in lease.items() if value is not None]
+        if given:
+            raise KvgateError(f"kvgate epp: {given[0]}: needs --ha-enable-leader-election")
+    elif not args.pool_name:
+        raise KvgateError(
+            "kvgate epp: --ha-enable-leader-election: needs --pool-name (the Lease is the "
+            "InferencePool's, in its namespace)"
+        )
+    # controller-runtime's defaults where not given
+    lease_s, renew_s, retry_s = (
+        default if value is None else value
+        for value, default in zip(lease.values(), (15.0, 10.0, 2.0), strict=True)
+    )
     try:
         specs = [spec_from_url(e) for e in args.endpoint]
         names = MetricNames.from_flags(
@@ -468,6 +508,10 @@ def run_epp(args: argparse.Namespace) -> int:
         objectives_file=args.objectives,
         outlier=outlier_cli.config_from_args(args),
         log_requests=not args.no_request_log,
+        leader_election=args.ha_enable_leader_election,
+        lease_duration_s=lease_s,
+        renew_deadline_s=renew_s,
+        retry_period_s=retry_s,
         tokenizer=args.tokenizer,
         offline=args.offline,
     )
