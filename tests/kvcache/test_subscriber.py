@@ -307,3 +307,69 @@ async def test_bind_conflict_is_an_error_naming_the_address() -> None:
             await second.start()
     finally:
         await first.stop()
+
+
+async def _bound(ctx: zmq.asyncio.Context, *topics: str
+                 ) -> tuple[KVBlockIndex, KVEventSubscriber, list[TestPublisher]]:  # fmt: skip
+    index = KVBlockIndex(block_size=BS)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    sub = KVEventSubscriber(index, bind=address)
+    await sub.start()
+    pubs = [TestPublisher(ctx, address, bind=False, replay=None, topic=t) for t in topics]
+    for pub in pubs:
+        await pub.subscribed()
+    return index, sub, pubs
+
+
+async def test_a_pod_ip_topic_matches_every_endpoint_at_that_ip(
+    ctx: zmq.asyncio.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    """llm-d's guides publish ``kv@<pod-ip>@<model>``: both ranks at 127.0.0.5 read it, the
+    host:port topic of 127.0.0.6:8000 still keys by host:port, and nothing is unmatched."""
+    index, sub, (ip_pub, hp_pub) = await _bound(
+        ctx, events.make_topic("127.0.0.5", "m"), events.make_topic("127.0.0.6:8000", "m")
+    )
+    pool = frozenset({"127.0.0.5:8000", "127.0.0.5:8001", "127.0.0.6:8000", "127.0.0.7:8000"})
+    sub.set_endpoints(pool)
+    try:
+        for i in range(3):
+            await ip_pub.send(i, _block(i, i if i else None))
+        await hp_pub.send(0, _block(0))
+        await _until(lambda: sub.last_seq("127.0.0.5") == 2, "pod-IP stream applied")
+        await _until(lambda: sub.last_seq("127.0.0.6:8000") == 0, "host:port stream applied")
+        ids = {hp: sub.index_id(hp.rsplit(":", 1)[0], hp) for hp in sorted(pool)}
+        assert ids == {
+            "127.0.0.5:8000": "127.0.0.5",
+            "127.0.0.5:8001": "127.0.0.5",
+            "127.0.0.6:8000": "127.0.0.6:8000",
+            "127.0.0.7:8000": "127.0.0.7:8000",
+        }
+        held = index.match(_keys(8, index), list(ids.values())).blocks
+        assert [held.get(ids[hp], 0) for hp in sorted(pool)] == [3, 3, 1, 0]
+        assert sub.stats.unmatched_messages == 0 and "names no endpoint" not in caplog.text
+    finally:
+        await ip_pub.close()
+        await hp_pub.close()
+        await sub.stop()
+
+
+async def test_a_topic_matching_no_endpoint_is_counted_and_logged_once(
+    ctx: zmq.asyncio.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, sub, (stray, wrong_port) = await _bound(
+        ctx, events.make_topic("10.9.9.9", "m"), events.make_topic("127.0.0.5:9999", "m")
+    )
+    sub.set_endpoints(frozenset({"127.0.0.5:8000"}))
+    try:
+        for i in range(3):
+            await stray.send(i, _block(i, i if i else None))
+            await wrong_port.send(i, _block(i, i if i else None))
+        await _until(lambda: sub.stats.unmatched_messages == 6, "six unmatched batches")
+        lines = [r.getMessage() for r in caplog.records if "names no endpoint" in r.getMessage()]
+        assert len(lines) == 2  # once per topic
+        assert "kv@10.9.9.9@m" in lines[0] + lines[1] and "127.0.0.5:8000" in lines[0]
+        assert sub.index_id("127.0.0.5", "127.0.0.5:8000") == "127.0.0.5:8000"
+    finally:
+        await stray.close()
+        await wrong_port.close()
+        await sub.stop()

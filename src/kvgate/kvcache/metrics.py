@@ -139,6 +139,10 @@ class KVCacheCollector(Collector):
                 "dropped_endpoints",
                 "Times an endpoint's entries were dropped (gap, restart, purge).",
             ),
+            (
+                "unmatched_messages",
+                "Batches whose topic names no endpoint of the pool (host:port or pod IP).",
+            ),
         ):
             yield _counter(p + name, doc, sum(getattr(s, name) for s in stats))
         last = GaugeMetricFamily(

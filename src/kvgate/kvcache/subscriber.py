@@ -4,7 +4,11 @@ Two ways to meet the engines' publishers (shared/reference/llmd.md §7-8):
 
 - **bind** (llm-d's default): one SUB binds ``tcp://*:5557`` and every vLLM PUB connects to
   it; the endpoint is taken from the topic ``kv@<host:port>@<model>`` (messages whose topic
-  does not have that shape are dropped and counted);
+  does not have that shape are dropped and counted). llm-d's guides publish the pod IP only
+  (``kv@<pod-ip>@<model>``): such a stream is indexed under the IP, and every endpoint at
+  that address (all its ranks/ports) is looked up under it (:meth:`KVEventSubscriber.index_id`).
+  Once the pool's endpoints are known (:meth:`KVEventSubscriber.set_endpoints`), a topic
+  naming none of them is counted (``unmatched_messages``) and logged once per topic;
 - **connect** (llm-d's ``discoverPods``, or vLLM PUBs that bind): one SUB per publisher,
   added with :meth:`KVEventSubscriber.connect`; the endpoint is the one it was added for.
 
@@ -46,7 +50,7 @@ from kvgate.kvcache.events import (
 from kvgate.kvcache.index import KVBlockIndex
 from kvgate.kvcache.metrics import track_subscriber
 
-__all__ = ["DEFAULT_ZMQ_ENDPOINT", "KVEventSubscriber", "SubscriberStats"]
+__all__ = ["DEFAULT_ZMQ_ENDPOINT", "KVEventSubscriber", "SubscriberStats", "host_of"]
 
 log = logging.getLogger("kvgate.kvcache.subscriber")
 
@@ -65,6 +69,7 @@ class SubscriberStats:
     replays_failed: int = 0
     replayed_batches: int = 0
     dropped_endpoints: int = 0  # entries dropped: gap without repair, restart, purge
+    unmatched_messages: int = 0  # batches whose topic names no known endpoint (still indexed)
 
 
 @dataclass(slots=True)
@@ -76,6 +81,19 @@ class _Stream:
     repairing: bool = False
     pending: list[tuple[int, bytes]] = field(default_factory=list)  # (seq, payload) in order
     replay: str | None = None  # the endpoint's replay ROUTER address, if known
+
+
+def _has_port(endpoint: str) -> bool:
+    """``host:port`` or ``[v6]:port`` (a bare IPv6 address has colons but no port)."""
+    if endpoint.startswith("["):
+        return "]:" in endpoint
+    return endpoint.count(":") == 1
+
+
+def host_of(hostport: str) -> str:
+    """``10.0.0.5:8000`` -> ``10.0.0.5``; ``[fd00::1]:8000`` -> ``fd00::1``."""
+    host = hostport.rsplit(":", 1)[0] if _has_port(hostport) else hostport
+    return host.strip("[]")
 
 
 class KVEventSubscriber:
@@ -109,6 +127,12 @@ class KVEventSubscriber:
         self._tasks: set[asyncio.Task[None]] = set()
         self._bound_task: asyncio.Task[None] | None = None
         self._removed: set[str] = set()
+        # pod-IP-only topic ids seen (``kv@10.0.0.5@m``): endpoints at that address read them
+        self._host_ids: set[str] = set()
+        # the pool's endpoint ids (host:port) and their hosts, for matching topics
+        self._known: frozenset[str] = frozenset()
+        self._known_hosts: frozenset[str] = frozenset()
+        self._unmatched_logged: set[str] = set()
         self.bound_address: str | None = None  # the resolved address once bound
         track_subscriber(self)
 
@@ -202,6 +226,43 @@ class KVEventSubscriber:
         # accepted again once it publishes from a fresh stream (seq 0) or is re-added.
         self._removed.add(endpoint)
 
+    # --- topics -> endpoints --------------------------------------------------------------------
+
+    def set_endpoints(self, hostports: frozenset[str]) -> None:
+        """The pool's endpoints (``host:port``) as the owner knows them; topics are matched
+        against these. Cheap to call again with the same set."""
+        if hostports == self._known:
+            return
+        self._known = hostports
+        self._known_hosts = frozenset(host_of(hp) for hp in hostports)
+
+    def index_id(self, address: str, hostport: str) -> str:
+        """The index id holding ``hostport``'s blocks: ``hostport`` itself, or its bare
+        ``address`` when only pod-IP topics (``kv@<ip>@<model>``) were seen for it."""
+        if address in self._host_ids and hostport not in self._streams:
+            return address
+        return hostport
+
+    def _check_topic(self, endpoint: str, topic: bytes) -> None:
+        """Count (and log once) a topic naming no known endpoint; before any endpoint is
+        known nothing can be judged."""
+        if not self._known:
+            return
+        if endpoint in self._known or (
+            endpoint in self._host_ids and endpoint in self._known_hosts
+        ):
+            return
+        self.stats.unmatched_messages += 1
+        if endpoint not in self._unmatched_logged:
+            self._unmatched_logged.add(endpoint)
+            log.warning(
+                "KV events: topic %r names no endpoint of the pool (known: %s); its blocks are "
+                "indexed under %r and match no candidate until such an endpoint joins",
+                topic.decode("utf-8", "replace"),
+                ", ".join(sorted(self._known)[:8]),
+                endpoint,
+            )
+
     def last_seq(self, endpoint: str) -> int | None:
         """The seq of the last batch applied for ``endpoint`` (None before the first)."""
         stream = self._streams.get(endpoint)
@@ -241,6 +302,10 @@ class KVEventSubscriber:
                 self.stats.bad_messages += 1
                 return
             endpoint = parsed[0]
+            if not _has_port(endpoint):
+                self._host_ids.add(endpoint.strip("[]"))
+                endpoint = endpoint.strip("[]")
+            self._check_topic(endpoint, topic)
         try:
             seq = decode_seq(seq_frame)
         except ValueError:

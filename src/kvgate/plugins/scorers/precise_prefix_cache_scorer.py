@@ -49,7 +49,10 @@ Reads what each engine actually stored and evicted, from vLLM's KV events over Z
   resent long prefix is tokenized once) and the ids memoised on the request
   (``Request.token_ids``) so other plugins reuse them.
 * Endpoints: the index knows engines by the ``host:port`` of their topic
-  ``kv@<host:port>@<model>``, matched against ``Endpoint.hostport``.
+  ``kv@<host:port>@<model>``, matched against ``Endpoint.hostport``; a topic with the pod IP
+  only (``kv@<pod-ip>@<model>``, llm-d's guides) matches every endpoint at that address. A
+  topic matching no endpoint of the pool is counted and logged once (the subscriber's
+  ``unmatched_messages``).
 * Outputs: cycle state :class:`PreciseMatchState` under ``"<name>/precise-prefix-cache-scorer"``;
   ``request.extra["precise_cached_tokens"]`` = {endpoint name: predicted cached tokens};
   after the pick, ``request.extra["predicted_cached_tokens"]`` for the target, and the
@@ -71,7 +74,7 @@ from typing import Any
 from kvgate.errors import PluginParameterError
 from kvgate.kvcache.index import DEFAULT_MAX_BLOCKS, DEFAULT_TIER_WEIGHTS, KVBlockIndex
 from kvgate.kvcache.speculative import SpeculativeBlocks
-from kvgate.kvcache.subscriber import DEFAULT_ZMQ_ENDPOINT, KVEventSubscriber
+from kvgate.kvcache.subscriber import DEFAULT_ZMQ_ENDPOINT, KVEventSubscriber, host_of
 from kvgate.kvcache.tokenize import Tokenizer, chunk_encoder
 from kvgate.plugins.base import Params, PluginContext, state_key
 from kvgate.plugins.scorers._duration import get_duration_s
@@ -185,6 +188,11 @@ class PrecisePrefixCacheScorer:
             self._connected.discard(endpoint_id)
             if self.subscriber is not None:
                 self.subscriber.endpoint_removed(endpoint_id)
+                # a pod-IP stream goes with the last endpoint at that address
+                host = host_of(endpoint_id)
+                if all(host_of(hp) != host for hp in self._hostports.values()):
+                    self.subscriber.endpoint_removed(host)
+                self.subscriber.set_endpoints(frozenset(self._hostports.values()))
             else:
                 self.index.drop_endpoint(endpoint_id)
             if self.speculative is not None:
@@ -224,12 +232,17 @@ class PrecisePrefixCacheScorer:
         when no block can be keyed yet (block size unknown) or the prompt has no full block.
         """
         hostports = self._hostports
-        ids = []
+        subscriber = self.subscriber
+        ids = []  # index ids: host:port, or the pod IP when its engines publish kv@<ip>@<model>
+        changed = False
         for e in endpoints:
             hp = e.hostport
             if hostports.get(e.name) != hp:
                 hostports[e.name] = hp
-            ids.append(hp)
+                changed = True
+            ids.append(hp if subscriber is None else subscriber.index_id(e.address, hp))
+        if changed and subscriber is not None:
+            subscriber.set_endpoints(frozenset(hostports.values()))
         if self.events.discover_pods and self.subscriber is not None:
             self._discover(endpoints)
         if token_ids is None:
@@ -251,13 +264,13 @@ class PrecisePrefixCacheScorer:
         blocks: dict[str, int] = {}
         cached: dict[str, int] = {}
         spec = self.speculative
-        for e, hp in zip(endpoints, ids, strict=True):
-            held = match.blocks.get(hp, 0)
+        for e, index_id in zip(endpoints, ids, strict=True):
+            held = match.blocks.get(index_id, 0)
             blocks[e.name] = held
             cached[e.name] = min(held, max_cached_blocks) * block_size
-            weighted = match.weighted[hp] if held else 0.0
+            weighted = match.weighted[index_id] if held else 0.0
             if spec is not None:
-                weighted = max(weighted, spec.held(hp, keys) * self.predicted_weight)
+                weighted = max(weighted, spec.held(e.hostport, keys) * self.predicted_weight)
             if weighted:
                 weighted_hits[e.name] = weighted
         request.extra[EXTRA_CACHED_TOKENS] = cached
