@@ -493,7 +493,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             cluster,
             workload,
             load,
-            out_dir / "runs" / policy,
+            out_dir / "runs" / _run_name(policy),
             run_config=run_cfg,
             progress=factory,
             front=front,
@@ -512,7 +512,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 cluster,
                 unloaded,
                 load,
-                out_dir / "runs" / f"{policy}-unloaded",
+                out_dir / "runs" / f"{_run_name(policy)}-unloaded",
                 run_config=run_cfg,
                 progress=factory,
                 front=front,
@@ -592,3 +592,10 @@ def _hold(procs: list[Proc], say: Callable[[str], None]) -> None:
     finally:
         for proc in reversed(procs):
             proc.stop()
+
+
+def _run_name(policy: str) -> str:
+    """A policy's folder under ``runs/``: a config file's stem, else its name."""
+    if policy.endswith((".yaml", ".yml", ".json")):
+        return Path(policy).stem
+    return policy

@@ -97,16 +97,21 @@ class PolicyRun:
 
 def policy_config(policy: str, zmq_endpoint: str, block_size: int | None) -> str | None:
     """YAML for ``kvgate serve --config-text`` when the policy listens to KV events (its
-    collector endpoint and block size set), else None (``--policy`` is enough)."""
+    collector endpoint and block size set) or is a config file (``*.yaml``, ``*.json``), else
+    None (``--policy`` is enough)."""
     import yaml
 
     text: str | None = None
-    try:
-        from kvgate.config.policies import policy_config_text
+    from_file = policy.endswith((".yaml", ".yml", ".json"))
+    if from_file:  # an EndpointPickerConfig file given as a policy
+        text = Path(policy).read_text()
+    else:
+        try:
+            from kvgate.config.policies import policy_config_text
 
-        text = policy_config_text(policy)
-    except (ImportError, KeyError, ValueError, KvgateError):
-        text = None
+            text = policy_config_text(policy)
+        except (ImportError, KeyError, ValueError, KvgateError):
+            text = None
     if text is None:
         if policy != "oracle":
             return None
@@ -124,7 +129,7 @@ def policy_config(policy: str, zmq_endpoint: str, block_size: int | None) -> str
                 params["blockSize"] = block_size
             changed = True
     if not changed:
-        return None
+        return text if from_file else None
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
