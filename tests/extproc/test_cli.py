@@ -14,7 +14,6 @@ from kvgate.cli import build_parser
 from kvgate.extproc.cli import (
     _setup_logging,
     parse_bool,
-    parse_duration,
     parse_ports,
     parse_zap_level,
     pool_namespace,
@@ -61,20 +60,6 @@ def test_gie_metric_and_refresh_flags() -> None:
     assert args.metrics_staleness_threshold == pytest.approx(90.0)
     assert args.secure_serving is False
     assert args.kv_cache_usage_percentage_metric == "vllm:gpu_cache_usage_perc"
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("50ms", 0.05), ("2s", 2.0), ("1h", 3600.0), ("0.5", 0.5), ("250us", 0.00025)],
-)
-def test_go_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("bad", ["", "5 ms", "ms", "1d", "2s3"])
-def test_bad_durations(bad: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_duration(bad)
 
 
 def test_bools() -> None:

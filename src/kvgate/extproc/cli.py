@@ -22,34 +22,11 @@ import datetime
 import json
 import logging
 import os
-import re
 import sys
 import time
 from typing import Any
 
 from kvgate.durations import duration_arg
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Go duration (``50ms``, ``1m30s``) or plain seconds -> seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    pos = 0
-    total = 0.0
-    for match in _DURATION_RE.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_S[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise argparse.ArgumentTypeError(f"expected a duration like 50ms or 2s, got {text!r}")
-    return total
 
 
 def parse_bool(text: str) -> bool:
@@ -181,6 +158,13 @@ def register(subparsers: Any) -> None:
         help="what serves ext_proc: 'h2', HTTP/2 on the asyncio loop (the default: about half "
         "the CPU per message), or 'grpcio', grpc.aio",
     )
+    g.add_argument(
+        "--drain-timeout",
+        type=duration_arg,
+        default=30.0,
+        help="on SIGTERM/SIGINT: refuse new ext_proc streams, let those in flight end for this "
+        "long, then reset them (default 30s)",
+    )
     c = p.add_argument_group("scheduling")
     src = c.add_mutually_exclusive_group()
     src.add_argument("--config-text", default=None, help="EndpointPickerConfig YAML/JSON text")
@@ -229,9 +213,9 @@ def register(subparsers: Any) -> None:
     )
     d.add_argument("--endpoints-file", default=None, help="YAML/JSON list of endpoints, watched")
     m = p.add_argument_group("model-server metrics (GIE flag names)")
-    m.add_argument("--refresh-metrics-interval", type=parse_duration, default=0.05)
-    m.add_argument("--metrics-staleness-threshold", type=parse_duration, default=2.0)
-    m.add_argument("--refresh-prometheus-metrics-interval", type=parse_duration, default=5.0)
+    m.add_argument("--refresh-metrics-interval", type=duration_arg, default=0.05)
+    m.add_argument("--metrics-staleness-threshold", type=duration_arg, default=2.0)
+    m.add_argument("--refresh-prometheus-metrics-interval", type=duration_arg, default=5.0)
     m.add_argument("--total-queued-requests-metric", default=None)
     m.add_argument("--total-running-requests-metric", default=None)
     m.add_argument("--kv-cache-usage-percentage-metric", default=None)
@@ -508,6 +492,7 @@ def run_epp(args: argparse.Namespace) -> int:
         objectives_file=args.objectives,
         outlier=outlier_cli.config_from_args(args),
         log_requests=not args.no_request_log,
+        drain_timeout_s=args.drain_timeout,
         leader_election=args.ha_enable_leader_election,
         lease_duration_s=lease_s,
         renew_deadline_s=renew_s,
