@@ -219,5 +219,10 @@ def parameter_path(plugin_name: str, exc: PluginParameterError) -> str:
 
 
 def trial_context() -> PluginContext:
-    """A context for the loader's trial build: seeded, with no shared services."""
-    return PluginContext(rng=random.Random(0))
+    """A context for the loader's trial build: seeded, marked as a trial (plugins load no
+    tokenizer in it), with no shared services."""
+    from kvgate.kvcache.tokenize import TRIAL_SERVICE
+
+    ctx = PluginContext(rng=random.Random(0))
+    ctx.services[TRIAL_SERVICE] = True
+    return ctx

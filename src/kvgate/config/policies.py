@@ -24,7 +24,7 @@ show-policy NAME`` prints one, so any policy can be copied and edited as a confi
 
 from __future__ import annotations
 
-_HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+_HEADER = "apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\n"  # llm-d's current generation
 
 
 def _policy(

@@ -19,12 +19,11 @@ Producers that consume each other in a cycle are an error too. The result is wha
 from __future__ import annotations
 
 import dataclasses
-import random
 from typing import Any
 
 from kvgate.config.model import PickerConfig, PluginSpec
 from kvgate.errors import ConfigError, PluginParameterError, Problem
-from kvgate.plugins.base import Consumer, Plugin, PluginContext, Producer
+from kvgate.plugins.base import Consumer, Plugin, Producer
 from kvgate.plugins.registry import Registry
 from kvgate.scheduling.data import DataKey
 from kvgate.scheduling.scheduler import order_producers
@@ -35,9 +34,9 @@ _MAX_ROUNDS = 8
 
 def add_default_producers(config: PickerConfig, registry: Registry) -> PickerConfig:
     """``config`` with the default producers its consumers need; raises ConfigError."""
-    from kvgate.config.build import roles_of  # build imports this module
+    from kvgate.config.build import roles_of, trial_context  # build imports this module
 
-    ctx = PluginContext(rng=random.Random(0))
+    ctx = trial_context()
     built: dict[str, Plugin] = {}
     for spec in config.plugins:
         try:

@@ -47,6 +47,9 @@ DEFAULT_TOKENIZER_NAME = "smollm2-135m-instruct"
 #: ``PluginContext.services`` keys the front doors fill (see :func:`tokenizer_services`).
 TOKENIZER_SERVICE = "tokenizer"
 OFFLINE_SERVICE = "hf-offline"
+#: Set in PluginContext.services by the configuration loader's trial build: plugins check their
+#: fields but load no tokenizer (that happens when the scheduler is built for serving).
+TRIAL_SERVICE = "config-trial"
 
 #: Used when a tokenizer comes without a chat template.
 CHATML_TEMPLATE = (

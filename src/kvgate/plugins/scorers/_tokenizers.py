@@ -19,7 +19,8 @@ errors naming the field):
 The default tokenizer is, first found: ``tokenizerPath``, ``modelName``, the front door's
 ``--tokenizer``, and -- only when none of them names anything -- the built-in SmolLM2 one,
 with a start-up warning that block keys then match SmolLM2 engines only. A named model
-whose tokenizer cannot be had is a start-up error naming the model and the options.
+whose tokenizer cannot be had is a start-up error naming the model and the options; the
+configuration check (the loader's trial build) loads no tokenizer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kvgate.errors import PluginParameterError
 from kvgate.kvcache.tokenize import (
     OFFLINE_SERVICE,
     TOKENIZER_SERVICE,
+    TRIAL_SERVICE,
     Tokenizer,
     load_tokenizer,
 )
@@ -125,6 +127,10 @@ def pool_tokenizers(
             socket,
         )
 
+    if ctx.services.get(TRIAL_SERVICE):
+        # the loader's trial build (``kvgate config check``) checks fields, not tokenizers:
+        # they are found, read or downloaded when the scheduler is built at start-up
+        return PluginTokenizers(Tokenizer.default(), {}, "not loaded by the configuration check")
     per_model = {
         name: _load(p, source, f"local.modelTokenizerMap.{name}")
         for name, p in source.model_tokenizer_map.items()
