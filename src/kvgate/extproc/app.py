@@ -89,6 +89,8 @@ class EppOptions:
     subset_filter: bool = True  # honour x-gateway-destination-endpoint-subset
     #: ``--drain-timeout``: after SIGTERM, how long ext_proc streams in flight may run on.
     drain_timeout_s: float = 30.0
+    #: ``--max-concurrent-streams``: ext_proc calls per HTTP/2 connection (both transports).
+    max_concurrent_streams: int = 1024
     #: ``--ha-enable-leader-election`` (with --pool-name): only the Lease holder reports
     #: SERVING on gRPC health; the timings are controller-runtime's defaults.
     leader_election: bool = False
@@ -215,14 +217,18 @@ class EppServer:
             def new_stream() -> RequestStream:
                 return RequestStream(self.director, body_mode)
 
-            self._h2 = H2ExtProcServer(new_stream)
+            self._h2 = H2ExtProcServer(
+                new_stream, max_concurrent_streams=opts.max_concurrent_streams
+            )
             await self._h2.start(
                 opts.grpc_host,
                 opts.grpc_port,
                 server_ssl_context(*cert_key) if cert_key is not None else None,
             )
         else:
-            self._grpc = grpc.aio.server(options=options)
+            self._grpc = grpc.aio.server(
+                options=[*options, ("grpc.max_concurrent_streams", opts.max_concurrent_streams)]
+            )
             add_to_server(ExtProcServicer(self.director, body_mode), self._grpc)
             if cert_key is not None:
                 cert, key = cert_key

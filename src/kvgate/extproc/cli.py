@@ -49,6 +49,17 @@ def parse_ports(text: str) -> list[int]:
     return ports
 
 
+def parse_stream_limit(text: str) -> int:
+    """``--max-concurrent-streams``: an HTTP/2 stream count, 1..2^31-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1..2147483647, got {text!r}")
+    return value
+
+
 def _bool_flag(group: Any, name: str, default: bool | None, help_text: str) -> None:
     """A Go-style boolean: ``--x``, ``--x=true``, ``--x false``."""
     group.add_argument(
@@ -157,6 +168,13 @@ def register(subparsers: Any) -> None:
         default="h2",
         help="what serves ext_proc: 'h2', HTTP/2 on the asyncio loop (the default: about half "
         "the CPU per message), or 'grpcio', grpc.aio",
+    )
+    g.add_argument(
+        "--max-concurrent-streams",
+        type=parse_stream_limit,
+        default=1024,
+        help="ext_proc calls one HTTP/2 connection may have open at once, advertised as "
+        "SETTINGS_MAX_CONCURRENT_STREAMS; one more is refused with REFUSED_STREAM (1024)",
     )
     g.add_argument(
         "--drain-timeout",
@@ -493,6 +511,7 @@ def run_epp(args: argparse.Namespace) -> int:
         outlier=outlier_cli.config_from_args(args),
         log_requests=not args.no_request_log,
         drain_timeout_s=args.drain_timeout,
+        max_concurrent_streams=args.max_concurrent_streams,
         leader_election=args.ha_enable_leader_election,
         lease_duration_s=lease_s,
         renew_deadline_s=renew_s,

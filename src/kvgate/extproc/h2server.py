@@ -22,6 +22,8 @@ How calls end, as gRPC's own servers do:
 * :meth:`H2ExtProcServer.stop`: ``GOAWAY`` (no new calls), calls in flight get ``grace_s``
   to end, the rest are answered ``14 UNAVAILABLE``.
 
+A connection holds at most ``max_concurrent_streams`` calls at once (advertised in SETTINGS;
+one more is refused with ``RST_STREAM REFUSED_STREAM``, which Envoy retries elsewhere).
 Replies wait for the peer's flow-control windows. TLS (``--secure-serving``) uses the
 asyncio SSL transport with ALPN ``h2``, which gRPC clients require.
 """
@@ -86,7 +88,11 @@ class ExtProcH2Protocol(asyncio.Protocol):
 
     def __init__(self, server: H2ExtProcServer) -> None:
         self.server = server
-        self.conn = http2.ServerConnection(self, window_bytes=WINDOW_BYTES)
+        self.conn = http2.ServerConnection(
+            self,
+            window_bytes=WINDOW_BYTES,
+            max_concurrent_streams=server.max_concurrent_streams,
+        )
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, _Call] = {}
         self.draining = False  # GOAWAY sent or received: no new calls
@@ -324,9 +330,12 @@ class H2ExtProcServer:
         self,
         new_stream: Callable[[], RequestStream],
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_concurrent_streams: int = http2.DEFAULT_MAX_CONCURRENT_STREAMS,
     ) -> None:
         self.new_stream = new_stream
         self.max_message_bytes = max_message_bytes
+        #: per connection; calls over it are refused with RST_STREAM REFUSED_STREAM
+        self.max_concurrent_streams = max_concurrent_streams
         self.connections: set[ExtProcH2Protocol] = set()
         self._server: asyncio.Server | None = None
         self._all_closed: asyncio.Event | None = None

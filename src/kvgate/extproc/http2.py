@@ -19,8 +19,10 @@ and priority fields, RST_STREAM and GOAWAY both ways, and trailers. What it refu
 a GOAWAY that says why: frames that break the framing rules (:class:`Http2Error`, the only
 exception :meth:`ServerConnection.receive` raises). Stream errors are raised to the
 connection (RFC 9113 §5.4.1 allows it; a gRPC peer sends none). Memory per connection is
-bounded: a frame over ``max_frame_bytes`` is refused from its 9-byte header, and a header
-block (HEADERS + CONTINUATION) over twice ``max_header_list_bytes`` before it is buffered.
+bounded: a frame over ``max_frame_bytes`` is refused from its 9-byte header, a header
+block (HEADERS + CONTINUATION) over twice ``max_header_list_bytes`` before it is buffered,
+and at most ``max_concurrent_streams`` streams are open (advertised in SETTINGS; a HEADERS
+opening one more is answered RST_STREAM REFUSED_STREAM, RFC 9113 §5.1.2).
 Server push, stream priorities and the extended CONNECT method are not used by gRPC and
 not offered. Outbound header blocks never use the HPACK dynamic table (a table-size
 update to 0 opens the first block, and any block after the peer changes the table size).
@@ -49,6 +51,11 @@ REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x7, 0x8, 0x9
 
 DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
+#: Streams a peer may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+#: Envoy opens one ext_proc stream per HTTP request in flight and spreads them over
+#: connections; RFC 9113's unlimited default (and Envoy's own 2^31-1) would let one peer
+#: hold unbounded per-stream state. ``kvgate epp --max-concurrent-streams`` sets it.
+DEFAULT_MAX_CONCURRENT_STREAMS = 1024
 _HEADER = struct.Struct(">HBBBL")  # 24-bit length as 16 + 8 bits, type, flags, stream id
 _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
@@ -116,7 +123,12 @@ class ServerConnection:
         window_bytes: int = 16 * 1024 * 1024,
         max_frame_bytes: int = 1 << 20,
         max_header_list_bytes: int = 64 * 1024,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
     ) -> None:
+        if not 1 <= max_concurrent_streams <= MAX_WINDOW:
+            raise ValueError(
+                f"max_concurrent_streams: expected 1..{MAX_WINDOW}, got {max_concurrent_streams}"
+            )
         if not DEFAULT_WINDOW <= window_bytes <= MAX_WINDOW:
             raise ValueError(
                 f"window_bytes: expected {DEFAULT_WINDOW}..{MAX_WINDOW}, got {window_bytes}"
@@ -124,6 +136,8 @@ class ServerConnection:
         if not 16_384 <= max_frame_bytes <= 16_777_215:
             raise ValueError(f"max_frame_bytes: expected 16384..16777215, got {max_frame_bytes}")
         self.handler = handler
+        self.max_concurrent_streams = max_concurrent_streams
+        self.refused_streams = 0  # HEADERS refused with REFUSED_STREAM over the limit
         self.out: list[bytes] = []
         self.streams: dict[int, _Stream] = {}
         self.highest_stream_id = 0
@@ -155,6 +169,7 @@ class ServerConnection:
                 0,
                 0,
                 _SETTING.pack(ENABLE_PUSH, 0)
+                + _SETTING.pack(MAX_CONCURRENT_STREAMS, max_concurrent_streams)
                 + _SETTING.pack(INITIAL_WINDOW_SIZE, window_bytes)
                 + _SETTING.pack(MAX_FRAME_SIZE, max_frame_bytes)
                 + _SETTING.pack(MAX_HEADER_LIST_SIZE, max_header_list_bytes),
@@ -413,6 +428,13 @@ class ServerConnection:
             return  # a stream we already answered and forgot
         self.highest_stream_id = stream_id
         if self.goaway_sent:
+            self.out.append(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
+            return
+        if len(self.streams) >= self.max_concurrent_streams:
+            # RFC 9113 §5.1.2: over the advertised limit is a stream error; REFUSED_STREAM
+            # tells the client nothing was processed, so it may retry on another connection.
+            # The stream is never opened: a DATA frame that follows is on a closed stream.
+            self.refused_streams += 1
             self.out.append(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
             return
         stream = self.streams[stream_id] = _Stream(
