@@ -27,6 +27,7 @@ import logging
 import signal
 import sys
 import tempfile
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -150,17 +151,18 @@ def _with_tokenizer(model: Any, tokenizer: str | None, offline: bool) -> Any:
 
 def up_from_args(args: argparse.Namespace) -> int:
     from kvgate.config import load_llm_inference_service
-    from kvgate.engines import EngineConfig, plan_launch, resolve_model
+    from kvgate.engines import EngineConfig, resolve_model
     from kvgate.gateway.app import run
+    from kvgate.up.cluster import plan_cluster, scheduler_config
 
     configure_logging(args.log_format)
     if getattr(args, "example", False) and args.file is not None:
         raise EngineError("give FILE or --example, not both")
     path = args.file or (example_file() if getattr(args, "example", False) else demo_file())
     svc = load_llm_inference_service(path)
-    replicas = args.replicas if args.replicas is not None else svc.replicas
-    if replicas < 1:
+    if args.replicas is not None and args.replicas < 1:
         raise EngineError("--replicas: at least one replica is needed")
+    picker_config, _ = scheduler_config(svc)
     uri = _model_uri(svc.model_uri or svc.model_name)
     offline = bool(getattr(args, "offline", False))
     try:
@@ -179,23 +181,34 @@ def up_from_args(args: argparse.Namespace) -> int:
         engine=args.engine,
         model=model,
         run_dir=run_dir,
-        extra_args=(*svc.vllm_additional_args, *lora_args(svc, args.engine)),
         vllm_python=args.vllm_python,
-        kv_events_collector=kv_events_collector(svc.require_picker_config()),
+        kv_events_collector=kv_events_collector(picker_config),
     )
-    plan = plan_launch(config, replicas)
+    cluster = plan_cluster(
+        svc, config, replicas=args.replicas, lora_args=lora_args(svc, args.engine)
+    )
+    plan = cluster.plan
+    counts = Counter(cluster.roles.values())
+    shape = (
+        f"{counts['prefill']} prefill + {counts['decode']} decode"
+        if cluster.disaggregated
+        else str(len(plan.replicas))
+    )
     _say(
-        f"{svc.namespace}/{svc.name}: {replicas} {args.engine} replica(s) of {model.name} "
+        f"{svc.namespace}/{svc.name}: {shape} {args.engine} replica(s) of {model.name} "
         f"(logs in {run_dir / 'logs'})"
     )
     for note in plan.notes:
         _say(note)
-    return run(lambda: _run(args, svc, plan, model))
+    return run(lambda: _run(args, svc, cluster, model))
 
 
-async def _run(args: argparse.Namespace, svc: Any, plan: Any, model: Any) -> int:
+async def _run(args: argparse.Namespace, svc: Any, cluster: Any, model: Any) -> int:
     from kvgate.engines import ReplicaEvent, Supervisor
     from kvgate.gateway.app import build_gateway, build_scheduler_from
+    from kvgate.up.cluster import scheduler_config
+
+    plan = cluster.plan
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -239,12 +252,12 @@ async def _run(args: argparse.Namespace, svc: Any, plan: Any, model: Any) -> int
                 _say(f"auth is on (security.opendatahub.io/enable-auth): API key {key}")
             else:
                 _say("auth is on (security.opendatahub.io/enable-auth): using the given key(s)")
-        picker_config = svc.require_picker_config()
+        picker_config, _ = scheduler_config(svc)
         scheduler = build_scheduler_from(
             picker_config, tokenizer=model.tokenizer, offline=bool(getattr(args, "offline", False))
         )
         static = [
-            spec_from_url(spec.base_url, labels={"kvgate.replica": spec.name})
+            spec_from_url(spec.base_url, labels=cluster.endpoint_labels(spec.name))
             for spec in plan.replicas
         ]
         gateway = build_gateway(
