@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from kvgate.config import load_llm_inference_service
+from kvgate.k8s.access import epp_api_access
 from kvgate.k8s.inferencepool import parse_pool
 from kvgate.k8s.render import RenderOptions, render
 
@@ -163,9 +164,15 @@ def test_wiring_selectors_ports_and_epp_args() -> None:
         for r in rule["resources"]
         for v in rule["verbs"]
     }
-    for verb in ("get", "list", "watch"):
-        assert ("", "pods", verb) in granted
-        assert ("inference.networking.x-k8s.io", "inferencepools", verb) in granted
+    # every call the EPP's code declares (one replica: no Lease), and nothing more
+    needed = {
+        (a.group, a.resource, verb)
+        for a in epp_api_access(leader_election=False)
+        for verb in a.verbs
+    }
+    assert granted == needed
+    assert ("llm-d.ai", "inferenceobjectives", "watch") in granted
+    assert not any(r == "leases" for _, r, _ in granted)
 
     # the model server keeps the template's probes, resources, tolerations and env
     main = workload["spec"]["template"]["spec"]["containers"][0]
@@ -299,7 +306,8 @@ def test_seed_schemes_agree_and_tls_is_mounted() -> None:
 @pytest.mark.parametrize(
     ("extra", "replace", "message"),
     [
-        ("  prefill: {replicas: 1}\n", None, "spec.prefill: P/D is not rendered yet: "),
+        # the seed serves HTTPS; kvgate sidecar serves plain HTTP only
+        ("  prefill: {replicas: 1}\n", None, "spec.prefill: P/D over HTTPS needs"),
         (
             "  worker: {containers: [{name: main}]}\n",
             None,
@@ -339,3 +347,81 @@ def test_lora_adapters_become_vllm_flags(tmp_path: Path) -> None:
     mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
     assert mounts["/mnt/lora/docs"]["subPath"] == "docs"
     validate(workload)
+
+
+def seed_with_scheduler(tmp_path: Path, replicas: str, *extra_args: str) -> Path:
+    """The seed with ``spec.router.scheduler.replicas`` and args appended to the EPP's."""
+    text = SEED.read_text().replace(
+        "    scheduler:\n      template:\n", f"    scheduler:\n      replicas: {replicas}\n"
+        "      template:\n", 1,
+    )  # fmt: skip
+    for arg in extra_args:
+        text = text.replace(
+            "            args:\n", f"            args:\n              - '{arg}'\n", 1
+        )
+    path = tmp_path / "svc.yaml"
+    path.write_text(text)
+    return path
+
+
+def granted_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("replicas", "extra_args", "elects", "flag_added"),
+    [
+        ("2", (), True, True),  # KServe adds the flag above one replica
+        ("2", ("--ha-enable-leader-election=false",), False, False),  # active-active, as asked
+        ("1", ("--ha-enable-leader-election",), True, False),
+        ("1", (), False, False),
+    ],
+)
+def test_scheduler_replicas_render_leader_election_lease_rbac_and_probes(
+    tmp_path: Path, replicas: str, extra_args: tuple[str, ...], elects: bool, flag_added: bool
+) -> None:
+    path = seed_with_scheduler(tmp_path, replicas, *extra_args)
+    manifests = render(load_llm_inference_service(path))
+    for m in manifests:
+        validate(m)
+    kinds = by_kind(manifests)
+    epp = next(d for d in kinds["Deployment"] if d["metadata"]["name"].endswith("-scheduler"))
+    assert epp["spec"]["replicas"] == int(replicas)
+    (container,) = epp["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args.count("--ha-enable-leader-election") == (1 if elects else 0)
+    assert (args[-1] == "--ha-enable-leader-election") == flag_added
+    (role,) = kinds["Role"]
+    needed = {
+        (a.group, a.resource, verb)
+        for a in epp_api_access(leader_election=elects)
+        for verb in a.verbs
+    }
+    assert granted_of(role) == needed
+    lease_verbs = {v for g, r, v in needed if (g, r) == ("coordination.k8s.io", "leases")}
+    assert lease_verbs == ({"get", "create", "update"} if elects else set())
+    # GIE's chart: liveness/readiness services with leader election, inference-extension without
+    live = container["livenessProbe"]["grpc"]
+    ready = container["readinessProbe"]["grpc"]
+    names = ("liveness", "readiness") if elects else ("inference-extension",) * 2
+    assert (live["service"], ready["service"]) == names
+    assert live["port"] == ready["port"] == int(flag(args, "--grpc-health-port"))
+
+
+@pytest.mark.parametrize("replicas", ["-1", "two", "true"])
+def test_scheduler_replicas_not_a_count_is_one_line(tmp_path: Path, replicas: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kvgate", "render", str(seed_with_scheduler(tmp_path, replicas))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    assert "spec.router.scheduler.replicas: expected an integer >= 0" in line

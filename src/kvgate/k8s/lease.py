@@ -37,6 +37,12 @@ from kvgate.errors import KvgateError
 
 log = logging.getLogger("kvgate.k8s.lease")
 
+#: The API group and resource written; kvgate.k8s.access turns them into the EPP's RBAC.
+GROUP = "coordination.k8s.io"
+RESOURCE = "leases"
+#: What an elector does with its Lease: read it, create it, replace it (take, renew, release).
+VERBS = ("get", "create", "update")
+
 LEASE_DURATION_S = 15.0
 RENEW_DEADLINE_S = 10.0
 RETRY_PERIOD_S = 2.0
@@ -98,7 +104,7 @@ class LeaderElector:
         self._observed: str | None = None  # the spec last read, as JSON
         self._observed_at = 0.0  # time.monotonic() when it last changed
         self._task: asyncio.Task[None] | None = None
-        self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        self._path = f"/apis/{GROUP}/v1/namespaces/{namespace}/{RESOURCE}"
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"lease {self.name}")

@@ -10,14 +10,19 @@ objects line up with what an llm-d install would have created:
 ``<n>-kserve-router-scheduler``  EPP Deployment running ``kvgate epp`` with the args of
                                  ``spec.router.scheduler`` (templates expanded)
 ``<n>-epp-service``              Service the gateway's ext_proc filter calls (9002)
-``<n>-epp-sa`` / ``-epp-role`` /  ServiceAccount, Role (pods, inferencepools) and binding
-``-epp-rolebinding``
+``<n>-epp-sa`` / ``-epp-role`` /  ServiceAccount, Role (what kvgate.k8s.access lists) and
+``-epp-rolebinding``             binding
 ``<n>-kserve-route``             HTTPRoute from the Gateway to the InferencePool
 ===============================  =====================================================
 
 The InferencePool is written in the API group the EPP's ``--pool-group`` names (v1
 ``inference.networking.k8s.io`` or v1alpha2 ``inference.networking.x-k8s.io``), so the EPP
 finds the object it is told to watch.
+
+Leader election is rendered as KServe renders it: ``spec.router.scheduler.replicas`` above 1
+adds ``--ha-enable-leader-election`` (unless the args set the flag either way), and then the
+Role grants the Lease verbs and the probes ask GIE's ``liveness`` / ``readiness`` services
+(the standby is live but not ready), as GIE's chart does with more than one replica.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from kvgate import __version__
 from kvgate.config.llmisvc import LLMInferenceService, child_name, expand_template_args
 from kvgate.errors import ConfigError, Problem
 from kvgate.k8s import modelserver as ms
-from kvgate.k8s.inferencepool import GROUP_V1, GROUP_V1ALPHA2, version_for_group
+from kvgate.k8s.access import epp_api_access
+from kvgate.k8s.inferencepool import GROUP_V1, version_for_group
 
 Manifest = dict[str, Any]
 
@@ -408,10 +414,70 @@ def inference_pool(svc: LLMInferenceService) -> Manifest:
     }
 
 
+def scheduler_replicas(svc: LLMInferenceService) -> int:
+    """``spec.router.scheduler.replicas`` (KServe's SchedulerSpec.Replicas), 1 when unset."""
+    replicas = _get(_spec(svc), "router", "scheduler", "replicas")
+    if replicas is None:
+        return 1
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ConfigError(
+            [
+                Problem(
+                    svc.source,
+                    "spec.router.scheduler.replicas",
+                    f"expected an integer >= 0, got {replicas!r}",
+                )
+            ]
+        )
+    return replicas
+
+
+_LEADER_ELECTION_FLAG = "--ha-enable-leader-election"
+
+
+def _leader_election_arg(svc: LLMInferenceService, args: Sequence[str]) -> bool | None:
+    """The value ``args`` give ``--ha-enable-leader-election`` (last wins), None if absent.
+
+    Read as ``kvgate epp`` reads it: bare (true), ``=BOOL``, or followed by a BOOL word;
+    Go's single-dash spelling too.
+    """
+    import argparse
+
+    from kvgate.extproc.cli import parse_bool
+
+    value: bool | None = None
+    for i, arg in enumerate(args):
+        name, eq, text = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name != _LEADER_ELECTION_FLAG.lstrip("-"):
+            continue
+        if not eq:
+            nxt = args[i + 1] if i + 1 < len(args) else ""
+            text = nxt if nxt.lower() in _BOOL_WORDS else "true"
+        try:
+            value = parse_bool(text)
+        except argparse.ArgumentTypeError as exc:
+            where = "spec.router.scheduler.template.containers[main].args"
+            problem = Problem(svc.source, where, f"{_LEADER_ELECTION_FLAG}: {exc}")
+            raise ConfigError([problem]) from exc
+    return value
+
+
+_BOOL_WORDS = frozenset({"1", "t", "true", "yes", "on", "0", "f", "false", "no", "off"})
+
+
+def leader_election(svc: LLMInferenceService) -> bool:
+    """Whether the EPP runs active-passive: the args say so, else more than one replica."""
+    given = _leader_election_arg(svc, expand_template_args(svc.scheduler_args, svc))
+    return given if given is not None else scheduler_replicas(svc) > 1
+
+
 def epp_args(svc: LLMInferenceService) -> list[str]:
-    """The scheduler container's args, templates expanded; pool flags filled in if absent."""
+    """The scheduler container's args, templates expanded; pool flags filled in if absent,
+    and ``--ha-enable-leader-election`` when more than one replica runs (as KServe adds it)."""
     names = Names(svc.name)
     args = expand_template_args(svc.scheduler_args, svc)
+    if _leader_election_arg(svc, args) is None and scheduler_replicas(svc) > 1:
+        args.append(_LEADER_ELECTION_FLAG)
     if _flag(args, "--pool-name") is None:
         args += ["--pool-name", names.pool]
     if _flag(args, "--pool-namespace") is None:
@@ -465,13 +531,12 @@ def scheduler_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manif
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         *env,
     ]
-    probe = {"grpc": {"port": EPP_HEALTH_PORT, "service": "inference-extension"}}
-    container.setdefault("livenessProbe", {**probe, "initialDelaySeconds": 5, "periodSeconds": 10})
-    container.setdefault("readinessProbe", {**probe, "periodSeconds": 2})
+    for key, probe in epp_probes(leader_election(svc)).items():
+        container.setdefault(key, probe)
     others = [c for c in template.get("containers") or [] if c.get("name") != container["name"]]
     template["containers"] = [container, *others]
     template["serviceAccountName"] = names.epp_service_account
-    replicas = sched.get("replicas") if isinstance(sched.get("replicas"), int) else 1
+    replicas = scheduler_replicas(svc)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -480,6 +545,24 @@ def scheduler_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manif
             "replicas": replicas,
             "selector": {"matchLabels": dict(labels)},
             "template": {"metadata": {"labels": dict(labels)}, "spec": template},
+        },
+    }
+
+
+def epp_probes(leader_election: bool) -> dict[str, Manifest]:
+    """GIE chart's EPP probes: gRPC health on 9003; with leader election its ``liveness`` and
+    ``readiness`` services (a standby stays live, is not ready), else ``inference-extension``.
+    """
+    live, ready = ("liveness", "readiness") if leader_election else ("inference-extension",) * 2
+    return {
+        "livenessProbe": {
+            "grpc": {"port": EPP_HEALTH_PORT, "service": live},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+        },
+        "readinessProbe": {
+            "grpc": {"port": EPP_HEALTH_PORT, "service": ready},
+            "periodSeconds": 2,
         },
     }
 
@@ -525,11 +608,22 @@ def epp_service(svc: LLMInferenceService) -> Manifest:
     }
 
 
+def role_rules(*, leader_election: bool) -> list[Manifest]:
+    """The Role's rules: kvgate.k8s.access's list, one rule per (resource, verbs) whose
+    API groups are merged (the list is the only place the EPP's API use is written)."""
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for access in epp_api_access(leader_election=leader_election):
+        groups.setdefault((access.resource, access.verbs), []).append(access.group)
+    return [
+        {"apiGroups": api_groups, "resources": [resource], "verbs": list(verbs)}
+        for (resource, verbs), api_groups in groups.items()
+    ]
+
+
 def rbac(svc: LLMInferenceService) -> list[Manifest]:
-    """ServiceAccount + Role + RoleBinding: read pods and the pool (both API groups)."""
+    """ServiceAccount + Role + RoleBinding: what the EPP reads, and its Lease when electing."""
     names = Names(svc.name)
     labels = scheduler_labels(svc)
-    read = ["get", "list", "watch"]
     return [
         {
             "apiVersion": "v1",
@@ -540,19 +634,7 @@ def rbac(svc: LLMInferenceService) -> list[Manifest]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": _meta(names.epp_role, svc, labels),
-            "rules": [
-                {"apiGroups": [""], "resources": ["pods"], "verbs": read},
-                {
-                    "apiGroups": [GROUP_V1, GROUP_V1ALPHA2],
-                    "resources": [
-                        "inferencepools",
-                        "inferenceobjectives",
-                        "inferencemodels",
-                        "inferencemodelrewrites",
-                    ],
-                    "verbs": read,
-                },
-            ],
+            "rules": role_rules(leader_election=leader_election(svc)),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
