@@ -78,6 +78,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--kv-events-replay-endpoint", default=None)
     p.add_argument("--kv-events-format", choices=("map", "array"), default="map")
     p.add_argument(
+        "--kv-events-fault",
+        default="",
+        help="faults on the live event stream, e.g. drop:0.2,dup:0.1,reorder:0.1 (per-batch "
+        "probabilities; the replay buffer keeps every batch)",
+    )
+    p.add_argument(
         "--kv-offload-blocks", type=int, default=0, help="CPU tier size in blocks (0 = off)"
     )
     p.add_argument(

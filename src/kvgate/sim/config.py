@@ -14,7 +14,7 @@ from kvgate.kvcache.hashing import HASH_ALGOS
 from kvgate.sim.engine import LoraAdapter
 from kvgate.sim.kvtransfer import KVTransferConfig, parse_kv_transfer_config
 from kvgate.sim.profiles import DEFAULT_PROFILE, Profile, load_profile
-from kvgate.sim.publisher import parse_kv_events_config
+from kvgate.sim.publisher import parse_kv_events_config, parse_publish_faults
 from kvgate.sim.state import FAILURE_KINDS, SimSettings
 
 __all__ = ["parse_lora_modules", "settings_from_args"]
@@ -131,6 +131,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         kv_events_format=args.kv_events_format,
         kv_events_buffer_steps=buffer_steps,
         kv_events_hwm=hwm,
+        kv_events_fault=parse_publish_faults(args.kv_events_fault),
         kv_offload_blocks=args.kv_offload_blocks,
         lora_modules=parse_lora_modules(args.lora_modules),
         max_loras=args.max_loras,

@@ -203,12 +203,27 @@ async def sim_stats(request: web.Request) -> web.Response:
         "tokenize_offloaded": state.prompts.num_offloaded,
         # KV-event batches published so far (the last one's seq is this minus one).
         "kv_event_batches": state.publisher.num_batches if state.publisher is not None else 0,
+        # Messages the PUB sent (a duplicated batch counts twice, a dropped one not at all),
+        # batches held back by a reorder fault, and the faults applied (--kv-events-fault).
+        **_kv_event_faults(state.publisher),
         # Subscriptions the publisher has seen (a router listens once this is above 0).
         "kv_event_subscriptions": (
             state.publisher.subscriptions() if state.publisher is not None else 0
         ),
     }
     return web.Response(body=_enc.encode(out), content_type="application/json")
+
+
+def _kv_event_faults(publisher: ZmqPublisher | None) -> dict[str, int]:
+    if publisher is None:
+        return {}
+    return {
+        "kv_event_messages_sent": publisher.num_messages_sent,
+        "kv_event_held": publisher.held,
+        "kv_event_dropped": publisher.num_dropped,
+        "kv_event_duplicated": publisher.num_duplicated,
+        "kv_event_reordered": publisher.num_reordered,
+    }
 
 
 def build_app(state: SimState) -> web.Application:
@@ -256,6 +271,8 @@ async def serve(
             replay_endpoint=settings.kv_events_replay_endpoint,
             buffer_steps=settings.kv_events_buffer_steps,
             hwm=settings.kv_events_hwm,
+            faults=settings.kv_events_fault,
+            seed=settings.seed,
         )
         publisher.start()
     state = SimState(settings, publisher)

@@ -21,7 +21,7 @@ from kvgate.sim.metrics import SimMetrics
 from kvgate.sim.output import OutputVocab
 from kvgate.sim.profiles import Profile
 from kvgate.sim.prompts import PromptEncoder
-from kvgate.sim.publisher import ZmqPublisher
+from kvgate.sim.publisher import PublishFaults, ZmqPublisher
 
 __all__ = [
     "FAILURE_KINDS",
@@ -63,6 +63,7 @@ class SimSettings:
     kv_events_format: str = "map"
     kv_events_buffer_steps: int = 10_000
     kv_events_hwm: int = 100_000
+    kv_events_fault: PublishFaults = field(default_factory=PublishFaults)  # --kv-events-fault
     kv_offload_blocks: int = 0
     lora_modules: list[LoraAdapter] = field(default_factory=list)
     max_loras: int = 1
