@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kvgate.config.llmisvc import LLMInferenceService
+from kvgate.config.loader import load_picker_config_text
+from kvgate.config.model import PickerConfig
 from kvgate.errors import ConfigError, Problem
 from kvgate.flowcontrol.config import parse_quantity
 
@@ -104,6 +106,15 @@ class Workload:
     @property
     def has_own_kv_transfer(self) -> bool:
         return any(a.split("=", 1)[0] == KV_TRANSFER_FLAG for a in self.additional_args)
+
+
+def scheduler_config(svc: LLMInferenceService) -> tuple[PickerConfig, str]:
+    """(config, text) the EPP runs: the service's own, or KServe's P/D default for a P/D
+    service that names none (as KServe's controller does)."""
+    if is_disaggregated(svc) and svc.picker_config_origin == "default":
+        text = PD_DEFAULT_CONFIG
+        return load_picker_config_text(text, "<KServe P/D default>"), text
+    return svc.require_picker_config(), svc.picker_config_text
 
 
 def _fail(svc: LLMInferenceService, path: str, message: str) -> ConfigError:

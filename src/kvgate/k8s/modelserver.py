@@ -17,8 +17,15 @@ service moved between KServe and ``kvgate render`` keeps its behaviour. Invarian
   ``host:port``, so the port is part of the topic.
 * **Nothing dropped.** ``spec.model.lora`` becomes ``--enable-lora --lora-modules``;
   ``spec.parallelism`` becomes vLLM's parallel flags; ``spec.worker`` a LeaderWorkerSet
-  (vLLM's native multi-node data parallelism); what cannot be rendered
-  (``spec.prefill``, multi-node pipeline parallelism) fails with one line saying why.
+  (vLLM's native multi-node data parallelism); what cannot be rendered (multi-node
+  pipeline parallelism, P/D over HTTPS) fails with one line saying why.
+* **P/D as KServe lays it out.** With ``spec.prefill`` the decode pods run vLLM on
+  :data:`DECODE_VLLM_PORT` (8001) behind llm-d's routing sidecar on 8000 (here
+  ``kvgate sidecar`` with pd-sidecar's flags, a native sidecar: an init container with
+  ``restartPolicy: Always``), so the pool's target port reaches the sidecar; prefill pods run
+  vLLM on 8000. Both get ``--kv-transfer-config`` (NIXL, plus the OffloadingConnector under
+  vLLM's MultiConnector when the workload sets ``kvCacheOffloading``) and NIXL's side channel
+  on the pod IP (``VLLM_NIXL_SIDE_CHANNEL_HOST``/``_PORT``, as llm-d's P/D guide).
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ from kvgate.config.llmisvc import LLMInferenceService, child_name
 from kvgate.errors import ConfigError, Problem
 
 MODEL_SERVER_PORT = 8000
+#: KServe's decode preset: vLLM listens here, the routing sidecar on MODEL_SERVER_PORT.
+DECODE_VLLM_PORT = 8001
+#: llm-d's P/D guide: NIXL's side channel port (vLLM's default) on the pod IP.
+NIXL_SIDE_CHANNEL_PORT = 5600
+SIDECAR_NAME = "llm-d-routing-sidecar"
 #: KServe's mount of the workload certificate (config-llm-template.yaml).
 TLS_MOUNT_PATH = "/var/run/kserve/tls"
 TLS_SECRET_SUFFIX = "-kserve-self-signed-certs"
@@ -127,14 +139,6 @@ def parallelism(svc: LLMInferenceService) -> Parallelism:
 def check_renderable(svc: LLMInferenceService) -> None:
     """Fail with one line for the parts of the spec ``kvgate render`` does not render."""
     spec = _spec(svc)
-    if spec.get("prefill") is not None:
-        raise _fail(
-            svc,
-            "spec.prefill",
-            "P/D is not rendered yet: prefill/decode disaggregation needs llm-d's routing "
-            "sidecar and a KV-transfer connector (NIXL) in front of each decode pod, which "
-            "kvgate does not ship; deploy P/D with KServe, or drop spec.prefill",
-        )
     par = parallelism(svc)
     worker = spec.get("worker")
     if worker is not None:
@@ -308,6 +312,8 @@ class ServeCommand:
     block_size: int | None
     lora_flags: tuple[str, ...]
     multi_node: bool
+    port: int = MODEL_SERVER_PORT  # DECODE_VLLM_PORT behind the routing sidecar
+    kv_transfer_json: str | None = None  # --kv-transfer-config (NIXL and/or offloading)
 
     def shell(self, *, headless: bool = False) -> str:
         """The ``/bin/sh -c`` script: ``vllm serve`` then ``$VLLM_ADDITIONAL_ARGS`` split."""
@@ -316,7 +322,7 @@ class ServeCommand:
             "serve",
             self.model_arg,
             "--port",
-            str(MODEL_SERVER_PORT),
+            str(self.port),
             "--served-model-name",
             self.served_name,
         ]
@@ -355,6 +361,8 @@ class ServeCommand:
             args += ["--block-size", str(self.block_size)]
         if self.kv_events_json:
             args += ["--kv-events-config", self.kv_events_json]
+        if self.kv_transfer_json:
+            args += ["--kv-transfer-config", self.kv_transfer_json]
         args += list(self.lora_flags)
         script = shlex.join(args)
         if self.multi_node and par.is_data_parallel:
@@ -366,21 +374,52 @@ class ServeCommand:
         return script + " ${VLLM_ADDITIONAL_ARGS:-}"
 
 
-def http_probe(scheme: str, **timing: int) -> dict[str, Any]:
+def http_probe(scheme: str, port: int = MODEL_SERVER_PORT, **timing: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": HEALTH_PATH, "port": MODEL_SERVER_PORT, "scheme": scheme.upper()},
+        "httpGet": {"path": HEALTH_PATH, "port": port, "scheme": scheme.upper()},
         **timing,
     }
 
 
-def default_probes(scheme: str) -> dict[str, dict[str, Any]]:
+def default_probes(scheme: str, port: int = MODEL_SERVER_PORT) -> dict[str, dict[str, Any]]:
     """KServe's preset probes (config-llm-template.yaml) in the chosen scheme."""
     return {
-        "startupProbe": http_probe(scheme, failureThreshold=60, periodSeconds=10),
+        "startupProbe": http_probe(scheme, port, failureThreshold=60, periodSeconds=10),
         "livenessProbe": http_probe(
-            scheme, periodSeconds=10, timeoutSeconds=1, failureThreshold=10
+            scheme, port, periodSeconds=10, timeoutSeconds=1, failureThreshold=10
         ),
-        "readinessProbe": http_probe(scheme, periodSeconds=1, timeoutSeconds=1, failureThreshold=2),
+        "readinessProbe": http_probe(
+            scheme, port, periodSeconds=1, timeoutSeconds=1, failureThreshold=2
+        ),
+    }
+
+
+def nixl_env() -> list[dict[str, Any]]:
+    """NIXL's side channel on the pod IP (``$(POD_IP)`` is the kubelet's expansion)."""
+    return [
+        {"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "value": "$(POD_IP)"},
+        {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_SIDE_CHANNEL_PORT)},
+    ]
+
+
+def routing_sidecar(image: str) -> dict[str, Any]:
+    """llm-d's routing sidecar before a decode vLLM, as KServe's decode preset places it,
+    running ``kvgate sidecar`` with the pd-sidecar flags it implements (plain HTTP)."""
+    return {
+        "name": SIDECAR_NAME,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",  # a native sidecar: up before vLLM, stopped after it
+        "command": ["kvgate", "sidecar"],
+        "args": [
+            f"--port={MODEL_SERVER_PORT}",
+            f"--model-server-port={DECODE_VLLM_PORT}",
+            "--kv-connector=nixlv2",
+            "--secure-proxy=false",
+        ],
+        "ports": [{"name": "http", "containerPort": MODEL_SERVER_PORT, "protocol": "TCP"}],
+        "livenessProbe": http_probe("http", periodSeconds=10, timeoutSeconds=10),
+        "readinessProbe": http_probe("http", periodSeconds=2, timeoutSeconds=5),
     }
 
 

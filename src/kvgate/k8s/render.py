@@ -4,7 +4,9 @@ Names follow KServe's LLMInferenceService controller (pkg/controller/v1alpha2/ll
 objects line up with what an llm-d install would have created:
 
 ===============================  =====================================================
-``<n>-kserve``                   model-server Deployment, from ``spec.template``
+``<n>-kserve``                   model-server Deployment, from ``spec.template`` (the
+                                 decode side, with the routing sidecar, under P/D)
+``<n>-kserve-prefill``           prefill Deployment, from ``spec.prefill`` (P/D only)
 ``<n>-kserve-workload-svc``      Service in front of the model servers
 ``<n>-inference-pool``           InferencePool selecting the model-server pods
 ``<n>-kserve-router-scheduler``  EPP Deployment running ``kvgate epp`` with the args of
@@ -35,6 +37,7 @@ from typing import Any
 from kvgate import __version__
 from kvgate.config.llmisvc import LLMInferenceService, child_name, expand_template_args
 from kvgate.errors import ConfigError, Problem
+from kvgate.k8s import disagg
 from kvgate.k8s import modelserver as ms
 from kvgate.k8s.access import epp_api_access
 from kvgate.k8s.inferencepool import GROUP_V1, version_for_group
@@ -107,15 +110,27 @@ class Names:
         return self._c("-kserve-route")
 
 
-def workload_labels(svc: LLMInferenceService) -> dict[str, str]:
-    """Labels of the model-server pods; the InferencePool and Service select on them."""
-    return {
+def workload_labels(svc: LLMInferenceService, role: str = "both") -> dict[str, str]:
+    """Labels of the model-server pods: the pool selector plus ``llm-d.ai/role``.
+
+    Without P/D the role (``both``) is part of the selector, as before; with P/D the pool
+    and Service select prefill and decode pods alike (:func:`pool_selector`) and the role
+    tells the EPP's prefill-filter and decode-filter apart.
+    """
+    return {**pool_selector(svc), disagg.ROLE_LABEL: role}
+
+
+def pool_selector(svc: LLMInferenceService) -> dict[str, str]:
+    """What the InferencePool and the workload Service select on."""
+    labels = {
         "app.kubernetes.io/name": svc.name,
         "app.kubernetes.io/part-of": "llminferenceservice",
         "app.kubernetes.io/component": "llminferenceservice-workload",
         "kserve.io/component": "workload",
-        "llm-d.ai/role": "both",
     }
+    if not disagg.is_disaggregated(svc):
+        labels[disagg.ROLE_LABEL] = "both"
+    return labels
 
 
 def scheduler_labels(svc: LLMInferenceService) -> dict[str, str]:
@@ -181,8 +196,14 @@ def _model_source(svc: LLMInferenceService) -> tuple[str, list[Manifest], list[M
     )
 
 
-def serve_command(svc: LLMInferenceService) -> ms.ServeCommand:
-    """The vLLM command every model-server pod of ``svc`` runs (see kvgate.k8s.modelserver)."""
+def serve_command(
+    svc: LLMInferenceService, workload: disagg.Workload | None = None
+) -> ms.ServeCommand:
+    """The vLLM command the pods of ``workload`` (default: ``spec``) run; see
+    kvgate.k8s.modelserver."""
+    workload = workload or disagg.workloads(svc)[0]
+    pd = disagg.is_disaggregated(svc)
+    kvt = disagg.kv_transfer_config(workload, disaggregated=pd)
     names = Names(svc.name)
     model_arg, _, _ = _model_source(svc)
     wiring = ms.kv_events_wiring(svc)
@@ -197,6 +218,8 @@ def serve_command(svc: LLMInferenceService) -> ms.ServeCommand:
         block_size=wiring.block_size if wiring else None,
         lora_flags=tuple(flags),
         multi_node=_spec(svc).get("worker") is not None,
+        port=ms.DECODE_VLLM_PORT if workload.role == "decode" else MODEL_SERVER_PORT,
+        kv_transfer_json=disagg.kv_transfer_json(kvt) if kvt else None,
     )
 
 
@@ -207,8 +230,10 @@ def _model_pod_spec(
     cmd: ms.ServeCommand,
     *,
     worker: bool = False,
+    role: str = "both",
 ) -> dict[str, Any]:
-    """A model-server pod spec: the user's template with vLLM's command, mounts and probes."""
+    """A model-server pod spec: the user's template with vLLM's command, mounts and probes
+    (and, on a P/D decode pod, the routing sidecar in front of vLLM)."""
     template = copy.deepcopy(dict(pod))
     container = _main_container(template)
     _, volumes, mounts = _model_source(svc)
@@ -237,16 +262,18 @@ def _model_pod_spec(
             ]
         )
     ports = list(container.get("ports") or [])
-    if not worker and not any(p.get("containerPort") == MODEL_SERVER_PORT for p in ports):
-        ports.append({"name": "http", "containerPort": MODEL_SERVER_PORT, "protocol": "TCP"})
+    if not worker and not any(p.get("containerPort") == cmd.port for p in ports):
+        name = "http" if cmd.port == MODEL_SERVER_PORT else "vllm"
+        ports.append({"name": name, "containerPort": cmd.port, "protocol": "TCP"})
     wiring = ms.kv_events_wiring(svc)
     if wiring is not None and wiring.discover_pods:
         ports.append({"name": "kv-events", "containerPort": wiring.port, "protocol": "TCP"})
     if ports:
         container["ports"] = ports
-    if cmd.kv_events_json:
+    pd = role in ("prefill", "decode")
+    if cmd.kv_events_json or pd:
         env = [e for e in container.get("env") or [] if e.get("name") != "POD_IP"]
-        container["env"] = [ms.pod_ip_env(), *env]
+        container["env"] = [ms.pod_ip_env(), *(ms.nixl_env() if pd else []), *env]
     if cmd.scheme == "https":
         secret = opts.tls_secret or ms.tls_secret_name(svc)
         mounts.append({"name": "tls-certs", "mountPath": ms.TLS_MOUNT_PATH, "readOnly": True})
@@ -254,7 +281,7 @@ def _model_pod_spec(
     if mounts:
         container["volumeMounts"] = [*(container.get("volumeMounts") or []), *mounts]
     if not worker:  # headless workers serve no HTTP: no probes there
-        for key, probe in ms.default_probes(cmd.scheme).items():
+        for key, probe in ms.default_probes(cmd.scheme, cmd.port).items():
             given = container.get(key)
             get = given.get("httpGet") if isinstance(given, Mapping) else None
             if given is None:
@@ -265,19 +292,26 @@ def _model_pod_spec(
     template["containers"] = [container, *containers]
     if volumes:
         template["volumes"] = [*(template.get("volumes") or []), *volumes]
+    if role == "decode":
+        init = [c for c in template.get("initContainers") or [] if c.get("name") != ms.SIDECAR_NAME]
+        template["initContainers"] = [ms.routing_sidecar(opts.epp_image), *init]
     return template
 
 
-def model_server_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manifest:
-    names = Names(svc.name)
-    labels = workload_labels(svc)
-    template = _model_pod_spec(svc, opts, _spec(svc).get("template") or {}, serve_command(svc))
+def model_server_deployment(
+    svc: LLMInferenceService, opts: RenderOptions, workload: disagg.Workload | None = None
+) -> Manifest:
+    """``<n>-kserve`` (``spec``) or, for the prefill workload, ``<n>-kserve-prefill``."""
+    workload = workload or disagg.workloads(svc)[0]
+    labels = workload_labels(svc, workload.role)
+    cmd = serve_command(svc, workload)
+    template = _model_pod_spec(svc, opts, workload.pod, cmd, role=workload.role)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(names.workload, svc, labels),
+        "metadata": _meta(child_name(svc.name, workload.name_suffix), svc, labels),
         "spec": {
-            "replicas": svc.replicas,
+            "replicas": workload.replicas,
             "selector": {"matchLabels": dict(labels)},
             "template": {"metadata": {"labels": dict(labels)}, "spec": template},
         },
@@ -347,7 +381,7 @@ def tls_secret(svc: LLMInferenceService) -> Manifest:
 
 
 def workload_service(svc: LLMInferenceService) -> Manifest:
-    labels = workload_labels(svc)
+    labels = pool_selector(svc)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -380,7 +414,7 @@ def pool_group(svc: LLMInferenceService) -> str:
 def inference_pool(svc: LLMInferenceService) -> Manifest:
     names = Names(svc.name)
     group = pool_group(svc)
-    selector = workload_labels(svc)
+    selector = pool_selector(svc)
     spec: dict[str, Any]
     if group == GROUP_V1:
         spec = {
@@ -488,7 +522,8 @@ def epp_args(svc: LLMInferenceService) -> list[str]:
         # GIE's default is http; state the scheme vLLM serves so the scrapes match it.
         args += ["--model-server-metrics-scheme", ms.serving_scheme(svc, args)]
     if not any(a.startswith(("--config-text", "--config-file")) for a in args):
-        args += ["--config-text", svc.picker_config_text] if svc.picker_config_text else []
+        _, text = disagg.scheduler_config(svc)  # KServe's P/D default for a P/D service
+        args += ["--config-text", text] if text else []
     return args
 
 
@@ -708,16 +743,50 @@ def render(svc: LLMInferenceService, opts: RenderOptions | None = None) -> list[
     ms.check_renderable(svc)
     multi_node = _spec(svc).get("worker") is not None
     https = serve_command(svc).scheme == "https"
+    loads = disagg.workloads(svc)
+    if len(loads) > 1:
+        _check_pd_renderable(svc, multi_node=multi_node, https=https)
+        workloads = [model_server_deployment(svc, opts, load) for load in loads]
+    elif multi_node:
+        workloads = [leader_worker_set(svc, opts)]
+    else:
+        workloads = [model_server_deployment(svc, opts)]
     return [
         *rbac(svc),
         *([tls_secret(svc)] if https and not opts.tls_secret else []),
-        leader_worker_set(svc, opts) if multi_node else model_server_deployment(svc, opts),
+        *workloads,
         workload_service(svc),
         inference_pool(svc),
         scheduler_deployment(svc, opts),
         epp_service(svc),
         http_route(svc, opts),
     ]
+
+
+def _check_pd_renderable(svc: LLMInferenceService, *, multi_node: bool, https: bool) -> None:
+    if multi_node:
+        raise ConfigError(
+            [
+                Problem(
+                    svc.source,
+                    "spec.worker",
+                    "multi-node decode with spec.prefill is not rendered by kvgate; use one "
+                    "pod per decode replica (spec.parallelism within a node)",
+                )
+            ]
+        )
+    if https:
+        raise ConfigError(
+            [
+                Problem(
+                    svc.source,
+                    "spec.prefill",
+                    "P/D over HTTPS needs the routing sidecar's TLS (--secure-proxy=true), "
+                    "which kvgate sidecar does not serve: declare http (probe scheme and "
+                    "--model-server-metrics-scheme)",
+                )
+            ]
+        )
 
 
 def to_yaml(manifests: Sequence[Manifest]) -> str:

@@ -21,13 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kvgate.config.llmisvc import LLMInferenceService
-from kvgate.config.loader import load_picker_config_text
-from kvgate.config.model import PickerConfig
 from kvgate.engines import EngineConfig, LaunchPlan, ReplicaSpec, plan_launch
 from kvgate.engines.hosts import free_port
 from kvgate.errors import EngineError
 from kvgate.k8s import disagg
-from kvgate.k8s.disagg import ROLE_LABEL, Workload
+from kvgate.k8s.disagg import ROLE_LABEL, Workload, scheduler_config
+
+__all__ = ["ClusterPlan", "plan_cluster", "role_args", "scheduler_config"]
 
 _PLAN_ATTEMPTS = 8  # free ports are picked per plan; re-plan when two plans pick the same
 
@@ -45,15 +45,6 @@ class ClusterPlan:
         if self.disaggregated:
             labels[ROLE_LABEL] = self.roles[name]
         return labels
-
-
-def scheduler_config(svc: LLMInferenceService) -> tuple[PickerConfig, str]:
-    """The picker config to run: the service's own, or KServe's P/D default for a P/D
-    service that names none (as KServe's controller does)."""
-    if disagg.is_disaggregated(svc) and svc.picker_config_origin == "default":
-        text = disagg.PD_DEFAULT_CONFIG
-        return load_picker_config_text(text, "<KServe P/D default>"), text
-    return svc.require_picker_config(), svc.picker_config_text
 
 
 def _sim_kv_bytes_per_token(config: EngineConfig) -> int:
