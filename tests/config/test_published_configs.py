@@ -111,9 +111,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[prefix-cache-affinity-filter].parameters.maxTokensInFlightPenalty: "
         "unknown parameter"
     ),
-    "llm-d__guides_predicted-latency-routing_router_predicted-latency.values.yaml": (
-        "plugins[predicted-latency-producer].type: unknown plugin type 'predicted-latency-producer'"
-    ),
 }
 
 

@@ -52,6 +52,11 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.filters.encode_filter",
     "kvgate.plugins.scorers.token_load_scorer",
     "kvgate.plugins.profiles.data_parallel_profile_handler",
+    # predicted-latency routing (brief R)
+    "kvgate.plugins.producers.predicted_latency_producer",
+    "kvgate.plugins.scorers.latency_scorer",
+    "kvgate.plugins.filters.slo_headroom_tier_filter",
+    "kvgate.plugins.admitters.latency_slo_admitter",
     # P/D disaggregation, llm-d-router's generation (brief L)
     "kvgate.plugins.profiles.disagg_profile_handler",
     "kvgate.plugins.profiles.prefix_based_pd_decider",

@@ -178,6 +178,11 @@ class RequestControl:
         # --tracing's tracer (None when off: one `is not None` test per hook, no import)
         self.tracer: tracing.RequestTracer | None = tracing.installed()
         self.on_finish: list[FinishObserver] = []
+        # plugins that learn from finished requests (predicted-latency-producer's training)
+        for plugin in scheduler.plugins:
+            observer = getattr(plugin, "request_finished", None)
+            if callable(observer):
+                self.on_finish.append(observer)
         scheduler.observe = metrics.observe_plugin
         pool.on_removed(scheduler.endpoints_removed)
 
@@ -227,6 +232,7 @@ class RequestControl:
         objective = clean.get(HEADER_OBJECTIVE)
         if objective and self.objectives is not None:
             ctx.flow_priority = self.objectives.priority(objective)
+            request.objective_priority = ctx.flow_priority
         ctx.metric_labels = self.metrics.parsed(
             request.model,
             request.effective_model,

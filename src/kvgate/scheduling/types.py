@@ -128,7 +128,9 @@ class Request:
     target_model: str | None = None  # after rewrite: LoRA adapter or base model actually served
     token_ids: tuple[int, ...] | None = None
     cache_salt: str | None = None
-    priority: int = 0
+    priority: int = 0  # the body's vLLM scheduling priority
+    # the InferenceObjective's priority (x-gateway-inference-objective); < 0 is sheddable
+    objective_priority: int = 0
     body: Mapping[str, Any] | None = None  # the parsed JSON body, for plugins that need more
     body_size: int = 0  # bytes of the original body
     extra: dict[str, Any] = field(default_factory=dict)  # per-request memo shared by plugins

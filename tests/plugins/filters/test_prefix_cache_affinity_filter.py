@@ -60,7 +60,6 @@ def test_exploration_uses_the_context_rng() -> None:
         ({"affinityThreshold": 1.5}, "affinityThreshold"),
         ({"explorationProbability": 2}, "explorationProbability"),
         ({"ttftSource": "guess"}, "ttftSource"),
-        ({"ttftSource": "latencyPredictor"}, "ttftSource"),
         ({"peakPrefillThroughput": 0}, "peakPrefillThroughput"),
     ],
 )
@@ -69,3 +68,22 @@ def test_bad_parameters_name_the_field(params: dict[str, object], field: str) ->
         make(TYPE, params)
     assert err.value.field == field
     make(TYPE, {"ttftSource": "latencyPredictor", "maxTTFTPenaltyMs": 0})  # gate off: fine
+
+
+def test_latency_predictor_source_gates_on_predicted_ttft() -> None:
+    from kvgate.latency import LATENCY_PREDICTION_INFO, EndpointLoad, LatencyPredictionInfo
+
+    f = make(TYPE, {"ttftSource": "latencyPredictor", "maxTTFTPenaltyMs": 100})
+    key = DataKey(LATENCY_PREDICTION_INFO, "predicted-latency-producer")
+    assert f.consumes() == (PREFIX, key)
+    load = EndpointLoad(0, 0, 0, 0, 0, 0, 0.0)
+
+    def predicted(ttft: dict[str, float]) -> Request:
+        req = _req({"a": 0.9})
+        data.put(req, key, {n: LatencyPredictionInfo(t, 0, -t, 0, True, True, 0, load)
+                            for n, t in ttft.items()})  # fmt: skip
+        return req
+
+    assert _names(f, predicted({"a": 150, "b": 100, "c": 60})) == ["a"]  # 90 ms worse: stick
+    assert _names(f, predicted({"a": 300, "b": 100, "c": 60})) == ["a", "b", "c"]  # 240: open
+    assert _names(f, _req({"a": 0.9})) == ["a"]  # no predictions yet: the gate is skipped

@@ -9,10 +9,10 @@
   ``maxTTFTPenaltyMs``; else keep the sticky ones.
 * Parameters: ``affinityThreshold`` (<= 1, default 0.80), ``explorationProbability`` ([0, 1],
   0), ``maxTTFTPenaltyMs`` (>= 0, 18000; 0 = always stick), ``ttftSource``
-  (``prefillThroughput``, the default; ``latencyPredictor`` is rejected while the gate is on:
-  kvgate has no latency predictor), ``peakPrefillThroughput`` (tokens/s > 0, 15928),
-  ``prefixMatchInfoProducerName``, ``inFlightLoadProducerName``,
-  ``latencyPredictionInfoProducerName`` (accepted only when unused).
+  (``prefillThroughput``, the default; ``latencyPredictor``: the gate compares the TTFTs
+  ``predicted-latency-producer`` predicts, and is skipped while it publishes none),
+  ``peakPrefillThroughput`` (tokens/s > 0, 15928), ``prefixMatchInfoProducerName``,
+  ``inFlightLoadProducerName``, ``latencyPredictionInfoProducerName``.
 * Inputs: ``PrefixCacheMatchInfo`` (default producer ``approx-prefix-cache-producer``) and,
   with the gate on, ``InFlightLoad`` (``inflight-load-producer``); both are added when not
   configured. Randomness: the context's RNG only.
@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from kvgate.errors import PluginParameterError
+from kvgate.latency import LATENCY_PREDICTION_INFO, LatencyPredictionInfo
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.scheduling import data
 from kvgate.scheduling.data import DataKey, InFlightLoad, PrefixCacheMatchInfo
@@ -49,6 +50,7 @@ class PrefixCacheAffinityFilter:
         peak_prefill_throughput: float = 15928.0,
         prefix_producer: str = "approx-prefix-cache-producer",
         inflight_producer: str = "inflight-load-producer",
+        latency_producer: str | None = None,
     ) -> None:
         self.name = name
         self.rng = rng
@@ -58,9 +60,15 @@ class PrefixCacheAffinityFilter:
         self.peak_prefill_throughput = peak_prefill_throughput
         self.prefix_key = DataKey(data.PREFIX_CACHE_MATCH_INFO, prefix_producer)
         self.inflight_key = DataKey(data.IN_FLIGHT_LOAD, inflight_producer)
+        # ttftSource latencyPredictor: the gate reads predictions instead of in-flight tokens
+        self.latency_key = (
+            DataKey(LATENCY_PREDICTION_INFO, latency_producer) if latency_producer else None
+        )
 
     def consumes(self) -> tuple[DataKey, ...]:
         if self.max_ttft_penalty_ms > 0:
+            if self.latency_key is not None:
+                return (self.prefix_key, self.latency_key)
             return (self.prefix_key, self.inflight_key)
         return (self.prefix_key,)
 
@@ -80,12 +88,24 @@ class PrefixCacheAffinityFilter:
             (sticky if ratio >= self.affinity_threshold else others).append(e)
         if not sticky:
             return list(endpoints)
-        if self.max_ttft_penalty_ms > 0 and others:
+        if self.max_ttft_penalty_ms > 0 and others and self.latency_key is not None:
+            predicted = data.per_endpoint(request, self.latency_key, LatencyPredictionInfo)
+            if predicted:  # none published yet: the gate is skipped, as llm-d
+                best_sticky = min(self._predicted_ms(e, predicted) for e in sticky)
+                best_other = min(self._predicted_ms(e, predicted) for e in others)
+                if best_sticky - best_other > self.max_ttft_penalty_ms:
+                    return list(endpoints)
+        elif self.max_ttft_penalty_ms > 0 and others:
             loads = data.per_endpoint(request, self.inflight_key, InFlightLoad) or {}
             penalty = self._best_ttft_ms(sticky, loads) - self._best_ttft_ms(others, loads)
             if penalty > self.max_ttft_penalty_ms:
                 return list(endpoints)
         return sticky
+
+    @staticmethod
+    def _predicted_ms(endpoint: Endpoint, predicted: Mapping[str, LatencyPredictionInfo]) -> float:
+        info = predicted.get(endpoint.name)
+        return info.ttft_ms if info is not None else float("inf")
 
     def _best_ttft_ms(
         self, endpoints: Sequence[Endpoint], loads: Mapping[str, InFlightLoad]
@@ -108,18 +128,12 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheAffinity
         raise PluginParameterError(
             "ttftSource", f"expected one of {', '.join(TTFT_SOURCES)}, got {source!r}"
         )
-    if source == "latencyPredictor" and penalty > 0:
-        raise PluginParameterError(
-            "ttftSource",
-            "latencyPredictor needs predicted-latency-producer, which kvgate does not have; "
-            "use prefillThroughput or maxTTFTPenaltyMs: 0",
-        )
     peak = params.get_float("peakPrefillThroughput", 15928.0, minimum=0.0)
     if source == "prefillThroughput" and penalty > 0 and peak == 0:
         raise PluginParameterError(
             "peakPrefillThroughput", "expected a number > 0 when ttftSource is prefillThroughput"
         )
-    params.get_str("latencyPredictionInfoProducerName", "")
+    latency_producer = params.get_str("latencyPredictionInfoProducerName", "")
     return PrefixCacheAffinityFilter(
         name,
         ctx.rng,
@@ -131,4 +145,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheAffinity
         or "approx-prefix-cache-producer",
         inflight_producer=params.get_str("inFlightLoadProducerName", "")
         or "inflight-load-producer",
+        latency_producer=(latency_producer or "predicted-latency-producer")
+        if source == "latencyPredictor"
+        else None,
     )

@@ -1,0 +1,1 @@
+"""llm-d's request-control admitters (``AdmitRequest``), run after data preparation."""
