@@ -90,6 +90,12 @@ def register(subparsers: Any) -> None:
         "--prefix-caching-hash-algo", choices=("sha256", "sha256_cbor"), default="sha256"
     )
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--enable-lora",
+        action="store_true",
+        help="as vLLM: serve LoRA adapters and export vllm:lora_requests_info "
+        "(implied by --lora-modules)",
+    )
     p.add_argument("--lora-modules", nargs="+", default=[], help="name=path (or vLLM's JSON form)")
     p.add_argument("--max-loras", type=int, default=1)
     p.add_argument(
@@ -112,6 +118,18 @@ def register(subparsers: Any) -> None:
         type=float,
         default=30.0,
         help="seconds to finish in-flight requests on SIGTERM",
+    )
+    tls = p.add_argument_group("HTTPS, as vLLM (kvgate.sim.tls)")
+    tls.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate")
+    tls.add_argument("--ssl-keyfile", default=None, help="its private key")
+    tls.add_argument("--ssl-ca-certs", default=None, help="CA certificates for client certs")
+    tls.add_argument(
+        "--ssl-cert-reqs", type=int, default=0, help="0 none, 1 optional, 2 required (ssl.CERT_*)"
+    )
+    tls.add_argument(
+        "--enable-ssl-refresh",
+        action="store_true",
+        help="reload the certificate files when they change (new connections get them)",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)

@@ -16,6 +16,7 @@ from kvgate.sim.kvtransfer import KVTransferConfig, parse_kv_transfer_config
 from kvgate.sim.profiles import DEFAULT_PROFILE, Profile, load_profile
 from kvgate.sim.publisher import parse_kv_events_config, parse_publish_faults
 from kvgate.sim.state import FAILURE_KINDS, SimSettings
+from kvgate.sim.tls import tls_from_flags
 
 __all__ = ["parse_lora_modules", "settings_from_args"]
 
@@ -134,6 +135,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         kv_events_fault=parse_publish_faults(args.kv_events_fault),
         kv_offload_blocks=args.kv_offload_blocks,
         lora_modules=parse_lora_modules(args.lora_modules),
+        lora_enabled=bool(args.enable_lora or args.lora_modules),
         max_loras=args.max_loras,
         failure_rate=rate,
         failure_kinds=kinds,
@@ -142,6 +144,13 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         enable_prefix_caching=args.enable_prefix_caching,
         shutdown_timeout_s=args.shutdown_timeout,
         kv_transfer=_kv_transfer(args, profile),
+        tls=tls_from_flags(
+            args.ssl_certfile,
+            args.ssl_keyfile,
+            args.ssl_ca_certs,
+            args.ssl_cert_reqs,
+            args.enable_ssl_refresh,
+        ),
     )
 
 

@@ -68,6 +68,7 @@ class SimMetrics:
         legacy_gpu_cache_usage: bool = False,
         max_loras: int = 0,
         lora_names: tuple[str, ...] = (),
+        lora_enabled: bool = False,
     ) -> None:
         self.engine = engine
         self.model_name = model_name
@@ -75,6 +76,7 @@ class SimMetrics:
         self.legacy_gpu_cache_usage = legacy_gpu_cache_usage
         self.max_loras = max_loras
         self.lora_names = lora_names
+        self.lora_enabled = lora_enabled or bool(lora_names)
         self.created = time.time()
         self._label_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -385,7 +387,7 @@ class SimMetrics:
         for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):
             rejections.add_metric([self.model_name, reason], 0, created=created)
         yield rejections
-        if self.lora_names:
+        if self.lora_enabled:
             running = sorted({r.lora.name for r in engine.running if r.lora is not None})
             waiting = sorted({r.lora.name for r in engine.waiting if r.lora is not None})
             lora = GaugeMetricFamily(

@@ -33,6 +33,7 @@ from kvgate.sim.state import (
     plain_error,
     resolve_model,
 )
+from kvgate.sim.tls import CertRefresher, server_context
 
 __all__ = ["FAILURE_KINDS", "FAULT_HEADER", "SimSettings", "SimState", "build_app", "serve"]
 
@@ -280,9 +281,24 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     assert runner.server is not None
-    # Its own listener (not aiohttp's TCPSite), so that every request carries the time its
-    # bytes reached the host: the model's TTFT counts from there (kvgate.sim.wire).
-    listener = await wire.start_server(runner.server, settings.host, settings.port, backlog=4096)
+    listener: wire.StampedServer | asyncio.Server
+    refresher: CertRefresher | None = None
+    if settings.tls is not None:
+        # HTTPS, as vLLM's --ssl-* flags: asyncio's TLS transport (kvgate.sim.tls).
+        ctx = server_context(settings.tls)
+        listener = await loop.create_server(
+            runner.server, settings.host, settings.port, ssl=ctx, backlog=4096, reuse_address=True
+        )
+        if settings.tls.refresh:
+            refresher = CertRefresher(ctx, settings.tls)
+            refresher.start()
+    else:
+        # Its own listener (not aiohttp's TCPSite), so that every request carries the time its
+        # bytes reached the host: the model's TTFT counts from there (kvgate.sim.wire).
+        listener = await wire.start_server(
+            runner.server, settings.host, settings.port, backlog=4096
+        )
+    scheme = "https" if settings.tls is not None else "http"
     engine_task = loop.create_task(state.engine.run())
     engine_failure: list[BaseException] = []
 
@@ -298,13 +314,14 @@ async def serve(
 
     engine_task.add_done_callback(engine_done)
     log.info(
-        "kvgate sim serving %s on http://%s:%d",
+        "kvgate sim serving %s on %s://%s:%d",
         ", ".join(state.model_names),
+        scheme,
         settings.host,
         settings.port,
     )
     if ready is not None:
-        res = ready(f"http://{settings.host}:{settings.port}")
+        res = ready(f"{scheme}://{settings.host}:{settings.port}")
         if res is not None:
             await res
     try:
@@ -313,6 +330,8 @@ async def serve(
         # Graceful shutdown: stop listening, refuse new requests, finish in-flight streams.
         state.draining = True
         listener.close()
+        if refresher is not None:
+            await refresher.stop()
         for fut in list(state.hanging):
             if not fut.done():
                 fut.set_result(None)

@@ -22,6 +22,7 @@ from kvgate.sim.output import OutputVocab
 from kvgate.sim.profiles import Profile
 from kvgate.sim.prompts import PromptEncoder
 from kvgate.sim.publisher import PublishFaults, ZmqPublisher
+from kvgate.sim.tls import TlsSettings
 
 __all__ = [
     "FAILURE_KINDS",
@@ -66,6 +67,9 @@ class SimSettings:
     kv_events_fault: PublishFaults = field(default_factory=PublishFaults)  # --kv-events-fault
     kv_offload_blocks: int = 0
     lora_modules: list[LoraAdapter] = field(default_factory=list)
+    #: --enable-lora (or --lora-modules): vllm:lora_requests_info is exported, as vLLM does
+    #: whenever it has a LoRA config, adapters running or not.
+    lora_enabled: bool = False
     max_loras: int = 1
     failure_rate: float = 0.0
     failure_kinds: tuple[str, ...] = ("500",)
@@ -74,6 +78,7 @@ class SimSettings:
     enable_prefix_caching: bool = True
     shutdown_timeout_s: float = 30.0
     kv_transfer: KVTransferConfig | None = None  # --kv-transfer-config (P/D)
+    tls: TlsSettings | None = None  # --ssl-certfile and friends: HTTPS (kvgate.sim.tls)
 
 
 class SimState:
@@ -117,6 +122,7 @@ class SimState:
             legacy_gpu_cache_usage=settings.legacy_gpu_cache_usage_metric,
             max_loras=settings.max_loras,
             lora_names=tuple(self.loras),
+            lora_enabled=settings.lora_enabled,
         )
         self.fault_rng = random.Random(settings.seed ^ 0x5EED)
         self.created = int(time.time())
