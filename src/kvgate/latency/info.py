@@ -9,7 +9,7 @@ predictor is not ready (consumers then fall back to load-based decisions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kvgate.latency.features import EndpointLoad
 
@@ -19,9 +19,9 @@ __all__ = ["LATENCY_PREDICTION_INFO", "LatencyPredictionInfo"]
 LATENCY_PREDICTION_INFO = "LatencyPredictionInfoKey"
 
 
-@dataclass(frozen=True, slots=True)
-class LatencyPredictionInfo:
-    """One candidate's predictions for one request (ms)."""
+class LatencyPredictionInfo(NamedTuple):
+    """One candidate's predictions for one request (ms); a NamedTuple for the cost of
+    building one per candidate per request (see EndpointLoad)."""
 
     ttft_ms: float
     tpot_ms: float

@@ -16,6 +16,8 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kvgate.latency.features import EndpointLoad, tpot_features, ttft_features
 from kvgate.latency.prior import Prior, zero_prior
 from kvgate.latency.rls import RecursiveLeastSquares
@@ -56,36 +58,30 @@ class LatencyPredictor:
 
     def predict(self, load: EndpointLoad) -> tuple[float, float]:
         """``(ttft_ms, tpot_ms)`` for a request on an endpoint in state ``load``."""
-        # The feature vectors of kvgate.latency.features, inlined: this runs once per
-        # candidate per request, and building two tuples doubled its cost.
-        w = self.ttft.weights
-        new = max(load.prompt_tokens - load.cached_tokens, 0) / 1e3
-        infl_tok = load.inflight_tokens / 1e3
-        infl_req = load.inflight_requests / 10.0
-        waiting = load.waiting / 10.0
-        running = load.running / 10.0
-        kv = load.kv_usage
-        ttft = (
-            w[0]
-            + w[1] * new
-            + w[2] * new * new
-            + w[3] * load.cached_tokens / 1e3
-            + w[4] * infl_tok
-            + w[5] * infl_req
-            + w[6] * waiting
-            + w[7] * running
-            + w[8] * kv
-        )
-        v = self.tpot.weights
-        tpot = (
-            v[0]
-            + v[1] * (infl_req + 0.1)
-            + v[2] * running
-            + v[3] * waiting
-            + v[4] * kv
-            + v[5] * infl_tok
-        )
-        return (ttft if ttft > 0.0 else 0.0, tpot if tpot > 0.0 else 0.0)
+        return self.predict_all((load,))[0]
+
+    def predict_all(self, loads: Sequence[EndpointLoad]) -> list[tuple[float, float]]:
+        """:meth:`predict` for each of ``loads``, with the weights read once.
+
+        The feature vectors of kvgate.latency.features written out: this runs for every
+        candidate of every request, and building the vectors doubled its cost.
+        """
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = self.ttft.weights
+        v0, v1, v2, v3, v4, v5 = self.tpot.weights
+        out: list[tuple[float, float]] = []
+        for prompt, cached, infl_requests, infl_tokens, waiting, running, kv in loads:
+            new = (prompt - cached) / 1e3 if prompt > cached else 0.0
+            infl_tok = infl_tokens / 1e3
+            infl_req = infl_requests / 10.0
+            wait = waiting / 10.0
+            run = running / 10.0
+            ttft = (
+                w0 + (w1 + w2 * new) * new + w3 * cached / 1e3 + w4 * infl_tok
+                + w5 * infl_req + w6 * wait + w7 * run + w8 * kv
+            )  # fmt: skip
+            tpot = v0 + v1 * (infl_req + 0.1) + v2 * run + v3 * wait + v4 * kv + v5 * infl_tok
+            out.append((ttft if ttft > 0.0 else 0.0, tpot if tpot > 0.0 else 0.0))
+        return out
 
     def observe(self, load: EndpointLoad, ttft_ms: float, tpot_ms: float | None) -> None:
         """Train on one completed request: ``load`` as it was when the request was picked."""

@@ -165,29 +165,30 @@ class PredictedLatencyProducer:
         request.extra.setdefault(_SLO, {})[self.name] = slo
         if not self.predict_in_produce or not self.predictor.ready:
             return
-        predict = self.predictor.predict
-        buffered_tpot_slo = slo.tpot_ms * self.slo_buffer_factor
+        ttft_slo = slo.ttft_ms
+        tpot_slo = slo.tpot_ms * self.slo_buffer_factor
+        running_slos = self._running_tpot_slo
         role_label = self.endpoint_role_label
+        predictions = self.predictor.predict_all(list(loads.values()))
         infos: dict[str, LatencyPredictionInfo] = {}
-        for e in endpoints:
-            load = loads[e.name]
-            ttft, tpot = predict(load)
-            ttft_headroom = slo.ttft_ms - ttft
+        for e, (ttft, tpot) in zip(endpoints, predictions, strict=True):
+            name = e.name
             if not self.streaming_mode or (role_label and e.labels.get(role_label) == "prefill"):
                 tpot_headroom, tpot_valid = 0.0, True  # neutralized, as llm-d
             else:
-                tpot_slo = buffered_tpot_slo
-                running = self._running_tpot_slo.get(e.name)
-                if running:
-                    tpot_slo = min(tpot_slo, min(running.values()) * self.slo_buffer_factor)
-                tpot_headroom = tpot_slo - tpot
-                tpot_valid = tpot_slo <= 0.0 or tpot < tpot_slo
-            infos[e.name] = LatencyPredictionInfo(
+                endpoint_slo = tpot_slo
+                running = running_slos.get(name) if running_slos else None
+                if running and endpoint_slo > 0.0:
+                    endpoint_slo = min(endpoint_slo, min(running.values()) * self.slo_buffer_factor)
+                tpot_headroom = endpoint_slo - tpot
+                tpot_valid = endpoint_slo <= 0.0 or tpot < endpoint_slo
+            load = loads[name]
+            infos[name] = LatencyPredictionInfo(
                 ttft,
                 tpot,
-                ttft_headroom,
+                ttft_slo - ttft,
                 tpot_headroom,
-                slo.ttft_ms <= 0.0 or ttft < slo.ttft_ms,
+                ttft_slo <= 0.0 or ttft < ttft_slo,
                 tpot_valid,
                 load.inflight_requests,
                 load,
