@@ -4,10 +4,12 @@ start it, and every probe is requested as the kubelet would request it.
 What stands in for the cluster, and the only rewrites made:
 
 * the model server's ``vllm serve`` runs ``kvgate sim`` through a ``vllm`` shim on PATH, which
-  passes on the flags the simulator models and names the rest (``--enable-lora``, uvicorn
-  options) on stderr; the real-vLLM variant is marked ``vllm``;
+  passes on the flags the simulator models (LoRA, TLS and KV events among them) and names
+  the rest (uvicorn options) on stderr; the real-vLLM variant is marked ``vllm``;
 * the kubelet's ``$(VAR)`` expansion and downward API are done here (``POD_IP`` 127.0.0.1);
 * port 8000 becomes a free port, and the EPP Service's DNS name 127.0.0.1 (one machine);
+* a Secret volume is its files in a folder: the rendered TLS Secret's pair is written where
+  the mount path points (the path rewritten to that folder);
 * the EPP watches the rendered InferencePool in tests/support/fake_kube.py through a
   kubeconfig (in a cluster: the pod's service account).
 """
@@ -88,7 +90,8 @@ spec:
 SHIM = """\
 import os, sys
 from kvgate.engines.sim import SIM_FLAGS
-keep_flags = SIM_FLAGS | {"--port", "--host", "--served-model-name", "--kv-events-config"}
+keep_flags = SIM_FLAGS | {"--port", "--host", "--served-model-name", "--kv-events-config",
+              "--enable-lora", "--ssl-certfile", "--ssl-keyfile", "--enable-ssl-refresh"}
 assert sys.argv[1] == "serve", sys.argv
 model, rest, keep, dropped, i = sys.argv[2], sys.argv[3:], [], [], 0
 while i < len(rest):
@@ -226,7 +229,8 @@ async def test_rendered_model_server_and_epp_run_and_pass_their_probes(
                 return await asyncio.to_thread(probe_ok, probe)
 
             await eventually(answered, f"model server {key}", model, 60)
-        assert "not modelled by kvgate sim: --enable-lora" in model.log()
+        dropped = model.log().split("not modelled by kvgate sim:", 1)[1].splitlines()[0]
+        assert dropped.split() == ["--disable-uvicorn-access-log"]  # LoRA flags act
 
         # the EPP's gRPC probes, as the kubelet sends them
         health = grpc.aio.insecure_channel(f"127.0.0.1:{health_port}")
@@ -271,6 +275,78 @@ async def test_rendered_model_server_and_epp_run_and_pass_their_probes(
             return bool(match and float(match.group(1)) > 0)
 
         await eventually(events_arrived, "KV events in the EPP's index", epp_proc, 30)
+    finally:
+        epp_proc.stop()
+        model.stop()
+
+
+SEED = Path(__file__).resolve().parents[2] / "src/kvgate/data/examples/llm-inference-service.yaml"
+
+
+async def test_https_seed_runs_as_rendered(kube: FakeKube, tmp_path: Path) -> None:
+    """The course's LLMInferenceService exactly (HTTPS probes, https scraping): vLLM's TLS
+    flags reach the simulator, its probes pass over HTTPS, and the EPP scrapes it over TLS."""
+    import base64
+
+    model_port = free_port()
+    manifests = rewrite_port(render(load_llm_inference_service(SEED)), 8000, model_port)
+    (secret,) = by_kind(manifests, "Secret")
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    for name, data in secret["data"].items():
+        (tls_dir / name).write_bytes(base64.b64decode(data))
+    manifests = json.loads(json.dumps(manifests).replace("/var/run/kserve/tls", str(tls_dir)))
+    workload = next(
+        d for d in by_kind(manifests, "Deployment") if d["metadata"]["name"] == "qwen-model-kserve"
+    )
+    epp = next(d for d in by_kind(manifests, "Deployment") if d is not workload)
+    (pool,) = by_kind(manifests, "InferencePool")
+    ns = pool["metadata"]["namespace"]
+    model_pod = {"status.podIP": "127.0.0.1", "metadata.namespace": ns,
+                 "metadata.name": "qwen-model-kserve-0"}  # fmt: skip
+    shim_dir = tmp_path / "bin"
+    shim_dir.mkdir()
+    (shim_dir / "vllm").write_text(f"#!{sys.executable}\n{SHIM}")
+    (shim_dir / "vllm").chmod(0o755)
+    main = workload["spec"]["template"]["spec"]["containers"][0]
+    assert "--ssl-certfile" in main["args"][0] and "--enable-ssl-refresh" in main["args"][0]
+    model = start_container(main, model_pod, tmp_path / "model.log", shim_dir)
+
+    grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+    (container,) = epp["spec"]["template"]["spec"]["containers"]
+    container = json.loads(
+        json.dumps(container)
+        .replace('"9002"', f'"{grpc_port}"')
+        .replace('"9003"', f'"{health_port}"')
+    )
+    container["args"] += ["--metrics-port", str(metrics_port), "--host", "127.0.0.1"]
+    container["args"] += ["--kubeconfig", str(kube.write_kubeconfig(tmp_path / "kc", ns))]
+    labels = pool["spec"]["selector"]
+    kube.add_pool(
+        pool["metadata"]["name"], labels, [model_port], namespace=ns,
+        group="inference.networking.x-k8s.io",
+    )  # fmt: skip
+    kube.add_pod("qwen-model-kserve-0", "127.0.0.1", labels, namespace=ns, ready=True)
+    epp_proc = start_container(container, {**model_pod, "metadata.name": "epp-0"}, tmp_path / "e")
+    try:
+        for key in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = main[key]
+            assert probe["httpGet"]["scheme"] == "HTTPS"
+
+            async def answered(probe: Mapping[str, Any] = probe) -> bool:
+                return await asyncio.to_thread(probe_ok, probe)
+
+            await eventually(answered, f"model server {key} over HTTPS", model, 60)
+        dropped = model.log().split("not modelled by kvgate sim:", 1)[1].splitlines()[0]
+        assert dropped.split() == ["--disable-uvicorn-access-log"]  # TLS flags act
+
+        async def epp_ready() -> bool:  # synced, and its https scrapes of the pod succeed
+            url = f"http://127.0.0.1:{metrics_port}/healthz"
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(url).status == 200)
+
+        await eventually(epp_ready, "EPP /healthz after https scrapes", epp_proc, 90)
+        args = container["args"]
+        assert args[args.index("--model-server-metrics-scheme") + 1] == "https"
     finally:
         epp_proc.stop()
         model.stop()
