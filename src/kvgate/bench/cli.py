@@ -141,6 +141,21 @@ def register(subparsers: Any) -> None:
         "at its /dashboard, until Ctrl-C",
     )
     cmp.add_argument(
+        "--prefill-replicas",
+        type=int,
+        help="pd policy: replicas that prefill (default: half); the rest decode",
+    )
+    cmp.add_argument(
+        "--kv-link",
+        choices=("rdma", "nvlink"),
+        help="pd policy: the simulated KV link between prefill and decode (default rdma)",
+    )
+    cmp.add_argument(
+        "--cpu-offload-blocks",
+        type=int,
+        help="+cpu-tier policies: each replica's CPU KV tier in blocks (--kv-offload-blocks)",
+    )
+    cmp.add_argument(
         "--unloaded",
         action="store_true",
         help="multi-tenant: also run the interactive tenant alone per policy (the reference)",
@@ -376,8 +391,8 @@ def _write_objectives(workload: Any, out_dir: Path) -> Path:
 
 
 def _preset_for(args: argparse.Namespace) -> Preset:
-    if args.workload == "multi-tenant" and not args.scale and args.engine == "sim":
-        preset = PRESETS["multi-tenant"]
+    if args.workload in PRESETS and not args.scale and args.engine == "sim":
+        preset = PRESETS[args.workload]  # multi-tenant, long-prompt, short-prompt, ...
     elif args.scale:
         preset = PRESETS["scale"]
     elif args.engine == "vllm":
@@ -421,6 +436,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         sim_args=tuple(sim_args),
         speed=args.speed if args.speed is not None else preset.speed,
         gateway_args=tuple(a for s in args.gateway_arg for a in shlex.split(s)),
+        prefill_replicas=args.prefill_replicas or preset.prefill_replicas,
+        kv_link=args.kv_link or preset.kv_link,
+        cpu_offload_blocks=args.cpu_offload_blocks or preset.cpu_offload_blocks,
     )
     multi = wl_name == "multi-tenant"
     capacity = _fill_capacity(params, cluster) if multi else None

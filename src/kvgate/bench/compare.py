@@ -79,6 +79,11 @@ class ClusterSpec:
     #: records every time in model time, so figures stay comparable with real engines.
     speed: float = 1.0
     sim_args: tuple[str, ...] = ()  # extra flags for kvgate sim
+    #: ``pd`` policies: replicas that prefill (None: half); the simulated KV link.
+    prefill_replicas: int | None = None
+    kv_link: str = "rdma"
+    #: ``+cpu-tier`` policies: each replica's CPU tier in blocks (``--kv-offload-blocks``).
+    cpu_offload_blocks: int | None = None
     gateway_args: tuple[str, ...] = ()
     ready_timeout_s: float | None = None
 
@@ -136,7 +141,9 @@ def policy_config(policy: str, zmq_endpoint: str, block_size: int | None) -> str
 # --- one policy --------------------------------------------------------------------------------
 
 
-def _plan(cluster: ClusterSpec, run_dir: Path, collector: str) -> Any:
+def _plan(
+    cluster: ClusterSpec, run_dir: Path, collector: str, variant_args: tuple[str, ...] = ()
+) -> Any:
     from kvgate.engines import plan_launch
     from kvgate.engines.base import EngineConfig, ModelSource
 
@@ -159,7 +166,7 @@ def _plan(cluster: ClusterSpec, run_dir: Path, collector: str) -> Any:
         kv_events=True,
         kv_events_collector=collector,
         sim_profile=cluster.sim_profile if cluster.engine == "sim" else None,
-        extra_args=(*cluster.sim_args, "--speed", f"{cluster.speed:g}")
+        extra_args=(*cluster.sim_args, *variant_args, "--speed", f"{cluster.speed:g}")
         if cluster.engine == "sim"
         else (),
     )
@@ -184,14 +191,27 @@ def run_policy(
     everything. ``label`` names the run in the report (default: the policy). With ``keep``,
     a run that completes hands its processes over (appended, in start order) instead of
     stopping them: the caller stops them (``kvgate bench compare --keep``)."""
+    from kvgate.bench import variants
     from kvgate.engines.hosts import free_port
 
     front_spec = front or FrontSpec(args=cluster.gateway_args)
+    name = label or policy
+    variant = variants.parse_policy(policy)
     used: set[int] = set()
     zmq_port = free_port("127.0.0.1", used)
     used.add(zmq_port)
     collector = f"tcp://127.0.0.1:{zmq_port}"
-    plan = _plan(cluster, run_dir / "cluster", collector)
+    roles: list[str] = []
+    try:
+        if variant.pd and front_spec.kind != "serve":
+            raise variants.VariantError("pd: runs behind kvgate serve (--front serve)")
+        cpu_args = variants.sim_cpu_tier_args(variant, cluster.cpu_offload_blocks)
+        plan = _plan(cluster, run_dir / "cluster", collector, tuple(cpu_args))
+        if variant.pd:
+            roles = variants.pd_roles(len(plan.replicas), cluster.prefill_replicas)
+            plan = variants.with_pd_roles(plan, roles, cluster.kv_link)
+    except variants.VariantError as exc:
+        return PolicyRun(name, None, [], skipped=str(exc))
     for r in plan.replicas:
         used.add(r.port)
 
@@ -200,7 +220,6 @@ def run_policy(
         used.add(port)
         return port
 
-    name = label or policy
     procs: list[Proc] = []
     kept = False
     try:
@@ -208,14 +227,25 @@ def run_policy(
             procs.append(Proc(r.name, r.argv, r.log_path, r.env, r.unset_env))
         timeout = cluster.ready_timeout_s or plan.ready_timeout_s
         wait_ready([(p, r.ready_url) for p, r in zip(procs, plan.replicas, strict=True)], timeout)
-        config_text = policy_config(
-            policy, f"tcp://*:{zmq_port}", plan.replicas[0].block_size if plan.replicas else None
-        )
+        block_size = plan.replicas[0].block_size if plan.replicas else None
+        config_text = variants.variant_config(
+            variant,
+            gpu_blocks=cluster.num_gpu_blocks,
+            cpu_blocks=cluster.cpu_offload_blocks,
+            block_size=block_size or 16,
+        ) or policy_config(variant.base, f"tcp://*:{zmq_port}", block_size)
         policy_args = (
-            ["--config-text", config_text] if config_text is not None else ["--policy", policy]
+            ["--config-text", config_text]
+            if config_text is not None
+            else ["--policy", variant.base]
         )
+        endpoints = plan.endpoints
+        if roles:  # P/D: the endpoints with their llm-d.ai/role labels
+            path = variants.endpoints_file(plan, roles, run_dir / "endpoints.yaml")
+            policy_args += ["--endpoints-file", str(path)]
+            endpoints = []
         try:
-            started = start_front(front_spec, policy_args, plan.endpoints, run_dir, next_port)
+            started = start_front(front_spec, policy_args, endpoints, run_dir, next_port)
         except FrontDidNotStart as exc:
             return PolicyRun(name, None, [], skipped=str(exc))
         procs += started.procs

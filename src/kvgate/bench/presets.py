@@ -31,6 +31,9 @@ class Preset:
     max_model_len: int | None = None
     policies: tuple[str, ...] | None = None  # None: compare.DEFAULT_POLICIES
     stream_interval: int = 1  # tokens per streamed chunk (RunConfig.stream_interval)
+    prefill_replicas: int | None = None  # ``pd`` policies (None: half the replicas)
+    kv_link: str = "rdma"  # ``pd`` policies: the simulated KV link
+    cpu_offload_blocks: int | None = None  # ``+cpu-tier`` policies: CPU tier per replica
     note: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -161,5 +164,62 @@ PRESETS: dict[str, Preset] = {
         speed=0.2,
         policies=("llm-d-default", "llm-d-default+flow-control"),
         stream_interval=10,
+    ),
+    # P/D where it pays (docs/bench.md, "P/D and the CPU tier"): 4 simulated H100 replicas of
+    # Qwen3-0.6B, aggregated (llm-d-default) against 2 prefill + 2 decode (pd) at the same
+    # replica count. 8000-token distinct prompts, 200 tokens out, 10 req/s: an aggregated
+    # replica runs a ~55 ms prefill step every ~0.4 s and every request decoding on it waits
+    # that step; a decode replica only admits pulled prompts. The simulator runs at a quarter
+    # of real time (2.5 arrivals and ~2,000 streamed tokens per wall second, which two
+    # cores keep up with), 600 requests: ~4 min of wall time per policy.
+    "long-prompt": Preset(
+        engine="sim",
+        replicas=4,
+        model="Qwen/Qwen3-0.6B",
+        profile="qwen3-0.6b-h100",
+        block_size=16,
+        num_gpu_blocks=None,
+        kv_cache_bytes=None,
+        workload="long-prompt",
+        workload_params={"num_requests": 600},
+        rates=(10.0,),
+        speed=0.25,
+        policies=("llm-d-default", "pd"),
+    ),
+    # P/D where it does not pay: 128 tokens in, 200 out, 20 req/s on the same 4 replicas.
+    # Prefill is cheap, so splitting the replicas halves decode capacity for nothing: the
+    # two decode replicas carry the batch four replicas carried.
+    "short-prompt": Preset(
+        engine="sim",
+        replicas=4,
+        model="Qwen/Qwen3-0.6B",
+        profile="qwen3-0.6b-h100",
+        block_size=16,
+        num_gpu_blocks=None,
+        kv_cache_bytes=None,
+        workload="short-prompt",
+        workload_params={"num_requests": 1200},
+        rates=(20.0,),
+        speed=0.5,
+        policies=("llm-d-default", "pd"),
+    ),
+    # The CPU tier under memory pressure: 32 groups x 4000-token prefixes (128k tokens)
+    # against 4 replicas of 1500 GPU blocks x 16 = 24k tokens (96k in the cluster), so
+    # prefixes are evicted between reuses; +cpu-tier adds 4000 CPU blocks (64k tokens) a
+    # replica, which holds them all. Each routing (approximate, precise) with and without.
+    "memory-pressure": Preset(
+        engine="sim",
+        replicas=4,
+        model="Qwen/Qwen3-0.6B",
+        profile="qwen3-0.6b-h100",
+        block_size=16,
+        num_gpu_blocks=1500,
+        kv_cache_bytes=None,
+        workload="memory-pressure",
+        workload_params={},
+        rates=(40.0,),
+        speed=0.1,
+        cpu_offload_blocks=4000,
+        policies=("llm-d-default", "llm-d-default+cpu-tier", "precise", "precise+cpu-tier"),
     ),
 }

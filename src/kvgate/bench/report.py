@@ -391,6 +391,11 @@ def comparison_line(s: Summary, base: Summary) -> str:
             parts.append(f"TTFT p90 {ratio:.2f}× lower")
         else:
             parts.append(f"TTFT p90 {1 / ratio:.2f}× higher")
+    if s.itl_p99_s and base.itl_p99_s:  # what P/D is for: decode not stalled by prefill
+        ratio = base.itl_p99_s / s.itl_p99_s
+        parts.append(
+            f"ITL p99 {ratio:.2f}× lower" if ratio >= 1 else f"ITL p99 {1 / ratio:.2f}× higher"
+        )
     if s.hit_rate is not None and base.hit_rate:
         parts.append(f"hit rate {s.hit_rate / base.hit_rate:.2f}×")
     elif s.hit_rate is not None and base.hit_rate == 0:

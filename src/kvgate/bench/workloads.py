@@ -22,6 +22,12 @@ Workloads (fields are set with ``-W key=value`` on the command line):
 - ``long-doc-qa``: ``num_docs`` documents of ``doc_len`` tokens, ``num_questions`` short
   questions each about one document.
 - ``random``: ShareGPT-like log-normal input and output lengths.
+- ``long-prompt``: ``num_requests`` distinct prompts of ``input_len`` tokens (8000) and
+  ``output_len`` (200) out, no shared prefix: where P/D pays (prefill chunks no longer
+  stall the decoding requests).
+- ``short-prompt``: the same with 128 tokens in and 200 out: where P/D does not pay.
+- ``memory-pressure``: ``shared-prefix`` sized past the cluster's GPU KV cache (32 groups x
+  4000-token prefixes) so prefixes are evicted between reuses: a CPU tier keeps them.
 - ``multi-tenant``: an interactive tenant beside a batch tenant flooding the pool, with
   llm-d's fairness-id and objective headers (:mod:`kvgate.bench.tenants`).
 - ``trace``: replay of a JSONL file: one request a line with ``timestamp`` (ms, Mooncake's
@@ -221,6 +227,29 @@ class RandomParams:
 
 
 @dataclass(frozen=True, slots=True)
+class LongPromptParams:
+    num_requests: int = 600
+    input_len: int = 8000
+    output_len: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ShortPromptParams(LongPromptParams):
+    num_requests: int = 1200
+    input_len: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPressureParams(SharedPrefixParams):
+    num_groups: int = 32
+    prompts_per_group: int = 6
+    system_prompt_len: int = 4000
+    question_len: int = 100
+    output_len: int = 32
+    warmup_per_group: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class TraceParams:
     path: str = ""
     time_scale: float = 1.0  # multiply the timestamps (0.5 = twice as fast)
@@ -256,6 +285,22 @@ def shared_prefix(p: SharedPrefixParams, api: Api, seed: int) -> list[Session]:
     elif p.order != "grouped":
         raise WorkloadError(f"shared-prefix: order: expected random or grouped, got {p.order!r}")
     return warmup + measured
+
+
+def distinct_prompts(p: LongPromptParams, api: Api, seed: int) -> list[Session]:
+    """``num_requests`` prompts of exactly ``input_len`` tokens, no two sharing a block."""
+    gen = TextGen(seed)
+    return [
+        Session(
+            f"r{i}",
+            (
+                _turn(
+                    api, [("user", gen.text(p.input_len))], p.input_len, p.output_len, 0.0, f"r{i}"
+                ),
+            ),
+        )
+        for i in range(p.num_requests)
+    ]
 
 
 def multi_turn(p: MultiTurnParams, api: Api, seed: int) -> list[Session]:
@@ -362,6 +407,9 @@ _BUILDERS: dict[str, tuple[type[Any], Callable[[Any, Api, int], list[Session]]]]
     "multi-turn": (MultiTurnParams, multi_turn),
     "long-doc-qa": (LongDocQaParams, long_doc_qa),
     "random": (RandomParams, random_lengths),
+    "long-prompt": (LongPromptParams, distinct_prompts),
+    "short-prompt": (ShortPromptParams, distinct_prompts),
+    "memory-pressure": (MemoryPressureParams, shared_prefix),
     "trace": (TraceParams, trace),
     "multi-tenant": (MultiTenantParams, multi_tenant),
 }
