@@ -300,4 +300,4 @@ def test_windows_and_frame_sizes_out_of_range_are_refused_at_construction() -> N
     conn = http2.ServerConnection(handler, window_bytes=http2.DEFAULT_WINDOW)  # type: ignore[arg-type]
     sent = conn.data_to_send()
     assert struct.unpack_from(">HBB", sent)[2] == http2.SETTINGS
-    assert len(sent) == 9 + 4 * 6  # SETTINGS only: no WINDOW_UPDATE of 0
+    assert len(sent) == 9 + 5 * 6  # SETTINGS (5 entries) only: no WINDOW_UPDATE of 0
