@@ -92,7 +92,26 @@ class DispatchTracker:
         return self._in_flight.get(endpoint_name, 0)
 
 
-class ThresholdDetector:
+class TrackedDetector:
+    """What every built-in detector shares: a :class:`DispatchTracker` fed by the request
+    path, and ``is_saturated`` as ``saturation >= 1``. Subclasses define ``saturation``."""
+
+    tracker: DispatchTracker
+
+    def saturation(self, candidates: Sequence[Endpoint], now: float, pending: int = 0) -> float:
+        raise NotImplementedError
+
+    def is_saturated(self, candidates: Sequence[Endpoint], now: float) -> bool:
+        return self.saturation(candidates, now) >= 1.0
+
+    def on_dispatched(self, endpoint_name: str) -> None:
+        self.tracker.on_dispatched(endpoint_name)
+
+    def on_completed(self, endpoint_name: str) -> None:
+        self.tracker.on_completed(endpoint_name)
+
+
+class ThresholdDetector(TrackedDetector):
     """GIE v1.3's saturation detector (the top-level ``saturationDetector`` thresholds).
 
     An endpoint has capacity when its metrics are fresh (age <= ``staleness_s``), its waiting
@@ -136,12 +155,3 @@ class ThresholdDetector:
                 if free > pending:
                     return 0.0
         return 1.0
-
-    def is_saturated(self, candidates: Sequence[Endpoint], now: float) -> bool:
-        return self.saturation(candidates, now) >= 1.0
-
-    def on_dispatched(self, endpoint_name: str) -> None:
-        self.tracker.on_dispatched(endpoint_name)
-
-    def on_completed(self, endpoint_name: str) -> None:
-        self.tracker.on_completed(endpoint_name)

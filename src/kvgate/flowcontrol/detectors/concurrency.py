@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from kvgate.errors import PluginParameterError
-from kvgate.flowcontrol.saturation import DispatchTracker
+from kvgate.flowcontrol.saturation import DispatchTracker, TrackedDetector
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.scheduling.types import Endpoint
 
@@ -39,7 +39,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> ConcurrencyDetector
     return ConcurrencyDetector(name, limit, DispatchTracker(time.monotonic))
 
 
-class ConcurrencyDetector:
+class ConcurrencyDetector(TrackedDetector):
     """See the module docstring."""
 
     type_name = TYPE
@@ -57,12 +57,3 @@ class ConcurrencyDetector:
         for endpoint in candidates:
             in_flight += self.tracker.in_flight(endpoint.name)
         return in_flight / (n * self.max_concurrency)
-
-    def is_saturated(self, candidates: Sequence[Endpoint], now: float) -> bool:
-        return self.saturation(candidates, now) >= 1.0
-
-    def on_dispatched(self, endpoint_name: str) -> None:
-        self.tracker.on_dispatched(endpoint_name)
-
-    def on_completed(self, endpoint_name: str) -> None:
-        self.tracker.on_completed(endpoint_name)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 
 from kvgate.errors import PluginParameterError
-from kvgate.flowcontrol.saturation import DispatchTracker
+from kvgate.flowcontrol.saturation import DispatchTracker, TrackedDetector
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.scheduling.types import Endpoint
 
@@ -57,7 +57,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> UtilizationDetector
     return UtilizationDetector(name, queue, kv, staleness, DispatchTracker(time.monotonic))
 
 
-class UtilizationDetector:
+class UtilizationDetector(TrackedDetector):
     """See the module docstring."""
 
     type_name = TYPE
@@ -92,12 +92,3 @@ class UtilizationDetector:
                 m.kv_cache_usage_percent / self.kv_cache_util_threshold,
             )
         return (total + pending / self.queue_depth_threshold) / n
-
-    def is_saturated(self, candidates: Sequence[Endpoint], now: float) -> bool:
-        return self.saturation(candidates, now) >= 1.0
-
-    def on_dispatched(self, endpoint_name: str) -> None:
-        self.tracker.on_dispatched(endpoint_name)
-
-    def on_completed(self, endpoint_name: str) -> None:
-        self.tracker.on_completed(endpoint_name)
