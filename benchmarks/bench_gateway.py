@@ -13,6 +13,9 @@ Three parts, each a separate process so they can be pinned to different cores:
 ``run`` orchestrates all three with ``taskset`` pinning and prints one JSON report::
 
     python benchmarks/bench_gateway.py run --gateway-cpus 0,1 --other-cpus 2-7
+    # issue #16's shape: llm-d's default policy, two upstreams, 1,000 req/s
+    python benchmarks/bench_gateway.py run --policy llm-d-default --upstreams 2 --rate 1000 \
+        --gateway-cpus 1 --other-cpus 0
 
 Added latency = (latency through the gateway) - (latency straight to the upstream), both
 measured by the same load generator at the same rate.
@@ -425,21 +428,26 @@ def _load_cmd(cpus: str | None, url: str, **kw: Any) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    up_port, gw_port = _free_port(), _free_port()
+    up_ports = [_free_port() for _ in range(args.upstreams)]
+    up_port, gw_port = up_ports[0], _free_port()
     procs: list[subprocess.Popen[bytes]] = []
     log = open(args.log, "wb")  # noqa: SIM115
     try:
-        procs.append(
-            subprocess.Popen(
-                _pinned(
-                    args.other_cpus, [sys.executable, __file__, "upstream", "--port", str(up_port)]
-                ),
-                stdout=log,
-                stderr=log,
+        for port in up_ports:
+            procs.append(
+                subprocess.Popen(
+                    _pinned(
+                        args.other_cpus, [sys.executable, __file__, "upstream", "--port", str(port)]
+                    ),
+                    stdout=log,
+                    stderr=log,
+                )
             )
-        )
-        _wait(f"http://127.0.0.1:{up_port}/health")
+            _wait(f"http://127.0.0.1:{port}/health")
         upstream_url = f"http://127.0.0.1:{up_port}"
+        more_endpoints = [
+            arg for port in up_ports[1:] for arg in ("--endpoint", f"http://127.0.0.1:{port}")
+        ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         ready_path = "/ready"
         if args.target == "kvgate":
@@ -452,6 +460,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 args.policy,
                 "--endpoint",
                 upstream_url,
+                *more_endpoints,
                 "--port",
                 str(gw_port),
                 "--log-format",
@@ -511,18 +520,17 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average_at_start": os.getloadavg()[0],
         }
         common = {"duration": args.duration, "connections": args.connections}
-        report["direct_500rps"] = _load_cmd(args.other_cpus, direct, rate=500, **common)
+        rate = args.rate
+        report["upstreams"] = args.upstreams
+        report["rate"] = rate
+        report["direct"] = _load_cmd(args.other_cpus, direct, rate=rate, **common)
         c0 = _cpu_s(gw_pid)
-        report["gateway_500rps"] = _load_cmd(args.other_cpus, via, rate=500, **common)
+        report["gateway"] = _load_cmd(args.other_cpus, via, rate=rate, **common)
         c1 = _cpu_s(gw_pid)
-        done = report["gateway_500rps"]["requests"] + report["gateway_500rps"]["warmup_requests"]
-        report["gateway_cpu_ms_per_request_at_500rps"] = round((c1 - c0) / done * 1e3, 4)
-        report["added_p50_ms"] = round(
-            report["gateway_500rps"]["p50_ms"] - report["direct_500rps"]["p50_ms"], 3
-        )
-        report["added_p99_ms"] = round(
-            report["gateway_500rps"]["p99_ms"] - report["direct_500rps"]["p99_ms"], 3
-        )
+        done = report["gateway"]["requests"] + report["gateway"]["warmup_requests"]
+        report["gateway_cpu_ms_per_request_at_rate"] = round((c1 - c0) / done * 1e3, 4)
+        report["added_p50_ms"] = round(report["gateway"]["p50_ms"] - report["direct"]["p50_ms"], 3)
+        report["added_p99_ms"] = round(report["gateway"]["p99_ms"] - report["direct"]["p99_ms"], 3)
         c0 = _cpu_s(gw_pid)
         if shutil.which("wrk"):
             report["gateway_max"] = _wrk(args.other_cpus, via, args.max_connections, args.duration)
@@ -607,6 +615,8 @@ def main() -> None:
         help="what sits between load and upstream",
     )
     rn.add_argument("--policy", default="random")
+    rn.add_argument("--upstreams", type=int, default=1, help="instant upstreams behind the gateway")
+    rn.add_argument("--rate", type=float, default=500.0, help="req/s of the open-loop runs")
     rn.add_argument("--gateway-cpus", default=None, help="taskset list for the gateway, e.g. 0,1")
     rn.add_argument("--other-cpus", default=None, help="taskset list for upstream and load")
     rn.add_argument("--duration", type=float, default=10.0)
