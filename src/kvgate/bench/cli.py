@@ -163,6 +163,10 @@ def register(subparsers: Any) -> None:
     _add_load_args(cmp)
     cmp.set_defaults(func=cmd_compare)
 
+    from kvgate.bench import capacity_cli
+
+    capacity_cli.register(sub)
+
 
 # --- helpers -------------------------------------------------------------------------------------
 

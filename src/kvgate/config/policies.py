@@ -19,6 +19,9 @@ show-policy NAME`` prints one, so any policy can be copied and edited as a confi
 ``llm-d-default+flow-control``  ``llm-d-default`` with the ``flowControl`` feature gate and
                    llm-d's flow-control defaults (an empty ``flowControl`` section): requests
                    wait at the gateway while the pool is saturated, by priority band
+``predicted-latency``  llm-d's predicted-latency guide (prefix affinity gated on predicted
+                   TTFT, latency-scorer, weighted-random-picker) with streamingMode on:
+                   routes on TTFT/TPOT predicted in-process and the x-slo-* headers
 =================  ==========================================================================
 """
 
@@ -124,6 +127,34 @@ _POLICIES["llm-d-default+flow-control"] = (
     "# llm-d-default+flow-control: llm-d-default behind llm-d's flow control (defaults).\n"
     + "".join(ln + "\n" for ln in _POLICIES["llm-d-default"].splitlines() if ln[:1] != "#")
     + "featureGates:\n- flowControl\nflowControl: {}\n"
+)
+
+# llm-d's predicted-latency guide (guides/predicted-latency-routing), streaming: kvgate's
+# clients and benchmarks stream, so TTFT and TPOT are trained separately (docs/latency.md).
+_POLICIES["predicted-latency"] = (
+    "# predicted-latency: llm-d's predicted-latency guide, streamingMode on.\n"
+    "# TTFT/TPOT predicted per candidate in-process; x-slo-ttft-ms / x-slo-tpot-ms honoured.\n"
+    + _HEADER
+    + """plugins:
+- type: approx-prefix-cache-producer
+- type: predicted-latency-producer
+  parameters:
+    streamingMode: true
+- type: prefix-cache-affinity-filter
+  name: loose-affinity-filter
+  parameters:
+    affinityThreshold: 0.8
+    ttftSource: latencyPredictor
+    maxTTFTPenaltyMs: 5000
+- type: latency-scorer
+- type: weighted-random-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: loose-affinity-filter
+  - pluginRef: latency-scorer
+  - pluginRef: weighted-random-picker
+"""
 )
 
 #: Every built-in policy name, in the order ``kvgate config policies`` lists them.
