@@ -89,7 +89,7 @@ def test_calibrated_prior_prices_a_lone_prefill_like_the_profile() -> None:
 
 
 def test_unknown_profile_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown latency profile 'nope' \\(known: .*qwen3"):
+    with pytest.raises(ValueError, match=r"unknown latency profile 'nope' \(known: .*qwen3"):
         load_prior("nope")
 
 

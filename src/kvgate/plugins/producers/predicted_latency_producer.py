@@ -34,6 +34,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -59,6 +60,10 @@ from kvgate.scheduling.types import (
     ResponseInfo,
     SchedulingResult,
 )
+
+#: One DEBUG line per trained request: the prediction made for the picked endpoint (before
+#: this sample trained the model, so out of sample) beside what was observed.
+sample_log = logging.getLogger("kvgate.latency.samples")
 
 TYPE = "predicted-latency-producer"
 DEFAULT_PRODUCER_FOR = (LATENCY_PREDICTION_INFO,)
@@ -232,8 +237,26 @@ class PredictedLatencyProducer:
             self.skipped += 1
             return
         load, ttft_ms, tpot_ms = sample
+        if sample_log.isEnabledFor(logging.DEBUG) and ctx.request is not None:
+            self._log_sample(ctx.request, ctx.endpoint, ttft_ms, tpot_ms)
         self.predictor.observe(load, ttft_ms, tpot_ms)
         self.trained += 1
+
+    def _log_sample(
+        self, request: Request, endpoint: Endpoint | None, ttft_ms: float, tpot_ms: float | None
+    ) -> None:
+        infos = data.per_endpoint(request, self.key, LatencyPredictionInfo)
+        info = infos.get(endpoint.name) if infos is not None and endpoint is not None else None
+        fields = {
+            "request_id": request.request_id,
+            "endpoint": endpoint.name if endpoint is not None else None,
+            "samples_before": self.predictor.num_samples,
+            "predicted_ttft_ms": None if info is None else round(info.ttft_ms, 3),
+            "observed_ttft_ms": round(ttft_ms, 3),
+            "predicted_tpot_ms": None if info is None else round(info.tpot_ms, 3),
+            "observed_tpot_ms": None if tpot_ms is None else round(tpot_ms, 3),
+        }
+        sample_log.debug("latency sample", extra={"fields": fields})
 
     def observation(self, ctx: FinishedRequest) -> tuple[EndpointLoad, float, float | None] | None:
         """``(features at decision time, TTFT ms, TPOT ms or None)``, or None when the
