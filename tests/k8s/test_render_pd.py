@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from k8s.test_render import validate
 from kvgate.config import load_llm_inference_service
+from kvgate.errors import ConfigError
 from kvgate.k8s.render import render
 from support.procs import Proc, free_port, wait_until
 
@@ -195,3 +197,10 @@ def test_rendered_pd_commands_run_both_legs(tmp_path: Path) -> None:
     finally:
         for proc in procs:
             proc.stop()
+
+
+def test_unknown_prefill_field_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(SERVICE + "    scaling: {minReplicas: 1}\n")
+    with pytest.raises(ConfigError, match=r"spec\.prefill\.scaling: not run or rendered"):
+        render(load_llm_inference_service(path))

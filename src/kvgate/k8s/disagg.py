@@ -40,6 +40,17 @@ Role = Literal["both", "decode", "prefill"]
 ROLE_LABEL = "llm-d.ai/role"
 KV_TRANSFER_FLAG = "--kv-transfer-config"
 EVICTION_POLICIES = ("lru", "arc")
+#: spec.prefill fields kvgate acts on (``worker`` and ``parallelism`` are refused by name;
+#: labels and annotations are metadata KServe copies and kvgate has no use for).
+_PREFILL_FIELDS = (
+    "replicas",
+    "template",
+    "kvCacheOffloading",
+    "worker",
+    "parallelism",
+    "labels",
+    "annotations",
+)
 
 #: KServe's default scheduler config for a service with ``spec.prefill`` and no config of its
 #: own (pkg/controller/v1alpha2/llmisvc/scheduler.go; a verbatim copy is in
@@ -185,6 +196,13 @@ def workloads(svc: LLMInferenceService) -> tuple[Workload, ...]:
     prefill = spec["prefill"]
     if not isinstance(prefill, Mapping):
         raise _fail(svc, "spec.prefill", "expected a workload (replicas, template)")
+    for key in prefill:
+        if key not in _PREFILL_FIELDS:
+            raise _fail(
+                svc,
+                f"spec.prefill.{key}",
+                f"not run or rendered by kvgate (it reads: {', '.join(_PREFILL_FIELDS)})",
+            )
     replicas = prefill.get("replicas", 1)
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
         raise _fail(svc, "spec.prefill.replicas", f"expected an integer >= 0, got {replicas!r}")
