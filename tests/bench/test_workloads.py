@@ -162,6 +162,8 @@ def test_bad_parameters_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(WorkloadError, match="num_groups: expected int"):
         build_workload("shared-prefix", {"num_groups": "many"})
     with pytest.raises(WorkloadError, match="unknown workload"):
+        build_workload("no-such-workload")
+    with pytest.raises(WorkloadError, match="sharegpt: set the file"):
         build_workload("sharegpt")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"timestamp": 1}\n')

@@ -13,12 +13,10 @@ import argparse
 import json
 import shlex
 import time
-from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from kvgate.bench.workloads import Api, Workload
+from kvgate.bench.workloads import Workload
 
 DEFAULT_CAPACITY_POLICIES = ("llm-d-default", "predicted-latency")
 
@@ -70,36 +68,24 @@ def register(sub: Any) -> None:
 
 
 def build_capacity_workload(args: argparse.Namespace) -> Workload:
-    """The workload of the flags: a ShareGPT file, ``mixed``, or a compare workload."""
+    """The workload of the flags: a ShareGPT file, ``mixed`` or another bench workload;
+    ``mixed`` and ShareGPT draw ``--probe-requests`` requests unless ``-W num_requests``."""
     from kvgate.bench import workloads
-    from kvgate.bench.mixed import MixedParams, mixed
-    from kvgate.bench.sharegpt import ShareGPTParams, sharegpt
 
-    api: Api = args.api
-    params = workloads.parse_params(args.workload_param)
-    params_cls: type[Any]
-    builder: Callable[[Any, Api, int], list[workloads.Session]]
+    params: dict[str, Any] = workloads.parse_params(args.workload_param)
+    name = args.workload
     if args.dataset:
         kind, path = args.dataset
         if kind != "sharegpt":
             raise SystemExit(f"error: --dataset: expected sharegpt FILE, got {kind!r}")
-        params = {"path": path, "num_requests": str(args.probe_requests), **params}
-        name, params_cls, builder = "sharegpt", ShareGPTParams, sharegpt
-    elif args.workload == "mixed":
-        params = {"num_requests": str(args.probe_requests), **params}
-        name, params_cls, builder = "mixed", MixedParams, mixed
-    else:
-        return workloads.build_workload(args.workload, params, api=api, seed=args.seed)
-    defaults = {f.name: f.default for f in fields(params_cls)}
-    values = {}
-    for key, value in params.items():
-        if key not in defaults:
-            known = ", ".join(sorted(defaults))
-            raise SystemExit(f"error: {name}: unknown parameter {key!r} (known: {known})")
-        values[key] = workloads._coerce(name, key, defaults[key], value)
-    p: Any = params_cls(**values)
-    sessions = builder(p, api, args.seed)
-    return Workload(name, api, tuple(sessions), {**defaults, **values})
+        name = "sharegpt"
+        params = {"path": path, **params}
+    if name in ("mixed", "sharegpt"):
+        params = {"num_requests": args.probe_requests, **params}
+    try:
+        return workloads.build_workload(name, params, api=args.api, seed=args.seed)
+    except workloads.WorkloadError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:

@@ -18,8 +18,10 @@ import math
 import random
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
-from kvgate.bench.workloads import Api, Session, TextGen, _turn
+if TYPE_CHECKING:  # workloads imports this module; the builder imports it back at call time
+    from kvgate.bench.workloads import Api, Session
 
 __all__ = ["MixedParams", "mixed"]
 
@@ -52,6 +54,8 @@ def _lognormal(rng: random.Random, median: float, sigma: float, lo: int, hi: int
 
 def mixed(p: MixedParams, api: Api, seed: int) -> list[Session]:
     """The sessions of the ``mixed`` workload (one request each)."""
+    from kvgate.bench.workloads import Session, TextGen, _turn
+
     rng = random.Random(seed + 7)
     gen = TextGen(seed)
     top = max(p.min_prompt_len, p.max_prompt_len - 20)

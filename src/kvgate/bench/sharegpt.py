@@ -17,9 +17,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kvgate.bench.workloads import Api, Session, Turn, WorkloadError, _turn
+if TYPE_CHECKING:  # workloads imports this module; the builder imports it back at call time
+    from kvgate.bench.workloads import Api, Session, Turn
 
 __all__ = ["ShareGPTParams", "sharegpt"]
 
@@ -32,6 +33,8 @@ class ShareGPTParams:
 
 
 def _pairs(path: Path) -> list[tuple[str, str]]:
+    from kvgate.bench.workloads import WorkloadError
+
     try:
         doc: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -54,6 +57,7 @@ def _pairs(path: Path) -> list[tuple[str, str]]:
 
 def sharegpt(p: ShareGPTParams, api: Api, seed: int) -> list[Session]:
     """Sessions of one request each from the ShareGPT file ``p.path``."""
+    from kvgate.bench.workloads import Session, WorkloadError, _turn
     from kvgate.kvcache.tokenize import Tokenizer
 
     if not p.path:

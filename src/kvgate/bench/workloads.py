@@ -30,6 +30,11 @@ Workloads (fields are set with ``-W key=value`` on the command line):
   4000-token prefixes) so prefixes are evicted between reuses: a CPU tier keeps them.
 - ``multi-tenant``: an interactive tenant beside a batch tenant flooding the pool, with
   llm-d's fairness-id and objective headers (:mod:`kvgate.bench.tenants`).
+- ``mixed``: a shared production pool for capacity at SLO: prompts 100–16k tokens and
+  outputs 10–1,000, log-normal; Zipf-popular shared prefixes; two SLO classes sent as
+  ``x-slo-*`` headers (:mod:`kvgate.bench.mixed`).
+- ``sharegpt``: ShareGPT conversations (``-W path=FILE``) sampled as ``vllm bench serve``
+  does (:mod:`kvgate.bench.sharegpt`).
 - ``trace``: replay of a JSONL file: one request a line with ``timestamp`` (ms, Mooncake's
   format; or ``timestamp_s``), ``input_length``, ``output_length`` and optional ``hash_ids``
   (ids of ``hash_block_len``-token blocks; equal ids mean equal text, so prefixes are shared).
@@ -48,6 +53,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
+from kvgate.bench.mixed import MixedParams, mixed
+from kvgate.bench.sharegpt import ShareGPTParams, sharegpt
 from kvgate.bench.tenants import MultiTenantParams, multi_tenant
 from kvgate.errors import KvgateError
 
@@ -412,6 +419,8 @@ _BUILDERS: dict[str, tuple[type[Any], Callable[[Any, Api, int], list[Session]]]]
     "memory-pressure": (MemoryPressureParams, shared_prefix),
     "trace": (TraceParams, trace),
     "multi-tenant": (MultiTenantParams, multi_tenant),
+    "mixed": (MixedParams, mixed),
+    "sharegpt": (ShareGPTParams, sharegpt),
 }
 
 WORKLOAD_NAMES: tuple[str, ...] = tuple(_BUILDERS)
