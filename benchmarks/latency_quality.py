@@ -67,12 +67,12 @@ def main() -> int:
         )
     work = Path(tempfile.mkdtemp(prefix="latency-quality-"))
     procs: list[Proc] = []
-    used: set[int] = set()
+    ports: set[int] = set()
     try:
         sims = []
         for i in range(args.replicas):
-            port = free_port("127.0.0.1", used)
-            used.add(port)
+            port = free_port("127.0.0.1", ports)
+            ports.add(port)
             argv = kvgate_argv(
                 "sim", "--port", str(port), "--model", "m", "--seed", str(i),
                 "--profile", args.sim_profile,
@@ -80,7 +80,7 @@ def main() -> int:
             procs.append(Proc(f"sim{i}", argv, work / f"sim{i}.log"))
             sims.append(f"http://127.0.0.1:{port}")
         wait_ready([(p, url + "/health") for p, url in zip(procs, sims, strict=True)], 60)
-        gw_port = free_port("127.0.0.1", used)
+        gw_port = free_port("127.0.0.1", ports)
         argv = kvgate_argv(
             "serve", "--port", str(gw_port), "--config-text", config, "--log-format", "json",
             "--log-level", "debug", "--no-request-log",
