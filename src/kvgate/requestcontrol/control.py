@@ -20,7 +20,9 @@ Invariants the front doors rely on:
   exactly once, as completed, so the saturation detector's in-flight counts cannot drift.
 * A plugin hook that raises never breaks the request: it is logged and counted.
 * ``finish`` hands the finished context to every callable in ``RequestControl.on_finish``
-  (the dashboard's ring, :mod:`kvgate.dashboard.state`), last, with ``ctx.duration_s`` set;
+  (the dashboard's ring, :mod:`kvgate.dashboard.state`; every plugin with a
+  ``request_finished`` method, e.g. predicted-latency-producer's training), last, with
+  ``ctx.duration_s`` set;
   with none registered it costs one empty-list test. An observer that raises is logged.
 """
 
