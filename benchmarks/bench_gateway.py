@@ -16,6 +16,10 @@ Three parts, each a separate process so they can be pinned to different cores:
     # issue #16's shape: llm-d's default policy, two upstreams, 1,000 req/s
     python benchmarks/bench_gateway.py run --policy llm-d-default --upstreams 2 --rate 1000 \
         --gateway-cpus 1 --other-cpus 0
+    # SGLang's router on the same upstreams (kept out of kvgate's dependencies):
+    pip install --target /tmp/sglr-pkg sglang-router==0.3.2
+    PYTHONPATH=/tmp/sglr-pkg python benchmarks/bench_gateway.py run --target sgl-router \
+        --policy cache_aware --upstreams 2 --rate 1000 --gateway-cpus 1 --other-cpus 0
 
 Added latency = (latency through the gateway) - (latency straight to the upstream), both
 measured by the same load generator at the same rate.
@@ -478,6 +482,23 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 upstream_url,
             ]
             ready_path = ""
+        elif args.target == "sgl-router":  # sglang_router must be importable (see the docstring)
+            gateway_cmd = [
+                sys.executable,
+                "-m",
+                "sglang_router.launch_router",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gw_port),
+                "--policy",
+                args.policy if args.policy != "random" else "cache_aware",
+                "--worker-urls",
+                *(f"http://127.0.0.1:{port}" for port in up_ports),
+                "--log-level",
+                "warn",
+            ]
+            ready_path = "/health"
         else:  # relay-granian: granian must be importable (pip install granian)
             gateway_cmd = [
                 sys.executable,
@@ -546,7 +567,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_per_req = (c1 - c0) / max(1, report["gateway_max"]["requests"])
         report["gateway_cpu_ms_per_request_at_max"] = round(cpu_per_req * 1e3, 4)
         report["one_core_capacity_rps"] = round(1.0 / cpu_per_req) if cpu_per_req else None
-        if args.target != "kvgate":
+        if args.target.startswith("relay"):
             return report
         n = args.chunks
         sc = {"duration": args.duration, "connections": args.connections}
@@ -610,7 +631,7 @@ def main() -> None:
     rn = sub.add_parser("run")
     rn.add_argument(
         "--target",
-        choices=("kvgate", "relay-aiohttp", "relay-granian"),
+        choices=("kvgate", "relay-aiohttp", "relay-granian", "sgl-router"),
         default="kvgate",
         help="what sits between load and upstream",
     )
