@@ -91,8 +91,10 @@ def test_ladder_reads_share_of_peak_and_rejections_per_stage(tmp_path: Path) -> 
     table = ladder_markdown([s])
     assert table is not None
     rows = [ln for ln in table.splitlines() if ln.startswith("| fc |")]
-    assert rows[0].split(" | ")[1:7] == ["3", "4", "4", "40", "100%", "0"]
-    assert rows[1].split(" | ")[1:11] == ["60", "4", "2", "20", "50%", "2", "0", "2", "4", "0"]
+    # generated while each stage was offered (10 s windows): 40 and 20 tokens; the stage's own
+    # requests over their span: 40 and 20 tok/s
+    assert rows[0].split(" | ")[1:8] == ["3", "4", "4", "4", "100%", "40", "0"]
+    assert rows[1].split(" | ")[1:12] == ["60", "4", "2", "2", "50%", "20", "2", "0", "2", "4", "0"]
     write_outputs(tmp_path, [s], {"fc": records}, baseline=None)
     assert "## Overload ladder" in (tmp_path / "report.md").read_text()
 

@@ -135,6 +135,11 @@ class StageSummary:
     timeouts: int = 0
     other_errors: int = 0
     rejection_p90_s: float | None = None  # request sent -> 429/503 received
+    #: output tokens the pool generated while this stage's load was offered (every request's
+    #: tokens spread over its first-to-last token, clipped to the stage's window), per second:
+    #: what a queueing gateway keeps up, where ``output_tok_s`` (this stage's own requests,
+    #: over their whole span) also counts how long they waited
+    generated_tok_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -269,6 +274,7 @@ def summarize(
             )
         )
 
+    _set_generated(stages, records)
     return Summary(
         policy=policy,
         requests=len(records),
@@ -565,3 +571,34 @@ def write_outputs(
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _set_generated(stages: list[StageSummary], records: Sequence[RequestRecord]) -> None:
+    """Fill each stage's ``generated_tok_s``: its window runs from its first request's start to
+    the next stage's (the last stage: as long as the one before it, or to its last request's
+    start if that is later)."""
+    if len(stages) < 2:
+        return
+    starts = {st.stage: min(r.start_s for r in records if r.stage == st.stage) for st in stages}
+    order = [st.stage for st in stages]
+    windows = []
+    for i, stage in enumerate(order):
+        begin = starts[stage]
+        if i + 1 < len(order):
+            end = starts[order[i + 1]]
+        else:
+            previous = windows[-1][1] - windows[-1][0]
+            end = max(max(r.start_s for r in records if r.stage == stage), begin + previous)
+        windows.append((begin, end))
+    generated = [0.0] * len(order)
+    for r in records:
+        if not r.ok or r.ttft_s is None or r.e2e_s is None or not r.output_tokens:
+            continue
+        first, last = r.start_s + r.ttft_s, r.start_s + r.e2e_s
+        span = max(last - first, 1e-9)
+        for i, (begin, end) in enumerate(windows):
+            overlap = min(end, last) - max(begin, first)
+            if overlap > 0:
+                generated[i] += r.output_tokens * overlap / span
+    for st, (begin, end), tokens in zip(stages, windows, generated, strict=True):
+        st.generated_tok_s = tokens / (end - begin) if end > begin else 0.0
