@@ -79,3 +79,31 @@ def test_misuse_is_refused() -> None:
         h.labels()
     with pytest.raises(ValueError, match="has labels"):
         h.observe(1.0)
+
+
+def test_an_alias_with_fewer_labels_sums_over_the_rest_as_a_library_histogram_would() -> None:
+    lib_registry, our_registry = CollectorRegistry(), CollectorRegistry()
+    lib = prometheus_client.Histogram(
+        "gie", "doc", ["model"], buckets=BUCKETS, registry=lib_registry
+    )
+    ours = Histogram(
+        "llmd", "doc", ["model", "priority"], buckets=BUCKETS, registry=our_registry,
+        aliases=[("gie", "doc", ["model"])],
+    )  # fmt: skip
+    for model, priority, value in [
+        ("a", "0", 0.002),
+        ("a", "1", 0.2),
+        ("b", "0", 5.0),
+        ("a", "1", 0.0),
+    ]:
+        lib.labels(model).observe(value)
+        ours.labels(model, priority).observe(value)
+    gie = [
+        line
+        for line in _exposition(our_registry)
+        if line.startswith(("gie", "# HELP gie", "# TYPE gie"))
+    ]
+    assert gie == _exposition(lib_registry)
+    assert our_registry.get_sample_value("llmd_count", {"model": "a", "priority": "1"}) == 2
+    with pytest.raises(ValueError, match="not among"):
+        Histogram("x", "d", ["a"], buckets=BUCKETS, aliases=[("y", "d", ["b"])])

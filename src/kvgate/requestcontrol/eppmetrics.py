@@ -142,10 +142,16 @@ class EppMetrics:
         self._fairness = _Bounded()
         self._children: dict[tuple[object, ...], Any] = {}
 
-        def twin_hist(gie: str, new: str, text: str, buckets: Sequence[float]) -> tuple[Any, Any]:
-            return (
-                Histogram(gie, _deprecated(new, text), _MODEL, buckets=buckets, registry=r),
-                Histogram(LLMD + new, _help(text), _MODEL_FP, buckets=buckets, registry=r),
+        def twin_hist(gie: str, new: str, text: str, buckets: Sequence[float]) -> Histogram:
+            # one set of counts: llm-d's name with every label, GIE's summed over the two
+            # labels it lacks when scraped (one observation per request, not two)
+            return Histogram(
+                LLMD + new,
+                _help(text),
+                _MODEL_FP,
+                buckets=buckets,
+                registry=r,
+                aliases=[(gie, _deprecated(new, text), _MODEL)],
             )
 
         io = "inference_objective_"
@@ -330,8 +336,7 @@ class EppMetrics:
         """The request is parsed: it runs from now until :meth:`finished`."""
         self._child(self.running[0], labels[0]).inc()
         self._child(self.running[1], *labels).inc()
-        self.request_size[0].labels(labels[0], labels[1]).observe(body_size)
-        self.request_size[1].labels(*labels).observe(body_size)
+        self.request_size.labels(*labels).observe(body_size)
 
     def processed(self, seconds: float) -> None:
         """The request side is done (parsed, admitted, scheduled): the first attempt starts."""
@@ -363,7 +368,6 @@ class EppMetrics:
     ) -> None:
         """Count one finished request; ``running``: :meth:`parsed` counted it as running."""
         model, target, _, priority = labels
-        gie = (model, target)
         if running:
             self._child(self.running[0], model).dec()
             self._child(self.running[1], *labels).dec()
@@ -373,25 +377,20 @@ class EppMetrics:
             code = str(status) if status else error or "unknown"
             self._child(self.errors[0], model, target, code).inc()
             self._child(self.errors[1], *labels, code).inc()
-        self.duration[0].labels(*gie).observe(seconds)
-        self.duration[1].labels(*labels).observe(seconds)
+        self.duration.labels(*labels).observe(seconds)
         first = ttft_s if stream else seconds
         if first is not None and (ttft_s is not None or not stream):
             self.ttft.labels(*labels, "true" if stream else "false").observe(first)
         if prompt_tokens:
-            self.input_tokens[0].labels(*gie).observe(prompt_tokens)
-            self.input_tokens[1].labels(*labels).observe(prompt_tokens)
+            self.input_tokens.labels(*labels).observe(prompt_tokens)
         if completion_tokens:
-            self.output_tokens[0].labels(*gie).observe(completion_tokens)
-            self.output_tokens[1].labels(*labels).observe(completion_tokens)
+            self.output_tokens.labels(*labels).observe(completion_tokens)
             per_token = seconds / completion_tokens
-            self.ntpot[0].labels(*gie).observe(per_token)
-            self.ntpot[1].labels(*labels).observe(per_token)
+            self.ntpot.labels(*labels).observe(per_token)
             if stream and ttft_s is not None and completion_tokens > 1 and seconds > ttft_s:
                 self.tpot.labels(*labels).observe((seconds - ttft_s) / (completion_tokens - 1))
         if cached_tokens is not None:
-            self.cached_tokens[0].labels(*gie).observe(cached_tokens)
-            self.cached_tokens[1].labels(*labels).observe(cached_tokens)
+            self.cached_tokens.labels(*labels).observe(cached_tokens)
 
 
 def _mean_stdev(values: Sequence[float]) -> tuple[float, float]:

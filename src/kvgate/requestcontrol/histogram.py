@@ -11,7 +11,9 @@ path and the scrape run on one event loop, so no lock is needed.
 Scrapes still go through prometheus_client: :meth:`Histogram.collect` yields the library's own
 ``HistogramMetricFamily``, so the text format is the library's. One histogram may be exported
 under several names (``aliases``) — GIE's and kvgate's names for the same measurement — from
-one set of counts. ``tests/requestcontrol/test_histogram.py`` observes the same values into
+one set of counts; an alias may keep fewer labels (llm-d's ``llm_d_epp_*`` series carry
+``fairness_id`` and ``priority``, GIE's older names do not), its samples then summed over the
+labels it leaves out when scraped. ``tests/requestcontrol/test_histogram.py`` observes the same values into
 this and into ``prometheus_client.Histogram`` and compares the exposition, hostile values
 (NaN, infinities, negatives, bucket edges) included.
 """
@@ -57,14 +59,25 @@ class Histogram(Collector):
         *,
         buckets: Sequence[float],
         registry: CollectorRegistry | None = None,
-        aliases: Sequence[tuple[str, str]] = (),
+        aliases: Sequence[tuple[str, str] | tuple[str, str, Sequence[str]]] = (),
     ) -> None:
         bounds = tuple(float(b) for b in buckets if not math.isinf(b))
         if list(bounds) != sorted(set(bounds)):
             raise ValueError(f"{name}: buckets must be sorted and distinct")
         self._bounds = bounds
-        self._names = [(name, documentation), *aliases]
         self._labelnames = tuple(labelnames)
+        # (name, help, label names, their positions in this histogram's labels)
+        self._names: list[tuple[str, str, tuple[str, ...], tuple[int, ...] | None]] = [
+            (name, documentation, self._labelnames, None)
+        ]
+        for alias in aliases:
+            kept = tuple(alias[2]) if len(alias) == 3 else self._labelnames
+            if not set(kept) <= set(self._labelnames):
+                raise ValueError(f"{alias[0]}: labels {kept} are not among {self._labelnames}")
+            positions = (
+                None if kept == self._labelnames else tuple(map(self._labelnames.index, kept))
+            )
+            self._names.append((alias[0], alias[1], kept, positions))
         self._children: dict[tuple[str, ...], HistogramChild] = {}
         self._unlabelled = HistogramChild(bounds) if not labelnames else None
         if self._unlabelled is not None:
@@ -87,16 +100,15 @@ class Histogram(Collector):
         self._unlabelled.observe(value)
 
     def describe(self) -> list[HistogramMetricFamily]:
-        return [
-            HistogramMetricFamily(name, doc, labels=self._labelnames) for name, doc in self._names
-        ]
+        return [HistogramMetricFamily(n, doc, labels=ls) for n, doc, ls, _ in self._names]
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         snapshot = [(labels, list(c.counts), c.sum) for labels, c in self._children.items()]
-        for name, doc in self._names:
-            family = HistogramMetricFamily(name, doc, labels=self._labelnames)
-            for labels, counts, total in snapshot:
+        for name, doc, labelnames, positions in self._names:
+            family = HistogramMetricFamily(name, doc, labels=labelnames)
+            rows = snapshot if positions is None else _project(snapshot, positions)
+            for labels, counts, total in rows:
                 cumulative = 0
                 buckets = []
                 for le, count in zip(les, counts, strict=True):
@@ -104,3 +116,21 @@ class Histogram(Collector):
                     buckets.append((le, float(cumulative)))
                 family.add_metric(list(labels), buckets, total)
             yield family
+
+
+def _project(
+    snapshot: list[tuple[tuple[str, ...], list[int], float]], positions: tuple[int, ...]
+) -> list[tuple[tuple[str, ...], list[int], float]]:
+    """Children summed over the labels an alias leaves out (its label set is a subset)."""
+    merged: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+    for labels, counts, total in snapshot:
+        key = tuple(labels[i] for i in positions)
+        found = merged.get(key)
+        if found is None:
+            merged[key] = (list(counts), [total])
+        else:
+            acc, sums = found
+            for i, c in enumerate(counts):
+                acc[i] += c
+            sums[0] += total
+    return [(key, acc, sums[0]) for key, (acc, sums) in merged.items()]
