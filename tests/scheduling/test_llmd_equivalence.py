@@ -12,14 +12,16 @@ of data sources, which kvgate's scraper does without.
 from __future__ import annotations
 
 import random
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
 from kvgate.config import build_scheduler
 from kvgate.config.loader import load_picker_config_text
 from kvgate.kvcache.events import BlockStored, EventBatch
-from kvgate.kvcache.tokenize import Tokenizer
+from kvgate.kvcache.tokenize import Tokenizer, builtin_tokenizer_dir
 from kvgate.plugins.base import PluginContext
 from kvgate.scheduling.scheduler import Scheduler
 from kvgate.scheduling.types import ROLE_LABEL, Endpoint, Metrics, Request
@@ -134,6 +136,20 @@ def test_optimized_baseline_cold_then_warm() -> None:
     assert result.target.name == "e0"
 
 
+@pytest.fixture
+def guide_model_in_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide names ``hf-repo/model-name``; kvgate loads a named model's own tokenizer (no
+    silent fallback), so the test puts SmolLM2's under that name in an offline Hub cache."""
+    snapshot = tmp_path / "models--hf-repo--model-name" / "snapshots" / "0"
+    snapshot.mkdir(parents=True)
+    for f in builtin_tokenizer_dir().iterdir():
+        if f.is_file():
+            shutil.copy(f, snapshot / f.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.usefixtures("guide_model_in_hf_cache")
 def test_precise_split_pipeline() -> None:
     sched = _scheduler(PRECISE)
     eps = _endpoints(e0="decode", e1="prefill", e2="both")
