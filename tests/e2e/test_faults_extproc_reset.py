@@ -5,7 +5,8 @@ Envoy keeps one ext_proc stream per HTTP request open for the whole exchange
 (FULL_DUPLEX_STREAMED, ``failure_mode_allow: false`` as the shipped example). When the EPP
 dies every one of them resets at the transport. Every request must be accounted for:
 
-- a request whose response had not started gets Envoy's own 5xx (fail-closed);
+- a request whose response had not started gets Envoy's own 500 (fail-closed); just after
+  the restart, before the new EPP's first scrape, the EPP's own 503 (no replica known yet);
 - a stream already relaying tokens is ended by Envoy at once: its response stops without
   the final ``data: [DONE]`` (no hang, no error status: the 200 was sent);
 - every request has exactly one line in Envoy's access log with the status the client saw;
@@ -46,6 +47,7 @@ class Outcome:
     tokens: int = 0
     done: bool = False  # saw data: [DONE]
     error: str | None = None  # how the read ended early, if it did
+    body: bytes = b""  # an error answer's body
 
 
 def request(port: int, *, stream: bool, max_tokens: int, started: threading.Event) -> Outcome:
@@ -64,6 +66,8 @@ def request(port: int, *, stream: bool, max_tokens: int, started: threading.Even
         resp = conn.getresponse()
         out.status = resp.status
         while line := resp.readline():
+            if out.status >= 400:
+                out.body += line
             if line.startswith(b"data: {"):
                 out.tokens += 1
                 started.set()
@@ -157,13 +161,20 @@ def test_epp_killed_under_envoy_mid_request(spawn: Callable[..., Proc], tmp_path
     kinds = Counter(
         "ok" if o.status == 200 and o.done and o.error is None
         else "5xx" if o.status >= 500
-        else "cut" if o.status == 200 and o.tokens > 0
+        else "cut" if o.status == 200  # the 200 went out, then Envoy ended the response
         else f"other:{o.status}:{o.error}"
         for o in outcomes
     )  # fmt: skip
     assert set(kinds) <= {"ok", "5xx", "cut"}, (kinds, outcomes)
-    # Envoy's own answer for a failed ext_proc stream, fail-closed
-    assert {o.status for o in outcomes if o.status >= 500} == {500}, outcomes
+    # Envoy's own answer for a failed ext_proc stream, fail-closed: a 500 with no body; and
+    # from the restarted EPP before its first scrape, its own OpenAI-shaped 503
+    for o in outcomes:
+        if o.status == 500:
+            assert o.body == b"", o
+        elif o.status == 503:
+            assert json.loads(o.body)["error"]["code"] == 503, o
+        else:
+            assert o.status < 500, o
     assert kinds["5xx"] >= 1 and kinds["ok"] >= 2, kinds
     # the streams open at the kill lost their ext_proc stream: Envoy ended each one early
     # (its response ends without vLLM's final "data: [DONE]"), none hung
