@@ -167,11 +167,14 @@ PRESETS: dict[str, Preset] = {
     ),
     # P/D where it pays (docs/bench.md, "P/D and the CPU tier"): 4 simulated H100 replicas of
     # Qwen3-0.6B, aggregated (llm-d-default) against 2 prefill + 2 decode (pd) at the same
-    # replica count. 8000-token distinct prompts, 200 tokens out, 10 req/s: an aggregated
-    # replica runs a ~55 ms prefill step every ~0.4 s and every request decoding on it waits
-    # that step; a decode replica only admits pulled prompts. The simulator runs at a quarter
-    # of real time (2.5 arrivals and ~2,000 streamed tokens per wall second, which two
-    # cores keep up with), 600 requests: ~4 min of wall time per policy.
+    # replica count. 8000-token distinct prompts, 200 tokens out, 16 req/s: an aggregated
+    # replica runs a ~55 ms prefill step 4 times a second and every request decoding on it
+    # waits that step (~2 % of the gaps, so ITL p99 is a prefill step); a decode replica's
+    # slowest steps admit pulled prompts (~11 ms of attention over the 8000 cached tokens on
+    # a ~12 ms decode step). At 10 req/s the stalls are under 1 % of the gaps and P/D's
+    # admissions make its p99 the higher one. The simulator runs at a quarter of real time
+    # (4 arrivals and ~3,200 streamed tokens per wall second), 800 requests: ~4 min of wall
+    # time per policy.
     "long-prompt": Preset(
         engine="sim",
         replicas=4,
@@ -181,8 +184,8 @@ PRESETS: dict[str, Preset] = {
         num_gpu_blocks=None,
         kv_cache_bytes=None,
         workload="long-prompt",
-        workload_params={"num_requests": 600},
-        rates=(10.0,),
+        workload_params={"num_requests": 800},
+        rates=(16.0,),
         speed=0.25,
         policies=("llm-d-default", "pd"),
     ),
@@ -200,7 +203,7 @@ PRESETS: dict[str, Preset] = {
         workload="short-prompt",
         workload_params={"num_requests": 1200},
         rates=(20.0,),
-        speed=0.5,
+        speed=0.25,
         policies=("llm-d-default", "pd"),
     ),
     # The CPU tier under memory pressure: 32 groups x 4000-token prefixes (128k tokens)
