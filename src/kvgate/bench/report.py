@@ -581,7 +581,7 @@ def _set_generated(stages: list[StageSummary], records: Sequence[RequestRecord])
         return
     starts = {st.stage: min(r.start_s for r in records if r.stage == st.stage) for st in stages}
     order = [st.stage for st in stages]
-    windows = []
+    windows: list[tuple[float, float]] = []
     for i, stage in enumerate(order):
         begin = starts[stage]
         if i + 1 < len(order):
