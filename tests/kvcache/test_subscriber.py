@@ -221,6 +221,28 @@ async def test_restart_drops_entries_and_starts_over(ctx: zmq.asyncio.Context) -
         await sub.stop()
 
 
+async def test_a_duplicate_or_late_batch_is_ignored_not_taken_for_a_restart(
+    ctx: zmq.asyncio.Context,
+) -> None:
+    index, sub, pub = await _setup(ctx, replay=False)
+    try:
+        await pub.send(0, _block(0))
+        await pub.send(1, _block(1, 1))
+        await pub.send(2, _block(2, 2))
+        await _until(lambda: sub.last_seq(EP) == 2, "seq 2")
+        assert _held(index) == 3
+        await pub.send(1, _block(1, 1))  # sent twice
+        await pub.send(2, _block(2, 2))
+        await pub.send(3, _block(3, 3))
+        await _until(lambda: sub.last_seq(EP) == 3, "seq 3 after the duplicates")
+        assert sub.stats.stale_batches == 2
+        assert sub.stats.restarts == 0
+        assert _held(index) == 4  # nothing dropped
+    finally:
+        await pub.close()
+        await sub.stop()
+
+
 async def test_late_join_replays_history(ctx: zmq.asyncio.Context) -> None:
     replay_address = f"tcp://127.0.0.1:{free_port()}"
     pub_address = f"tcp://127.0.0.1:{free_port()}"

@@ -132,6 +132,7 @@ class KVCacheCollector(Collector):
             ("bad_messages", "Messages dropped: wrong frames, topic or seq, undecodable payload."),
             ("gaps", "Seq jumps forward (messages lost or a late join)."),
             ("restarts", "Publishers that started counting from 0 again."),
+            ("stale_batches", "Batches ignored as duplicates or overtaken by their successor."),
             ("replays_ok", "Gaps repaired through the replay socket."),
             ("replays_failed", "Gaps the replay socket could not repair."),
             ("replayed_batches", "Batches applied from replays."),

@@ -13,9 +13,11 @@ Two ways to meet the engines' publishers (shared/reference/llmd.md §7-8):
   added with :meth:`KVEventSubscriber.connect`; the endpoint is the one it was added for.
 
 Per endpoint, batches are applied in seq order. A seq jump forward is a **gap** (the SUB
-dropped messages at its high-water mark, or the subscriber joined late); a seq at or below
-the last one is a **restart** (a new publisher process counts from 0 again, with an empty
-cache). A gap is repaired through the endpoint's replay socket when one is known (a DEALER
+dropped messages at its high-water mark, or the subscriber joined late); seq 0 after others,
+or a seq far below the last one, is a **restart** (a new publisher process counts from 0
+again, with an empty cache); a seq at most ``STALE_WINDOW`` at or below the last one is a
+**stale** batch (sent twice, or overtaken by its successor) and is ignored: counting it as a
+restart dropped a replica's whole index on every duplicate. A gap is repaired through the endpoint's replay socket when one is known (a DEALER
 sends ``[b"", start_seq]`` and receives ``[b"", topic, seq, payload]`` until seq -1), while
 live batches for that endpoint wait in order; when there is no replay socket, or the replay
 cannot cover the gap in time, the endpoint's entries are dropped so the index never claims
@@ -58,6 +60,10 @@ log = logging.getLogger("kvgate.kvcache.subscriber")
 DEFAULT_ZMQ_ENDPOINT = "tcp://*:5557"
 
 
+#: How far below the last seq a batch may arrive and still count as stale, not as a restart.
+STALE_WINDOW = 1024
+
+
 @dataclass(slots=True)
 class SubscriberStats:
     messages: int = 0
@@ -65,6 +71,7 @@ class SubscriberStats:
     bad_messages: int = 0  # wrong frame count, bad topic or seq, undecodable payload
     gaps: int = 0
     restarts: int = 0
+    stale_batches: int = 0  # duplicates and late batches, seq just at or below the last
     replays_ok: int = 0
     replays_failed: int = 0
     replayed_batches: int = 0
@@ -340,6 +347,11 @@ class KVEventSubscriber:
             self._start_repair(endpoint, stream, 0, seq, payload, late_join=True)
             return
         if last is not None and seq != last + 1:
+            if seq <= last and seq != 0 and last - seq <= STALE_WINDOW:
+                # a batch sent twice, or overtaken by its successor (ZMQ may reorder across
+                # reconnects): what it says was applied, or repaired/dropped at the gap
+                self.stats.stale_batches += 1
+                return
             if seq <= last:
                 self.stats.restarts += 1
                 log.info(
