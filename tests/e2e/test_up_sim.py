@@ -138,7 +138,10 @@ def test_vllm_engine_with_missing_model_says_what_to_do(
     saved = (list(root.handlers), root.level, root.propagate)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))
     try:
-        assert main(["up", str(SEED), "--engine", "vllm", "--run-dir", str(tmp_path)]) == 1
+        # --offline: the Hub is not asked (offline, asking it costs ~25 s of retries; the
+        # download path is tested against a loopback Hub in tests/up/test_fetch.py)
+        args = ["up", str(SEED), "--engine", "vllm", "--offline", "--run-dir", str(tmp_path)]
+        assert main(args) == 1
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])

@@ -11,6 +11,7 @@ Progress bars are huggingface_hub's own (one per file, on stderr). ``HF_ENDPOINT
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def fetch_hf_model(repo_id: str, *, say: bool = True) -> Path:
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read per call, not at import
     cache = hf_hub_cache()
     ignore: list[str] | None = None
+    # huggingface_hub logs a warning per retry; the failure is reported once, below
+    hub_log = logging.getLogger("huggingface_hub")
+    saved_level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
         files = HfApi(endpoint=endpoint).list_repo_files(repo_id)
         if any(name.endswith(".safetensors") for name in files):
@@ -48,7 +53,9 @@ def fetch_hf_model(repo_id: str, *, say: bool = True) -> Path:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EngineError(
             f"model {repo_id}: download from {endpoint or 'the Hugging Face Hub'} failed: "
-            f"{reason} (set HF_TOKEN for a gated model, or fetch it yourself and pass its "
-            "folder)"
+            f"{reason} (set HF_TOKEN for a gated model, fetch it yourself and pass its folder, "
+            "or simulate it with --engine sim)"
         ) from exc
+    finally:
+        hub_log.setLevel(saved_level)
     return Path(folder)
