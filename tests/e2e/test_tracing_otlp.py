@@ -79,3 +79,37 @@ def test_serve_exports_request_and_attempt_spans_over_otlp(
         assert "kvgate.score.total" in a and json.loads(a["kvgate.scores"])
     # the same prompt twice on one replica: the second found its prefix cached
     assert fresh["attributes"]["kvgate.cached_tokens"] > 0
+
+
+def test_up_traces_its_gateway_too(spawn: Callable[..., Proc], tmp_path: Path) -> None:
+    receiver = start_otlp_receiver(spawn, tmp_path)
+    port = free_port()
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+    }
+    up = spawn(
+        kvgate_cmd(
+            "up", "--example", "--engine", "sim", "--port", str(port), "--tracing",
+            "--run-dir", str(tmp_path / "run"),
+        ),
+        env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    up.wait_http(base + "/ready", timeout_s=60)
+    with urllib.request.urlopen(base + "/v1/models", timeout=10) as resp:
+        model = json.loads(resp.read())["data"][0]["id"]
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    req = urllib.request.Request(
+        base + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+    assert up.stop() == 0
+    spans = receiver.wait_for(lambda s: len(s) >= 2, timeout_s=10, what="2 spans after SIGTERM")
+    names = sorted(s["name"] for s in spans)
+    assert names == ["gateway.request", "gateway.upstream_attempt"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,24 +151,33 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_serve_args(p)
+    add_tracing_arg(p)
+    p.set_defaults(func=_serve)
+
+
+def add_tracing_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracing",
         action="store_true",
         help="OpenTelemetry trace of each request, configured by the OTEL_* variables "
         "(exporter, endpoint, sampler: docs/observability.md); off by default",
     )
-    p.set_defaults(func=_serve)
+
+
+def traced(run: Callable[[], int], enabled: bool) -> int:
+    """``run()`` with OpenTelemetry tracing set up around it when ``enabled`` (serve, up)."""
+    if not enabled:
+        return run()
+    from kvgate.requestcontrol import tracing
+
+    tracing.setup(tracing.SERVICE_GATEWAY)
+    try:
+        return run()
+    finally:
+        tracing.shutdown()  # export the spans still buffered
 
 
 def _serve(args: argparse.Namespace) -> int:
     from kvgate.gateway.app import serve_from_args
 
-    if not args.tracing:
-        return serve_from_args(args)
-    from kvgate.requestcontrol import tracing
-
-    tracing.setup(tracing.SERVICE_GATEWAY)
-    try:
-        return serve_from_args(args)
-    finally:
-        tracing.shutdown()  # export the spans still buffered
+    return traced(lambda: serve_from_args(args), args.tracing)

@@ -68,10 +68,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for replicas")
     p.add_argument("--vllm-python", type=Path, default=None, help="the Python that runs vLLM")
+    from kvgate.gateway.cli import add_tracing_arg
+
+    add_tracing_arg(p)
     p.set_defaults(func=_up)
 
 
 def _up(args: argparse.Namespace) -> int:
+    from kvgate.gateway.cli import traced
     from kvgate.up.run import up_from_args
 
-    return up_from_args(args)
+    return traced(lambda: up_from_args(args), args.tracing)
