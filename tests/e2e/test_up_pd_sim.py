@@ -10,9 +10,9 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+import openai
 import yaml
 
-import openai
 from support.procs import Proc, free_port, kvgate_cmd, wait_until
 
 SEED = Path(str(resources.files("kvgate") / "data" / "examples" / "llm-inference-service.yaml"))
