@@ -1,5 +1,5 @@
 """Prometheus view of the precise index and its KV-event intake: ``kvgate_kv_index_*`` and
-``kvgate_kv_events_*``.
+``kvgate_kv_events_*``; and the approximate prefix index's size, ``kvgate_prefix_index_blocks``.
 
 Indexes and subscribers keep plain counters (no per-event metric cost); a collector reads
 them at scrape time. Each server (gateway, EPP) registers the collector in its own registry
@@ -11,25 +11,38 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+
+class ApproxIndex(Protocol):
+    @property
+    def total_blocks(self) -> int: ...
+
+
 if TYPE_CHECKING:
     from kvgate.kvcache.index import KVBlockIndex
     from kvgate.kvcache.subscriber import KVEventSubscriber
 
-__all__ = ["register_metrics", "track_index", "track_subscriber"]
+__all__ = ["register_metrics", "track_approx_index", "track_index", "track_subscriber"]
 
 _INDEXES: weakref.WeakSet[KVBlockIndex] = weakref.WeakSet()
 _SUBSCRIBERS: weakref.WeakSet[KVEventSubscriber] = weakref.WeakSet()
+#: the approximate prefix indexes (prefix-cache-scorer / approx-prefix-cache-producer)
+_APPROX: weakref.WeakSet[ApproxIndex] = weakref.WeakSet()
 
 
 def track_index(index: KVBlockIndex) -> None:
     """Count ``index`` in every registry :func:`register_metrics` was called on."""
     _INDEXES.add(index)
+
+
+def track_approx_index(index: ApproxIndex) -> None:
+    """Count an approximate prefix index in ``kvgate_prefix_index_blocks``."""
+    _APPROX.add(index)
 
 
 def track_subscriber(subscriber: KVEventSubscriber) -> None:
@@ -49,6 +62,13 @@ class KVCacheCollector(Collector):
     """Reads every live index's and subscriber's counters at scrape time."""
 
     def collect(self) -> Iterator[Metric]:
+        approx = list(_APPROX)
+        if approx:
+            yield _gauge(
+                "kvgate_prefix_index_blocks",
+                "Prefix block hashes the approximate index holds, summed over endpoints.",
+                sum(i.total_blocks for i in approx),
+            )
         yield from self._index_metrics(list(_INDEXES))
         yield from self._subscriber_metrics(list(_SUBSCRIBERS))
 

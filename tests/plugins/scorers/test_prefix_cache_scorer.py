@@ -259,3 +259,18 @@ def test_index_parameters_conflict_with_a_producer() -> None:
         make("prefix-cache-scorer", {"prefixMatchInfoProducerName": "p", "blockSize": 8})
     assert err.value.field == "blockSize"
     assert make("prefix-cache-scorer", {"blockSizeTokens": 16}).block_size == 64
+
+
+def test_the_approximate_index_size_is_exported_at_scrape_time() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from kvgate.kvcache.metrics import register_metrics
+    from kvgate.plugins.scorers.prefix_cache_scorer import ApproxPrefixIndex
+
+    registry = CollectorRegistry()
+    register_metrics(registry)
+    before = registry.get_sample_value("kvgate_prefix_index_blocks") or 0.0
+    index = ApproxPrefixIndex(default_capacity=100)
+    index.add("a", [1, 2, 3])
+    index.add("b", [1, 2])
+    assert registry.get_sample_value("kvgate_prefix_index_blocks") == before + 5

@@ -68,6 +68,7 @@ import msgspec
 
 from kvgate.errors import PluginParameterError
 from kvgate.kvcache.hashing import prefix_block_hashes, prefix_hash_seed
+from kvgate.kvcache.metrics import track_approx_index
 from kvgate.plugins.base import Params, PluginContext, state_key
 from kvgate.scheduling import data
 from kvgate.scheduling.data import DataKey, PrefixCacheMatchInfo
@@ -187,12 +188,18 @@ def prefix_input(request: Request) -> bytes:
 class ApproxPrefixIndex:
     """Per-endpoint LRUs of prefix block hashes."""
 
-    __slots__ = ("_blocks", "_last_seen", "default_capacity")
+    __slots__ = ("__weakref__", "_blocks", "_last_seen", "default_capacity")
 
     def __init__(self, default_capacity: int) -> None:
         self.default_capacity = default_capacity
         self._blocks: dict[str, dict[int, None]] = {}
         self._last_seen: dict[str, float] = {}
+        track_approx_index(self)  # kvgate_prefix_index_blocks, read at scrape time
+
+    @property
+    def total_blocks(self) -> int:
+        """Block hashes held, summed over endpoints."""
+        return sum(len(held) for held in self._blocks.values())
 
     def match_lengths(self, chain: PrefixChain, names: Sequence[str]) -> dict[str, int]:
         """Leading blocks of the chain each endpoint holds (endpoints holding none omitted).
