@@ -21,6 +21,10 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@# xds-protos (extproc) ships an older copy of opentelemetry/proto/*_pb2.py; whichever pip
+	@# unpacks last wins, and the OTLP exporter (tracing) needs opentelemetry-proto's own
+	$(BIN)/pip install -q --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 install: $(BIN)/.installed
