@@ -126,6 +126,12 @@ def start_serve(spawn: Callable[..., Proc], tmp: Path, endpoints: Path, config: 
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(url + "/health", timeout_s=30)
+
+    def both_in_rotation() -> bool:  # /ready is 200 with one: the prefill one may still lag
+        with urllib.request.urlopen(url + "/ready", timeout=5) as resp:
+            return bool(json.loads(resp.read())["endpoints_in_rotation"] == 2)
+
+    wait_until(both_in_rotation, timeout_s=30, what="prefill and decode endpoints in rotation")
     return url
 
 

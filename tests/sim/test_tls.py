@@ -77,8 +77,9 @@ def test_sim_serves_https_and_the_gateway_scrapes_and_forwards_to_it(
         env={"SSL_CERT_FILE": str(cert)},
     )
     base = f"http://127.0.0.1:{port}"
-    # /health is 200 once the endpoint is in rotation: its first scrape over HTTPS succeeded
-    gateway.wait_http(base + "/health", timeout_s=30)
+    # /ready is 200 once the endpoint is in rotation: its first scrape over HTTPS succeeded
+    # (/health is the gateway's own liveness, 200 from the start)
+    gateway.wait_http(base + "/ready", timeout_s=30)
     for model in ("m", "sql-lora"):
         status, body = get(
             base + "/v1/completions", body={"model": model, "prompt": "hi", "max_tokens": 3}
