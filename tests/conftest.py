@@ -10,6 +10,9 @@ import pytest
 
 from support.procs import Proc
 
+#: fixtures shared by test files in several folders (model_repo, hf_env: the loopback Hub)
+pytest_plugins = ["support.hf_hub"]
+
 if TYPE_CHECKING:
     from support.vllm import VllmPair
 

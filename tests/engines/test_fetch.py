@@ -4,38 +4,13 @@ then finds it offline; HF_HUB_OFFLINE refuses in one line."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from kvgate.engines import resolve_model
 from kvgate.errors import EngineError
-from support.hf_hub import COMMIT, HubServer
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOLLM2 = ROOT / "../shared/models/smollm2-135m-instruct"
-REPO = "course/smollm2-copy"
-
-
-@pytest.fixture
-def model_repo(tmp_path: Path) -> Path:
-    """SmolLM2's files plus stand-in weights: a folder the Hub serves as ``REPO``."""
-    assert (SMOLLM2 / "config.json").is_file(), f"missing test data {SMOLLM2}"
-    folder = tmp_path / "repo"
-    shutil.copytree(SMOLLM2, folder)
-    (folder / "model.safetensors").write_bytes(b"\0" * 64)
-    (folder / "pytorch_model.bin").write_bytes(b"\0" * 64)  # skipped: safetensors exist
-    return folder
-
-
-@pytest.fixture
-def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return cache
+from support.hf_hub import COMMIT, REPO, HubServer
 
 
 def test_resolve_model_fetches_then_finds_it_offline(

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+import pytest
 from aiohttp import web
 
 #: The one commit every served repository is at (40 hex digits, as the Hub's).
@@ -148,3 +150,30 @@ class HubServer:
         if request.method == "HEAD":
             return web.Response(status=200, headers=headers)
         return web.Response(status=200, body=data, headers=headers)
+
+
+#: The SmolLM2 files the course ships (../shared beside the checkout); the loopback Hub serves them.
+SMOLLM2 = Path(__file__).resolve().parents[2] / "../shared/models/smollm2-135m-instruct"
+#: The repository name the tests ask the loopback Hub for.
+REPO = "course/smollm2-copy"
+
+
+@pytest.fixture
+def model_repo(tmp_path: Path) -> Path:
+    """SmolLM2's files plus stand-in weights: a folder the Hub serves as ``REPO``."""
+    assert (SMOLLM2 / "config.json").is_file(), f"missing test data {SMOLLM2}"
+    folder = tmp_path / "repo"
+    shutil.copytree(SMOLLM2, folder)
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    (folder / "pytorch_model.bin").write_bytes(b"\0" * 64)  # skipped: safetensors exist
+    return folder
+
+
+@pytest.fixture
+def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hub cache for the test, downloads allowed."""
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return cache

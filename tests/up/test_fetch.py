@@ -5,40 +5,17 @@ Real processes: the kvgate CLI in a subprocess, the Hub on loopback."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from support.hf_hub import COMMIT, HubServer
+from support.hf_hub import COMMIT, REPO, HubServer
 from support.procs import kvgate_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOLLM2 = ROOT / "../shared/models/smollm2-135m-instruct"
 SHIPPED = Path(str(resources.files("kvgate") / "data" / "examples" / "llm-inference-service.yaml"))
-REPO = "course/smollm2-copy"
-
-
-@pytest.fixture
-def model_repo(tmp_path: Path) -> Path:
-    """SmolLM2's files plus a stand-in weights file: a folder the Hub serves as ``REPO``."""
-    assert (SMOLLM2 / "config.json").is_file(), f"missing test data {SMOLLM2}"
-    folder = tmp_path / "repo"
-    shutil.copytree(SMOLLM2, folder)
-    (folder / "model.safetensors").write_bytes(b"\0" * 64)
-    (folder / "pytorch_model.bin").write_bytes(b"\0" * 64)  # skipped: safetensors exist
-    return folder
-
-
-@pytest.fixture
-def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return cache
 
 
 def _service(tmp_path: Path, uri: str) -> Path:
