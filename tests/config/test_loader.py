@@ -261,6 +261,23 @@ def test_saturation_detector_defaults_thresholds_and_env_overrides() -> None:
     ]
 
 
+def test_flow_control_saturation_detector_without_the_gate_is_the_legacy_detector() -> None:
+    # llm-d-router honours flowControl.saturationDetector with the gate off (legacy admission)
+    detector = "plugins:\n- type: utilization-detector\n"
+    config = load_picker_config(
+        text=HEADER + detector + "flowControl:\n  saturationDetector:\n"
+        "    pluginRef: utilization-detector\n",
+        env={},
+    )
+    assert config.flow_control is None
+    assert config.saturation_detector.plugin_ref == "utilization-detector"
+    assert errors(
+        HEADER + detector + "flowControl:\n  saturationDetector: {pluginRef: utilization-detector}"
+        "\n  maxRequests: 5\n"
+    ) == ["epp.yaml:5:1: flowControl: allowed only with the flowControl feature gate (add it to "
+          "featureGates)"]  # fmt: skip
+
+
 def test_gie_data_section_and_parser_act() -> None:
     config = load_picker_config(
         text=HEADER

@@ -30,21 +30,9 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[header-based-testing-filter].type: unknown plugin type "
         "'header-based-testing-filter'"
     ),
-    "llm-d-inference-scheduler__deploy_config_epp-precise-prefix-cache-config.yaml": (
-        "plugins[token-producer].parameters.vllm.http: unknown parameter"
-    ),
-    "llm-d-inference-scheduler__deploy_config_probabilistic-admitter-epp-config.yaml": (
-        "plugins[probabilistic-admitter].type: unknown plugin type 'probabilistic-admitter'"
-    ),
     "llm-d-inference-scheduler__deploy_config_sim-e-p-d-epp-config.yaml": (
         "plugins[always-disagg-multimodal-decider].parameters: plugin type "
         f"'always-disagg-multimodal-decider' is not supported: {_MM} (E/P/D decider)"
-    ),
-    "llm-d-inference-scheduler__deploy_config_sim-epp-kvcache-config.yaml": (
-        "plugins[token-producer].parameters.vllm.http: unknown parameter"
-    ),
-    "llm-d-inference-scheduler__deploy_config_sim-epp-tokenizer-vllm-http-config.yaml": (
-        "plugins[token-producer].parameters.vllm.http: unknown parameter"
     ),
     "llm-d-inference-scheduler__test_integration_epp_testdata_datalayer-config.yaml": (
         "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
@@ -66,9 +54,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d-router__deploy_config_pd-topology-epp-config.yaml": (
         "plugins[topology-extractor].parameters: plugin type 'topology-extractor' is not "
         "supported: kvgate has no node/accelerator topology attributes to extract into"
-    ),
-    "llm-d-router__deploy_config_probabilistic-admitter-epp-config.yaml": (
-        "plugins[probabilistic-admitter].type: unknown plugin type 'probabilistic-admitter'"
     ),
     "llm-d-router__deploy_config_sim-e-p-d-epp-config.yaml": (
         "plugins[disagg-profile-handler].parameters.deciders.encode: kvgate has no encode (E) "
@@ -106,10 +91,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d-router__test_testdata_configloader_1_test.yaml": (
         "featureGates[0]: unknown feature gate 'test-feature-gate' in apiVersion "
         "inference.networking.x-k8s.io/v1alpha1"
-    ),
-    "llm-d__guides_optimized-baseline_router_optimized-baseline.values.yaml": (
-        "plugins[prefix-cache-affinity-filter].parameters.maxTokensInFlightPenalty: "
-        "unknown parameter"
     ),
 }
 

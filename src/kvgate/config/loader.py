@@ -19,7 +19,7 @@ once with a throw-away context (which also catches parameter errors early).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,13 +172,14 @@ def picker_config_from_data(
     )
     plugins = _plugins(problems, reg, data.get("plugins"))
     profiles_raw = _profiles(problems, plugins, data.get("schedulingProfiles"))
-    sd = saturation_detector(problems, data.get("saturationDetector"), env, plugins)
+    sd_value, fc_value = _legacy_saturation_detector(data, gates)
+    sd = saturation_detector(problems, sd_value, env, plugins)
     built = {name: p.plugin for name, p in plugins.items()}
     types = {name: reg.canonical(p.type) or p.type for name, p in plugins.items()}
     data_layer_config = data_layer(
         problems, data, gen or GENERATIONS[API_VERSIONS[0]], gates, built, types
     )
-    flow_control_section = flow_control(problems, data.get("flowControl"), gates, plugins)
+    flow_control_section = flow_control(problems, fc_value, gates, plugins)
     handler_config = request_handler(problems, data, built, warnings)
 
     resolved_plugins, profiles, handler = _apply_defaults(
@@ -241,6 +242,28 @@ class _DeclaredPlugin:
         self.plugin: object | None = None  # None: unknown type or bad parameters
         self.roles: frozenset[str] = frozenset()
         self.effective: dict[str, Any] = {}
+
+
+def _legacy_saturation_detector(data: Mapping[str, Any], gates: Sequence[str]) -> tuple[Any, Any]:
+    """The ``saturationDetector`` and ``flowControl`` values to parse.
+
+    Without the flowControl gate llm-d-router still honours ``flowControl.saturationDetector``
+    (its legacy admission path uses the detector; llm-d-router's configloader copies the
+    deprecated top-level one there), so a ``flowControl`` section holding only that is read
+    as the top-level one. Any other flowControl setting without the gate stays an error:
+    llm-d ignores it with a warning, kvgate ignores nothing silently.
+    """
+    from kvgate.flowcontrol.config import FEATURE_GATE
+
+    sd, fc = data.get("saturationDetector"), data.get("flowControl")
+    if (
+        FEATURE_GATE not in gates
+        and sd is None
+        and isinstance(fc, Mapping)
+        and set(fc) == {"saturationDetector"}
+    ):
+        return fc["saturationDetector"], None
+    return sd, fc
 
 
 def _plugins(problems: Problems, reg: InspectingRegistry, value: Any) -> dict[str, _DeclaredPlugin]:

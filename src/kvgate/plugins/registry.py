@@ -57,6 +57,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.scorers.latency_scorer",
     "kvgate.plugins.filters.slo_headroom_tier_filter",
     "kvgate.plugins.admitters.latency_slo_admitter",
+    "kvgate.plugins.admitters.probabilistic_admitter",
     # P/D disaggregation, llm-d-router's generation (brief L)
     "kvgate.plugins.profiles.disagg_profile_handler",
     "kvgate.plugins.profiles.prefix_based_pd_decider",

@@ -47,6 +47,16 @@ def test_ttft_gate_breaks_stickiness_when_sticky_endpoints_are_slow() -> None:
     assert make(TYPE).consumes() == (PREFIX, LOAD)
 
 
+def test_in_flight_tokens_gate_breaks_stickiness_when_sticky_endpoints_are_loaded() -> None:
+    # the optimized-baseline guide's shape: the TTFT gate off, the tokens gate on
+    f = make(TYPE, {"maxTTFTPenaltyMs": 0, "maxTokensInFlightPenalty": 1000})
+    assert f.consumes() == (PREFIX, LOAD)
+    # least-loaded sticky a: 1600 tokens over the least-loaded other (b, 500): 1100 > 1000
+    assert _names(f, _req({"a": 1.0}, {"a": 1600, "b": 500, "c": 900})) == ["a", "b", "c"]
+    assert _names(f, _req({"a": 1.0}, {"a": 1500, "b": 500, "c": 900})) == ["a"]
+    assert _names(f, _req({"a": 1.0, "b": 1.0}, {"a": 9000, "b": 600})) == ["a", "b"]
+
+
 def test_exploration_uses_the_context_rng() -> None:
     c = ctx()
     c.rng = random.Random(1)
@@ -58,6 +68,7 @@ def test_exploration_uses_the_context_rng() -> None:
     ("params", "field"),
     [
         ({"affinityThreshold": 1.5}, "affinityThreshold"),
+        ({"maxTokensInFlightPenalty": -1}, "maxTokensInFlightPenalty"),
         ({"explorationProbability": 2}, "explorationProbability"),
         ({"ttftSource": "guess"}, "ttftSource"),
         ({"peakPrefillThroughput": 0}, "peakPrefillThroughput"),

@@ -44,6 +44,20 @@ def test_model_backend_tokenizes_in_process_and_warns_about_the_url(
     assert req.token_ids == prompt.token_ids  # shared with every other plugin
 
 
+def test_inference_schedulers_vllm_http_is_the_older_name_of_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        p = make(TYPE, {"modelName": MODEL, "vllm": {"http": "http://render:8000"}})
+    assert "vllm.http http://render:8000 not contacted" in caplog.text
+    req = request("Hello world")
+    p.produce(CycleState(), req, [])
+    assert list(req.token_ids or ()) == Tokenizer.default().encode("Hello world")
+    with pytest.raises(PluginParameterError) as err:
+        make(TYPE, {"vllm": {"http": "http://a:1", "url": "http://a:1"}})
+    assert err.value.field == "vllm.http"
+
+
 def test_the_first_token_producer_wins() -> None:
     estimate, real = make(TYPE, name="est"), make(TYPE, {"modelName": MODEL}, name="real")
     req = request("Hello world")
@@ -58,6 +72,7 @@ def test_legacy_name_and_rejected_parameters() -> None:
     for params, field in (
         ({"vllm": {"url": "unix:/x"}}, "vllm.url"),
         ({"vllm": {"timeout": "soon"}}, "vllm.timeout"),
+        ({"vllm": {"http": "unix:/x"}}, "vllm.http"),
         ({"estimate": {"image": {"mode": "static"}}}, "estimate.image"),
         ({"udsTokenizerConfig": {"socket": "/x"}}, "udsTokenizerConfig.socket"),
     ):

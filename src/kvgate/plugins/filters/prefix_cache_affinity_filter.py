@@ -6,15 +6,19 @@
   none sticky → keep all; TTFT load gate: when ``maxTTFTPenaltyMs > 0`` and some candidates are
   not sticky, estimate each one's TTFT as ``inFlightTokens / peakPrefillThroughput · 1000`` ms
   and keep all if the best sticky one is slower than the best other one by more than
-  ``maxTTFTPenaltyMs``; else keep the sticky ones.
+  ``maxTTFTPenaltyMs``; in-flight tokens gate (the generation of llm-d-router#1024 that the
+  optimized-baseline guide still configures): when ``maxTokensInFlightPenalty > 0`` and some
+  candidates are not sticky, keep all if the least-loaded sticky one has more than that many
+  in-flight tokens over the least-loaded other one; else keep the sticky ones.
 * Parameters: ``affinityThreshold`` (<= 1, default 0.80), ``explorationProbability`` ([0, 1],
   0), ``maxTTFTPenaltyMs`` (>= 0, 18000; 0 = always stick), ``ttftSource``
   (``prefillThroughput``, the default; ``latencyPredictor``: the gate compares the TTFTs
   ``predicted-latency-producer`` predicts, and is skipped while it publishes none),
-  ``peakPrefillThroughput`` (tokens/s > 0, 15928), ``prefixMatchInfoProducerName``,
+  ``peakPrefillThroughput`` (tokens/s > 0, 15928), ``maxTokensInFlightPenalty`` (tokens
+  >= 0, 0 = no gate), ``prefixMatchInfoProducerName``,
   ``inFlightLoadProducerName``, ``latencyPredictionInfoProducerName``.
 * Inputs: ``PrefixCacheMatchInfo`` (default producer ``approx-prefix-cache-producer``) and,
-  with the gate on, ``InFlightLoad`` (``inflight-load-producer``); both are added when not
+  with a gate on, ``InFlightLoad`` (``inflight-load-producer``); both are added when not
   configured. Randomness: the context's RNG only.
 """
 
@@ -47,6 +51,7 @@ class PrefixCacheAffinityFilter:
         affinity_threshold: float = 0.80,
         exploration_probability: float = 0.0,
         max_ttft_penalty_ms: float = 18000.0,
+        max_tokens_in_flight_penalty: int = 0,
         peak_prefill_throughput: float = 15928.0,
         prefix_producer: str = "approx-prefix-cache-producer",
         inflight_producer: str = "inflight-load-producer",
@@ -57,6 +62,7 @@ class PrefixCacheAffinityFilter:
         self.affinity_threshold = affinity_threshold
         self.exploration_probability = exploration_probability
         self.max_ttft_penalty_ms = max_ttft_penalty_ms
+        self.max_tokens_in_flight_penalty = max_tokens_in_flight_penalty
         self.peak_prefill_throughput = peak_prefill_throughput
         self.prefix_key = DataKey(data.PREFIX_CACHE_MATCH_INFO, prefix_producer)
         self.inflight_key = DataKey(data.IN_FLIGHT_LOAD, inflight_producer)
@@ -66,11 +72,12 @@ class PrefixCacheAffinityFilter:
         )
 
     def consumes(self) -> tuple[DataKey, ...]:
+        keys = [self.prefix_key]
         if self.max_ttft_penalty_ms > 0:
-            if self.latency_key is not None:
-                return (self.prefix_key, self.latency_key)
-            return (self.prefix_key, self.inflight_key)
-        return (self.prefix_key,)
+            keys.append(self.latency_key or self.inflight_key)
+        if self.max_tokens_in_flight_penalty > 0 and self.inflight_key not in keys:
+            keys.append(self.inflight_key)
+        return tuple(keys)
 
     def filter(
         self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
@@ -100,7 +107,17 @@ class PrefixCacheAffinityFilter:
             penalty = self._best_ttft_ms(sticky, loads) - self._best_ttft_ms(others, loads)
             if penalty > self.max_ttft_penalty_ms:
                 return list(endpoints)
+        if self.max_tokens_in_flight_penalty > 0 and others:
+            loads = data.per_endpoint(request, self.inflight_key, InFlightLoad) or {}
+            excess = self._fewest_tokens(sticky, loads) - self._fewest_tokens(others, loads)
+            if excess > self.max_tokens_in_flight_penalty:
+                return list(endpoints)
         return sticky
+
+    @staticmethod
+    def _fewest_tokens(endpoints: Sequence[Endpoint], loads: Mapping[str, InFlightLoad]) -> int:
+        """The fewest in-flight tokens among ``endpoints``; no load published = 0 tokens."""
+        return min((load.tokens if (load := loads.get(e.name)) else 0) for e in endpoints)
 
     @staticmethod
     def _predicted_ms(endpoint: Endpoint, predicted: Mapping[str, LatencyPredictionInfo]) -> float:
@@ -128,6 +145,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheAffinity
         raise PluginParameterError(
             "ttftSource", f"expected one of {', '.join(TTFT_SOURCES)}, got {source!r}"
         )
+    tokens_penalty = params.get_int("maxTokensInFlightPenalty", 0, minimum=0)
     peak = params.get_float("peakPrefillThroughput", 15928.0, minimum=0.0)
     if source == "prefillThroughput" and penalty > 0 and peak == 0:
         raise PluginParameterError(
@@ -140,6 +158,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheAffinity
         affinity_threshold=threshold,
         exploration_probability=exploration,
         max_ttft_penalty_ms=penalty,
+        max_tokens_in_flight_penalty=tokens_penalty,
         peak_prefill_throughput=peak,
         prefix_producer=params.get_str("prefixMatchInfoProducerName", "")
         or "approx-prefix-cache-producer",

@@ -9,7 +9,7 @@ for consumers such as ``inflight-load-producer`` and ``precise-prefix-cache-prod
     and no ``token-producer`` is configured): llm-d's tokenizer-free packing — the prompt
     (or the chat messages as compact JSON) as UTF-8 bytes, each 4 bytes one little-endian
     token id; no model, no service. Its ids are not the engine's.
-  - ``vllm`` / ``modelName`` / ``udsTokenizerConfig``: the model's real token ids.
+  - ``vllm`` (``http`` in llm-d-inference-scheduler, ``url`` in llm-d-router) / ``modelName`` / ``udsTokenizerConfig``: the model's real token ids.
     **Difference from llm-d:** llm-d asks a vLLM ``/render`` endpoint (or the deprecated UDS
     sidecar) for them; kvgate computes the same ids in-process with
     :mod:`kvgate.kvcache.tokenize` with ``modelName``'s own tokenizer (found locally, in the
@@ -18,8 +18,8 @@ for consumers such as ``inflight-load-producer`` and ``precise-prefix-cache-prod
     SmolLM2 one; memoised on the request and shared with every other plugin. The
     ``vllm.url`` / socket is validated and logged at start-up as not contacted.
 
-* Parameters: ``modelName`` (string); ``vllm`` {``url`` (http URL, default
-  ``http://localhost:8000``), ``timeout`` (Go duration, 5s), ``mmTimeout`` (30s)};
+* Parameters: ``modelName`` (string); ``vllm`` {``url`` or its older name ``http`` (http
+  URL, default ``http://localhost:8000``), ``timeout`` (Go duration, 5s), ``mmTimeout`` (30s)};
   ``udsTokenizerConfig`` {``socketFile``}; ``estimate`` {} (its ``image`` / ``video``
   placeholder settings are multimodal and rejected: kvgate routes text only).
 """
@@ -88,9 +88,13 @@ def _model_backend(params: Params, name: str) -> str | None:
     where: list[str] = []
     if params.has("vllm"):
         section = Params(params.get_mapping("vllm"))
-        url = section.get_str("url", "http://localhost:8000")
+        # ``http`` is llm-d-inference-scheduler's name for what llm-d-router calls ``url``
+        if section.has("http") and section.has("url"):
+            raise PluginParameterError("vllm.http", "give vllm.url or its older name, not both")
+        url_key = "http" if section.has("http") else "url"
+        url = section.get_str(url_key, "http://localhost:8000")
         if not url.startswith("http://"):
-            raise PluginParameterError("vllm.url", f"expected an http:// URL, got {url!r}")
+            raise PluginParameterError(f"vllm.{url_key}", f"expected an http:// URL, got {url!r}")
         for key, default in (("timeout", "5s"), ("mmTimeout", "30s")):
             try:
                 get_duration_s(section, key, default)
@@ -100,7 +104,7 @@ def _model_backend(params: Params, name: str) -> str | None:
             section.check_unknown()
         except PluginParameterError as exc:
             raise PluginParameterError(f"vllm.{exc.field}", exc.message) from None
-        where.append(f"vllm.url {url}")
+        where.append(f"vllm.{url_key} {url}")
     if params.has("udsTokenizerConfig"):
         section = Params(params.get_mapping("udsTokenizerConfig"))
         socket = section.get_str("socketFile", "/tmp/tokenizer/tokenizer-uds.socket")
