@@ -24,24 +24,29 @@ _MM = (
     "state or encode (E) stage to act on"
 )
 
-#: file -> the one-line reason it does not load (D2: plugin types not written yet).
+_TEST_DOUBLE = (
+    "a test double that llm-d registers only inside its own tests; it is no part of a "
+    "deployable EPP"
+)
+
+#: file -> the one-line reason kvgate refuses it (types it cannot act on, test doubles).
 EXPECTED_FAILURES: dict[str, str] = {
-    "gateway-api-inference-extension__conformance_resources_base.yaml": (
-        "plugins[header-based-testing-filter].type: unknown plugin type "
-        "'header-based-testing-filter'"
-    ),
     "llm-d-inference-scheduler__deploy_config_sim-e-p-d-epp-config.yaml": (
         "plugins[always-disagg-multimodal-decider].parameters: plugin type "
-        f"'always-disagg-multimodal-decider' is not supported: {_MM} (E/P/D decider)"
+        "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
     ),
     "llm-d-inference-scheduler__test_integration_epp_testdata_datalayer-config.yaml": (
-        "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
+        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
+        "is not supported: " + _TEST_DOUBLE
     ),
     "llm-d-inference-scheduler__test_integration_epp_testdata_request-attribute-reporter-config.yaml": (
-        "plugins[total-tokens-cost-reporter].type: unknown plugin type 'request-attribute-reporter'"
+        "plugins[total-tokens-cost-reporter].parameters: plugin type "
+        "'request-attribute-reporter' is not supported: it returns CEL expressions "
+        "over the response's usage to Envoy as ext_proc dynamic metadata; kvgate "
+        "evaluates no CEL and sends Envoy no metadata after the response body"
     ),
     "llm-d-inference-scheduler__test_testdata_configloader_1_test.yaml": (
-        "plugins[test1].type: unknown plugin type 'test-one'"
+        "plugins[test1].parameters: plugin type 'test-one' is not supported: " + _TEST_DOUBLE
     ),
     "llm-d-router__deploy_config_epp-burst-prefix-cache-config.yaml": (
         "plugins[burst-prefix-cache-producer].type: unknown plugin type "
@@ -49,25 +54,26 @@ EXPECTED_FAILURES: dict[str, str] = {
     ),
     "llm-d-router__deploy_config_epp-mm-embeddings-cache-config.yaml": (
         "plugins[mm-embeddings-cache-producer].parameters: plugin type "
-        f"'mm-embeddings-cache-producer' is not supported: {_MM}"
+        "'mm-embeddings-cache-producer' is not supported: " + _MM
     ),
     "llm-d-router__deploy_config_pd-topology-epp-config.yaml": (
-        "plugins[topology-extractor].parameters: plugin type 'topology-extractor' is not "
-        "supported: kvgate has no node/accelerator topology attributes to extract into"
+        "plugins[topology-extractor].parameters: plugin type 'topology-extractor' is "
+        "not supported: kvgate has no node/accelerator topology attributes to extract"
+        " into"
     ),
     "llm-d-router__deploy_config_sim-e-p-d-epp-config.yaml": (
-        "plugins[disagg-profile-handler].parameters.deciders.encode: kvgate has no encode (E) "
-        "stage: it routes text requests and its sidecar runs prefill and decode legs only; "
-        "remove the encode decider"
+        "plugins[disagg-profile-handler].parameters.deciders.encode: kvgate has no "
+        "encode (E) stage: it routes text requests and its sidecar runs prefill and "
+        "decode legs only; remove the encode decider"
     ),
     "llm-d-router__deploy_config_sim-e-pd-epp-config.yaml": (
         "plugins[always-disagg-multimodal-decider].parameters: plugin type "
-        f"'always-disagg-multimodal-decider' is not supported: {_MM} (E/P/D decider)"
+        "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
     ),
     "llm-d-router__deploy_config_sim-epp-gpu-config.yaml": (
-        "plugins[dcgm-source].parameters: plugin type 'dcgm-data-source' is not supported: "
-        "NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads only model-server "
-        "metrics"
+        "plugins[dcgm-source].parameters: plugin type 'dcgm-data-source' is not "
+        "supported: NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads "
+        "only model-server metrics"
     ),
     "llm-d-router__deploy_config_sim-program-aware-config.yaml": (
         "plugins[program-aware-fairness].type: unknown plugin type 'program-aware-fairness'"
@@ -77,17 +83,18 @@ EXPECTED_FAILURES: dict[str, str] = {
         "'soft-reflective-ceiling-policy'"
     ),
     "llm-d-router__test_integration_epp_testdata_datalayer-config.yaml": (
-        "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
+        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
+        "is not supported: " + _TEST_DOUBLE
     ),
     "llm-d-router__test_integration_epp_testdata_request-attribute-reporter-config.yaml": (
-        "plugins[mock-metrics-source].type: unknown plugin type 'mock-metrics-source'"
+        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
+        "is not supported: " + _TEST_DOUBLE
     ),
     "llm-d-router__test_perf_config_router-configs_random-passthrough-parser.yaml": (
-        "plugins[passthrough-parser].parameters: plugin type 'passthrough-parser' is not "
-        "supported: kvgate needs the request's model and prompt to schedule; it forwards no "
-        "unparsed bodies"
+        "plugins[passthrough-parser].parameters: plugin type 'passthrough-parser' is "
+        "not supported: kvgate needs the request's model and prompt to schedule; it "
+        "forwards no unparsed bodies"
     ),
-    # a test config of llm-d's loader, which registers the gate in that test only
     "llm-d-router__test_testdata_configloader_1_test.yaml": (
         "featureGates[0]: unknown feature gate 'test-feature-gate' in apiVersion "
         "inference.networking.x-k8s.io/v1alpha1"

@@ -68,6 +68,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.datalayer.core_metrics_extractor",
     "kvgate.plugins.datalayer.endpoint_notification_source",
     "kvgate.plugins.requesthandling.openai_parser",
+    # GIE's conformance-suite test plugins
+    "kvgate.plugins.conformance.header_based_testing_filter",
+    "kvgate.plugins.conformance.destination_endpoint_served_verifier",
     # flow control (brief A): saturation detectors, fairness/ordering/usage-limit policies
     "kvgate.flowcontrol.detectors.utilization",
     "kvgate.flowcontrol.detectors.concurrency",

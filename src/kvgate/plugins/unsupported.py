@@ -17,6 +17,11 @@ _MULTICLUSTER = (
     "discovery or cross-cluster routing"
 )
 
+_TEST_DOUBLE = (
+    "a test double that llm-d registers only inside its own tests; it is no part of a "
+    "deployable EPP"
+)
+
 #: llm-d type -> why kvgate rejects it (llm-d-router cmd/epp/runner/runner.go registrations).
 UNSUPPORTED: dict[str, str] = {
     "mm-embeddings-cache-producer": _MULTIMODAL,
@@ -30,4 +35,9 @@ UNSUPPORTED: dict[str, str] = {
     "multicluster-file-discovery": _MULTICLUSTER,
     "multicluster-metrics-data-source": _MULTICLUSTER,
     "multicluster-metrics-extractor": _MULTICLUSTER,
+    "request-attribute-reporter": "it returns CEL expressions over the response's usage to "
+    "Envoy as ext_proc dynamic metadata; kvgate evaluates no CEL and sends Envoy no metadata "
+    "after the response body",
+    "mock-metrics-source": _TEST_DOUBLE,
+    "test-one": _TEST_DOUBLE,
 }
