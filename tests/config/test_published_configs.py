@@ -75,13 +75,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "supported: NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads "
         "only model-server metrics"
     ),
-    "llm-d-router__deploy_config_sim-program-aware-config.yaml": (
-        "plugins[program-aware-fairness].type: unknown plugin type 'program-aware-fairness'"
-    ),
-    "llm-d-router__deploy_config_soft-reflective-ceiling-epp-config.yaml": (
-        "plugins[soft-reflective-ceiling-policy].type: unknown plugin type "
-        "'soft-reflective-ceiling-policy'"
-    ),
     "llm-d-router__test_integration_epp_testdata_datalayer-config.yaml": (
         "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
         "is not supported: " + _TEST_DOUBLE

@@ -115,7 +115,7 @@ def test_errors_name_each_field() -> None:
         "flowControl.priorityBands[1].maxRequests: expected a non-negative quantity such as 100, '1k' or '1Gi', got number -1",
         "flowControl.priorityBands[1].priority: duplicate priority 1 (also in priorityBands[0])",
         "flowControl.priorityBands[2].priority: required field is missing; expected an integer",
-        "flowControl.usageLimitPolicyPluginRef: plugin 'queue-scorer' has type 'queue-scorer', which is not a usage limit policy (expected one of: static-usage-limit-policy)",
+        "flowControl.usageLimitPolicyPluginRef: plugin 'queue-scorer' has type 'queue-scorer', which is not a usage limit policy (expected one of: static-usage-limit-policy, soft-reflective-ceiling-policy)",
         "flowControl.enableEviction: in-flight eviction is not supported by kvgate yet; remove it or set it to false",
     ]
 

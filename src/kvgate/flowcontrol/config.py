@@ -41,10 +41,16 @@ DEFAULT_SATURATION_DETECTOR = "utilization-detector"
 FAIRNESS_POLICY_TYPES: tuple[str, ...] = (
     "global-strict-fairness-policy",
     "round-robin-fairness-policy",
+    "program-aware-fairness",
 )
 ORDERING_POLICY_TYPES: tuple[str, ...] = ("fcfs-ordering-policy", "edf-ordering-policy")
 DETECTOR_TYPES: tuple[str, ...] = ("utilization-detector", "concurrency-detector")
-USAGE_LIMIT_POLICY_TYPES: tuple[str, ...] = ("static-usage-limit-policy",)
+USAGE_LIMIT_POLICY_TYPES: tuple[str, ...] = (
+    "static-usage-limit-policy",
+    "soft-reflective-ceiling-policy",
+)
+#: Policies llm-d does not inject under their type names: a reference must name a declared one.
+_NOT_INJECTED = frozenset({"program-aware-fairness", "soft-reflective-ceiling-policy"})
 
 _FIELDS = (
     "maxBytes",
@@ -318,13 +324,13 @@ def _ref(
             )
             return None
         return declared if as_type else value
-    if value in types:  # llm-d injects the built-in policies under their type names
-        return value
+    if value in types and value not in _NOT_INJECTED:
+        return value  # llm-d injects the built-in policies under their type names
     declared_ok = [n for n, t in plugin_types.items() if t in types]
     problems.add(
         path,
         f"unknown {what} {value!r} (expected a declared plugin or one of: "
-        f"{', '.join([*declared_ok, *types])})",
+        f"{', '.join([*declared_ok, *(t for t in types if t not in _NOT_INJECTED)])})",
     )
     return None
 

@@ -28,7 +28,7 @@ import asyncio
 import bisect
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,9 @@ from kvgate.flowcontrol.policies.round_robin import RoundRobinFairness
 from kvgate.flowcontrol.queues import Band, FairnessPolicy, OrderingPolicy, QueuedItem
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling.types import Endpoint
+
+#: A per-band usage-limit policy: (saturation, priorities highest first) -> one ceiling each.
+BandLimits = Callable[[float, Sequence[int]], Sequence[float]]
 
 _ORDERING: dict[str, Callable[[], OrderingPolicy]] = {
     "fcfs-ordering-policy": FCFSOrdering,
@@ -129,6 +132,8 @@ class FlowController:
         clock: Callable[[], float] = time.monotonic,
         usage_limit: float = 1.0,
         pool_name: str = "",
+        band_limits: BandLimits | None = None,
+        fairness: Mapping[str, FairnessPolicy] | None = None,
         tick_s: float = 0.005,
         ttl_margin_s: float = 0.01,
         pending_timeout_s: float = 1.0,
@@ -138,6 +143,11 @@ class FlowController:
         self._candidates = candidates
         self._clock = clock
         self.usage_limit = usage_limit
+        # a per-band usage-limit policy (soft-reflective-ceiling-policy); None: usage_limit only
+        self._band_limits = band_limits
+        # fairness policies built by the caller, by type (program-aware-fairness shares the
+        # scheduler's instance); the rest are built per band from _FAIRNESS
+        self._fairness = dict(fairness or {})
         self.tick_s = tick_s
         self.ttl_margin_s = ttl_margin_s
         self.pending_timeout_s = pending_timeout_s
@@ -187,7 +197,11 @@ class FlowController:
         if not self._has_capacity(band, item.byte_size):
             self.metrics.outcome(item, "RejectedCapacity", 0.0)
             raise _rejected("capacity", "queue at capacity")
-        if self._size == 0 and saturation < self.usage_limit:
+        if (
+            self._size == 0
+            and saturation < self.usage_limit
+            and (self._band_limits is None or self._band_open(item.priority, saturation))
+        ):
             self._pending.append(now)
             self.metrics.outcome(item, "Dispatched", 0.0)
             return True
@@ -289,16 +303,20 @@ class FlowController:
             self._set_saturation(saturation)
             if saturation >= self.usage_limit:
                 return
-            queued = self._next()
-            if queued is None:  # pragma: no cover - sizes say something waits
+            queued = self._next(saturation)
+            if queued is None:  # a band's usage limit holds it (sizes say something waits)
                 return
             band = self._bands[queued.item.priority]
             self._remove(band, queued)
             self._pending.append(now)
             self._finish(queued, "Dispatched", None, result=now - queued.enqueued_at)
 
-    def _next(self) -> QueuedItem | None:
-        for priority in reversed(self._priorities):
+    def _next(self, saturation: float) -> QueuedItem | None:
+        limits = self._band_limits
+        ceilings = limits(saturation, self._priorities[::-1]) if limits is not None else None
+        for rank, priority in enumerate(reversed(self._priorities)):
+            if ceilings is not None and saturation >= ceilings[rank]:
+                return None  # llm-d stops the cycle at the first held band (no inversion)
             band = self._bands[priority]
             if not band.size:
                 continue
@@ -306,6 +324,14 @@ class FlowController:
             if flow is not None:
                 return flow.pop()
         return None
+
+    def _band_open(self, priority: int, saturation: float) -> bool:
+        """Whether a dispatch cycle would reach ``priority``'s band: no band ranked at or
+        above it is held by its usage limit (``_band_limits`` is set)."""
+        assert self._band_limits is not None
+        ranked = self._priorities[::-1]
+        ceilings = self._band_limits(saturation, ranked)
+        return all(saturation < c for c in ceilings[: ranked.index(priority) + 1])
 
     def _expire(self, queued: QueuedItem) -> None:
         if not queued.waiting:
@@ -361,9 +387,10 @@ class FlowController:
         band = self._bands.get(priority)
         if band is None:
             config = self.config.band(priority)
-            band = Band(
-                config, _FAIRNESS[config.fairness_policy](), _ORDERING[config.ordering_policy]()
-            )
+            fairness = self._fairness.get(config.fairness_policy)
+            if fairness is None:
+                fairness = _FAIRNESS[config.fairness_policy]()
+            band = Band(config, fairness, _ORDERING[config.ordering_policy]())
             self._bands[priority] = band
             bisect.insort(self._priorities, priority)
         return band

@@ -79,6 +79,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.flowcontrol.policies.fcfs",
     "kvgate.flowcontrol.policies.edf",
     "kvgate.flowcontrol.policies.static_usage_limit",
+    "kvgate.flowcontrol.policies.soft_reflective_ceiling",
+    "kvgate.flowcontrol.policies.program_aware",
 )
 
 

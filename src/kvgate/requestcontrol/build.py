@@ -56,6 +56,7 @@ def build_request_control(
             pool.candidates,
             metrics_registry=metrics.registry,
             pool_name=pool_name,
+            plugins=scheduler.plugins,  # program-aware-fairness: the scheduler's instance
         )
     outlier_config = outlier if outlier is not None else OutlierConfig()
     detector = (
