@@ -36,7 +36,14 @@ from typing import Any
 
 import aiohttp
 
-from kvgate.bench.procs import Proc, kvgate_argv, wait_ready
+from kvgate.bench.procs import (
+    BenchError,
+    Proc,
+    http_ok,
+    kvgate_argv,
+    wait_in_rotation,
+    wait_ready,
+)
 
 MODEL = "sim-model"
 LOGGER = "kvgate.requests"
@@ -104,38 +111,90 @@ async def one_request(
     return out
 
 
-async def drive(
-    url: str, args: argparse.Namespace, sims: list[Proc], ports: list[int], tmp: Path
-) -> list[dict[str, Any]]:
+class Replicas:
+    """The simulated replicas; every process ever started is kept, so all are stopped at the end.
+
+    Kills are serialized: one replica is down (or starting again) at a time, so a restart never
+    races another for the same port, and a replaced process can never be left running.
+    """
+
+    def __init__(self, args: argparse.Namespace, ports: list[int], tmp: Path) -> None:
+        self.args = args
+        self.ports = ports
+        self.tmp = tmp
+        self.current: list[Proc] = []
+        self.started: list[Proc] = []
+        self.kills = 0
+        self._lock = asyncio.Lock()
+
+    def start_all(self) -> None:
+        for i in range(len(self.ports)):
+            self._start(i, f"sim{i}", seed=i)
+
+    def _start(self, slot: int, name: str, seed: int) -> Proc:
+        proc = Proc(name, sim_argv(self.ports[slot], seed, self.args), self.tmp / f"{name}.log")
+        self.started.append(proc)  # before anything can fail: stop_all() must see it
+        if slot < len(self.current):
+            self.current[slot] = proc
+        else:
+            self.current.append(proc)
+        return proc
+
+    async def restart(self, rng: random.Random, k: int) -> None:
+        """SIGKILL one replica, leave it down ``--down-s``, start it again, wait for /health."""
+        async with self._lock:
+            victim = rng.randrange(len(self.current))
+            self.current[victim].popen.kill()
+            self.kills += 1
+            await asyncio.to_thread(self.current[victim].stop)  # reaps it, closes its log
+            await asyncio.sleep(self.args.down_s)
+            proc = self._start(victim, f"sim{victim}-{k}", seed=k)
+            url = f"http://127.0.0.1:{self.ports[victim]}/health"
+            deadline = time.monotonic() + 60
+            while not await asyncio.to_thread(http_ok, url):
+                if not proc.alive() or time.monotonic() > deadline:
+                    raise BenchError(f"{proc.name} did not come back ({proc.log_path})")
+                await asyncio.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            proc.stop()
+
+
+async def drive(url: str, args: argparse.Namespace, replicas: Replicas) -> list[dict[str, Any]]:
     rng = random.Random(args.seed)
     sem = asyncio.Semaphore(args.concurrency)
     results: list[dict[str, Any]] = []
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     restarts: list[asyncio.Task[None]] = []
 
-    async def restart(k: int) -> None:
-        victim = rng.randrange(len(sims))
-        sims[victim].popen.kill()
-        await asyncio.to_thread(sims[victim].stop)  # reaps it and closes its log
-        await asyncio.sleep(args.down_s)
-        sims[victim] = Proc(
-            f"sim{victim}-{k}", sim_argv(ports[victim], k, args), tmp / f"sim{victim}-{k}.log"
-        )
-
     async def task(i: int) -> None:
-        async with sem:
+        try:
             results.append(await one_request(session, url, i, args.deadline_s))
+        finally:
+            sem.release()
 
     async with aiohttp.ClientSession(connector=connector) as session:
         pending = []
         for i in range(args.requests):
+            # The slot is taken here and given back when the request ends, so this loop waits
+            # while --concurrency are in flight and request i starts after i - concurrency
+            # ended: the kills fall through the run, not all at its start.
+            await sem.acquire()
             if args.kill_every and i and i % args.kill_every == 0:
-                restarts.append(asyncio.ensure_future(restart(i)))
-            await sem.acquire()  # keep at most --concurrency started; release at once below
-            sem.release()
+                restarts.append(asyncio.ensure_future(replicas.restart(rng, i)))
             pending.append(asyncio.ensure_future(task(i)))
         await asyncio.gather(*pending, *restarts)
     return results
+
+
+def injected_faults(log_paths: list[Path]) -> Counter[str]:
+    """The faults the simulators logged (one ``injected fault: KIND`` line each)."""
+    faults: Counter[str] = Counter()
+    for path in log_paths:
+        for m in re.finditer(r"injected fault: (\S+)", path.read_text(errors="replace")):
+            faults[m.group(1)] += 1
+    return faults
 
 
 def gateway_counts(metrics_url: str) -> Counter[str]:
@@ -184,31 +243,37 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.keep_logs or Path(tempfile.mkdtemp(prefix="kvgate-fault-run-"))
     tmp.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(args.replicas)]
-    sims = [
-        Proc(f"sim{i}", sim_argv(port, i, args), tmp / f"sim{i}.log")
-        for i, port in enumerate(ports)
-    ]
     gw_port = free_port()
     gw_argv = ["serve", "--port", str(gw_port), "--log-format", "json", "--seed", str(args.seed)]
     for port in ports:
         gw_argv += ["--endpoint", f"http://127.0.0.1:{port}"]
     gw_argv += ["--request-timeout", args.request_timeout, "--refresh-metrics-interval", "100ms"]
-    gateway = Proc("gateway", kvgate_argv(*gw_argv), tmp / "gateway.log")
     url = f"http://127.0.0.1:{gw_port}"
+    replicas = Replicas(args, ports, tmp)
+    gateway: Proc | None = None
     started = time.monotonic()
     try:
+        replicas.start_all()
+        gateway = Proc("gateway", kvgate_argv(*gw_argv), tmp / "gateway.log")
         wait_ready(
-            [(s, f"http://127.0.0.1:{port}/health") for s, port in zip(sims, ports, strict=True)],
+            [
+                (s, f"http://127.0.0.1:{port}/health")
+                for s, port in zip(replicas.current, ports, strict=True)
+            ],
             60,
         )
         wait_ready([(gateway, url + "/ready")], 60)
-        results = asyncio.run(drive(url, args, sims, ports, tmp))
+        # /ready holds once one endpoint is in rotation: start with all of them
+        wait_in_rotation(url + "/metrics", args.replicas, 30)
+        results = asyncio.run(drive(url, args, replicas))
         wall_s = time.monotonic() - started
         served = gateway_counts(url + "/metrics")
     finally:
-        gateway.stop()  # SIGTERM: drains, flushes the request log
-        for sim in sims:
-            sim.stop()
+        if gateway is not None:
+            gateway.stop()  # SIGTERM: drains, flushes the request log
+        replicas.stop_all()
+    assert gateway is not None
+    faults = injected_faults([p.log_path for p in replicas.started])
     logged, errors, broken_streams = log_counts(gateway.log_path.read_text(errors="replace"))
     client = Counter(str(r["status"]) for r in results)
     kinds = Counter(str(r["kind"]) for r in results)
@@ -236,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         "client_outcomes": dict(sorted(kinds.items())),
         "slowest_request_s": round(slowest, 2),
         "deadline_s": args.deadline_s,
-        "replica_kills": args.requests // args.kill_every if args.kill_every else 0,
+        "faults_injected": dict(sorted(faults.items())),
+        "replica_kills": replicas.kills,
         "ok": not problems,
         "problems": problems,
         "logs": str(tmp),

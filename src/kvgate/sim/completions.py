@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from array import array
 from typing import Any
@@ -29,6 +30,8 @@ from kvgate.sim.state import (
 )
 
 __all__ = ["chat_completions", "completions"]
+
+log = logging.getLogger("kvgate.sim")
 
 _enc = msgspec.json.Encoder()
 
@@ -118,6 +121,9 @@ async def _completion_inner(
                 param=FAULT_HEADER,
             )
         )
+    if fault is not None:
+        # One line per fault, so a harness can count what it injected even after a SIGKILL.
+        log.info("injected fault: %s", fault)
     if fault in ("429", "500", "503"):
         return _fault_response(fault)
     if fault == "hang":
