@@ -10,8 +10,9 @@ import pytest
 
 from support.procs import Proc
 
-#: fixtures shared by test files in several folders (model_repo, hf_env: the loopback Hub)
-pytest_plugins = ["support.hf_hub"]
+#: fixtures shared by test files in several folders (model_repo, hf_env: the loopback Hub);
+#: support.leaks fails the session when a kvgate process outlives the test that started it
+pytest_plugins = ["support.hf_hub", "support.leaks"]
 
 if TYPE_CHECKING:
     from support.vllm import VllmPair
