@@ -286,9 +286,10 @@ async def test_dashboard_in_chromium(cluster: tuple[str, list[str]], tmp_path: P
         assert shown == {name: picks.get(name, 0.0) for name in replicas}
 
         # the scores table of a request: every candidate, the winner marked
-        await page.eval("document.querySelector('#requests details').open = true")
+        # (the newest request's; one opened before the screenshot may be further down now)
         cells = await page.eval(
-            "[...document.querySelectorAll('#requests details[open] table.scores tbody tr')].length"
+            "(() => { const d = document.querySelector('#requests details'); d.open = true;"
+            " return d.querySelectorAll('table.scores tbody tr').length; })()"
         )
         assert cells == len(replicas)
 

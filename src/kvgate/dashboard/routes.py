@@ -1,9 +1,8 @@
 """The dashboard's HTTP handlers, shared by both front doors.
 
 ``kvgate serve`` / ``kvgate up`` mount them in the gateway's route table, ``kvgate epp`` on its
-metrics port; both call the same :class:`DashboardRoutes` (plain ``aiohttp`` handlers taking a
-request and returning a response, so a low-level ``web.Server`` and a ``web.Application`` can
-both use them):
+metrics port; both call the same :class:`DashboardRoutes` (handlers of :mod:`kvgate.http1`,
+the server of both front doors' HTTP ports):
 
 =========================  ==========================================================
 ``GET /dashboard``          the page (``static/index.html``; script and style beside it)
@@ -25,9 +24,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from importlib import resources
 
-from aiohttp import web
-
 from kvgate.dashboard.state import SNAPSHOT_MIN_INTERVAL_S, DashboardState
+from kvgate.http1 import HttpRequest, Response, StreamResponse
 
 #: Bundled files served under /dashboard/, with their content types.
 ASSETS: dict[str, str] = {
@@ -36,7 +34,7 @@ ASSETS: dict[str, str] = {
     "dashboard.css": "text/css; charset=utf-8",
 }
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[HttpRequest], Awaitable[Response | StreamResponse]]
 
 
 def _read_asset(name: str) -> bytes:
@@ -72,31 +70,31 @@ class DashboardRoutes:
         """End every event stream now (shutdown)."""
         self._closing.set()
 
-    def _asset(self, name: str) -> web.Response:
+    def _asset(self, name: str) -> Response:
         body = self._assets.get(name)
         if body is None:
             body = self._assets[name] = _read_asset(name)
-        return web.Response(
+        return Response(
             body=body, headers={"Content-Type": ASSETS[name], "Cache-Control": "no-cache"}
         )
 
     def _asset_handler(self, name: str) -> Handler:
-        async def handler(_: web.BaseRequest) -> web.StreamResponse:
+        async def handler(_: HttpRequest) -> Response | StreamResponse:
             return self._asset(name)
 
         return handler
 
-    async def page(self, _: web.BaseRequest) -> web.StreamResponse:
+    async def page(self, _: HttpRequest) -> Response | StreamResponse:
         return self._asset("index.html")
 
-    async def snapshot(self, _: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(
+    async def snapshot(self, _: HttpRequest) -> Response | StreamResponse:
+        return Response(
             body=self.state.snapshot_bytes(),
             headers={"Content-Type": "application/json", "Cache-Control": "no-cache"},
         )
 
-    async def events(self, req: web.BaseRequest) -> web.StreamResponse:
-        resp = web.StreamResponse(
+    async def events(self, req: HttpRequest) -> Response | StreamResponse:
+        resp = StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",

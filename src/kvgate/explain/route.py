@@ -17,10 +17,10 @@ import time
 from typing import TYPE_CHECKING
 
 import msgspec
-from aiohttp import web
 
 from kvgate.errors import RequestError, SchedulingError
 from kvgate.explain.dryrun import explain_request, fresh_copy, kind_of
+from kvgate.http1 import HttpRequest, Response, StreamResponse
 from kvgate.openai.errors import error_body, request_error_body
 from kvgate.openai.requests import parse_body
 
@@ -33,9 +33,9 @@ PATH = "/debug/explain"
 JSON = "application/json"
 
 
-def _error(status: int, message: str, code: str | None = None) -> web.Response:
+def _error(status: int, message: str, code: str | None = None) -> Response:
     body = error_body(message, status=status, code=code)
-    return web.Response(status=status, body=body, content_type=JSON)
+    return Response(status, body, content_type=JSON)
 
 
 class ExplainRoute:
@@ -45,26 +45,26 @@ class ExplainRoute:
         self.control = control
         self.dashboard = dashboard
 
-    async def handle(self, req: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, req: HttpRequest) -> Response | StreamResponse:
         try:
             if req.method == "GET":
                 report = self._by_request_id(req.query.get("request_id", ""))
-                if isinstance(report, web.Response):
+                if isinstance(report, Response):
                     return report
             else:
                 report = explain_request(self.control, self._parse(await req.read(), req))
         except RequestError as exc:
-            return web.Response(status=exc.status, body=request_error_body(exc), content_type=JSON)
+            return Response(exc.status, request_error_body(exc), content_type=JSON)
         except SchedulingError as exc:
             return _error(503, f"{exc.reason}: {exc}", "no_candidates")
-        return web.Response(body=msgspec.json.encode(report), content_type=JSON)
+        return Response(body=msgspec.json.encode(report), content_type=JSON)
 
-    def _parse(self, body: bytes, req: web.BaseRequest) -> Request:
+    def _parse(self, body: bytes, req: HttpRequest) -> Request:
         parsed = parse_body(body)
         ctx = self.control.begin("gateway", PATH)
         return self.control.parse(ctx, kind_of(parsed), body, req.headers, parsed=parsed)
 
-    def _by_request_id(self, request_id: str) -> dict[str, object] | web.Response:
+    def _by_request_id(self, request_id: str) -> dict[str, object] | Response:
         if not request_id:
             return _error(400, f"GET {PATH}: expected ?request_id=ID (or POST an OpenAI body)")
         ctx = self.dashboard.find(request_id) if self.dashboard is not None else None

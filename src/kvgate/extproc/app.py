@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kvgate.dashboard import DashboardRoutes, DashboardState, dashboard_url
@@ -34,6 +33,8 @@ from kvgate.extproc.h2server import H2ExtProcServer, server_ssl_context
 from kvgate.extproc.health import health_handler
 from kvgate.extproc.messages import body_mode_value
 from kvgate.extproc.stream import ExtProcServicer, RequestStream, add_to_server
+from kvgate.http1 import Handler, HttpRequest, HttpServer, Response, StreamResponse
+from kvgate.openai.errors import error_body
 from kvgate.plugins.base import PluginContext
 from kvgate.requestcontrol.build import build_request_control, load_objectives
 from kvgate.requestcontrol.metrics import RequestMetrics
@@ -186,7 +187,8 @@ class EppServer:
         self._grpc: grpc.aio.Server | None = None
         self._h2: H2ExtProcServer | None = None
         self._health: grpc.aio.Server | None = None
-        self._metrics_runner: web.AppRunner | None = None
+        self._metrics_server: HttpServer | None = None
+        self._metrics_routes: dict[tuple[str, str], Handler] = {}
         self.synced = False
         self._stopped = False
         self.tls_cert: bytes | None = None  # PEM served under --secure-serving
@@ -241,20 +243,14 @@ class EppServer:
         self._health.add_generic_rpc_handlers((health,))
         self._health.add_insecure_port(f"{opts.grpc_host}:{opts.grpc_health_port}")
         await self._health.start()
-        app = web.Application()
-        app.router.add_get("/metrics", self._serve_metrics)
-        app.router.add_get("/healthz", self._serve_health)
-        for path, handler in self.dashboard_routes.table().items():
-            app.router.add_get(path, handler)
-        app.router.add_post(EXPLAIN_PATH, self.explain.handle)
-        app.router.add_get(EXPLAIN_PATH, self.explain.handle)
-        self._metrics_runner = web.AppRunner(app, access_log=None)
-        await self._metrics_runner.setup()
-        site = web.TCPSite(self._metrics_runner, opts.grpc_host, opts.metrics_port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None)
-        if sockets:
-            self.metrics_port = int(sockets[0].getsockname()[1])
+        routes = self._metrics_routes
+        routes[("GET", "/metrics")] = self._serve_metrics
+        routes[("GET", "/healthz")] = self._serve_health
+        for path, page in self.dashboard_routes.table().items():
+            routes[("GET", path)] = page
+        routes[("POST", EXPLAIN_PATH)] = routes[("GET", EXPLAIN_PATH)] = self.explain.handle
+        self._metrics_server = HttpServer(self._serve_metrics_port)
+        self.metrics_port = await self._metrics_server.start(opts.grpc_host, opts.metrics_port)
         log.info(
             "kvgate epp serving ext_proc on %s (%s, %s), health on :%d, metrics on :%d, "
             "dashboard at %s",
@@ -344,13 +340,21 @@ class EppServer:
         )
         await self.elector.start()
 
-    async def _serve_metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _serve_metrics_port(self, request: HttpRequest) -> Response | StreamResponse:
+        handler = self._metrics_routes.get((request.method, request.path))
+        if handler is None:
+            body = error_body(f"no route for {request.method} {request.path}", status=404)
+            return Response(404, body, content_type="application/json")
+        return await handler(request)
 
-    async def _serve_health(self, request: web.Request) -> web.Response:
+    async def _serve_metrics(self, request: HttpRequest) -> Response:
+        body = generate_latest(self.metrics.registry)
+        return Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve_health(self, request: HttpRequest) -> Response:
         ready = self.synced and bool(self.pool.candidates())
-        return web.Response(status=200 if ready else 503, text="ok" if ready else "not ready")
+        body = b"ok" if ready else b"not ready"
+        return Response(200 if ready else 503, body, content_type="text/plain; charset=utf-8")
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Drain: requests queued in flow control are answered (503 ``shutting_down``) at once,
@@ -370,9 +374,9 @@ class EppServer:
             await self._h2.stop(grace_s)
         if self._health is not None:
             await self._health.stop(0)
-        if self._metrics_runner is not None:
+        if self._metrics_server is not None:
             self.dashboard_routes.close()  # an open page must not hold the metrics server
-            await self._metrics_runner.cleanup()
+            await self._metrics_server.stop(grace_s)
         if self._discovery is not None:
             await self._discovery.stop()
         if self._objective_watcher is not None:

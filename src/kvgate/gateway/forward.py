@@ -17,7 +17,6 @@ import logging
 import random
 
 import msgspec
-from aiohttp import web
 
 from kvgate.endpoints.retry import backoff_s
 from kvgate.endpoints.scrape import Scraper
@@ -30,6 +29,7 @@ from kvgate.gateway.upstream import (
     UpstreamResponse,
     UpstreamStreamError,
 )
+from kvgate.http1 import HttpRequest, Response, StreamResponse
 from kvgate.openai.errors import error_body, sse_error_event
 from kvgate.openai.requests import UPSTREAM_BODY
 from kvgate.openai.usage import Usage, usage_from_json, usage_from_sse
@@ -58,12 +58,12 @@ def json_error(
     headers: dict[str, str] | None = None,
     param: str | None = None,
     code: str | int | None = None,
-) -> web.Response:
-    return web.Response(
-        status=status,
-        body=error_body(message, status=status, param=param, code=code),
+) -> Response:
+    return Response(
+        status,
+        error_body(message, status=status, param=param, code=code),
+        headers,
         content_type=JSON,
-        headers=headers,
     )
 
 
@@ -101,8 +101,8 @@ class Forwarder:
         return body
 
     async def forward(
-        self, req: web.BaseRequest, ctx: RequestContext, body: bytes, upstream_path: str
-    ) -> web.StreamResponse:
+        self, req: HttpRequest, ctx: RequestContext, body: bytes, upstream_path: str
+    ) -> Response | StreamResponse:
         assert ctx.request is not None and ctx.result is not None
         order = attempt_order(ctx.result)[: self.settings.max_retries + 1]
         payload = self._payload(ctx.request, body)
@@ -135,7 +135,7 @@ class Forwarder:
             finally:
                 if retry and budget is not None:
                     budget.release()
-            if isinstance(outcome, web.StreamResponse):
+            if isinstance(outcome, Response | StreamResponse):
                 return outcome
             last_error, connect = outcome
             all_connect = all_connect and connect
@@ -150,14 +150,14 @@ class Forwarder:
 
     async def _attempt(
         self,
-        req: web.BaseRequest,
+        req: HttpRequest,
         ctx: RequestContext,
         endpoint: Endpoint,
         path: str,
         payload: bytes,
         *,
         is_last: bool,
-    ) -> web.StreamResponse | tuple[str, bool]:
+    ) -> Response | StreamResponse | tuple[str, bool]:
         """One attempt at ``endpoint``: the answer for the client, or ``(what failed,
         whether it was a connect failure)`` when the next endpoint should be tried."""
         assert ctx.request is not None
@@ -237,11 +237,11 @@ class Forwarder:
 
     async def _relay(
         self,
-        req: web.BaseRequest,
+        req: HttpRequest,
         ctx: RequestContext,
         upstream: UpstreamResponse,
         deadline: float,
-    ) -> web.StreamResponse:
+    ) -> Response | StreamResponse:
         assert ctx.request is not None and ctx.endpoint is not None
         control = self.control
         request = ctx.request
@@ -276,9 +276,9 @@ class Forwarder:
             control.end_attempt(ctx, info)
             headers.update(info.headers)
             ctx.error = info.error
-            return web.Response(status=upstream.status, body=data, headers=headers)
+            return Response(upstream.status, data, headers)
         # Streaming: pass each chunk on as it arrives; no buffering.
-        resp = web.StreamResponse(status=upstream.status, headers=headers)
+        resp = StreamResponse(upstream.status, headers)
         await resp.prepare(req)
         tail = b""
         try:

@@ -1,6 +1,6 @@
 """The HTTP front door's routes: OpenAI's inference API, models, health, metrics.
 
-One :class:`Gateway` owns an aiohttp server, one keep-alive client to the model servers
+One :class:`Gateway` owns an HTTP server (:mod:`kvgate.http1`), one keep-alive client to the model servers
 (:mod:`.upstream`), the endpoint pool and its scraper, and the one request path
 (:class:`kvgate.requestcontrol.control.RequestControl`, shared with ``kvgate epp``).
 Per inference request::
@@ -14,7 +14,7 @@ Per inference request::
 
 Every request ends in a response or an explicit error: errors before the first byte are
 OpenAI JSON errors with the right status; after it, a terminal SSE error event. A client
-that disconnects cancels the handler (aiohttp ``handler_cancellation``), which closes the
+that disconnects cancels the handler (:mod:`kvgate.http1`), which closes the
 upstream connection so the model server aborts the request (and removes it from a flow
 control queue). ``finish`` runs in a ``finally``, so the counters reconcile.
 """
@@ -26,7 +26,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from aiohttp import web
 
 from kvgate.dashboard import DashboardRoutes, DashboardState, dashboard_url
 from kvgate.endpoints.file import EndpointsFileWatcher
@@ -36,10 +35,10 @@ from kvgate.errors import PayloadTooLargeError, RequestError, SchedulingError
 from kvgate.explain.route import PATH as EXPLAIN_PATH
 from kvgate.explain.route import ExplainRoute
 from kvgate.gateway.auth import ApiKeyChecker
-from kvgate.gateway.conn_limits import BoundedServer
 from kvgate.gateway.forward import HEADER_SERVED_BY, JSON, Forwarder, json_error
 from kvgate.gateway.settings import GatewaySettings
 from kvgate.gateway.upstream import UpstreamClient
+from kvgate.http1 import HttpRequest, HttpServer, Response, StreamResponse
 from kvgate.openai.errors import request_error_body, scheduling_error_reply
 from kvgate.openai.requests import OTHER_ROUTES, UPSTREAM_BODY, parse_body, routing_view
 from kvgate.requestcontrol.control import RequestContext, RequestControl
@@ -51,23 +50,23 @@ from kvgate.scheduling.types import RequestKind
 log = logging.getLogger("kvgate.gateway")
 
 #: A route's handler: the request and the ``namespace/name`` of a service path, if any.
-Handler = Callable[[web.BaseRequest, str | None], Awaitable[web.StreamResponse]]
+Handler = Callable[[HttpRequest, str | None], Awaitable[Response | StreamResponse]]
 
 
 def _without_service(
-    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    handler: Callable[[HttpRequest], Awaitable[Response | StreamResponse]],
 ) -> Handler:
     """A dashboard handler in the route table's ``(request, service)`` shape."""
 
-    async def route(req: web.BaseRequest, _: str | None) -> web.StreamResponse:
+    async def route(req: HttpRequest, _: str | None) -> Response | StreamResponse:
         return await handler(req)
 
     return route
 
 
-def scheduling_error_response(exc: SchedulingError, retry_after_s: float) -> web.Response:
+def scheduling_error_response(exc: SchedulingError, retry_after_s: float) -> Response:
     status, headers, body = scheduling_error_reply(exc, retry_after_s)
-    return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+    return Response(status, body, dict(headers), content_type=JSON)
 
 
 class Gateway:
@@ -104,7 +103,7 @@ class Gateway:
         self.explain = ExplainRoute(self.control, self.dashboard)
         self._client: UpstreamClient | None = None
         self._forwarder: Forwarder | None = None
-        self._runner: web.BaseRunner | None = None
+        self._server: HttpServer | None = None
         self.port: int = settings.port
         self._build_routes()
         self._service_handlers = {self._chat, self._completions, self._models, self._other}
@@ -131,10 +130,8 @@ class Gateway:
         for path, page in self.dashboard_routes.table().items():
             self._routes[("GET", path)] = _without_service(page)
 
-    async def _dispatch(self, req: web.BaseRequest) -> web.StreamResponse:
-        """aiohttp's low-level server hands every request here: one dict lookup instead of
-        the URL dispatcher, middlewares and application object of ``web.Application`` (a
-        fifth of the gateway's CPU per request, docs/PERFORMANCE.md)."""
+    async def _dispatch(self, req: HttpRequest) -> Response | StreamResponse:
+        """The HTTP server hands every request here: one dict lookup."""
         path = req.path
         handler = self._routes.get((req.method, path))
         if handler is not None:
@@ -159,21 +156,12 @@ class Gateway:
         await self.scraper.start()
         if self.watcher is not None:
             await self.watcher.start()
-        server = BoundedServer(
+        self._server = HttpServer(
             self._dispatch,
+            max_body_bytes=self.settings.max_body_bytes,
             first_request_timeout_s=self.settings.first_request_timeout_s,
-            handler_cancellation=True,
-            access_log=None,
         )
-        self._runner = web.ServerRunner(server, shutdown_timeout=self.settings.shutdown_timeout_s)
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port, reuse_address=True, backlog=1024
-        )
-        await site.start()
-        sockets = getattr(site._server, "sockets", None)
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        self.port = await self._server.start(self.settings.host, self.settings.port)
 
     async def stop(self) -> None:
         """Drain, then stop: close the listening socket (new connections are refused), answer
@@ -183,16 +171,15 @@ class Gateway:
         still ends in ``finish``), then stop the scraper, watcher, plugins and client."""
         self.draining = True
         self.dashboard_routes.close()  # an open page must not hold the drain
-        if self._runner is not None:
-            for site in list(self._runner.sites):
-                await site.stop()
+        if self._server is not None:
+            self._server.stop_listening()
         if self._started_plugins:
             # before waiting on handlers: a queued request would otherwise wait out the whole
             # drain and then be cancelled, unanswered
             await self.control.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_timeout_s)
+            self._server = None
         if self.watcher is not None:
             await self.watcher.stop()
         await self.scraper.stop()
@@ -217,28 +204,28 @@ class Gateway:
 
     # --- small routes -----------------------------------------------------------------------
 
-    async def _health(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
-        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+    async def _health(self, _: HttpRequest, __: str | None) -> Response | StreamResponse:
+        return Response(body=b'{"status":"ok"}', content_type=JSON)
 
-    async def _ready(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
+    async def _ready(self, _: HttpRequest, __: str | None) -> Response | StreamResponse:
         ready = len(self.pool.candidates())
         ok = ready > 0 and not self.draining
         body = msgspec.json.encode(
             {"ready": ok, "endpoints_in_rotation": ready, "draining": self.draining}
         )
-        return web.Response(status=200 if ok else 503, body=body, content_type=JSON)
+        return Response(200 if ok else 503, body, content_type=JSON)
 
-    async def _metrics(self, _: web.BaseRequest, __: str | None) -> web.StreamResponse:
-        return web.Response(
+    async def _metrics(self, _: HttpRequest, __: str | None) -> Response | StreamResponse:
+        return Response(
             body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
 
-    async def _explain(self, req: web.BaseRequest, _: str | None) -> web.StreamResponse:
-        if not self.auth.check(req.headers.get("Authorization")):
+    async def _explain(self, req: HttpRequest, _: str | None) -> Response | StreamResponse:
+        if not self.auth.check(req.headers.get("authorization")):
             return json_error(401, "missing or invalid API key (Authorization: Bearer <key>)")
         return await self.explain.handle(req)
 
-    def _check_service_path(self, service: str | None) -> web.Response | None:
+    def _check_service_path(self, service: str | None) -> Response | None:
         if service is None or self.settings.service_path is None:
             return None
         if service != self.settings.service_path:
@@ -249,8 +236,8 @@ class Gateway:
             )
         return None
 
-    async def _models(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
-        if not self.auth.check(req.headers.get("Authorization")):
+    async def _models(self, req: HttpRequest, service: str | None) -> Response | StreamResponse:
+        if not self.auth.check(req.headers.get("authorization")):
             return json_error(401, "missing or invalid API key (Authorization: Bearer <key>)")
         bad = self._check_service_path(service)
         if bad is not None:
@@ -260,19 +247,21 @@ class Gateway:
         for name in sorted(self.settings.models - known):
             if self.pool.candidates():
                 entries.append({"id": name, "object": "model", "owned_by": "kvgate"})
-        return web.Response(
+        return Response(
             body=msgspec.json.encode({"object": "list", "data": entries}), content_type=JSON
         )
 
     # --- inference --------------------------------------------------------------------------
 
-    async def _chat(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
+    async def _chat(self, req: HttpRequest, service: str | None) -> Response | StreamResponse:
         return await self._inference(req, service, "chat", "/v1/chat/completions")
 
-    async def _completions(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
+    async def _completions(
+        self, req: HttpRequest, service: str | None
+    ) -> Response | StreamResponse:
         return await self._inference(req, service, "completions", "/v1/completions")
 
-    async def _other(self, req: web.BaseRequest, service: str | None) -> web.StreamResponse:
+    async def _other(self, req: HttpRequest, service: str | None) -> Response | StreamResponse:
         """A vLLM route other than completions and chat, forwarded to the same path."""
         # under /<namespace>/<name>/v1/...: the model server's path is the /v1/... part
         path = req.path if service is None else "/" + req.path.split("/", 3)[3]
@@ -280,11 +269,11 @@ class Gateway:
 
     async def _inference(
         self,
-        req: web.BaseRequest,
+        req: HttpRequest,
         service: str | None,
         kind: RequestKind | None,
         upstream_path: str,
-    ) -> web.StreamResponse:
+    ) -> Response | StreamResponse:
         control = self.control
         ctx = control.begin("gateway", req.path)
         control.started(ctx)
@@ -307,33 +296,26 @@ class Gateway:
         finally:
             control.finish(ctx, status)
 
-    async def _read_body(self, req: web.BaseRequest) -> bytes:
-        limit = self.settings.max_body_bytes
-        if req.content_length is not None and req.content_length > limit:
+    def _read_body(self, req: HttpRequest) -> bytes:
+        if req.too_large:
+            limit = self.settings.max_body_bytes
+            length = req.content_length
             raise PayloadTooLargeError(
-                f"request body of {req.content_length} bytes exceeds the limit of {limit} bytes"
+                f"request body of {length} bytes exceeds the limit of {limit} bytes"
+                if length is not None
+                else f"request body exceeds the limit of {limit} bytes"
             )
-        chunks: list[bytes] = []
-        size = 0
-        content = req.content
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+        return req.body
 
     async def _serve(
         self,
-        req: web.BaseRequest,
+        req: HttpRequest,
         service: str | None,
         kind: RequestKind | None,
         upstream_path: str,
         ctx: RequestContext,
-    ) -> web.StreamResponse:
-        if not self.auth.check(req.headers.get("Authorization")):
+    ) -> Response | StreamResponse:
+        if not self.auth.check(req.headers.get("authorization")):
             ctx.error = "unauthorized"
             return json_error(
                 401,
@@ -345,7 +327,7 @@ class Gateway:
             ctx.error = "not_found"
             return bad
         try:
-            body = await self._read_body(req)
+            body = self._read_body(req)
             if kind is None:  # another vLLM route: schedule on the prompt it carries
                 parsed = parse_body(body)
                 kind, view = routing_view(parsed)
@@ -357,7 +339,7 @@ class Gateway:
             await self.control.route(ctx)
         except RequestError as exc:
             ctx.error = type(exc).__name__
-            return web.Response(status=exc.status, body=request_error_body(exc), content_type=JSON)
+            return Response(exc.status, request_error_body(exc), content_type=JSON)
         except SchedulingError as exc:
             ctx.error = exc.reason
             return scheduling_error_response(exc, self.settings.retry_after_s)

@@ -25,5 +25,5 @@ class GatewaySettings:
     shutdown_timeout_s: float = 30.0
     log_requests: bool = True
     #: ``--header-timeout``: a connection whose first request head has not arrived by then is
-    #: closed (slowloris); kvgate.gateway.conn_limits.
+    #: closed (slowloris); kvgate.http1.server.
     first_request_timeout_s: float = 10.0
