@@ -34,6 +34,10 @@ def test_tiny_capacity_search_with_the_mixed_workload(tmp_path: Path) -> None:
     assert result["policy"] == "predicted-latency"
     assert result["capacity_rps"] == 8 and result["bracketed"] is False
     assert [p["rate"] for p in result["probes"]] == [2, 8]
+    # every probe says what to read its verdict beside: the replicas were scraped
+    for probe in result["probes"]:
+        assert 0 <= probe["hit_rate"] <= 1 and probe["balance_max_over_mean"] >= 1
+        assert probe["replica_lag_share"] >= 0 and probe["load_average_1m"] >= 0
     vllm = json.loads((tmp_path / "out" / "predicted-latency" / "rate-8.json").read_text())
     assert vllm["completed"] == 6 and vllm["failed"] == 0 and vllm["request_rate"] == 8
     assert vllm["request_goodput"] > 0

@@ -1,6 +1,7 @@
 """``kvgate bench capacity``: capacity at SLO per routing policy (:mod:`kvgate.bench.slo_capacity`).
 
-Writes ``results.json`` (per policy: the capacity, the bracket and every probe) and, per
+Writes ``results.json`` (per policy: the capacity, the bracket and every probe with its hit
+rate, balance, simulated replicas' lag share and load average) and, per
 probe, ``<policy>/rate-<r>.json`` with ``vllm bench serve``'s result keys (goodput against
 the SLOs as ``--goodput ttft:<ttft> tpot:<itl>``), and prints one line per policy.
 Workloads: any of ``kvgate bench compare``'s, ``mixed`` (:mod:`kvgate.bench.mixed`), or a
@@ -14,9 +15,12 @@ import json
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvgate.bench.workloads import Workload
+
+if TYPE_CHECKING:
+    from kvgate.bench.report import Summary
 
 DEFAULT_CAPACITY_POLICIES = ("llm-d-default", "predicted-latency")
 
@@ -136,11 +140,13 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             if run.summary is None:
                 return Probe(rate, 0, 0, None, None, False, skipped=run.skipped)
             probe = evaluate(rate, run.records, slo)
+            probe.context = _context(run.summary)
             _write_vllm(out_dir / label / f"rate-{rate:g}.json", probe, label, workload, args)
             verdict = "meets" if probe.meets else "misses"
             print(
                 f"  {label} @ {rate:.3g} req/s: TTFT p90 {_ms(probe.ttft_p90_ms)}, ITL p90 "
-                f"{_ms(probe.itl_p90_ms)}, {probe.errors} errors -> {verdict}",
+                f"{_ms(probe.itl_p90_ms)}, {probe.errors} errors -> {verdict}"
+                f"{_describe(probe.context)}",
                 flush=True,
             )
             return probe
@@ -167,6 +173,29 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(f"results in {out_dir}")
     return 0
+
+
+def _context(summary: Summary) -> dict[str, Any]:
+    """What a probe's verdict should be read beside."""
+    return {
+        "hit_rate": summary.hit_rate,
+        "balance_max_over_mean": summary.balance_max_over_mean,
+        "replica_lag_share": summary.replica_lag_share,
+        "load_average_1m": summary.load_average_1m,
+    }
+
+
+def _describe(context: dict[str, Any]) -> str:
+    parts = []
+    if context.get("hit_rate") is not None:
+        parts.append(f"hit rate {context['hit_rate']:.0%}")
+    if context.get("balance_max_over_mean") is not None:
+        parts.append(f"balance {context['balance_max_over_mean']:.2f}")
+    if context.get("replica_lag_share") is not None:
+        parts.append(f"replica lag {context['replica_lag_share']:.1%}")
+    if context.get("load_average_1m") is not None:
+        parts.append(f"load {context['load_average_1m']:.1f}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _ms(value: float | None) -> str:

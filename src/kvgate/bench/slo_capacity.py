@@ -58,6 +58,9 @@ class Probe:
     #: the run under vllm bench serve's result keys (goodput against the SLO target)
     vllm: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None  # why the run did not happen (the policy could not start)
+    #: what else the run measured, to judge the verdict by: prefix-cache hit rate, balance
+    #: (busiest / mean replica), simulated replicas' lag share, the load average at its end
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -85,6 +88,7 @@ class CapacitySearch:
                     "itl_p90_ms": p.itl_p90_ms,
                     "meets": p.meets,
                     "skipped": p.skipped,
+                    **p.context,
                     "vllm": p.vllm,
                 }
                 for p in self.probes
