@@ -202,5 +202,7 @@ def test_rendered_pd_commands_run_both_legs(tmp_path: Path) -> None:
 def test_unknown_prefill_field_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "svc.yaml"
     path.write_text(SERVICE + "    scaling: {minReplicas: 1}\n")
-    with pytest.raises(ConfigError, match=r"spec\.prefill\.scaling: not run or rendered"):
+    with pytest.raises(
+        ConfigError, match=r"spec\.prefill\.scaling: autoscaling .* is not rendered"
+    ):
         render(load_llm_inference_service(path))

@@ -41,7 +41,8 @@ ROLE_LABEL = "llm-d.ai/role"
 KV_TRANSFER_FLAG = "--kv-transfer-config"
 EVICTION_POLICIES = ("lru", "arc")
 #: spec.prefill fields kvgate acts on (``worker`` and ``parallelism`` are refused by name;
-#: labels and annotations are metadata KServe copies and kvgate has no use for).
+#: labels, annotations and rolloutStrategy are rendered onto the prefill Deployment, see
+#: kvgate.k8s.specfields, which also refuses ``scaling`` first).
 _PREFILL_FIELDS = (
     "replicas",
     "template",
@@ -50,6 +51,7 @@ _PREFILL_FIELDS = (
     "parallelism",
     "labels",
     "annotations",
+    "rolloutStrategy",
 )
 
 #: KServe's default scheduler config for a service with ``spec.prefill`` and no config of its

@@ -294,7 +294,33 @@ def lora_args(svc: LLMInferenceService) -> tuple[list[str], list[dict[str, Any]]
                 f"kvgate render supports hf:// and pvc:// adapter URIs, got {uri!r}",
             )
         modules.append(f"{adapter.name}={path}")
-    return ["--enable-lora", "--lora-modules", *modules], volumes, mounts
+    return ["--enable-lora", "--lora-modules", *modules, *lora_limits(svc)], volumes, mounts
+
+
+#: spec.model.lora's limits and vLLM's flags for them (KServe adds each only when set).
+LORA_LIMIT_FLAGS = (
+    ("maxRank", "--max-lora-rank"),
+    ("maxAdapters", "--max-loras"),
+    ("maxCpuAdapters", "--max-cpu-loras"),
+)
+
+
+def lora_limits(svc: LLMInferenceService, only: Sequence[str] = ()) -> list[str]:
+    """``--max-lora-rank=N``/``--max-loras=N``/``--max-cpu-loras=N`` from ``spec.model.lora``
+    (``only``: just these flags, for an engine that knows fewer)."""
+    model = _spec(svc).get("model")
+    lora = model.get("lora") if isinstance(model, Mapping) else None
+    if not isinstance(lora, Mapping):
+        return []
+    flags: list[str] = []
+    for key, flag in LORA_LIMIT_FLAGS:
+        value = lora.get(key)
+        if value is None or (only and flag not in only):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _fail(svc, f"spec.model.lora.{key}", f"expected an integer >= 1, got {value!r}")
+        flags.append(f"{flag}={value}")
+    return flags
 
 
 # ---- the vLLM command --------------------------------------------------------------------
@@ -314,6 +340,7 @@ class ServeCommand:
     multi_node: bool
     port: int = MODEL_SERVER_PORT  # DECODE_VLLM_PORT behind the routing sidecar
     kv_transfer_json: str | None = None  # --kv-transfer-config (NIXL and/or offloading)
+    trace_flags: tuple[str, ...] = ()  # spec.tracing: --otlp-traces-endpoint ...
 
     def shell(self, *, headless: bool = False) -> str:
         """The ``/bin/sh -c`` script: ``vllm serve`` then ``$VLLM_ADDITIONAL_ARGS`` split."""
@@ -363,7 +390,7 @@ class ServeCommand:
             args += ["--kv-events-config", self.kv_events_json]
         if self.kv_transfer_json:
             args += ["--kv-transfer-config", self.kv_transfer_json]
-        args += list(self.lora_flags)
+        args += [*self.lora_flags, *self.trace_flags]
         script = shlex.join(args)
         if self.multi_node and par.is_data_parallel:
             # LWS numbers the pods of a group 0..size-1 (leader 0): each runs dataLocal ranks.

@@ -30,6 +30,7 @@ Role grants the Lease verbs and the probes ask GIE's ``liveness`` / ``readiness`
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 from kvgate import __version__
 from kvgate.config.llmisvc import LLMInferenceService, child_name, expand_template_args
 from kvgate.errors import ConfigError, Problem
-from kvgate.k8s import disagg
+from kvgate.k8s import disagg, otel, specfields
 from kvgate.k8s import modelserver as ms
 from kvgate.k8s.access import epp_api_access
 from kvgate.k8s.inferencepool import GROUP_V1, version_for_group
@@ -166,6 +167,53 @@ def _get(data: Any, *keys: str) -> Any:
 _flag = ms.flag_value
 
 
+def _str_map(svc: LLMInferenceService, path: str) -> dict[str, str]:
+    """The string map at ``path`` (``spec.labels``, ...); {} when unset."""
+    value = _get(svc.raw, *path.split("."))
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError([Problem(svc.source, path, "expected a map of strings to strings")])
+    return dict(value)
+
+
+def pod_metadata(svc: LLMInferenceService, path: str, labels: Mapping[str, str]) -> Manifest:
+    """A pod template's metadata: ``<path>.labels`` and ``<path>.annotations`` (KServe's
+    WorkloadSpec/SchedulerSpec "added to the component pod"), the selector ``labels`` winning."""
+    meta: Manifest = {"labels": {**_str_map(svc, f"{path}.labels"), **labels}}
+    annotations = _str_map(svc, f"{path}.annotations")
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def _rolling_update(svc: LLMInferenceService, path: str) -> Manifest | None:
+    """``<path>.rolloutStrategy`` as {maxUnavailable, maxSurge} (int or percentage), or None."""
+    raw = _get(svc.raw, *path.split("."), "rolloutStrategy")
+    if raw is None:
+        return None
+    where = f"{path}.rolloutStrategy"
+    if not isinstance(raw, Mapping):
+        raise ConfigError([Problem(svc.source, where, "expected maxUnavailable and/or maxSurge")])
+    out: Manifest = {}
+    for key in ("maxUnavailable", "maxSurge"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+            isinstance(value, str) and value.endswith("%") and value[:-1].isdigit()
+        )
+        if not ok:
+            problem = Problem(
+                svc.source, f"{where}.{key}", f"expected an integer or a percentage, got {value!r}"
+            )
+            raise ConfigError([problem])
+        out[key] = value
+    return out
+
+
 def _main_container(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
     containers = pod_spec.get("containers") or []
     for c in containers:
@@ -209,6 +257,7 @@ def serve_command(
     wiring = ms.kv_events_wiring(svc)
     epp_host = f"{names.epp_service}.{svc.namespace}.svc.cluster.local"
     flags, _, _ = ms.lora_args(svc)
+    tracing = otel.tracing_of(svc)
     return ms.ServeCommand(
         model_arg=model_arg,
         served_name=svc.model_name or svc.name,
@@ -220,6 +269,7 @@ def serve_command(
         multi_node=_spec(svc).get("worker") is not None,
         port=ms.DECODE_VLLM_PORT if workload.role == "decode" else MODEL_SERVER_PORT,
         kv_transfer_json=disagg.kv_transfer_json(kvt) if kvt else None,
+        trace_flags=tuple(otel.vllm_flags(tracing)) if tracing else (),
     )
 
 
@@ -274,6 +324,11 @@ def _model_pod_spec(
     if cmd.kv_events_json or pd:
         env = [e for e in container.get("env") or [] if e.get("name") != "POD_IP"]
         container["env"] = [ms.pod_ip_env(), *(ms.nixl_env() if pd else []), *env]
+    tracing = otel.tracing_of(svc)
+    if tracing is not None:
+        service = f"{otel.SERVER_SERVICE}-{'prefill' if role == 'prefill' else 'decode'}"
+        extra = otel.pod_env(tracing, service, svc)
+        container["env"] = otel.merge_env(container.get("env") or [], extra)
     if cmd.scheme == "https":
         secret = opts.tls_secret or ms.tls_secret_name(svc)
         mounts.append({"name": "tls-certs", "mountPath": ms.TLS_MOUNT_PATH, "readOnly": True})
@@ -286,6 +341,9 @@ def _model_pod_spec(
             get = given.get("httpGet") if isinstance(given, Mapping) else None
             if given is None:
                 container[key] = probe
+            elif isinstance(given, Mapping) and not _PROBE_HANDLERS & given.keys():
+                # timings only: KServe's preset supplies the handler (strategic merge)
+                container[key] = {**probe, **given}
             elif isinstance(get, Mapping) and "scheme" not in get:
                 container[key] = {**given, "httpGet": {**get, "scheme": cmd.scheme.upper()}}
     containers = [c for c in template.get("containers") or [] if c.get("name") != container["name"]]
@@ -306,15 +364,19 @@ def model_server_deployment(
     labels = workload_labels(svc, workload.role)
     cmd = serve_command(svc, workload)
     template = _model_pod_spec(svc, opts, workload.pod, cmd, role=workload.role)
+    spec: Manifest = {
+        "replicas": workload.replicas,
+        "selector": {"matchLabels": dict(labels)},
+        "template": {"metadata": pod_metadata(svc, workload.path, labels), "spec": template},
+    }
+    rolling = _rolling_update(svc, workload.path)
+    if rolling is not None:
+        spec["strategy"] = {"type": "RollingUpdate", "rollingUpdate": rolling}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta(child_name(svc.name, workload.name_suffix), svc, labels),
-        "spec": {
-            "replicas": workload.replicas,
-            "selector": {"matchLabels": dict(labels)},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": template},
-        },
+        "spec": spec,
     }
 
 
@@ -333,20 +395,30 @@ def leader_worker_set(svc: LLMInferenceService, opts: RenderOptions) -> Manifest
     spec = _spec(svc)
     leader = _model_pod_spec(svc, opts, spec.get("template") or {}, cmd)
     worker = _model_pod_spec(svc, opts, spec.get("worker") or {}, cmd, worker=True)
+    lws: Manifest = {
+        "replicas": svc.replicas,
+        "startupPolicy": "LeaderCreated",
+        "leaderWorkerTemplate": {
+            "size": cmd.parallel.group_size or 1,
+            "restartPolicy": "RecreateGroupOnPodRestart",
+            "leaderTemplate": {
+                "metadata": pod_metadata(svc, "spec", workload_labels(svc)),
+                "spec": leader,
+            },
+            "workerTemplate": {
+                "metadata": pod_metadata(svc, "spec", worker_labels(svc)),
+                "spec": worker,
+            },
+        },
+    }
+    rolling = _rolling_update(svc, "spec")
+    if rolling is not None:
+        lws["rolloutStrategy"] = {"type": "RollingUpdate", "rollingUpdateConfiguration": rolling}
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
         "metadata": _meta(child_name(svc.name, "-kserve-mn"), svc, worker_labels(svc)),
-        "spec": {
-            "replicas": svc.replicas,
-            "startupPolicy": "LeaderCreated",
-            "leaderWorkerTemplate": {
-                "size": cmd.parallel.group_size or 1,
-                "restartPolicy": "RecreateGroupOnPodRestart",
-                "leaderTemplate": {"metadata": {"labels": workload_labels(svc)}, "spec": leader},
-                "workerTemplate": {"metadata": {"labels": worker_labels(svc)}, "spec": worker},
-            },
-        },
+        "spec": lws,
     }
 
 
@@ -524,6 +596,10 @@ def epp_args(svc: LLMInferenceService) -> list[str]:
     if not any(a.startswith(("--config-text", "--config-file")) for a in args):
         _, text = disagg.scheduler_config(svc)  # KServe's P/D default for a P/D service
         args += ["--config-text", text] if text else []
+    if otel.tracing_of(svc) is not None and not any(
+        a.split("=", 1)[0] in ("--tracing", "-tracing") for a in args
+    ):
+        args.append("--tracing=true")  # spec.tracing, as KServe adds it
     return args
 
 
@@ -566,6 +642,10 @@ def scheduler_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manif
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         *env,
     ]
+    tracing = otel.tracing_of(svc)
+    if tracing is not None:
+        extra = otel.pod_env(tracing, otel.SCHEDULER_SERVICE, svc)
+        container["env"] = otel.merge_env(container["env"], extra)
     for key, probe in epp_probes(leader_election(svc)).items():
         container.setdefault(key, probe)
     others = [c for c in template.get("containers") or [] if c.get("name") != container["name"]]
@@ -579,7 +659,10 @@ def scheduler_deployment(svc: LLMInferenceService, opts: RenderOptions) -> Manif
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": dict(labels)},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": template},
+            "template": {
+                "metadata": pod_metadata(svc, "spec.router.scheduler", labels),
+                "spec": template,
+            },
         },
     }
 
@@ -691,32 +774,94 @@ def rbac(svc: LLMInferenceService) -> list[Manifest]:
     ]
 
 
-def http_route(svc: LLMInferenceService, opts: RenderOptions) -> Manifest:
-    names = Names(svc.name)
+def _parent_refs(svc: LLMInferenceService, opts: RenderOptions) -> list[Manifest]:
+    """``--gateway``, else ``spec.router.gateway.refs`` (name, namespace, sectionName), else
+    KServe's managed Gateway."""
     refs = _get(_spec(svc), "router", "gateway", "refs")
     if opts.gateway_name:
         parents = [
             {"name": opts.gateway_name, "namespace": opts.gateway_namespace or svc.namespace}
         ]
     elif isinstance(refs, list) and refs:
-        parents = [
-            {"name": str(r["name"]), "namespace": str(r.get("namespace") or svc.namespace)}
-            for r in refs
-            if isinstance(r, Mapping) and r.get("name")
-        ]
+        parents = []
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
+                where = f"spec.router.gateway.refs[{i}]"
+                raise ConfigError([Problem(svc.source, where, "expected a mapping with 'name'")])
+            parent = {"name": ref["name"], "namespace": str(ref.get("namespace") or svc.namespace)}
+            if ref.get("sectionName"):
+                parent["sectionName"] = str(ref["sectionName"])
+            parents.append(parent)
     else:
         parents = [dict(DEFAULT_GATEWAY)]
-    for parent in parents:
-        parent.update({"group": "gateway.networking.k8s.io", "kind": "Gateway"})
+    return [{"group": "gateway.networking.k8s.io", "kind": "Gateway", **p} for p in parents]
+
+
+def _expand_templates(svc: LLMInferenceService, value: Any, path: str) -> Any:
+    """KServe's Go templates in a given spec (``ChildName``, ``.ObjectMeta.Name``/``Namespace``,
+    ``.Spec.Model.Name``) expanded; any other ``{{ ... }}`` (``.GlobalConfig``: the KServe
+    controller's settings) is one line naming where it is."""
+    if isinstance(value, dict):
+        return {k: _expand_templates(svc, v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_templates(svc, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "{{" not in value:
+        return value
+    text = expand_template_args([value], svc)[0]
+    text = _MODEL_NAME.sub(svc.model_name or svc.name, text)
+    if "{{" in text:
+        problem = Problem(
+            svc.source,
+            path,
+            f"{value.strip()!r}: only ChildName, .ObjectMeta.Name/.Namespace and "
+            ".Spec.Model.Name are expanded (KServe's .GlobalConfig is its controller's "
+            "setting): write the value",
+        )
+        raise ConfigError([problem])
+    return text
+
+
+_PROBE_HANDLERS = frozenset({"httpGet", "grpc", "tcpSocket", "exec"})
+_MODEL_NAME = re.compile(r"\{\{\s*\.Spec\.Model\.Name\s*\}\}")
+
+
+def http_route(svc: LLMInferenceService, opts: RenderOptions) -> Manifest | None:
+    """``<n>-kserve-route``; None when ``spec.router.route.http.refs`` names your own routes.
+
+    ``spec.router.route.http.spec`` is the route's spec as given (parentRefs filled in from
+    the Gateway when it names none); otherwise KServe's managed route: ``/<ns>/<name>/...``
+    rewritten to ``/...`` on the InferencePool.
+    """
+    names = Names(svc.name)
+    http = _get(_spec(svc), "router", "route", "http")
+    http = http if isinstance(http, Mapping) else {}
+    if http.get("refs"):
+        return None
+    metadata = _meta(names.route, svc, {"app.kubernetes.io/name": svc.name})
+    given = http.get("spec")
+    if given is not None:
+        if not isinstance(given, Mapping):
+            where = "spec.router.route.http.spec"
+            raise ConfigError([Problem(svc.source, where, "expected an HTTPRoute spec (mapping)")])
+        route_spec = _expand_templates(
+            svc, copy.deepcopy(dict(given)), "spec.router.route.http.spec"
+        )
+        route_spec.setdefault("parentRefs", _parent_refs(svc, opts))
+        return {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": metadata,
+            "spec": route_spec,
+        }
     group = pool_group(svc)
     prefix = f"/{svc.namespace}/{svc.name}"
     backend = {"group": group, "kind": "InferencePool", "name": names.pool}
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
-        "metadata": _meta(names.route, svc, {"app.kubernetes.io/name": svc.name}),
+        "metadata": metadata,
         "spec": {
-            "parentRefs": parents,
+            "parentRefs": _parent_refs(svc, opts),
             "rules": [
                 {
                     # /<ns>/<name>/v1/... -> /v1/... on the pool, as KServe's managed route
@@ -740,6 +885,7 @@ def http_route(svc: LLMInferenceService, opts: RenderOptions) -> Manifest:
 def render(svc: LLMInferenceService, opts: RenderOptions | None = None) -> list[Manifest]:
     """Every manifest for ``svc``, in an order ``kubectl apply`` is happy with."""
     opts = opts or RenderOptions()
+    specfields.require_supported(svc, "render")
     ms.check_renderable(svc)
     multi_node = _spec(svc).get("worker") is not None
     https = serve_command(svc).scheme == "https"
@@ -751,6 +897,7 @@ def render(svc: LLMInferenceService, opts: RenderOptions | None = None) -> list[
         workloads = [leader_worker_set(svc, opts)]
     else:
         workloads = [model_server_deployment(svc, opts)]
+    route = http_route(svc, opts)
     return [
         *rbac(svc),
         *([tls_secret(svc)] if https and not opts.tls_secret else []),
@@ -759,7 +906,7 @@ def render(svc: LLMInferenceService, opts: RenderOptions | None = None) -> list[
         inference_pool(svc),
         scheduler_deployment(svc, opts),
         epp_service(svc),
-        http_route(svc, opts),
+        *([route] if route is not None else []),
     ]
 
 

@@ -75,7 +75,12 @@ def register(subparsers: Any) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from kvgate.gateway.cli import traced
-    from kvgate.up.run import up_from_args
+    import os
 
-    return traced(lambda: up_from_args(args), args.tracing)
+    from kvgate.gateway.cli import traced
+    from kvgate.up.run import spec_tracing_env, up_from_args
+
+    env = spec_tracing_env(args)  # spec.tracing turns tracing on, as --tracing with OTEL_*
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    return traced(lambda: up_from_args(args), args.tracing or bool(env))

@@ -122,11 +122,11 @@ def lora_args(svc: Any, engine: str) -> list[str]:
         modules.append(f"{adapter.name}={path}")
     if not modules:
         return []
-    return (
-        ["--lora-modules", *modules]
-        if engine == "sim"
-        else ["--enable-lora", "--lora-modules", *modules]
-    )
+    from kvgate.k8s.modelserver import lora_limits
+
+    if engine == "sim":  # the simulator knows --max-loras of the three limits
+        return ["--lora-modules", *modules, *lora_limits(svc, only=("--max-loras",))]
+    return ["--enable-lora", "--lora-modules", *modules, *lora_limits(svc)]
 
 
 def _with_tokenizer(model: Any, tokenizer: str | None, offline: bool) -> Any:
@@ -149,6 +149,44 @@ def _with_tokenizer(model: Any, tokenizer: str | None, offline: bool) -> Any:
     return dataclasses.replace(model, tokenizer=path)
 
 
+def service_file(args: argparse.Namespace) -> Path:
+    """FILE, the course's example (``--example``) or the built-in demo."""
+    return args.file or (example_file() if getattr(args, "example", False) else demo_file())
+
+
+def spec_tracing_env(args: argparse.Namespace) -> dict[str, str]:
+    """The OTEL_* settings of the file's ``spec.tracing`` ({} when absent): ``up`` turns on
+    its gateway's tracing with them, as ``--tracing`` with those variables would."""
+    from kvgate.config import load_llm_inference_service
+    from kvgate.k8s.otel import SCHEDULER_SERVICE, otel_env, tracing_of
+
+    if getattr(args, "example", False) and args.file is not None:
+        return {}  # up_from_args reports it
+    tracing = tracing_of(load_llm_inference_service(service_file(args)))
+    if tracing is None:
+        return {}
+    env = otel_env(tracing, SCHEDULER_SERVICE)
+    del env["OTEL_SERVICE_NAME"]  # the gateway names itself
+    return env
+
+
+def _check_fields(svc: Any, engine: str) -> None:
+    """Refuse what up cannot run (one line each); name what has no local meaning."""
+    from kvgate.k8s.modelserver import LORA_LIMIT_FLAGS
+    from kvgate.k8s.specfields import require_supported
+
+    local = list(require_supported(svc, "up").local)
+    if engine == "sim":
+        lora = (svc.raw.get("spec") or {}).get("model", {}).get("lora") or {}
+        local += [
+            f"spec.model.lora.{key} (the simulator has no {flag})"
+            for key, flag in LORA_LIMIT_FLAGS
+            if key != "maxAdapters" and isinstance(lora, dict) and lora.get(key) is not None
+        ]
+    if local:
+        _say(f"not applied locally (Kubernetes or vLLM only): {', '.join(local)}")
+
+
 def up_from_args(args: argparse.Namespace) -> int:
     from kvgate.config import load_llm_inference_service
     from kvgate.engines import EngineConfig, resolve_model
@@ -158,8 +196,8 @@ def up_from_args(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     if getattr(args, "example", False) and args.file is not None:
         raise EngineError("give FILE or --example, not both")
-    path = args.file or (example_file() if getattr(args, "example", False) else demo_file())
-    svc = load_llm_inference_service(path)
+    svc = load_llm_inference_service(service_file(args))
+    _check_fields(svc, args.engine)
     if args.replicas is not None and args.replicas < 1:
         raise EngineError("--replicas: at least one replica is needed")
     picker_config, _ = scheduler_config(svc)
