@@ -311,14 +311,16 @@ FIELDS: tuple[SpecField, ...] = (
     _f(
         "spec.router",
         "acts",
-        "the EPP, InferencePool and HTTPRoute (rendered also when absent: kvgate is the EPP)",
+        "the EPP, InferencePool and HTTPRoute, rendered also when spec.router is absent "
+        "(KServe then renders only the workload and its Service; kvgate is the EPP)",
         "acts",
         "the gateway in front of the replicas",
     ),
     _f(
         "spec.router.route",
         "acts",
-        "<n>-kserve-route, an HTTPRoute to the InferencePool",
+        "<n>-kserve-route, an HTTPRoute to the InferencePool; rendered also when absent "
+        "(KServe renders none then: delete it, or name your routes in http.refs)",
         "local",
         _K8S,
     ),
@@ -382,7 +384,8 @@ FIELDS: tuple[SpecField, ...] = (
     _f(
         "spec.router.scheduler",
         "acts",
-        "<n>-kserve-router-scheduler running kvgate epp",
+        "<n>-kserve-router-scheduler running kvgate epp; rendered also when absent (KServe "
+        "then routes to the workload Service without a picker)",
         "acts",
         "the gateway's scheduler",
     ),
