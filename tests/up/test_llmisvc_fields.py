@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
-from k8s.test_render import SCHEMAS, validate
+from k8s.test_render import BUILT_IN_GROUPS, K8S_VERSION, SCHEMA_FOR, SCHEMAS
 from kvgate.config import load_llm_inference_service
 from kvgate.errors import ConfigError
 from kvgate.k8s import specfields
@@ -382,18 +384,34 @@ def fed_documents() -> list[tuple[str, dict[str, Any]]]:
     return docs
 
 
-def check_manifest(manifest: dict[str, Any]) -> None:
-    """Kubernetes' schemas, or for a LeaderWorkerSet LWS's with its pod templates checked as
-    Deployment pod templates (as tests/k8s/test_render.py does)."""
-    if manifest["kind"] != "LeaderWorkerSet":
-        validate(manifest)
+@cache
+def schema_validator(file: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS / file).read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)  # once per file: it is the slow part
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate(manifest: dict[str, Any]) -> None:
+    """As tests/k8s/test_render.py validates: Kubernetes' own schemas (strict) for its kinds,
+    the trimmed schemas of tests/data/k8s-schemas for the rest."""
+    if manifest["apiVersion"] in BUILT_IN_GROUPS:
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    key = (manifest["apiVersion"], manifest["kind"])
+    file = SCHEMA_FOR.get(key, "leaderworkerset.v1.json" if key[1] == "LeaderWorkerSet" else None)
+    if file is None:
+        assert manifest["apiVersion"] in BUILT_IN_GROUPS, f"no schema for {key}"
         return
-    schema = json.loads((SCHEMAS / "leaderworkerset.v1.json").read_text())
-    jsonschema.Draft202012Validator(schema).validate(manifest)
-    for role in ("leaderTemplate", "workerTemplate"):
-        template = manifest["spec"]["leaderWorkerTemplate"][role]
-        validate({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
-                  "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": template}})  # fmt: skip
+    schema_validator(file).validate(manifest)
+
+
+def check_manifest(manifest: dict[str, Any]) -> None:
+    """:func:`validate`; a LeaderWorkerSet's pod templates also as Deployment pod templates."""
+    validate(manifest)
+    if manifest["kind"] == "LeaderWorkerSet":
+        for role in ("leaderTemplate", "workerTemplate"):
+            template = manifest["spec"]["leaderWorkerTemplate"][role]
+            validate({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                      "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": template}})  # fmt: skip
 
 
 def check_document(tmp_path: Path, name: str, doc: dict[str, Any]) -> set[str]:
@@ -418,7 +436,7 @@ def check_document(tmp_path: Path, name: str, doc: dict[str, Any]) -> set[str]:
             assert len(lines) >= 1 and all(": " in line for line in lines), (name, lines)
         return set()
     assert not table_refused and not unknown, (name, table_refused, unknown)
-    for manifest in manifests:  # where spec fields land (tests/k8s covers the other kinds)
+    for manifest in manifests:  # where spec fields land (tests/k8s checks the other kinds)
         if manifest["kind"] in ("Deployment", "LeaderWorkerSet", "HTTPRoute"):
             check_manifest(manifest)
     acted = set()
