@@ -535,3 +535,23 @@ def test_up_refuses_what_it_cannot_run_and_names_what_is_kubernetes_only(tmp_pat
     assert "--max-loras=2" in lora_args(svc, "sim") and "--max-lora-rank=64" in lora_args(
         svc, "vllm"
     )
+
+
+def test_up_turns_on_tracing_from_spec_tracing(tmp_path: Path) -> None:
+    import argparse
+
+    from kvgate.up.run import spec_tracing_env
+
+    preset = DATA / "kserve__config_llmisvcconfig_config-llm-tracing.yaml"
+    doc = as_service(yaml.safe_load(preset.read_text()))
+    path = tmp_path / "svc.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    env = spec_tracing_env(argparse.Namespace(file=path, example=False))
+    assert env == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.05",
+    }
+    path.write_text(CPU_SAMPLE.read_text())  # no spec.tracing: tracing stays as --tracing says
+    assert spec_tracing_env(argparse.Namespace(file=path, example=False)) == {}
