@@ -99,3 +99,47 @@ async def test_errors() -> None:
     finally:
         await client.close()
         server.close()
+
+
+async def test_deadline_bounds_the_head_and_the_body() -> None:
+    """Past ``deadline`` the wait for the head, or for more body, raises TimeoutError and the
+    connection is closed (the server sees it go); a finished answer is not touched."""
+    gone = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"/silent" not in head:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")  # 7 short
+        await reader.read()  # until the client closes
+        writer.close()
+        gone.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = UpstreamClient()
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.post("127.0.0.1", port, "/silent", [], b"", deadline=started + 0.2)
+        assert 0.15 < loop.time() - started < 2
+        await asyncio.wait_for(gone.wait(), 5)
+        gone.clear()
+        r = await client.post("127.0.0.1", port, "/slow", [], b"", deadline=loop.time() + 0.2)
+        assert r.status == 200
+        with pytest.raises(TimeoutError):
+            await r.read()
+        r.release()
+        await asyncio.wait_for(gone.wait(), 5)
+        done = await _server([LENGTH, LENGTH])  # stays open for a second request
+        r = await client.post("127.0.0.1", done[1], "/", [], b"", deadline=loop.time() + 0.1)
+        assert await r.read() == b"{}"
+        await asyncio.sleep(0.2)  # past the deadline, still unreleased: nothing changes
+        r.release()
+        assert len(client._pools[("127.0.0.1", done[1], False)].idle) == 1
+        done[0].close()
+        await client.close()
+        await asyncio.sleep(0.05)  # the test server's handler sees the close
+    finally:
+        await client.close()
+        server.close()

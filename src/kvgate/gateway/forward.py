@@ -169,18 +169,19 @@ class Forwarder:
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         prefiller = hdrs.pop(HEADER_PREFILLER, None)  # this gateway runs both legs itself
         try:
-            async with asyncio.timeout_at(deadline):
-                if prefiller:
+            if prefiller:
+                async with asyncio.timeout_at(deadline):
                     payload = await self._prefill(request, prefiller, path, hdrs, payload)
-                upstream = await self.client.post(
-                    endpoint.address,
-                    endpoint.port,
-                    path,
-                    hdrs.items(),
-                    payload,
-                    tls=endpoint.scheme == "https",
-                    host_header=endpoint.hostport,
-                )
+            upstream = await self.client.post(
+                endpoint.address,
+                endpoint.port,
+                path,
+                hdrs.items(),
+                payload,
+                tls=endpoint.scheme == "https",
+                host_header=endpoint.hostport,
+                deadline=deadline,
+            )
         except asyncio.CancelledError:
             control.end_attempt(ctx, ResponseInfo(error="client_disconnect"))
             raise
@@ -202,8 +203,7 @@ class Forwarder:
         try:
             if upstream.status >= 500 and not is_last:
                 with contextlib.suppress(UpstreamStreamError, TimeoutError):
-                    async with asyncio.timeout_at(deadline):
-                        await upstream.read()
+                    await upstream.read()  # bounded by the deadline given to post
                 control.end_attempt(ctx, ResponseInfo(status=upstream.status, error="upstream_5xx"))
                 self.metrics.child(
                     self.metrics.upstream_errors, endpoint.name, "upstream_5xx"
@@ -253,8 +253,7 @@ class Forwarder:
         if not upstream.content_type.startswith("text/event-stream"):
             ctx.stream = False
             try:
-                async with asyncio.timeout_at(deadline):
-                    data = await upstream.read()
+                data = await upstream.read()  # bounded by the deadline given to post
             except TimeoutError:
                 control.end_attempt(ctx, ResponseInfo(status=upstream.status, error="timeout"))
                 ctx.error = "timeout"
