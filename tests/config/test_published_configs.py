@@ -48,10 +48,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d-inference-scheduler__test_testdata_configloader_1_test.yaml": (
         "plugins[test1].parameters: plugin type 'test-one' is not supported: " + _TEST_DOUBLE
     ),
-    "llm-d-router__deploy_config_epp-burst-prefix-cache-config.yaml": (
-        "plugins[burst-prefix-cache-producer].type: unknown plugin type "
-        "'burst-prefix-cache-producer'"
-    ),
     "llm-d-router__deploy_config_epp-mm-embeddings-cache-config.yaml": (
         "plugins[mm-embeddings-cache-producer].parameters: plugin type "
         "'mm-embeddings-cache-producer' is not supported: " + _MM
