@@ -85,3 +85,15 @@ def test_build_request_errors_name_the_field(
     with pytest.raises(BadRequestError) as info:
         build_request(kind, body, {})  # type: ignore[arg-type]
     assert info.value.param == param and info.value.status == 400
+
+
+def test_new_request_id_is_a_version_4_uuid() -> None:
+    import uuid
+
+    from kvgate.openai.requests import new_request_id
+
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122

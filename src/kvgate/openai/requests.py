@@ -7,7 +7,7 @@ become OpenAI's JSON error shape via :func:`kvgate.openai.errors.error_body`.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +20,13 @@ _decoder = msgspec.json.Decoder()
 
 CHAT_PATH_SUFFIX = "/chat/completions"
 COMPLETIONS_PATH_SUFFIX = "/completions"
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID in its text form, as ``new_request_id()`` makes it at a
+    third of the cost (one per request without an ``x-request-id``)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def request_kind_for_path(path: str) -> RequestKind | None:
@@ -101,7 +108,7 @@ def build_request(
         token_ids = tuple(int(t) for t in body["prompt"])
     salt = body.get("cache_salt")
     priority = body.get("priority", 0)
-    rid = request_id or headers.get(HEADER_REQUEST_ID) or str(uuid.uuid4())
+    rid = request_id or headers.get(HEADER_REQUEST_ID) or new_request_id()
     return Request(
         request_id=rid,
         model=model,

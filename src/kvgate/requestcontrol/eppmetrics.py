@@ -141,6 +141,7 @@ class EppMetrics:
         self._model = _Bounded()
         self._fairness = _Bounded()
         self._children: dict[tuple[object, ...], Any] = {}
+        self._series: dict[Labels, _Series] = {}
 
         def twin_hist(gie: str, new: str, text: str, buckets: Sequence[float]) -> Histogram:
             # one set of counts: llm-d's name with every label, GIE's summed over the two
@@ -332,11 +333,19 @@ class EppMetrics:
         """A request's label values, bounded (see the module docstring)."""
         return (self._model(model), self._model(target), self._fairness(fairness_id), str(priority))
 
+    def series(self, labels: Labels) -> _Series:
+        """The children of every per-request series for one label set, looked up once."""
+        found = self._series.get(labels)
+        if found is None:
+            found = self._series[labels] = _Series(self, labels)
+        return found
+
     def parsed(self, labels: Labels, body_size: int) -> None:
         """The request is parsed: it runs from now until :meth:`finished`."""
-        self._child(self.running[0], labels[0]).inc()
-        self._child(self.running[1], *labels).inc()
-        self.request_size.labels(*labels).observe(body_size)
+        series = self.series(labels)
+        series.running_model.inc()
+        series.running.inc()
+        series.size.observe(body_size)
 
     def processed(self, seconds: float) -> None:
         """The request side is done (parsed, admitted, scheduled): the first attempt starts."""
@@ -367,30 +376,69 @@ class EppMetrics:
         cached_tokens: int | None,
     ) -> None:
         """Count one finished request; ``running``: :meth:`parsed` counted it as running."""
-        model, target, _, priority = labels
+        series = self.series(labels)
         if running:
-            self._child(self.running[0], model).dec()
-            self._child(self.running[1], *labels).dec()
-        self._child(self.requests[0], model, target, priority).inc()
-        self._child(self.requests[1], *labels).inc()
+            series.running_model.dec()
+            series.running.dec()
+        series.requests_gie.inc()
+        series.requests.inc()
         if error is not None or status >= 400:
+            model, target, _, _ = labels
             code = str(status) if status else error or "unknown"
             self._child(self.errors[0], model, target, code).inc()
             self._child(self.errors[1], *labels, code).inc()
-        self.duration.labels(*labels).observe(seconds)
-        first = ttft_s if stream else seconds
-        if first is not None and (ttft_s is not None or not stream):
-            self.ttft.labels(*labels, "true" if stream else "false").observe(first)
+        series.duration.observe(seconds)
+        if stream:
+            if ttft_s is not None:
+                series.ttft_stream.observe(ttft_s)
+        else:
+            series.ttft_whole.observe(seconds)
         if prompt_tokens:
-            self.input_tokens.labels(*labels).observe(prompt_tokens)
+            series.input_tokens.observe(prompt_tokens)
         if completion_tokens:
-            self.output_tokens.labels(*labels).observe(completion_tokens)
-            per_token = seconds / completion_tokens
-            self.ntpot.labels(*labels).observe(per_token)
+            series.output_tokens.observe(completion_tokens)
+            series.ntpot.observe(seconds / completion_tokens)
             if stream and ttft_s is not None and completion_tokens > 1 and seconds > ttft_s:
-                self.tpot.labels(*labels).observe((seconds - ttft_s) / (completion_tokens - 1))
+                series.tpot.observe((seconds - ttft_s) / (completion_tokens - 1))
         if cached_tokens is not None:
-            self.cached_tokens.labels(*labels).observe(cached_tokens)
+            series.cached_tokens.observe(cached_tokens)
+
+
+class _Series:
+    """One label set's children of :class:`EppMetrics`' per-request series (a request
+    touches a dozen; one dictionary lookup finds them all)."""
+
+    __slots__ = (
+        "cached_tokens",
+        "duration",
+        "input_tokens",
+        "ntpot",
+        "output_tokens",
+        "requests",
+        "requests_gie",
+        "running",
+        "running_model",
+        "size",
+        "tpot",
+        "ttft_stream",
+        "ttft_whole",
+    )
+
+    def __init__(self, m: EppMetrics, labels: Labels) -> None:
+        model, target, _, priority = labels
+        self.running_model = m.running[0].labels(model)
+        self.running = m.running[1].labels(*labels)
+        self.requests_gie = m.requests[0].labels(model, target, priority)
+        self.requests = m.requests[1].labels(*labels)
+        self.duration = m.duration.labels(*labels)
+        self.size = m.request_size.labels(*labels)
+        self.input_tokens = m.input_tokens.labels(*labels)
+        self.output_tokens = m.output_tokens.labels(*labels)
+        self.cached_tokens = m.cached_tokens.labels(*labels)
+        self.ntpot = m.ntpot.labels(*labels)
+        self.tpot = m.tpot.labels(*labels)
+        self.ttft_stream = m.ttft.labels(*labels, "true")
+        self.ttft_whole = m.ttft.labels(*labels, "false")
 
 
 def _mean_stdev(values: Sequence[float]) -> tuple[float, float]:

@@ -170,6 +170,7 @@ class RequestMetrics:
         r.register(EppPoolCollector(pool, pool_name))
         register_kv_metrics(r)  # the precise scorer's index and event intake, if any
         self._children: dict[tuple[object, ...], Any] = {}
+        self._plugin_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised (label sets are few: models x endpoints)."""
@@ -181,8 +182,15 @@ class RequestMetrics:
 
     def observe_plugin(self, point: str, type_name: str, name: str, seconds: float) -> None:
         """The Scheduler's ``observe`` hook: one plugin call (kvgate's and GIE's buckets)."""
-        self.plugin.labels(point, type_name, name).observe(seconds)
-        self.epp.plugin.labels(point, type_name, name).observe(seconds)
+        key = (point, type_name, name)
+        pair = self._plugin_children.get(key)
+        if pair is None:
+            pair = self._plugin_children[key] = (
+                self.plugin.labels(*key),
+                self.epp.plugin.labels(*key),
+            )
+        pair[0].observe(seconds)
+        pair[1].observe(seconds)
 
     def mirror_flow(self, flow_metrics: object) -> None:
         """Export flow control's ``inference_extension_flow_control_*`` families (the
