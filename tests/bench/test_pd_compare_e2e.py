@@ -58,3 +58,8 @@ def test_cpu_tier_policies_give_replicas_a_cpu_tier(tmp_path: Path) -> None:
     by_policy = {r["policy"]: r for r in results}
     assert set(by_policy) == {"llm-d-default+cpu-tier", "precise+cpu-tier"}
     assert all(r["requests"] == 8 for r in results)
+    # no round-robin in the run: the report compares against the first policy, ITL p99 too
+    report = (tmp_path / "memory-pressure" / "report.md").read_text()
+    assert "Against llm-d-default+cpu-tier:\n- precise+cpu-tier: " in report
+    assert "ITL p99" in report.split("Against", 1)[1]
+    assert (tmp_path / "memory-pressure" / "itl_cdf.png").read_bytes()[:4] == b"\x89PNG"

@@ -15,6 +15,7 @@ from kvgate.bench.report import (
     markdown_table,
     parse_counters,
     percentile,
+    pick_baseline,
     summarize,
     write_outputs,
 )
@@ -161,14 +162,30 @@ def test_stages_and_outputs(tmp_path: Path) -> None:
         tmp_path, [a, b], {"round-robin": records, "prefix": []}, meta={"command": "x"}
     )
     names = {p.name for p in files}
-    assert {"results.json", "report.md", "ttft_cdf.png", "ttft_throughput_vs_rate.png"} <= names
+    assert {"results.json", "report.md", "ttft_cdf.png", "itl_cdf.png"} <= names
+    assert "ttft_throughput_vs_rate.png" in names
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["policy"] for r in results] == ["round-robin", "prefix"]
     for r in results:
         assert set(RESULT_KEYS) <= set(r)
     assert (tmp_path / "ttft_cdf.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "itl_cdf.png").read_bytes()[:4] == b"\x89PNG"
     lines = (tmp_path / "requests" / "round-robin.jsonl").read_text().splitlines()
     assert len(lines) == 10 and json.loads(lines[0])["request_id"] == "r0"
+
+
+def test_without_round_robin_the_first_policy_is_the_baseline_and_itl_p99_is_shown() -> None:
+    # a P/D comparison: llm-d-default then pd, no round-robin; pd's gaps are 4x shorter
+    agg = summarize(
+        "llm-d-default", [rec(i, i * 0.1, 0.01, 0.5, 5, itl=[0.04] * 4) for i in range(10)]
+    )
+    pd = summarize("pd", [rec(i, i * 0.1, 0.01, 0.5, 5, itl=[0.01] * 4) for i in range(10)])
+    assert pick_baseline(["llm-d-default", "pd"]) == "llm-d-default"
+    assert pick_baseline(["pd", "round-robin"]) == "round-robin"
+    assert pick_baseline([]) is None
+    md = markdown_table([agg, pd], pick_baseline([agg.policy, pd.policy]))
+    assert "| ITL p99 ms |" in md and "| 40.0 |" in md and "| 10.0 |" in md
+    assert "Against llm-d-default:" in md and "ITL p99 4.00× lower" in md
 
 
 def test_comparison_line_says_higher_when_slower() -> None:

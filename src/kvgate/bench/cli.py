@@ -417,7 +417,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_policy,
     )
     from kvgate.bench.fronts import FrontSpec
-    from kvgate.bench.report import comparison_line, write_outputs
+    from kvgate.bench.report import comparison_line, pick_baseline, write_outputs
     from kvgate.bench.runner import RunConfig
     from kvgate.bench.tenant_report import UNLOADED_SUFFIX, tenant_markdown, tenant_rows
     from kvgate.bench.tenants import MultiTenantParams, batch_rate
@@ -581,20 +581,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "front": args.front,
     }
     title = f"kvgate bench compare: {workload.name}, {cluster.replicas} × {cluster.engine}"
+    baseline = pick_baseline([s.policy for s in summaries])
     write_outputs(
         out_dir,
         summaries,
         {r.policy: r.records for r in runs},
         meta=meta,
+        baseline=baseline,
         title=title,
         sections=sections,
     )
-    base = next((s for s in summaries if s.policy == "round-robin"), None)
+    base = next((s for s in summaries if s.policy == baseline), None)
     if base is not None:
         for s in summaries:
             if s is not base:
-                print(f"{s.policy} vs round-robin: {comparison_line(s, base)}")
-    print(f"wrote {out_dir}/results.json, report.md, ttft_cdf.png, ttft_throughput_vs_rate.png")
+                print(f"{s.policy} vs {base.policy}: {comparison_line(s, base)}")
+    print(
+        f"wrote {out_dir}/results.json, report.md, ttft_cdf.png, itl_cdf.png, "
+        "ttft_throughput_vs_rate.png"
+    )
     if kept:
         _hold(kept, say)
     return 0 if summaries else 1

@@ -330,12 +330,21 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+def pick_baseline(policies: Sequence[str]) -> str | None:
+    """The policy the others are compared against: round-robin when it ran, else the first
+    (a P/D or CPU-tier comparison's first policy is the one without the change)."""
+    if "round-robin" in policies:
+        return "round-robin"
+    return policies[0] if policies else None
+
+
 def markdown_table(summaries: Sequence[Summary], baseline: str | None = "round-robin") -> str:
     """A Markdown table, one row per summary; ratios against ``baseline`` if present."""
     head = (
         "| policy | requests | errors | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | ITL p50 ms "
-        "| E2E p90 ms | output tok/s | req/s | hit rate | hit rate (usage) | busiest/mean |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| ITL p99 ms | E2E p90 ms | output tok/s | req/s | hit rate | hit rate (usage) "
+        "| busiest/mean |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for s in summaries:
@@ -345,7 +354,7 @@ def markdown_table(summaries: Sequence[Summary], baseline: str | None = "round-r
             errs += " (" + ", ".join(f"{k} {v}" for k, v in sorted(s.errors_by_kind.items())) + ")"
         rows.append(
             f"| {s.policy} | {s.requests} | {errs} | {_ms(s.ttft_p50_s)} | {_ms(s.ttft_p90_s)} "
-            f"| {_ms(s.ttft_p99_s)} | {_ms(s.itl_p50_s)} | {_ms(s.e2e_p90_s)} "
+            f"| {_ms(s.ttft_p99_s)} | {_ms(s.itl_p50_s)} | {_ms(s.itl_p99_s)} | {_ms(s.e2e_p90_s)} "
             f"| {s.output_tok_s:.0f} | {s.req_s:.2f} | {_pct(s.hit_rate)} "
             f"| {_pct(s.hit_rate_usage)} | {bal} |"
         )
@@ -424,6 +433,7 @@ def rich_table(summaries: Sequence[Summary]) -> Any:
         "TTFT p90 ms",
         "TTFT p99 ms",
         "ITL p50 ms",
+        "ITL p99 ms",
         "E2E p90 ms",
         "out tok/s",
         "req/s",
@@ -440,6 +450,7 @@ def rich_table(summaries: Sequence[Summary]) -> Any:
             _ms(s.ttft_p90_s),
             _ms(s.ttft_p99_s),
             _ms(s.itl_p50_s),
+            _ms(s.itl_p99_s),
             _ms(s.e2e_p90_s),
             f"{s.output_tok_s:.0f}",
             f"{s.req_s:.2f}",
@@ -450,14 +461,37 @@ def rich_table(summaries: Sequence[Summary]) -> Any:
 
 
 def plot_ttft_cdf(runs: Mapping[str, Sequence[RequestRecord]], path: Path, title: str = "") -> None:
+    samples = {
+        policy: [r.ttft_s for r in records if r.ok and r.ttft_s is not None]
+        for policy, records in runs.items()
+    }
+    _plot_cdf(
+        samples, path, "time to first token", "fraction of requests", title or "TTFT CDF per policy"
+    )
+
+
+def plot_itl_cdf(runs: Mapping[str, Sequence[RequestRecord]], path: Path, title: str = "") -> None:
+    """Every inter-token gap of the successful requests, pooled per policy (the ITL
+    percentiles' population); what P/D changes."""
+    samples = {
+        policy: [gap for r in records if r.ok for gap in r.itl_s]
+        for policy, records in runs.items()
+    }
+    heading = f"{title}: inter-token gaps" if title else "ITL CDF per policy"
+    _plot_cdf(samples, path, "inter-token latency", "fraction of gaps", heading)
+
+
+def _plot_cdf(
+    samples_s: Mapping[str, Sequence[float]], path: Path, what: str, ylabel: str, title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy, records in runs.items():
-        xs = sorted(r.ttft_s for r in records if r.ok and r.ttft_s is not None)
+    for policy, values in samples_s.items():
+        xs = sorted(values)
         if not xs:
             continue
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
@@ -470,14 +504,15 @@ def plot_ttft_cdf(runs: Mapping[str, Sequence[RequestRecord]], path: Path, title
     ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("time to first token (ms, log scale)")
-    ax.set_ylabel("fraction of requests")
+    ax.set_xlabel(f"{what} (ms, log scale)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.01)
     ax.axhline(0.9, color="grey", lw=0.5, ls=":")
+    ax.axhline(0.99, color="grey", lw=0.5, ls=":")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # every request failed: nothing to label
         ax.legend(loc="lower right")
-    ax.set_title(title or "TTFT CDF per policy", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -544,9 +579,11 @@ def write_outputs(
         written.append(p)
     cdf = out_dir / "ttft_cdf.png"
     plot_ttft_cdf(runs, cdf, title)
+    itl_cdf = out_dir / "itl_cdf.png"
+    plot_itl_cdf(runs, itl_cdf, title)
     vs_rate = out_dir / "ttft_throughput_vs_rate.png"
     plot_vs_rate(summaries, vs_rate, title)
-    written += [cdf, vs_rate]
+    written += [cdf, itl_cdf, vs_rate]
     md = out_dir / "report.md"
     lines = [f"# {title or 'kvgate bench'}\n"]
     if meta:
@@ -562,7 +599,8 @@ def write_outputs(
         lines.append(ladder)
     lines.extend(sections)
     lines.append(
-        "\n![TTFT CDF](ttft_cdf.png)\n\n![TTFT and throughput vs rate](ttft_throughput_vs_rate.png)\n"
+        "\n![TTFT CDF](ttft_cdf.png)\n\n![ITL CDF](itl_cdf.png)\n\n"
+        "![TTFT and throughput vs rate](ttft_throughput_vs_rate.png)\n"
     )
     md.write_text("\n".join(lines))
     written.append(md)
