@@ -33,6 +33,7 @@ from kvgate.engines.base import (
     LaunchPlan,
     ReplicaSpec,
 )
+from kvgate.engines.connectors import cpu_kv_transfer_problem
 from kvgate.engines.hosts import (
     available_cpus,
     cpu_flags,
@@ -232,6 +233,9 @@ def plan_vllm(config: EngineConfig, num_replicas: int) -> LaunchPlan:
         argv, merge_notes = merge_args(argv, config.extra_args, protected=PROTECTED_FLAGS)
         if i == 0:
             notes.extend(merge_notes)
+            problem = None if on_gpu else cpu_kv_transfer_problem(argv, Path(launcher[0]))
+            if problem:
+                raise EngineError(problem)
         argv, clamp_note = _clamp_max_model_len(
             argv, model.max_position_embeddings, "the model's context length"
         )

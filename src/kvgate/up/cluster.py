@@ -19,11 +19,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kvgate.config.llmisvc import LLMInferenceService
 from kvgate.engines import EngineConfig, LaunchPlan, ReplicaSpec, plan_launch
+from kvgate.engines.connectors import NIXL_CONNECTORS, cpu_connector_problem
 from kvgate.engines.hosts import free_port
-from kvgate.errors import EngineError
+from kvgate.engines.vllm import engine_python
+from kvgate.errors import ConfigError, EngineError, Problem
 from kvgate.k8s import disagg
 from kvgate.k8s.disagg import ROLE_LABEL, Workload, scheduler_config
 
@@ -53,6 +56,18 @@ def _sim_kv_bytes_per_token(config: EngineConfig) -> int:
     from kvgate.sim.profiles import DEFAULT_PROFILE, load_profile
 
     return load_profile(config.sim_profile or DEFAULT_PROFILE).kv_bytes_per_token
+
+
+def _check_cpu_connectors(
+    svc: LLMInferenceService, workload: Workload, kvt: Mapping[str, Any], config: EngineConfig
+) -> None:
+    """Refuse, naming the service's field, what vLLM's CPU build cannot run (engines/connectors)."""
+    problem = cpu_connector_problem(kvt, engine_python(config))
+    if problem is None:
+        return
+    name, why = problem
+    field = "spec.prefill" if name in NIXL_CONNECTORS else f"{workload.path}.kvCacheOffloading"
+    raise ConfigError([Problem(svc.source, field, why)])
 
 
 def role_args(
@@ -114,6 +129,9 @@ def plan_cluster(
     taken = {r.port for p in plans for r in p.replicas}
     for (load, config, _), plan in zip(configs, plans, strict=True):
         notes.extend(n for n in plan.notes if n not in notes)
+        kvt = disagg.kv_transfer_config(load, disaggregated=pd)
+        if config.engine == "vllm" and kvt and any(r.cpus is not None for r in plan.replicas):
+            _check_cpu_connectors(svc, load, kvt, config)
         for i, spec in enumerate(plan.replicas):
             name = spec.name if not pd else f"{load.role}-{i}"
             env = dict(spec.env)
