@@ -104,14 +104,23 @@ class Forwarder:
         self, req: HttpRequest, ctx: RequestContext, body: bytes, upstream_path: str
     ) -> Response | StreamResponse:
         assert ctx.request is not None and ctx.result is not None
-        order = attempt_order(ctx.result)[: self.settings.max_retries + 1]
+        result = ctx.result
+        limit = self.settings.max_retries + 1
+        primary = result.primary
+        # the full order (a sort of the survivors) is only needed once the first attempt
+        # failed; with more than one survivor and retries allowed there is a next one
+        lazy = limit > 1 and len(primary.scored) > 1 and bool(primary.targets)
+        order = [primary.targets[0]] if lazy else attempt_order(result)[:limit]
         payload = self._payload(ctx.request, body)
         query = req.query_string
         path = upstream_path + ("?" + query if query else "")
         last_error = "no endpoint could be reached"
         all_connect = True
         budget = self.control.retry_budget
-        for i, endpoint in enumerate(order):
+        i = -1
+        while i + 1 < len(order):
+            i += 1
+            endpoint = order[i]
             retry = i > 0
             if retry:
                 if not self.pool.is_healthy(endpoint.name) and self.pool.get(endpoint.name):
@@ -130,7 +139,7 @@ class Forwarder:
                         backoff_s(i, cfg.backoff_base_s, cfg.backoff_max_s, self._rng)
                     )
                 outcome = await self._attempt(
-                    req, ctx, endpoint, path, payload, is_last=i == len(order) - 1
+                    req, ctx, endpoint, path, payload, is_last=not lazy and i == len(order) - 1
                 )
             finally:
                 if retry and budget is not None:
@@ -139,6 +148,8 @@ class Forwarder:
                 return outcome
             last_error, connect = outcome
             all_connect = all_connect and connect
+            if lazy:
+                order, lazy = attempt_order(result)[:limit], False
         ctx.error = "upstream_unreachable" if all_connect else "upstream_5xx"
         if all_connect:
             return json_error(

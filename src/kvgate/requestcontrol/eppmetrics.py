@@ -142,6 +142,7 @@ class EppMetrics:
         self._fairness = _Bounded()
         self._children: dict[tuple[object, ...], Any] = {}
         self._series: dict[Labels, _Series] = {}
+        self._attempt_children: dict[tuple[str, str | None], tuple[Any, Any]] = {}
 
         def twin_hist(gie: str, new: str, text: str, buckets: Sequence[float]) -> Histogram:
             # one set of counts: llm-d's name with every label, GIE's summed over the two
@@ -354,13 +355,19 @@ class EppMetrics:
     def scheduled(self, target_model: str, endpoint: Endpoint | None, seconds: float) -> None:
         """One scheduling cycle; ``endpoint`` is None when it failed."""
         self.scheduler_e2e.observe(seconds)
-        if endpoint is None:
-            status, ident = "failure", ("", "", "")
-        else:
-            status, ident = "success", endpoint_identity(endpoint)
-        target = self._model(target_model)
-        self._child(self.attempts[0], status, target, *ident).inc()
-        self._child(self.attempts[1], status, target, *ident).inc()
+        key = (target_model, endpoint.name if endpoint is not None else None)
+        pair = self._attempt_children.get(key)
+        if pair is None:
+            if endpoint is None:
+                status, ident = "failure", ("", "", "")
+            else:
+                status, ident = "success", endpoint_identity(endpoint)
+            labels = (status, self._model(target_model), *ident)
+            pair = (self.attempts[0].labels(*labels), self.attempts[1].labels(*labels))
+            if len(self._attempt_children) < 4 * MAX_LABEL_VALUES:  # bounded like the labels
+                self._attempt_children[key] = pair
+        pair[0].inc()
+        pair[1].inc()
 
     def finished(
         self,
