@@ -90,6 +90,10 @@ def test_feature_gates_per_generation() -> None:
         f"featureGates[0]: unknown feature gate 'prepareDataPlugins' in apiVersion {LLMD_V1} "
         "(known: dataLayer, flowControl, enableLegacyMetrics)"
     ]
+    # llm-d-router's sim-e-p-d deploy config set it under v1alpha1
+    assert load(LLMD_V1ALPHA1, "featureGates: [prepareDataPlugins]\n").feature_gates == {
+        "prepareDataPlugins"
+    }
 
 
 def test_enable_legacy_metrics_turns_the_data_layer_off() -> None:

@@ -506,3 +506,15 @@ schedulingProfiles:
 """
     )
     assert len(errors(text)) == 4
+
+
+def test_request_handler_parser_one_parser_shape() -> None:
+    # llm-d-router's test config between the top-level parser and requestHandler.parsers
+    text = (
+        HEADER + "plugins:\n- type: openai-parser\n- type: random-picker\n"
+        "requestHandler:\n  parser: {pluginRef: openai-parser}\n"
+    )
+    assert load_picker_config(text=text, env={}).request_handler.parsers == ("openai-parser",)
+    assert errors(text + "  parsers:\n  - pluginRef: openai-parser\n") == [
+        "epp.yaml:7:3: requestHandler.parser: give either 'parser' or 'parsers', not both"
+    ]

@@ -48,9 +48,24 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d-inference-scheduler__test_testdata_configloader_1_test.yaml": (
         "plugins[test1].parameters: plugin type 'test-one' is not supported: " + _TEST_DOUBLE
     ),
+    "llm-d-router__deploy_config_epp-kvcache-load-config.yaml": (
+        "plugins[kvcache-aware-scorer].parameters: plugin type 'kvcache-aware-scorer'"
+        " is not supported: llm-d-inference-scheduler v0.1's scorer over a Redis "
+        "KV-block index; use precise-prefix-cache-scorer, which follows the engines' "
+        "KV events"
+    ),
     "llm-d-router__deploy_config_epp-mm-embeddings-cache-config.yaml": (
         "plugins[mm-embeddings-cache-producer].parameters: plugin type "
         "'mm-embeddings-cache-producer' is not supported: " + _MM
+    ),
+    "llm-d-router__deploy_config_epp-mm-embeddings-cache-config@18c543541ff7.yaml": (
+        "plugins[mm-embeddings-cache-producer].parameters: plugin type "
+        "'mm-embeddings-cache-producer' is not supported: " + _MM
+    ),
+    "llm-d-router__deploy_config_epp-prefix-cache-tracking-config.yaml": (
+        "plugins[prefix-cache-scorer].parameters.mode: 'cache_tracking' is not "
+        "supported: cache_tracking read llm-d-inference-scheduler v0.1's Redis "
+        "KV-block index; use precise-prefix-cache-scorer (the engines' KV events)"
     ),
     "llm-d-router__deploy_config_pd-topology-epp-config.yaml": (
         "plugins[topology-extractor].parameters: plugin type 'topology-extractor' is "
@@ -62,7 +77,15 @@ EXPECTED_FAILURES: dict[str, str] = {
         "encode (E) stage: it routes text requests and its sidecar runs prefill and "
         "decode legs only; remove the encode decider"
     ),
+    "llm-d-router__deploy_config_sim-e-p-d-epp-config@a04214311c16.yaml": (
+        "plugins[always-disagg-multimodal-decider].parameters: plugin type "
+        "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
+    ),
     "llm-d-router__deploy_config_sim-e-pd-epp-config.yaml": (
+        "plugins[always-disagg-multimodal-decider].parameters: plugin type "
+        "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
+    ),
+    "llm-d-router__deploy_config_sim-e-pd-epp-config@f9c991db7823.yaml": (
         "plugins[always-disagg-multimodal-decider].parameters: plugin type "
         "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
     ),
@@ -71,13 +94,83 @@ EXPECTED_FAILURES: dict[str, str] = {
         "supported: NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads "
         "only model-server metrics"
     ),
+    "llm-d-router__deploy_config_sim-epp-gpu-config@d4782911a2b6.yaml": (
+        "plugins[dcgm-source].parameters: plugin type 'dcgm-data-source' is not "
+        "supported: NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads "
+        "only model-server metrics"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_README.md_0.yaml": (
+        "plugins[discovery].parameters: plugin type 'multicluster-file-discovery' is "
+        "not supported: kvgate schedules over the endpoints of one pool; it has no "
+        "cluster-endpoint discovery or cross-cluster routing"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_datalayer_extractor_dcgm_README.md_0.yaml": (
+        "plugins[dcgm-source].parameters: plugin type 'dcgm-data-source' is not "
+        "supported: NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads "
+        "only model-server metrics"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_datalayer_source_dcgm_README.md_0.yaml": (
+        "plugins[dcgm-source].parameters: plugin type 'dcgm-data-source' is not "
+        "supported: NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads "
+        "only model-server metrics"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_datalayer_source_models_README.md_0.yaml": (
+        "plugins[vllm-models-source].parameters: plugin type 'models-data-source' is "
+        "not supported: kvgate's scraper already polls /v1/models on every endpoint "
+        "and has no per-source settings for it"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_requestcontrol_requestattributereporter_README.md_0.yaml": (
+        "plugins[total-tokens-cost-reporter].parameters: plugin type "
+        "'request-attribute-reporter' is not supported: it returns CEL expressions "
+        "over the response's usage to Envoy as ext_proc dynamic metadata; kvgate "
+        "evaluates no CEL and sends Envoy no metadata after the response body"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_requestcontrol_requestheader_agentidentity_README.md_0.yaml": (
+        "plugins[agent-identity].parameters: plugin type 'agent-identity' is not "
+        "supported: it makes agent session headers (x-claude-code-session-id, ...) "
+        "the flow-control fairness id; kvgate takes the fairness id from "
+        "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_requestcontrol_screener_disaggregatedsetrollout_README.md_0.yaml": (
+        "plugins[rollout-screener].parameters: plugin type "
+        "'disaggregatedset-rollout-screener' is not supported: a screener over "
+        "DisaggregatedSet revision labels; kvgate has no screener step and no "
+        "DisaggregatedSet rollouts to keep apart"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_requesthandling_parsers_README.md_0.yaml": (
+        "plugins[vllmgrpcParser].parameters: plugin type 'vllmgrpc-parser' is not "
+        "supported: kvgate's front doors parse the OpenAI API only (no vLLM gRPC)"
+    ),
+    "llm-d-router__pkg_epp_framework_plugins_requesthandling_parsers_vertexai_README.md_0.yaml": (
+        "plugins[vertexai-parser].parameters: plugin type 'vertexai-parser' is not "
+        "supported: kvgate's front doors parse the OpenAI API only (no Vertex AI "
+        "gRPC)"
+    ),
     "llm-d-router__test_integration_epp_testdata_datalayer-config.yaml": (
+        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
+        "is not supported: " + _TEST_DOUBLE
+    ),
+    "llm-d-router__test_integration_epp_testdata_datalayer-config@f8116322e1ad.yaml": (
         "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
         "is not supported: " + _TEST_DOUBLE
     ),
     "llm-d-router__test_integration_epp_testdata_request-attribute-reporter-config.yaml": (
         "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
         "is not supported: " + _TEST_DOUBLE
+    ),
+    "llm-d-router__test_integration_epp_testdata_request-attribute-reporter-config@92eeb5c79e00.yaml": (
+        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
+        "is not supported: " + _TEST_DOUBLE
+    ),
+    "llm-d-router__test_integration_igw_epp_testdata_datalayer-config.yaml": (
+        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
+        "is not supported: " + _TEST_DOUBLE
+    ),
+    "llm-d-router__test_integration_igw_epp_testdata_request-attribute-reporter-config.yaml": (
+        "plugins[total-tokens-cost-reporter].parameters: plugin type "
+        "'request-attribute-reporter' is not supported: it returns CEL expressions "
+        "over the response's usage to Envoy as ext_proc dynamic metadata; kvgate "
+        "evaluates no CEL and sends Envoy no metadata after the response body"
     ),
     "llm-d-router__test_perf_config_router-configs_random-passthrough-parser.yaml": (
         "plugins[passthrough-parser].parameters: plugin type 'passthrough-parser' is "
@@ -87,6 +180,37 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d-router__test_testdata_configloader_1_test.yaml": (
         "featureGates[0]: unknown feature gate 'test-feature-gate' in apiVersion "
         "inference.networking.x-k8s.io/v1alpha1"
+    ),
+    "llm-d-router__test_testdata_configloader_1_test@f8116322e1ad.yaml": (
+        "plugins[test1].parameters: plugin type 'test-one' is not supported: " + _TEST_DOUBLE
+    ),
+    "llm-d__guides_agentic-serving_router_agentic-serving-gpu-program-aware.values.yaml": (
+        "plugins[agent-identity].parameters: plugin type 'agent-identity' is not "
+        "supported: it makes agent session headers (x-claude-code-session-id, ...) "
+        "the flow-control fairness id; kvgate takes the fairness id from "
+        "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
+    ),
+    "llm-d__guides_agentic-serving_router_agentic-serving-gpu.values.yaml": (
+        "schedulingProfiles[decode].plugins[1].pluginRef: unknown plugin 'active-request-scorer'"
+    ),
+    "llm-d__guides_agentic-serving_router_agentic-serving.values.yaml": (
+        "plugins[agent-identity].parameters: plugin type 'agent-identity' is not "
+        "supported: it makes agent session headers (x-claude-code-session-id, ...) "
+        "the flow-control fairness id; kvgate takes the fairness id from "
+        "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
+    ),
+    "llm-d__guides_p2p-kv-cache-sharing_router_p2p-kv-cache-sharing.values.yaml": (
+        "plugins[p2p-source-producer].type: unknown plugin type 'p2p-source-producer'"
+    ),
+    "llm-d__guides_turn-priority-fairness_router_turn-priority-fairness.values.yaml": (
+        "plugins[program-aware-fairness].parameters.strategy: unknown scoring "
+        "strategy 'turn-priority': only 'las' is supported"
+    ),
+    "llm-d__guides_wide-ep-lws_router_wide-ep-lws.values.yaml": (
+        "plugins[disaggregatedset-rollout-screener].parameters: plugin type "
+        "'disaggregatedset-rollout-screener' is not supported: a screener over "
+        "DisaggregatedSet revision labels; kvgate has no screener step and no "
+        "DisaggregatedSet rollouts to keep apart"
     ),
 }
 

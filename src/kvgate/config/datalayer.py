@@ -374,11 +374,18 @@ def request_handler(
     handler = data.get("requestHandler")
     if handler is not None:
         section = as_mapping(problems, "requestHandler", handler) or {}
-        check_fields(problems, "requestHandler", section, ("parsers",))
-        for i, entry in enumerate(
-            as_list(problems, "requestHandler.parsers", section.get("parsers"))
-        ):
-            path = f"requestHandler.parsers[{i}]"
+        check_fields(problems, "requestHandler", section, ("parsers", "parser"))
+        entries = [
+            (f"requestHandler.parsers[{i}]", entry)
+            for i, entry in enumerate(
+                as_list(problems, "requestHandler.parsers", section.get("parsers"))
+            )
+        ]
+        if "parser" in section:  # llm-d-router's one-parser shape before the list
+            if "parsers" in section:
+                problems.add("requestHandler.parser", "give either 'parser' or 'parsers', not both")
+            entries.append(("requestHandler.parser", section["parser"]))
+        for path, entry in entries:
             if not isinstance(entry, dict):
                 problems.add(path, f"expected a mapping with 'pluginRef', got {describe(entry)}")
                 continue

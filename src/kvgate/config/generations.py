@@ -75,6 +75,9 @@ class Generation:
 _GIE_FIELDS = (*_COMMON, "data", "dataLayer", "parser", "requestHandler")
 _GIE_GATES = ("dataLayer", "flowControl", "prepareDataPlugins", "enableLegacyMetrics")
 _LLMD_GATES = ("dataLayer", "flowControl", "enableLegacyMetrics")
+# llm-d-router's own sim-e-p-d config set prepareDataPlugins under llm-d.ai/v1alpha1 (its loader
+# takes any gate name); kvgate always runs data producers, so that generation accepts it.
+_LLMD_V1ALPHA1_GATES = ("dataLayer", "flowControl", "prepareDataPlugins", "enableLegacyMetrics")
 
 GENERATIONS: Mapping[str, Generation] = MappingProxyType(
     {
@@ -115,7 +118,7 @@ GENERATIONS: Mapping[str, Generation] = MappingProxyType(
             "llm-d inference-scheduler / router v0.5+",
             (*_COMMON, "dataLayer", "parser", "requestHandler"),
             _V1ALPHA1_DATA_LAYER,
-            _LLMD_GATES,
+            _LLMD_V1ALPHA1_GATES,
             renamed={
                 "data": "renamed to 'dataLayer' (GIE v1.5 and llm-d.ai)",
                 "dataLayer.discovery.endpoints": f"{_FROM_V1} dataLayer.discovery.pluginRef",

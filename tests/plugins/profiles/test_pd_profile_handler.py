@@ -14,8 +14,8 @@ PREFILL = endpoint("pre", {ROLE_LABEL: "prefill"})
 FIXED = {"autoTune": False, "blockSize": 64}
 
 
-def _scheduler(handler_params: dict[str, Any] | None = None) -> Scheduler:
-    c = ctx()
+def _scheduler(handler_params: dict[str, Any] | None = None, *, c: Any = None) -> Scheduler:
+    c = c or ctx()
     prefix = make("prefix-cache-scorer", FIXED, c=c)
     picker = make("max-score-picker", c=c)
     handler = make("pd-profile-handler", handler_params, c=c)
@@ -61,6 +61,20 @@ def test_long_uncached_input_is_prefilled_then_cached_input_is_not() -> None:
     assert _route(sched, prompt)[0] == ["decode"]
     # a prompt sharing only 2 blocks: hit = 1 → uncached = 704 − 64 ≥ 100
     assert _route(sched, prompt[:128] + "z" * 576)[0] == ["decode", "prefill"]
+
+
+def test_a_named_decider_decides_instead_of_the_threshold() -> None:
+    c = ctx()
+    always = make("always-disagg-pd-decider", c=c)
+    make("prefix-based-pd-decider", {"nonCachedTokens": 0}, c=c, name="never")
+    sched = _scheduler({"deciderPluginName": always.name}, c=c)
+    assert _route(sched, "short")[0] == ["decode", "prefill"]
+    assert _route(_scheduler({"deciderPluginName": "never"}, c=c), "x" * 999)[0] == ["decode"]
+    handler = make("pd-profile-handler", {"deciderPluginName": "gone"}, c=c)
+    with pytest.raises(PluginParameterError, match="'gone' is not configured"):
+        handler.check_references(c.plugins)
+    with pytest.raises(PluginParameterError, match="not both"):
+        make("pd-profile-handler", {"deciderPluginName": always.name, "threshold": 5})
 
 
 def test_decode_failure_fails_scheduling() -> None:

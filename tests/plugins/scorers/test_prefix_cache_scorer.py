@@ -274,3 +274,10 @@ def test_the_approximate_index_size_is_exported_at_scrape_time() -> None:
     index.add("a", [1, 2, 3])
     index.add("b", [1, 2])
     assert registry.get_sample_value("kvgate_prefix_index_blocks") == before + 5
+
+
+def test_v0_1_mode_estimate_is_this_scorer_and_cache_tracking_is_refused() -> None:
+    assert make("prefix-cache-scorer", {"mode": "estimate"}).type_name == "prefix-cache-scorer"
+    with pytest.raises(PluginParameterError, match="cache_tracking' is not supported") as err:
+        make("prefix-cache-scorer", {"mode": "cache_tracking"})
+    assert err.value.field == "mode"

@@ -7,7 +7,10 @@
   of the input the decode endpoint already caches; ``hashBlockSize`` (int, default 64) —
   bytes per prefix block in that estimate; ``primaryPort`` (int, default 0) — when set, the
   decode target's port is rewritten to it and ``x-data-parallel-host-port`` carries the
-  original ``ip:port`` (data-parallel ranks behind one sidecar).
+  original ``ip:port`` (data-parallel ranks behind one sidecar); ``deciderPluginName`` (the
+  generation between this handler and ``disagg-profile-handler``) — a configured P/D decider
+  (``prefix-based-pd-decider``, ``always-disagg-pd-decider``) that decides round (2) instead
+  of ``threshold`` (giving both is an error).
 * Rounds: (1) run the decode profile. (2) Stop if it failed or every profile has run. If
   ``threshold > 0``: ``hit = max(matched_blocks(decode target) − 1, 0)``,
   ``cached = hit · hashBlockSize / len(input)``; when ``(1 − cached) · len(input) < threshold``
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kvgate.errors import SchedulingFailedError
+from kvgate.errors import PluginParameterError, SchedulingFailedError
 from kvgate.plugins.base import Params, PluginContext, SchedulerProfileView
+from kvgate.plugins.profiles.deciders import Decider
 from kvgate.plugins.scorers import prefix_cache_scorer
 from kvgate.plugins.scorers.no_hit_lru_scorer import prefix_state_key
 from kvgate.plugins.scorers.prefix_cache_scorer import PrefixCacheState, prefix_input
@@ -56,8 +60,10 @@ class PdProfileHandler:
         prefix_plugin_name: str = prefix_cache_scorer.TYPE,
         hash_block_size: int = 64,
         primary_port: int = 0,
+        decider: str = "",
     ) -> None:
         self.name = name
+        self.decider = decider
         self.threshold = threshold
         self.decode_profile = decode_profile
         self.prefill_profile = prefill_profile
@@ -82,9 +88,26 @@ class PdProfileHandler:
         prefill = profiles.get(self.prefill_profile)
         if prefill is None or self.prefill_profile in results:
             return {}
-        if self.threshold > 0 and not self._worth_prefill(state, request, decode_result.targets[0]):
+        if self.decider:
+            found = self._ctx.plugins.get(self.decider)
+            if not isinstance(found, Decider) or not found.disaggregate(
+                request, decode_result.targets[0]
+            ):
+                return {}
+        elif self.threshold > 0 and not self._worth_prefill(
+            state, request, decode_result.targets[0]
+        ):
             return {}
         return {self.prefill_profile: prefill}
+
+    def check_references(self, plugins: Mapping[str, object]) -> None:
+        """Called once every plugin is built: ``deciderPluginName`` names a P/D decider."""
+        if not self.decider:
+            return
+        found = plugins.get(self.decider)
+        if not isinstance(found, Decider):
+            what = "is not configured" if found is None else "is not a P/D decider"
+            raise PluginParameterError("deciderPluginName", f"plugin {self.decider!r} {what}")
 
     def _worth_prefill(self, state: CycleState, request: Request, decode: Endpoint) -> bool:
         input_len = len(prefix_input(request))
@@ -134,10 +157,18 @@ class PdProfileHandler:
 
 
 def create(name: str, params: Params, ctx: PluginContext) -> PdProfileHandler:
+    threshold = params.get_int("threshold", 0, minimum=0)
+    decider = params.get_str("deciderPluginName", "")
+    if decider and threshold:
+        raise PluginParameterError(
+            "deciderPluginName",
+            "give threshold or deciderPluginName (its decider decides), not both",
+        )
     return PdProfileHandler(
         name,
         ctx,
-        threshold=params.get_int("threshold", 0, minimum=0),
+        threshold=threshold,
+        decider=decider,
         decode_profile=params.get_str("decodeProfile", "decode"),
         prefill_profile=params.get_str("prefillProfile", "prefill"),
         prefix_plugin_name=params.get_str("prefixPluginName", prefix_cache_scorer.TYPE),

@@ -428,6 +428,14 @@ class PrefixCacheScorer:
 
 
 def create(name: str, params: Params, ctx: PluginContext) -> PrefixCacheScorer:
+    # llm-d-inference-scheduler v0.1's ``mode``: estimate (this scorer) or cache_tracking
+    mode = params.get_str("mode", "estimate")
+    if mode != "estimate":
+        raise PluginParameterError(
+            "mode",
+            f"{mode!r} is not supported: cache_tracking read llm-d-inference-scheduler v0.1's "
+            "Redis KV-block index; use precise-prefix-cache-scorer (the engines' KV events)",
+        )
     producer_name = params.get_str("prefixMatchInfoProducerName", "")
     if producer_name:
         for key in INDEX_PARAMETERS:
