@@ -88,3 +88,10 @@ def test_lora_modules_and_bad_flags() -> None:
         settings_from_args(parse("--emit-lead-max-ms", "-1"))
     assert settings_from_args(parse("--emit-lead-max-ms", "0")).emit_lead_max_s == 0.0
     assert settings_from_args(parse()).emit_lead_max_s == pytest.approx(0.005)
+
+
+def test_read_timeout_must_be_positive() -> None:
+    assert settings_from_args(parse("--read-timeout", "2.5")).read_timeout_s == 2.5
+    assert settings_from_args(parse()).read_timeout_s == 30.0
+    with pytest.raises(ValueError, match=r"--read-timeout must be > 0 seconds, got 0\.0"):
+        settings_from_args(parse("--read-timeout", "0"))

@@ -24,6 +24,7 @@ __all__ = [
     "ParsedRequest",
     "ValidationFailure",
     "check_context_length",
+    "check_token_ids",
     "parse_sampling",
 ]
 
@@ -198,6 +199,14 @@ def completion_prompt(body: Mapping[str, Any]) -> str | list[int]:
                 value=f"<list of {len(prompt)} prompts>",
             )
     raise ValidationFailure("prompt", "string_type", "Input should be a valid string", prompt)
+
+
+def check_token_ids(ids: list[int], vocab_size: int) -> None:
+    """Token ids outside the vocabulary are the client's error (vLLM's processor refuses an id
+    past the tokenizer's largest one with this wording; a negative one fails it too)."""
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise BadRequestError(f"Token id {bad} is out of vocabulary", param="prompt")
 
 
 def check_context_length(

@@ -119,6 +119,13 @@ def register(subparsers: Any) -> None:
         default=30.0,
         help="seconds to finish in-flight requests on SIGTERM",
     )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request (head and body) may take to arrive from its first byte, and a "
+        "new connection to send its first request (kvgate's bound; vLLM has none)",
+    )
     tls = p.add_argument_group("HTTPS, as vLLM (kvgate.sim.tls)")
     tls.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate")
     tls.add_argument("--ssl-keyfile", default=None, help="its private key")

@@ -24,8 +24,8 @@ from kvgate.sim.state import (
     STATE_KEY,
     SimState,
     error_response,
-    parse_json,
     plain_error,
+    read_json,
     resolve_model,
 )
 
@@ -71,7 +71,7 @@ async def _completion_inner(
     settings = state.settings
     engine = state.engine
     try:
-        body = parse_json(await request.read())
+        body = await read_json(request, state)
         model, lora = resolve_model(state, body)
         sampling = api.parse_sampling(body, chat=chat)
         prompts = state.prompts
@@ -92,7 +92,11 @@ async def _completion_inner(
                         break
         else:
             prompt = api.completion_prompt(body)
-            prompt_ids = await prompts.encode(prompt) if isinstance(prompt, str) else prompt
+            if isinstance(prompt, str):
+                prompt_ids = await prompts.encode(prompt)
+            else:
+                api.check_token_ids(prompt, state.tokenizer.vocab_size)
+                prompt_ids = prompt
             echo_ids = prompt_ids
         max_model_len = engine.config.max_model_len
         api.check_context_length(

@@ -98,6 +98,8 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         raise ValueError("--kv-offload-blocks must be >= 0")
     if not 0 <= args.emit_lead_max_ms <= 1000:
         raise ValueError(f"--emit-lead-max-ms must be within 0..1000, got {args.emit_lead_max_ms}")
+    if args.read_timeout <= 0:
+        raise ValueError(f"--read-timeout must be > 0 seconds, got {args.read_timeout}")
     if args.stream_interval < 1:
         raise ValueError(f"--stream-interval must be >= 1, got {args.stream_interval}")
 
@@ -143,6 +145,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         legacy_gpu_cache_usage_metric=args.legacy_gpu_cache_usage_metric,
         enable_prefix_caching=args.enable_prefix_caching,
         shutdown_timeout_s=args.shutdown_timeout,
+        read_timeout_s=args.read_timeout,
         kv_transfer=_kv_transfer(args, profile),
         tls=tls_from_flags(
             args.ssl_certfile,

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from kvgate.errors import BadRequestError, EngineError, RequestError
 from kvgate.sim import api, wire
@@ -25,12 +26,13 @@ from kvgate.sim.publisher import ZmqPublisher
 from kvgate.sim.state import (
     FAILURE_KINDS,
     FAULT_HEADER,
+    MAX_BODY_BYTES,
     STATE_KEY,
     SimSettings,
     SimState,
     error_response,
-    parse_json,
     plain_error,
+    read_json,
     resolve_model,
 )
 from kvgate.sim.tls import CertRefresher, server_context
@@ -110,7 +112,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def tokenize(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     try:
-        body = parse_json(await request.read())
+        body = await read_json(request, state)
         resolve_model(state, body)
         if "messages" in body:
             messages = api.chat_messages(body)
@@ -143,7 +145,7 @@ async def tokenize(request: web.Request) -> web.Response:
 async def detokenize(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     try:
-        body = parse_json(await request.read())
+        body = await read_json(request, state)
         resolve_model(state, body)
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
@@ -227,8 +229,26 @@ def _kv_event_faults(publisher: ZmqPublisher | None) -> dict[str, int]:
     }
 
 
+class OneLineLogger(logging.Logger):
+    """aiohttp's per-connection logger: a malformed request (an oversized header, bad framing)
+    is one warning line, not an error with a traceback, so a hostile client cannot fill the log."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        # only the client's fault is shortened: a handler's failure keeps its traceback
+        if isinstance(exc_info, HttpProcessingError):
+            self.warning("%s: %s", str(msg) % args, " ".join(str(exc_info).split())[:300])
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kw)
+
+
+def _http_logger() -> OneLineLogger:
+    logger = OneLineLogger("kvgate.sim.http")
+    logger.parent = log
+    return logger
+
+
 def build_app(state: SimState) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE_KEY] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -278,7 +298,7 @@ async def serve(
         publisher.start()
     state = SimState(settings, publisher)
     app = build_app(state)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, logger=_http_logger())
     await runner.setup()
     assert runner.server is not None
     listener: wire.StampedServer | asyncio.Server
@@ -296,7 +316,11 @@ async def serve(
         # Its own listener (not aiohttp's TCPSite), so that every request carries the time its
         # bytes reached the host: the model's TTFT counts from there (kvgate.sim.wire).
         listener = await wire.start_server(
-            runner.server, settings.host, settings.port, backlog=4096
+            runner.server,
+            settings.host,
+            settings.port,
+            backlog=4096,
+            head_timeout_s=settings.read_timeout_s,
         )
     scheme = "https" if settings.tls is not None else "http"
     engine_task = loop.create_task(state.engine.run())

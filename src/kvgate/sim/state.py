@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kvgate.errors import BadRequestError, RequestError
+from kvgate.errors import BadRequestError, PayloadTooLargeError, RequestError
 from kvgate.kvcache.tokenize import Tokenizer
 from kvgate.openai import error_body, parse_body
 from kvgate.sim import api
@@ -33,10 +33,14 @@ __all__ = [
     "error_response",
     "parse_json",
     "plain_error",
+    "read_json",
     "resolve_model",
 ]
 
 FAILURE_KINDS = ("429", "500", "503", "drop", "hang")
+#: The largest request body read (aiohttp's client_max_size); a larger declared length is
+#: refused before any of it is read.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 #: A request header that forces one fault on that request (a test seam; not in vLLM).
 FAULT_HEADER = "x-kvgate-sim-fault"
 VLLM_VERSION = api.VLLM_VERSION
@@ -77,6 +81,9 @@ class SimSettings:
     legacy_gpu_cache_usage_metric: bool = False
     enable_prefix_caching: bool = True
     shutdown_timeout_s: float = 30.0
+    #: --read-timeout: a request (head and body) must arrive within this long of its first
+    #: byte, and a new connection's first one within this long of the accept.
+    read_timeout_s: float = 30.0
     kv_transfer: KVTransferConfig | None = None  # --kv-transfer-config (P/D)
     tls: TlsSettings | None = None  # --ssl-certfile and friends: HTTPS (kvgate.sim.tls)
 
@@ -181,14 +188,24 @@ def cache_config_labels(s: SimSettings) -> dict[str, str]:
 STATE_KEY = web.AppKey("sim_state", SimState)
 
 
+class RequestTimeoutError(RequestError):
+    """The request body did not arrive within ``--read-timeout``."""
+
+    status = 408
+    error_type = "RequestTimeoutError"
+
+
 def error_response(exc: RequestError) -> web.Response:
-    return web.Response(
+    resp = web.Response(
         body=error_body(
             exc.message, status=exc.status, error_type=_vllm_type(exc), param=exc.param
         ),
         status=exc.status,
         content_type="application/json",
     )
+    if isinstance(exc, PayloadTooLargeError | RequestTimeoutError):
+        resp.force_close()  # the rest of the body is not read: the connection cannot go on
+    return resp
 
 
 def _vllm_type(exc: RequestError) -> str:
@@ -212,6 +229,33 @@ def plain_error(status: int, message: str, error_type: str) -> web.Response:
 
 
 # --- handlers ---------------------------------------------------------------------------------
+
+
+async def read_json(request: web.Request, state: SimState) -> dict[str, Any]:
+    """The request's JSON object, read within ``--read-timeout`` of the request's first byte
+    and at most :data:`MAX_BODY_BYTES` long (413 at once when the declared length is larger)."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(
+            f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are accepted"
+        )
+    if request.content.is_eof():  # the whole body is here (the usual case): no timer needed
+        return parse_json(await request.read())
+    transport = request.transport
+    started = getattr(transport, "rx_start", 0.0) or time.monotonic()
+    left_s = started + state.settings.read_timeout_s - time.monotonic()
+    try:
+        async with asyncio.timeout(max(left_s, 0.001)):
+            raw = await request.read()
+    except TimeoutError as exc:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {state.settings.read_timeout_s:g}s"
+        ) from exc
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLargeError(
+            f"the request body is over {MAX_BODY_BYTES} bytes, the most accepted"
+        ) from exc
+    return parse_json(raw)
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:

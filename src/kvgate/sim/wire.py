@@ -12,6 +12,13 @@ written), and otherwise behaves as an asyncio transport for aiohttp's server pro
 buffering with flow control, pause/resume reading, close after the buffer drains, abort.
 Where the kernel gives no stamp (another OS), the read time is used.
 
+With ``head_timeout_s``, a request head must arrive whole (up to its blank line) within that
+long of its first byte, and a new connection's first head within that long of the accept;
+else the connection is aborted (a slowloris client, or one that connects and stays silent,
+holds a descriptor that long at most). aiohttp's low-level server has no such bound; its
+keep-alive timeout only starts once a response was sent. The body is the handler's to bound
+(``kvgate.sim.state.read_json``).
+
 Times are on ``time.monotonic()`` (the event loop's clock).
 """
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import struct
 import sys
@@ -42,6 +50,8 @@ LOW_WATER = 16 * 1024
 #: A stamp older than this is taken for a clock step, not a wait (the read time is used).
 MAX_AGE_S = 60.0
 _TIMESPEC = struct.Struct("qq")
+#: An interim (1xx) answer's status line starts so.
+INTERIM = b"HTTP/1.1 1"
 
 
 def kernel_arrival(ancdata: list[tuple[int, int, bytes]]) -> float | None:
@@ -64,6 +74,8 @@ class StampedTransport(asyncio.Transport):
         sock: socket.socket,
         protocol: asyncio.Protocol,
         on_lost: Callable[[StampedTransport], None] | None = None,
+        head_deadline: float | None = None,
+        head_timeout_s: float | None = None,
     ) -> None:
         extra: dict[str, Any] = {"socket": sock, "sslcontext": None}
         with contextlib.suppress(OSError):
@@ -88,6 +100,12 @@ class StampedTransport(asyncio.Transport):
         self.rx_start = 0.0
         #: Whether rx_start is the kernel's stamp (else it is the time of the read).
         self.rx_stamped = False
+        # A request head is being read (until its blank line, or until something was written:
+        # the server answered it, even a head it could not parse); it must end by the deadline.
+        self._head_timeout_s = head_timeout_s
+        self.in_head = head_timeout_s is not None
+        self.head_deadline = math.inf if head_deadline is None else head_deadline
+        self._head_tail = b""
 
     def start(self) -> None:
         self._protocol.connection_made(self)
@@ -119,11 +137,24 @@ class StampedTransport(asyncio.Transport):
             stamp = kernel_arrival(anc)
             self.rx_stamped = stamp is not None
             self.rx_start = time.monotonic() if stamp is None else stamp
+            if self._head_timeout_s is not None and not self.in_head:
+                self.in_head = True
+                self.head_deadline = self.rx_start + self._head_timeout_s
+        if self.in_head:
+            self._scan_head(data)
         try:
             self._protocol.data_received(data)
         except Exception as exc:
             log.exception("protocol failed on received data")
             self._force_close(exc)
+
+    def _scan_head(self, data: bytes) -> None:
+        probe = self._head_tail + data if self._head_tail else data
+        if b"\r\n\r\n" in probe or b"\n\n" in probe:
+            self.in_head = False
+            self._head_tail = b""
+        else:
+            self._head_tail = probe[-3:]
 
     def pause_reading(self) -> None:
         if self._reading:
@@ -143,7 +174,10 @@ class StampedTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
-        self._fresh = True
+        if not self._fresh and not bytes(data[:10]).startswith(INTERIM):
+            # the answer begins (a 100 Continue is not one: the body still comes)
+            self._fresh = True
+            self.in_head = False
         if not self._buffer:
             try:
                 sent = self._sock.send(data)
@@ -236,11 +270,19 @@ class StampedServer:
         loop: asyncio.AbstractEventLoop,
         protocol_factory: Callable[[], asyncio.Protocol],
         socks: list[socket.socket],
+        head_timeout_s: float | None = None,
     ) -> None:
         self._loop = loop
         self._factory = protocol_factory
         self._socks = socks
         self.transports: set[StampedTransport] = set()
+        self.head_timeout_s = head_timeout_s
+        #: Connections aborted because a request head did not arrive in time.
+        self.head_timeouts = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        if head_timeout_s is not None:
+            self._sweep_every_s = min(1.0, head_timeout_s / 4)
+            self._sweeper = loop.call_later(self._sweep_every_s, self._sweep)
         self.stamped = SO_TIMESTAMPNS is not None
         for sock in socks:
             if self.stamped:
@@ -269,14 +311,38 @@ class StampedServer:
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            timeout = self.head_timeout_s
             transport = StampedTransport(
-                self._loop, conn, self._factory(), on_lost=self.transports.discard
+                self._loop,
+                conn,
+                self._factory(),
+                on_lost=self.transports.discard,
+                head_deadline=None if timeout is None else time.monotonic() + timeout,
+                head_timeout_s=timeout,
             )
             self.transports.add(transport)
             transport.start()
 
+    def _sweep(self) -> None:
+        """Abort the connections whose request head is late (one pass over them a tick)."""
+        now = time.monotonic()
+        late = [t for t in self.transports if t.in_head and now >= t.head_deadline]
+        for transport in late:
+            self.head_timeouts += 1
+            transport.abort()
+        if late:
+            log.info(
+                "closed %d connection(s): no request head within %ss",
+                len(late),
+                self.head_timeout_s,
+            )
+        self._sweeper = self._loop.call_later(self._sweep_every_s, self._sweep)
+
     def close(self) -> None:
         """Stop accepting; open connections are left to their protocols."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for sock in self._socks:
             if sock.fileno() >= 0:
                 self._loop.remove_reader(sock.fileno())
@@ -289,8 +355,10 @@ async def start_server(
     port: int,
     *,
     backlog: int = 4096,
+    head_timeout_s: float | None = None,
 ) -> StampedServer:
-    """Listen on ``host:port`` (``0.0.0.0``/``::`` for all) and serve with ``protocol_factory``."""
+    """Listen on ``host:port`` (``0.0.0.0``/``::`` for all) and serve with ``protocol_factory``;
+    with ``head_timeout_s``, connections whose request head is late are aborted."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -315,4 +383,4 @@ async def start_server(
         for sock in socks:
             sock.close()
         raise
-    return StampedServer(loop, protocol_factory, socks)
+    return StampedServer(loop, protocol_factory, socks, head_timeout_s)
