@@ -199,9 +199,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "the flow-control fairness id; kvgate takes the fairness id from "
         "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
     ),
-    "llm-d__guides_p2p-kv-cache-sharing_router_p2p-kv-cache-sharing.values.yaml": (
-        "plugins[p2p-source-producer].type: unknown plugin type 'p2p-source-producer'"
-    ),
     "llm-d__guides_turn-priority-fairness_router_turn-priority-fairness.values.yaml": (
         "plugins[program-aware-fairness].parameters.strategy: unknown scoring "
         "strategy 'turn-priority': only 'las' is supported"

@@ -49,6 +49,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.producers.precise_prefix_cache_producer",
     "kvgate.plugins.producers.inflight_load_producer",
     "kvgate.plugins.producers.burst_prefix_cache_producer",
+    "kvgate.plugins.producers.p2p_source_producer",
     "kvgate.plugins.filters.prefix_cache_affinity_filter",
     "kvgate.plugins.filters.encode_filter",
     "kvgate.plugins.scorers.token_load_scorer",
