@@ -120,6 +120,18 @@ def test_pd_service_with_cpu_offloading_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         plan_cluster(load_llm_inference_service(path), base)
     assert str(info.value).startswith(f"{path}: spec.kvCacheOffloading: vLLM's CPU build")
+    # The same flag in the prefill workload's own VLLM_ADDITIONAL_ARGS names that workload.
+    path.write_text(
+        PD_SERVICE.replace(
+            "prefill: {replicas: 1}",
+            "prefill:\n    replicas: 1\n    template: {containers: [{name: main, env: "
+            "[{name: VLLM_ADDITIONAL_ARGS, value: --kv-offloading-size 2}]}]}",
+        )
+    )
+    with pytest.raises(ConfigError) as info:
+        plan_cluster(load_llm_inference_service(path), base)
+    where = f"{path}: spec.prefill.template VLLM_ADDITIONAL_ARGS: --kv-offloading-size: "
+    assert str(info.value).startswith(where)
 
 
 @pytest.mark.vllm

@@ -23,7 +23,11 @@ from typing import Any
 
 from kvgate.config.llmisvc import LLMInferenceService
 from kvgate.engines import EngineConfig, LaunchPlan, ReplicaSpec, plan_launch
-from kvgate.engines.connectors import NIXL_CONNECTORS, cpu_connector_problem
+from kvgate.engines.connectors import (
+    NIXL_CONNECTORS,
+    cpu_connector_problem,
+    cpu_kv_transfer_problem,
+)
 from kvgate.engines.hosts import free_port
 from kvgate.engines.vllm import engine_python
 from kvgate.errors import ConfigError, EngineError, Problem
@@ -122,7 +126,16 @@ def plan_cluster(
             raise EngineError(f"{load.path}.replicas: at least one {load.role} replica is needed")
         config = dataclasses.replace(base, extra_args=(*load.additional_args, *lora_args))
         configs.append((load, config, count))
-    plans = _plans(configs)
+    try:
+        plans = _plans(configs)
+    except EngineError:
+        # A CPU plan refuses KV flags the CPU build cannot run; name the workload they came from.
+        for load, config, _ in configs:
+            problem = cpu_kv_transfer_problem(load.additional_args, engine_python(config))
+            if problem:
+                where = f"{load.path}.template VLLM_ADDITIONAL_ARGS"
+                raise ConfigError([Problem(svc.source, where, problem)]) from None
+        raise
     specs: list[ReplicaSpec] = []
     roles: dict[str, str] = {}
     notes: list[str] = []
