@@ -27,11 +27,12 @@ from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kvgate.endpoints.pool import EndpointPool
+from kvgate.requestcontrol.counters import Counter, Gauge
 from kvgate.requestcontrol.histogram import Histogram
 from kvgate.scheduling.types import Endpoint
 
@@ -157,39 +158,41 @@ class EppMetrics:
             )
 
         io = "inference_objective_"
-        self.requests = (
-            Counter(
-                io + "request_total",
-                _deprecated(
-                    "request_total",
-                    "Counter of inference objective requests broken out for each model and "
-                    "target model.",
-                ),
-                [*_MODEL, "priority"],
-                registry=r,
-            ),
-            Counter(
-                LLMD + "request_total", _help("Total number of processed requests."), _MODEL_FP,
-                registry=r,
-            ),
-        )  # fmt: skip
-        self.errors = (
-            Counter(
-                io + "request_error_total",
-                _deprecated(
-                    "request_error_total",
-                    "Counter of inference objective requests errors broken out for each model "
-                    "and target model.",
-                ),
-                [*_MODEL, "error_code"],
-                registry=r,
-            ),
-            Counter(
-                LLMD + "request_error_total",
-                _help("Total number of request errors."),
-                [*_MODEL_FP, "error_code"],
-                registry=r,
-            ),
+        # one count each, under llm-d's name with every label and GIE's older name summed
+        # over the labels it lacks (scrape time), as twin_hist does for the histograms
+        self.requests = Counter(
+            LLMD + "request_total",
+            _help("Total number of processed requests."),
+            _MODEL_FP,
+            registry=r,
+            aliases=[
+                (
+                    io + "request_total",
+                    _deprecated(
+                        "request_total",
+                        "Counter of inference objective requests broken out for each model and "
+                        "target model.",
+                    ),
+                    [*_MODEL, "priority"],
+                )
+            ],
+        )
+        self.errors = Counter(
+            LLMD + "request_error_total",
+            _help("Total number of request errors."),
+            [*_MODEL_FP, "error_code"],
+            registry=r,
+            aliases=[
+                (
+                    io + "request_error_total",
+                    _deprecated(
+                        "request_error_total",
+                        "Counter of inference objective requests errors broken out for each "
+                        "model and target model.",
+                    ),
+                    [*_MODEL, "error_code"],
+                )
+            ],
         )
         self.duration = twin_hist(
             io + "request_duration_seconds",
@@ -228,19 +231,18 @@ class EppMetrics:
             "End-to-end request latency divided by the output token count, in seconds.",
             NTPOT_BUCKETS,
         )
-        self.running = (
-            Gauge(
-                io + "running_requests",
-                _deprecated("request_running", "Number of running requests for each model."),
-                ["model_name"],
-                registry=r,
-            ),
-            Gauge(
-                LLMD + "request_running",
-                _help("Current number of running requests."),
-                _MODEL_FP,
-                registry=r,
-            ),
+        self.running = Gauge(
+            LLMD + "request_running",
+            _help("Current number of running requests."),
+            _MODEL_FP,
+            registry=r,
+            aliases=[
+                (
+                    io + "running_requests",
+                    _deprecated("request_running", "Number of running requests for each model."),
+                    ["model_name"],
+                )
+            ],
         )
         self.ttft = Histogram(
             LLMD + "request_ttft_seconds",
@@ -344,7 +346,6 @@ class EppMetrics:
     def parsed(self, labels: Labels, body_size: int) -> None:
         """The request is parsed: it runs from now until :meth:`finished`."""
         series = self.series(labels)
-        series.running_model.inc()
         series.running.inc()
         series.size.observe(body_size)
 
@@ -385,15 +386,11 @@ class EppMetrics:
         """Count one finished request; ``running``: :meth:`parsed` counted it as running."""
         series = self.series(labels)
         if running:
-            series.running_model.dec()
             series.running.dec()
-        series.requests_gie.inc()
         series.requests.inc()
         if error is not None or status >= 400:
-            model, target, _, _ = labels
             code = str(status) if status else error or "unknown"
-            self._child(self.errors[0], model, target, code).inc()
-            self._child(self.errors[1], *labels, code).inc()
+            self._child(self.errors, *labels, code).inc()
         series.duration.observe(seconds)
         if stream:
             if ttft_s is not None:
@@ -422,9 +419,7 @@ class _Series:
         "ntpot",
         "output_tokens",
         "requests",
-        "requests_gie",
         "running",
-        "running_model",
         "size",
         "tpot",
         "ttft_stream",
@@ -432,11 +427,8 @@ class _Series:
     )
 
     def __init__(self, m: EppMetrics, labels: Labels) -> None:
-        model, target, _, priority = labels
-        self.running_model = m.running[0].labels(model)
-        self.running = m.running[1].labels(*labels)
-        self.requests_gie = m.requests[0].labels(model, target, priority)
-        self.requests = m.requests[1].labels(*labels)
+        self.running = m.running.labels(*labels)
+        self.requests = m.requests.labels(*labels)
         self.duration = m.duration.labels(*labels)
         self.size = m.request_size.labels(*labels)
         self.input_tokens = m.input_tokens.labels(*labels)

@@ -23,13 +23,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from kvgate.endpoints.pool import EndpointPool
 from kvgate.kvcache.metrics import register_metrics as register_kv_metrics
+from kvgate.requestcontrol.counters import Counter, Gauge
 from kvgate.requestcontrol.eppmetrics import EppMetrics, EppPoolCollector, Labels, RenamedCollector
 from kvgate.requestcontrol.histogram import Histogram
 from kvgate.scheduling.types import Endpoint
