@@ -27,6 +27,23 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 Alias = tuple[str, str] | tuple[str, str, Sequence[str]]
+#: (name, help, label names, their positions in the metric's own labels; None: all of them)
+ExportName = tuple[str, str, tuple[str, ...], tuple[int, ...] | None]
+
+
+def export_names(
+    name: str, documentation: str, labelnames: tuple[str, ...], aliases: Sequence[Alias]
+) -> list[ExportName]:
+    """The names one set of values is exported under: its own, then each alias's (an alias
+    may keep a subset of the labels; its samples are then summed over the others)."""
+    names: list[ExportName] = [(name, documentation, labelnames, None)]
+    for alias in aliases:
+        kept = tuple(alias[2]) if len(alias) == 3 else labelnames
+        if not set(kept) <= set(labelnames):
+            raise ValueError(f"{alias[0]}: labels {kept} are not among {labelnames}")
+        positions = None if kept == labelnames else tuple(map(labelnames.index, kept))
+        names.append((alias[0], alias[1], kept, positions))
+    return names
 
 
 class CounterChild:
@@ -77,18 +94,7 @@ class _Family(Collector):
         aliases: Sequence[Alias] = (),
     ) -> None:
         self._labelnames = tuple(labelnames)
-        #: (name, help, label names, their positions in this family's labels or None)
-        self._names: list[tuple[str, str, tuple[str, ...], tuple[int, ...] | None]] = [
-            (name, documentation, self._labelnames, None)
-        ]
-        for alias in aliases:
-            kept = tuple(alias[2]) if len(alias) == 3 else self._labelnames
-            if not set(kept) <= set(self._labelnames):
-                raise ValueError(f"{alias[0]}: labels {kept} are not among {self._labelnames}")
-            positions = (
-                None if kept == self._labelnames else tuple(map(self._labelnames.index, kept))
-            )
-            self._names.append((alias[0], alias[1], kept, positions))
+        self._names = export_names(name, documentation, self._labelnames, aliases)
         self._children: dict[tuple[str, ...], CounterChild | GaugeChild] = {}
         if not labelnames:
             self._children[()] = self._child_type()

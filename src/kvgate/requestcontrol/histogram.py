@@ -29,6 +29,8 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from kvgate.requestcontrol.counters import Alias, export_names
+
 
 class HistogramChild:
     """One label set's buckets; ``observe`` is the hot path."""
@@ -59,25 +61,14 @@ class Histogram(Collector):
         *,
         buckets: Sequence[float],
         registry: CollectorRegistry | None = None,
-        aliases: Sequence[tuple[str, str] | tuple[str, str, Sequence[str]]] = (),
+        aliases: Sequence[Alias] = (),
     ) -> None:
         bounds = tuple(float(b) for b in buckets if not math.isinf(b))
         if list(bounds) != sorted(set(bounds)):
             raise ValueError(f"{name}: buckets must be sorted and distinct")
         self._bounds = bounds
         self._labelnames = tuple(labelnames)
-        # (name, help, label names, their positions in this histogram's labels)
-        self._names: list[tuple[str, str, tuple[str, ...], tuple[int, ...] | None]] = [
-            (name, documentation, self._labelnames, None)
-        ]
-        for alias in aliases:
-            kept = tuple(alias[2]) if len(alias) == 3 else self._labelnames
-            if not set(kept) <= set(self._labelnames):
-                raise ValueError(f"{alias[0]}: labels {kept} are not among {self._labelnames}")
-            positions = (
-                None if kept == self._labelnames else tuple(map(self._labelnames.index, kept))
-            )
-            self._names.append((alias[0], alias[1], kept, positions))
+        self._names = export_names(name, documentation, self._labelnames, aliases)
         self._children: dict[tuple[str, ...], HistogramChild] = {}
         self._unlabelled = HistogramChild(bounds) if not labelnames else None
         if self._unlabelled is not None:
