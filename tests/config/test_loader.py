@@ -518,3 +518,14 @@ def test_request_handler_parser_one_parser_shape() -> None:
     assert errors(text + "  parsers:\n  - pluginRef: openai-parser\n") == [
         "epp.yaml:7:3: requestHandler.parser: give either 'parser' or 'parsers', not both"
     ]
+
+
+def test_a_fairness_policy_is_never_made_a_profiles_picker() -> None:
+    # its pick(band) is flow control's; the llm-d flow-control guide declares one and no picker
+    text = (
+        HEADER + "featureGates: [flowControl]\nplugins:\n- type: round-robin-fairness-policy\n"
+        "- type: queue-scorer\nflowControl:\n  defaultPriorityBand:\n"
+        "    fairnessPolicyRef: round-robin-fairness-policy\n"
+    )
+    config = load_picker_config(text=text, env={})
+    assert config.profiles[0].picker == "max-score-picker"

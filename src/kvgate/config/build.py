@@ -51,7 +51,15 @@ _ROLE_PROTOCOLS: tuple[tuple[str, type], ...] = (
 
 def roles_of(plugin: Plugin) -> frozenset[str]:
     """The extension points ``plugin`` implements (``filter``, ``scorer``, ``picker``, ...)."""
-    return frozenset(role for role, proto in _ROLE_PROTOCOLS if isinstance(plugin, proto))
+    from kvgate.flowcontrol.config import FAIRNESS_POLICY_TYPES  # flowcontrol imports config
+
+    roles = {role for role, proto in _ROLE_PROTOCOLS if isinstance(plugin, proto)}
+    if plugin.type_name in FAIRNESS_POLICY_TYPES:
+        # its pick(band) chooses a flow-control queue: it is no scheduling Picker, so the
+        # defaulting rules must not make it a profile's picker
+        roles.discard("picker")
+        roles.add("fairness-policy")
+    return frozenset(roles)
 
 
 class _RecordingParams(Params):
