@@ -60,3 +60,19 @@ def test_cli_strict_exits_1_and_lists_differences(tmp_path: Path) -> None:
         check=False,
     )
     assert plain.returncode == 0 and "strict:" not in plain.stdout
+
+
+def test_plugins_that_run_differently_from_llm_d_say_how() -> None:
+    plugins = (
+        "plugins: [{type: burst-prefix-cache-producer}, {type: p2p-source-producer},"
+        " {type: destination-endpoint-served-verifier}, {type: token-producer,"
+        " parameters: {vllm: {url: 'http://render:8000'}}}, {type: openai-parser}]\n"
+    )
+    found = differences(V1 + plugins + PARSER + NO_METRICS)
+    for name, words in (
+        ("burst-prefix-cache-producer", "assigns each window online"),
+        ("p2p-source-producer", "every cached block counts"),
+        ("destination-endpoint-served-verifier", "forwarded the attempt to"),
+        ("token-producer", "vllm: not contacted"),
+    ):
+        assert any(line.startswith(f"plugins[{name}]: ") and words in line for line in found)

@@ -80,6 +80,7 @@ def _norm(value: float, low: float, high: float) -> float:
 
 class ProgramAwareFairness:
     type_name = TYPE
+    strict_notes = ("exports no program_aware_* Prometheus series",)
 
     def __init__(
         self,

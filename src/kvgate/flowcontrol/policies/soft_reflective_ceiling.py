@@ -40,6 +40,10 @@ def create(name: str, params: Params, ctx: PluginContext) -> SoftReflectiveCeili
 
 class SoftReflectiveCeiling:
     type_name = TYPE
+    strict_notes = (
+        "ranks the priority bands that have held a request since start-up; llm-d ranks every "
+        "band its registry knows, configured ones from the start",
+    )
 
     def __init__(self, name: str = TYPE) -> None:
         self.name = name

@@ -28,6 +28,10 @@ class DestinationEndpointServedVerifier:
     """See the module docstring."""
 
     type_name = TYPE
+    strict_notes = (
+        "reports the endpoint kvgate forwarded the attempt to, not the served endpoint "
+        "Envoy reports in its envoy.lb metadata",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name

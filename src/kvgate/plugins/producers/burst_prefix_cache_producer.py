@@ -76,6 +76,11 @@ class BurstPrefixCacheProducer:
     """Producer + PreRequest (see the module docstring)."""
 
     type_name = TYPE
+    strict_notes = (
+        "assigns each window online: a prompt's first request gets no affinity and the rest "
+        "follow its pick; llm-d holds every request up to windowDurationMs and assigns the "
+        "window jointly; prefix blocks hash the prompt bytes, not a token producer's ids",
+    )
 
     def __init__(
         self,

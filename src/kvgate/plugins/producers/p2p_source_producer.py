@@ -61,6 +61,10 @@ class P2PSourceProducer:
     """Producer + PreRequest (see the module docstring)."""
 
     type_name = TYPE
+    strict_notes = (
+        "every cached block counts (llm-d counts the CPU tier only when it has per-tier "
+        "data); a client-sent x-kv-cache-source-host-port passes through when kvgate sets none",
+    )
 
     def __init__(
         self,

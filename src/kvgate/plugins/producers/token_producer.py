@@ -64,6 +64,7 @@ class TokenProducer:
         self.name = name
         self.tokenizer = tokenizer
         self.key = DataKey(data.TOKENIZED_PROMPT, name)
+        self.strict_notes: tuple[str, ...] = ()  # for ``kvgate config check --strict``
 
     @property
     def backend(self) -> str:
@@ -137,4 +138,11 @@ def create(name: str, params: Params, ctx: PluginContext) -> TokenProducer:
     if model is None:
         return TokenProducer(name, None)
     tokenizers = pool_tokenizers(Params({}), ctx, f"{TYPE} {name!r}", model_name=model)
-    return TokenProducer(name, tokenizers.default)
+    producer = TokenProducer(name, tokenizers.default)
+    remote = [key for key in ("vllm", "udsTokenizerConfig") if params.has(key)]
+    if remote:
+        producer.strict_notes = (
+            f"{' and '.join(remote)}: not contacted; kvgate tokenizes in-process with the "
+            "model's tokenizer (llm-d asks vLLM's /render or the UDS tokenizer)",
+        )
+    return producer
