@@ -206,8 +206,10 @@ EXPECTED_FAILURES: dict[str, str] = {
         "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
     ),
     "llm-d__guides_turn-priority-fairness_router_turn-priority-fairness.values.yaml": (
-        "plugins[program-aware-fairness].parameters.strategy: unknown scoring "
-        "strategy 'turn-priority': only 'las' is supported"
+        "plugins[agent-identity].parameters: plugin type 'agent-identity' is not "
+        "supported: it makes agent session headers (x-claude-code-session-id, ...) "
+        "the flow-control fairness id; kvgate takes the fairness id from "
+        "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
     ),
     "llm-d__guides_wide-ep-lws_router_wide-ep-lws.values.yaml": (
         "plugins[disaggregatedset-rollout-screener].parameters: plugin type "

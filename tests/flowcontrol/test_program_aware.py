@@ -68,10 +68,26 @@ def test_idle_programs_are_forgotten_after_the_ttl() -> None:
     assert "a" not in p.programs
 
 
+def test_turn_priority_counts_dispatches_and_resets_after_inactivity() -> None:
+    clock = FakeClock()
+    p = make(TYPE, {"strategy": "turn-priority"}, c=ctx(clock=clock))
+    req = request(headers={"x-gateway-inference-fairness-id": "s"})
+    assert p.turn("s", clock()) == 1
+    for _ in range(3):
+        p.pre_request(req, None, {})
+        _finished(p, "s", 1, 1)
+    assert p.turn("s", clock()) == 4
+    assert p.turn("s", clock() + 121) == 1  # dormant longer than 120 s: turn one again
+    off = make(TYPE, {"strategy": "turn-priority", "turnPriorityInactivitySeconds": 0})
+    off.pre_request(req, None, {})
+    assert off.turn("s", off.clock() + 10_000) == 2
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
         ({"strategy": "wfq"}, "strategy"),
+        ({"turnPriorityTimeWeight": -1}, "turnPriorityTimeWeight"),
         ({"lasWeightService": -1}, "lasWeightService"),
         ({"evictionSweepSeconds": 0}, "evictionSweepSeconds"),
     ],
@@ -115,6 +131,28 @@ async def _order(fc: FlowController, pool: Pool, items: list[tuple[str, str]]) -
             await asyncio.sleep(0)
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=2.0)
     return order
+
+
+async def test_turn_priority_dispatches_the_deepest_session_first() -> None:
+    text = CONFIG.replace("FAIRNESS", TYPE).replace(
+        "- type: program-aware-fairness\n",
+        "- type: program-aware-fairness\n  parameters: {strategy: turn-priority}\n",
+    )
+    config = load_picker_config(text=text, env={})
+    scheduler = build_scheduler(config)
+    pool = Pool()
+    fc = build_flow_controller(
+        config, pool, metrics_registry=prometheus_client.CollectorRegistry(),
+        plugins=scheduler.plugins,
+    )  # fmt: skip
+    assert fc is not None
+    deep = request(headers={"x-gateway-inference-fairness-id": "deep"})
+    for _ in range(5):  # five turns already served
+        result = scheduler.schedule(deep, [EP])
+        scheduler.pre_request(deep, result)
+        scheduler.response_complete(deep, ResponseInfo(200, None, 10, 10), EP)
+    order = await _order(fc, pool, [("new1", "new"), ("new2", "new"), ("deep6", "deep")])
+    assert order == ["deep6", "new1", "new2"]
 
 
 @pytest.mark.parametrize("fairness", [TYPE, "global-strict-fairness-policy"])

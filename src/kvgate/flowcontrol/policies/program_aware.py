@@ -1,4 +1,5 @@
-"""``program-aware-fairness``: flows take turns by least attained service (llm-d's LAS).
+"""``program-aware-fairness``: flows take turns by least attained service (llm-d's LAS) or by
+session depth (``turn-priority``).
 
 A *program* is a fairness id (``x-gateway-inference-fairness-id`` or
 ``x-llm-d-inference-fairness-id``; ``default-flow`` without one). The policy charges each
@@ -14,12 +15,21 @@ equal); the highest score wins (ties: the lowest fairness id, where llm-d's map 
 random). Programs with no request in flight and no completion for ``evictionTtlSeconds`` are
 forgotten, checked every ``evictionSweepSeconds``.
 
+``strategy: turn-priority`` (llm-d-router PR 2116) scores each non-empty flow instead by
+``turn + turnPriorityTimeWeight · head wait (s)``, where ``turn`` is the program's dispatches so
+far plus one, reset to one when the program's last completion is more than
+``turnPriorityInactivitySeconds`` older than the head request's arrival (a session dormant
+that long no longer holds its prefix); the highest score wins, a lone waiting flow is taken
+as is. Deeper sessions go first; waiting ages a shallow one up.
+
 Roles: a fairness policy (named by a band's ``fairnessPolicyRef``), a PreRequest hook (counts
 the program's dispatches and in-flight requests) and a ResponseComplete hook (charges the
 tokens). The flow controller and the scheduler share one instance, the declared plugin, so
 the service it charges is the service it schedules by.
 
-Parameters (llm-d's, with its defaults): ``strategy`` (only ``las``), ``lasWeightService``
+Parameters (llm-d's, with its defaults): ``strategy`` (``las`` or ``turn-priority``),
+``turnPriorityTimeWeight`` (>= 0, 0.05), ``turnPriorityInactivitySeconds`` (>= 0, 120; 0 = no
+reset), ``lasWeightService``
 (>= 0, 0.8), ``lasWeightHeadWait`` (>= 0, 0.2), ``lasHalfLifeSeconds`` (>= 0, 60; 0 = no
 decay), ``evictionTtlSeconds`` (>= 0, 3600; 0 = never forget), ``evictionSweepSeconds`` (> 0,
 300). **Difference from llm-d:** no ``program_aware_*`` Prometheus series; the clock is the
@@ -50,6 +60,8 @@ HEADER_LLMD_FAIRNESS_ID = "x-llm-d-inference-fairness-id"
 
 #: llm-d's fairness id for requests without one.
 DEFAULT_PROGRAM = "default-flow"
+
+STRATEGIES = ("las", "turn-priority")
 
 #: Attained-service weights of a token (llm-d: output tokens cost twice input tokens).
 INPUT_TOKEN_WEIGHT = 1
@@ -92,6 +104,9 @@ class ProgramAwareFairness:
         half_life_s: float = 60.0,
         eviction_ttl_s: float = 3600.0,
         eviction_sweep_s: float = 300.0,
+        turn_priority: bool = False,
+        turn_time_weight: float = 0.05,
+        turn_inactivity_s: float = 120.0,
     ) -> None:
         self.name = name
         self.clock = clock
@@ -100,6 +115,9 @@ class ProgramAwareFairness:
         self.half_life_s = half_life_s
         self.eviction_ttl_s = eviction_ttl_s
         self.eviction_sweep_s = eviction_sweep_s
+        self.turn_priority = turn_priority
+        self.turn_time_weight = turn_time_weight
+        self.turn_inactivity_s = turn_inactivity_s
         self.programs: dict[str, Program] = {}
         self._next_sweep = clock() + eviction_sweep_s
 
@@ -123,6 +141,8 @@ class ProgramAwareFairness:
     def pick(self, band: Band) -> FlowQueue | None:
         now = self.clock()
         self._sweep(now)
+        if self.turn_priority:
+            return self._pick_deepest(band, now)
         scored: list[tuple[str, float, float]] = []  # fairness id, service, head wait (ms)
         for fid in sorted(band.flows):
             queue = band.flows[fid]
@@ -141,6 +161,30 @@ class ProgramAwareFairness:
             if score > best_score:
                 best_id, best_score = fid, score
         return band.flows[best_id]
+
+    def turn(self, program_id: str, arrived_at: float) -> int:
+        """The turn number of ``program_id``'s request that arrived at ``arrived_at``."""
+        program = self._program(program_id, arrived_at)
+        idle_s = arrived_at - program.last_completion
+        if program.dispatched and 0 < self.turn_inactivity_s < idle_s:
+            return 1
+        return program.dispatched + 1
+
+    def _pick_deepest(self, band: Band, now: float) -> FlowQueue | None:
+        waiting = [(fid, q) for fid, q in sorted(band.flows.items()) if q.size > 0]
+        best: FlowQueue | None = None
+        best_score = float("-inf")
+        for fid, queue in waiting:
+            head = queue.head()
+            if head is None:
+                continue
+            if len(waiting) == 1:
+                return queue
+            wait_s = max(0.0, now - head.enqueued_at)
+            score = self.turn(fid, head.enqueued_at) + self.turn_time_weight * wait_s
+            if score > best_score:
+                best, best_score = queue, score
+        return best
 
     # ---- request hooks -------------------------------------------------------------------
 
@@ -179,10 +223,11 @@ class ProgramAwareFairness:
 
 
 def create(name: str, params: Params, ctx: PluginContext) -> ProgramAwareFairness:
-    strategy = params.get_str("strategy", "las")
-    if strategy != "las":
+    strategy = params.get_str("strategy", "las") or "las"
+    if strategy not in STRATEGIES:
         raise PluginParameterError(
-            "strategy", f"unknown scoring strategy {strategy!r}: only 'las' is supported"
+            "strategy",
+            f"unknown scoring strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}",
         )
     values: dict[str, float] = {}
     for key, default in (
@@ -190,6 +235,8 @@ def create(name: str, params: Params, ctx: PluginContext) -> ProgramAwareFairnes
         ("lasWeightHeadWait", 0.2),
         ("lasHalfLifeSeconds", 60.0),
         ("evictionTtlSeconds", 3600.0),
+        ("turnPriorityTimeWeight", 0.05),
+        ("turnPriorityInactivitySeconds", 120.0),
     ):
         values[key] = params.get_float(key, default, minimum=0.0)
     sweep = params.get_float("evictionSweepSeconds", 300.0)
@@ -203,4 +250,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> ProgramAwareFairnes
         half_life_s=values["lasHalfLifeSeconds"],
         eviction_ttl_s=values["evictionTtlSeconds"],
         eviction_sweep_s=sweep,
+        turn_priority=strategy == "turn-priority",
+        turn_time_weight=values["turnPriorityTimeWeight"],
+        turn_inactivity_s=values["turnPriorityInactivitySeconds"],
     )
