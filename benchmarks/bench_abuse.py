@@ -179,13 +179,46 @@ async def _bodies(
 
 
 def _proc_sample(pid: int) -> dict[str, float]:
-    """RSS (MiB) and open fds of ``pid``, from /proc."""
+    """RSS (MiB), open fds and CPU seconds used so far of ``pid``, from /proc."""
     rss_kb = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss_kb = int(line.split()[1])
-    return {"rss_mib": round(rss_kb / 1024, 1), "open_fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return {
+        "rss_mib": round(rss_kb / 1024, 1),
+        "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "cpu_s": round(cpu_s, 2),
+    }
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return float(sum(values) - idle), float(sum(values))
+
+
+def _usage(
+    gw_before: dict[str, float], gw_after: dict[str, float], cpu_before: tuple[float, float]
+) -> dict[str, float]:
+    """What a load run cost: the gateway's CPU seconds and how busy the whole machine was."""
+    busy, total = _machine_cpu()
+    return {
+        "gateway_cpu_s": round(gw_after["cpu_s"] - gw_before["cpu_s"], 2),
+        "machine_busy_pct": round(
+            100 * (busy - cpu_before[0]) / max(1.0, total - cpu_before[1]), 1
+        ),
+    }
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str) -> dict[str, Any]:
@@ -214,11 +247,14 @@ async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str
             break
         await asyncio.sleep(0.1)
     during = _proc_sample(gw_pid)
+    cpu_before, self_before = _machine_cpu(), _self_cpu_s()
     load = await asyncio.to_thread(
         bg._load_cmd, args.other_cpus, via, rate=args.rate, duration=args.duration,
         connections=args.connections,
     )  # fmt: skip
     during_end = _proc_sample(gw_pid)
+    usage = _usage(during, during_end, cpu_before)
+    usage["abusers_cpu_s"] = round(_self_cpu_s() - self_before, 2)  # this process
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return {
@@ -226,6 +262,7 @@ async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str
         "abusers": stats.report(),
         "gateway_at_load_start": during,
         "gateway_at_load_end": during_end,
+        "usage": usage,
     }
 
 
@@ -281,10 +318,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "gateway_at_start": _proc_sample(gw_pid),
         }
+        calm_start, cpu_before = _proc_sample(gw_pid), _machine_cpu()
         report["without_abuse"] = bg._load_cmd(
             args.other_cpus, via, rate=args.rate, duration=args.duration,
             connections=args.connections,
         )  # fmt: skip
+        report["without_abuse"]["usage"] = _usage(calm_start, _proc_sample(gw_pid), cpu_before)
         report["with_abuse"] = asyncio.run(_with_abuse(args, gw_port, gw_pid, via))
         report["gateway_after"] = _proc_sample(gw_pid)
         calm, abused = report["without_abuse"], report["with_abuse"]["load"]
@@ -293,6 +332,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "p99_ms": [calm["p99_ms"], abused["p99_ms"]],
             "errors": [calm["errors"], abused["errors"]],
             "achieved_rps": [calm["achieved_rps"], abused["achieved_rps"]],
+            "gateway_cpu_s": [
+                calm["usage"]["gateway_cpu_s"],
+                report["with_abuse"]["usage"]["gateway_cpu_s"],
+            ],
+            "machine_busy_pct": [
+                calm["usage"]["machine_busy_pct"],
+                report["with_abuse"]["usage"]["machine_busy_pct"],
+            ],
             "note": "[without abuse, with abuse]",
         }
         return report
