@@ -122,6 +122,8 @@ class Cluster:
     zmq_port: int = field(default_factory=free_port)
     gw_port: int = field(default_factory=free_port)
     replicas: list[Replica] = field(default_factory=list)
+    #: every replica ever started, in the file or not yet (stop() stops them all)
+    started: list[Replica] = field(default_factory=list)
     gateway: subprocess.Popen[bytes] | None = None
     seed: int = 0
 
@@ -145,6 +147,8 @@ class Cluster:
             "--seed", str(self.seed), "--log-level", "warning",
             "--kv-events-endpoint", f"tcp://127.0.0.1:{self.zmq_port}",
         ]  # fmt: skip
+        if all(r is not replica for r in self.started):
+            self.started.append(replica)
         with self._log(f"sim-{replica.port}") as log:  # the child keeps its own copy
             replica.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         wait_ok(replica.url + "/health", replica.proc)
@@ -192,7 +196,7 @@ class Cluster:
                 self.gateway.wait(40)
             if self.gateway.poll() is None:
                 self.gateway.kill()
-        for replica in self.replicas:
+        for replica in self.started:  # also one whose start failed or was cut short
             self.stop_replica(replica)
 
 
