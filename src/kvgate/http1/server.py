@@ -157,6 +157,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._dead:
             return
+        was_in_head = self._in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -171,7 +172,10 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed HTTP request: {exc}")
         else:
-            if self._in_head:  # bound what the parser buffers for a head still incomplete
+            # bound what the parser buffers for a head still incomplete: a chunk counts whole
+            # once the head began before it (the one it began in may also hold the requests
+            # before it, so it is not counted: the bound is the limit plus one read)
+            if self._in_head and was_in_head:
                 self._head_bytes += len(data)
                 if self._head_bytes > self._server.max_head_bytes:
                     limit = self._server.max_head_bytes
@@ -181,6 +185,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._head_bytes = 0
         self._url = b""
         self._headers = {}
         self._body = []
