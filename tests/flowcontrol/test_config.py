@@ -116,7 +116,32 @@ def test_errors_name_each_field() -> None:
         "flowControl.priorityBands[1].priority: duplicate priority 1 (also in priorityBands[0])",
         "flowControl.priorityBands[2].priority: required field is missing; expected an integer",
         "flowControl.usageLimitPolicyPluginRef: plugin 'queue-scorer' has type 'queue-scorer', which is not a usage limit policy (expected one of: static-usage-limit-policy, soft-reflective-ceiling-policy)",
-        "flowControl.enableEviction: in-flight eviction is not supported by kvgate yet; remove it or set it to false",
+        "flowControl.enableEviction: in-flight eviction is not supported: llm-d ends dispatched sheddable (priority < 0) requests mid-generation with a 429 when a higher band is blocked by saturation, and kvgate's front doors cannot end a request they have forwarded; remove it or set it to false",
+    ]
+
+
+def test_a_band_and_a_template_may_set_their_own_ttl() -> None:
+    fc = load(
+        "featureGates: [flowControl]\n"
+        + PLUGINS
+        + """flowControl:
+  defaultRequestTTL: 30s
+  defaultPriorityBand: {defaultRequestTTL: 0s}
+  priorityBands:
+  - {priority: -1, defaultRequestTTL: 9000s}
+  - {priority: 2}
+"""
+    ).flow_control
+    assert fc.band(-1).request_ttl_s == 9000.0 and fc.band(2).request_ttl_s is None
+    assert fc.band(7).request_ttl_s == 0.0  # the template's
+    assert [fc.ttl_s(pool_empty=False, band=fc.band(p)) for p in (-1, 2, 7)] == [9000, 30, 0]
+    assert problems(
+        "featureGates: [flowControl]\n"
+        + PLUGINS
+        + "flowControl:\n  priorityBands:\n  - {priority: 2, defaultRequestTTL: later}\n"
+    ) == [
+        "flowControl.priorityBands[0].defaultRequestTTL: expected a non-negative duration "
+        "such as '30s' or '0s', got string 'later'"
     ]
 
 

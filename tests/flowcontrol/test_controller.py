@@ -194,6 +194,30 @@ async def test_ttl_expiry_answers_within_the_ttl() -> None:
     assert fc.snapshot()["queued"] == 0
 
 
+async def test_a_band_with_its_own_ttl_waits_by_it_and_the_rest_by_the_section() -> None:
+    """llm-d's per-band defaultRequestTTL (the turn-priority guide gives its band 9000s): a
+    band's own budget beats the section's; bands without one, and templates, keep the
+    section's (a sheddable band would be shed here, not queued, so the band is 1)."""
+    config = FlowControlConfig(
+        default_request_ttl_s=0.05,
+        priority_bands=(PriorityBandConfig(priority=1, request_ttl_s=0.2),),
+    )
+    fc = controller(Pool(1), config)
+    started = time.monotonic()
+
+    async def expiry(it: FlowItem) -> float:
+        with pytest.raises(FlowRejected) as info:
+            await fc.admit(it)
+        assert info.value.reason == "ttl_expired"
+        return time.monotonic() - started
+
+    band_wait, section_wait = await asyncio.gather(
+        expiry(item("session", priority=1)), expiry(item("plain", priority=0))
+    )
+    assert 0.15 <= band_wait <= 0.3 and 0.03 <= section_wait <= 0.1
+    assert config.ttl_s(pool_empty=False, band=config.band(5)) == 0.05  # template: section's
+
+
 async def test_ttl_with_an_empty_pool_is_503() -> None:
     pool = Pool(0)
     pool.endpoints = []

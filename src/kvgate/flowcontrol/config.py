@@ -64,7 +64,14 @@ _FIELDS = (
     "saturationDetector",
     "enableEviction",
 )
-_BAND_FIELDS = ("priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef")
+_BAND_FIELDS = (
+    "priority",
+    "maxBytes",
+    "maxRequests",
+    "fairnessPolicyRef",
+    "orderingPolicyRef",
+    "defaultRequestTTL",
+)
 _TEMPLATE_FIELDS = tuple(f for f in _BAND_FIELDS if f != "priority")
 
 # Kubernetes resource.Quantity: a number with an optional binary or decimal suffix.
@@ -95,6 +102,8 @@ class PriorityBandConfig:
 
     Both limits count what is *queued* in the band (as llm-d's ``hasCapacity``); they are > 0.
     The policies are resolved to their plugin types (they take no parameters).
+    ``request_ttl_s`` is the band's own queue-wait budget (llm-d's per-band
+    ``defaultRequestTTL``; 0 = no TTL), None where the band follows the section's.
     """
 
     priority: int = 0
@@ -102,6 +111,7 @@ class PriorityBandConfig:
     max_requests: int = DEFAULT_BAND_MAX_REQUESTS
     fairness_policy: str = DEFAULT_FAIRNESS_POLICY
     ordering_policy: str = DEFAULT_ORDERING_POLICY
+    request_ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +143,17 @@ class FlowControlConfig:
             template.max_requests,
             template.fairness_policy,
             template.ordering_policy,
+            template.request_ttl_s,
         )
 
-    def ttl_s(self, *, pool_empty: bool) -> float:
-        """The queue-wait budget in force (llm-d-router splits it by whether endpoints exist)."""
+    def ttl_s(self, *, pool_empty: bool, band: PriorityBandConfig | None = None) -> float:
+        """The queue-wait budget in force: ``noEndpointRequestTTL`` while the pool is empty
+        (llm-d-router splits it by whether endpoints exist), else the band's own
+        ``defaultRequestTTL``, else the section's."""
         if pool_empty and self.no_endpoint_request_ttl_s is not None:
             return self.no_endpoint_request_ttl_s
+        if band is not None and band.request_ttl_s is not None:
+            return band.request_ttl_s
         return self.default_request_ttl_s
 
 
@@ -176,29 +191,14 @@ def parse_flow_control(
     ``plugin_types`` maps each declared plugin name to its (canonical) type, so that policy
     and detector references can name either a declared plugin or a built-in type.
     """
-    from kvgate.config.sections import parse_duration
-
     check_fields(problems, path, section, _FIELDS)
     max_bytes = _quantity(problems, join_path(path, "maxBytes"), section.get("maxBytes"), 0)
     max_requests = _quantity(
         problems, join_path(path, "maxRequests"), section.get("maxRequests"), 0
     )
 
-    def duration(key: str, default: float | None) -> float | None:
-        raw = section.get(key)
-        if raw is None:
-            return default
-        parsed = parse_duration(raw) if isinstance(raw, str) else None
-        if parsed is None or parsed < 0:
-            problems.add(
-                join_path(path, key),
-                f"expected a non-negative duration such as '30s' or '0s', got {describe(raw)}",
-            )
-            return default
-        return parsed
-
-    ttl = duration("defaultRequestTTL", DEFAULT_REQUEST_TTL_S)
-    no_endpoint_ttl = duration("noEndpointRequestTTL", None)
+    ttl = _duration(problems, path, section, "defaultRequestTTL", DEFAULT_REQUEST_TTL_S)
+    no_endpoint_ttl = _duration(problems, path, section, "noEndpointRequestTTL", None)
 
     default_band = _band(
         problems,
@@ -259,10 +259,16 @@ def parse_flow_control(
         )
         eviction = False
     elif eviction:
-        # llm-d-router evicts *in-flight* sheddable requests mid-stream; kvgate cannot yet.
+        # llm-d-router (flowcontrol/eviction): when a band's head request is blocked by
+        # saturation and its deadline is at risk, dispatched sheddable (priority < 0) requests,
+        # lowest priority and newest first, are ended mid-generation with a 429 ("evicted").
+        # Neither kvgate front door can end a request it has already forwarded.
         problems.add(
             join_path(path, "enableEviction"),
-            "in-flight eviction is not supported by kvgate yet; remove it or set it to false",
+            "in-flight eviction is not supported: llm-d ends dispatched sheddable (priority < 0) "
+            "requests mid-generation with a 429 when a higher band is blocked by saturation, "
+            "and kvgate's front doors cannot end a request they have forwarded; remove it or "
+            "set it to false",
         )
     return FlowControlConfig(
         max_bytes=max_bytes,
@@ -335,6 +341,25 @@ def _ref(
     return None
 
 
+def _duration(
+    problems: Problems, path: str, section: Mapping[str, Any], key: str, default: float | None
+) -> float | None:
+    """``section[key]`` as a Go duration in seconds (``default`` when absent or wrong)."""
+    from kvgate.config.sections import parse_duration
+
+    raw = section.get(key)
+    if raw is None:
+        return default
+    parsed = parse_duration(raw) if isinstance(raw, str) else None
+    if parsed is None or parsed < 0:
+        problems.add(
+            join_path(path, key),
+            f"expected a non-negative duration such as '30s' or '0s', got {describe(raw)}",
+        )
+        return default
+    return parsed
+
+
 def _quantity(problems: Problems, path: str, value: Any, default: int) -> int:
     if value is None:
         return default
@@ -400,4 +425,5 @@ def _band(
         max_requests=max_requests or DEFAULT_BAND_MAX_REQUESTS,
         fairness_policy=fairness or DEFAULT_FAIRNESS_POLICY,
         ordering_policy=ordering or DEFAULT_ORDERING_POLICY,
+        request_ttl_s=_duration(problems, path, value, "defaultRequestTTL", None),
     )

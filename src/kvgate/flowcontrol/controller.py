@@ -271,7 +271,9 @@ class FlowController:
 
     async def _wait(self, item: FlowItem, band: Band, now: float, *, pool_empty: bool) -> float:
         loop = asyncio.get_running_loop()
-        ttl = item.ttl_s if item.ttl_s is not None else self.config.ttl_s(pool_empty=pool_empty)
+        ttl = item.ttl_s
+        if ttl is None:
+            ttl = self.config.ttl_s(pool_empty=pool_empty, band=band.config)
         self._seq += 1
         queued = QueuedItem(
             item, self._seq, now, now + ttl if ttl > 0 else float("inf"), loop.create_future()
