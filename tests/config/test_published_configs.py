@@ -131,12 +131,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "over the response's usage to Envoy as ext_proc dynamic metadata; kvgate "
         "evaluates no CEL and sends Envoy no metadata after the response body"
     ),
-    "llm-d-router__pkg_epp_framework_plugins_requestcontrol_requestheader_agentidentity_README.md_0.yaml": (
-        "plugins[agent-identity].parameters: plugin type 'agent-identity' is not "
-        "supported: it makes agent session headers (x-claude-code-session-id, ...) "
-        "the flow-control fairness id; kvgate takes the fairness id from "
-        "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
-    ),
     "llm-d-router__pkg_epp_framework_plugins_requestcontrol_screener_disaggregatedsetrollout_README.md_0.yaml": (
         "plugins[rollout-screener].parameters: plugin type "
         "'disaggregatedset-rollout-screener' is not supported: a screener over "
@@ -190,26 +184,14 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d-router__test_testdata_configloader_1_test@f8116322e1ad.yaml": (
         "plugins[test1].parameters: plugin type 'test-one' is not supported: " + _TEST_DOUBLE
     ),
-    "llm-d__guides_agentic-serving_router_agentic-serving-gpu-program-aware.values.yaml": (
-        "plugins[agent-identity].parameters: plugin type 'agent-identity' is not "
-        "supported: it makes agent session headers (x-claude-code-session-id, ...) "
-        "the flow-control fairness id; kvgate takes the fairness id from "
-        "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
-    ),
     "llm-d__guides_agentic-serving_router_agentic-serving-gpu.values.yaml": (
         "schedulingProfiles[decode].plugins[1].pluginRef: unknown plugin 'active-request-scorer'"
     ),
-    "llm-d__guides_agentic-serving_router_agentic-serving.values.yaml": (
-        "plugins[agent-identity].parameters: plugin type 'agent-identity' is not "
-        "supported: it makes agent session headers (x-claude-code-session-id, ...) "
-        "the flow-control fairness id; kvgate takes the fairness id from "
-        "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
-    ),
     "llm-d__guides_turn-priority-fairness_router_turn-priority-fairness.values.yaml": (
-        "plugins[agent-identity].parameters: plugin type 'agent-identity' is not "
-        "supported: it makes agent session headers (x-claude-code-session-id, ...) "
-        "the flow-control fairness id; kvgate takes the fairness id from "
-        "x-gateway-inference-fairness-id or x-llm-d-inference-fairness-id only"
+        "flowControl.enableEviction: in-flight eviction is not supported: llm-d ends "
+        "dispatched sheddable (priority < 0) requests mid-generation with a 429 when a "
+        "higher band is blocked by saturation, and kvgate's front doors cannot end a "
+        "request they have forwarded; remove it or set it to false"
     ),
     "llm-d__guides_wide-ep-lws_router_wide-ep-lws.values.yaml": (
         "plugins[disaggregatedset-rollout-screener].parameters: plugin type "

@@ -174,6 +174,42 @@ def test_fairness_id_from_either_header_gie_first() -> None:
     assert both.fairness_id == "a"
 
 
+AGENT_IDENTITY = """apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- {type: agent-identity, parameters: {additionalSessionHeaders: [x-my-agent]}}
+- {type: queue-scorer}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer}]
+"""
+
+
+async def test_agent_identity_sets_the_fairness_id_an_explicit_header_still_wins() -> None:
+    """llm-d's director order: fairness header, then agent-identity's attribute, then the
+    default flow; the flow controller queues the request under that id."""
+    control = make_control(AGENT_IDENTITY)
+    session = begin(control, body(), **{"X-Claude-Code-Session-Id": "sess-1"})
+    assert session.fairness_id == "sess-1"
+    assert begin(control, body(), **{"x-my-agent": "a", "session-id": "b"}).fairness_id == "a"
+    explicit = {"x-llm-d-inference-fairness-id": "tenant", "session-id": "b"}
+    assert begin(control, body(), **explicit).fairness_id == "tenant"
+    assert begin(control, body()).fairness_id == ""  # flow control's default-flow
+    assert await control.admit(session) is None
+    assert session.flow_item is not None and session.flow_item.fairness_id == "sess-1"
+    labels = {
+        "extension_point": "request_header",
+        "plugin_type": "agent-identity",
+        "plugin_name": "agent-identity",
+    }
+    assert sample(control, "kvgate_plugin_duration_seconds_count", labels) == 4
+
+
+def test_without_header_processors_parse_runs_none() -> None:
+    assert make_control()._header_processors == ()
+
+
 def test_priority_from_the_named_objective(tmp_path: Path) -> None:
     path = tmp_path / "objectives.yaml"
     path.write_text(OBJECTIVES)

@@ -25,6 +25,7 @@ from kvgate.plugins.base import (
     PreRequest,
     Producer,
     ProfileHandler,
+    RequestHeaderProcessor,
     ResponseComplete,
     Scorer,
 )
@@ -38,6 +39,7 @@ _ROLE_PROTOCOLS: tuple[tuple[str, type], ...] = (
     ("scorer", Scorer),
     ("picker", Picker),
     ("profile-handler", ProfileHandler),
+    ("request-header", RequestHeaderProcessor),
     ("pre-request", PreRequest),
     ("response-complete", ResponseComplete),
     ("endpoint-listener", EndpointListener),

@@ -132,6 +132,18 @@ class ProfileHandler(Plugin, Protocol):
 
 
 @runtime_checkable
+class RequestHeaderProcessor(Plugin, Protocol):
+    """llm-d's RequestHeaderProcessor: reads the request's headers before admission and records
+    what it finds in ``request.extra`` (``agent-identity`` sets the fairness id's source).
+
+    Request control runs every configured one in ``parse``, before flow control; with none
+    configured the request path pays one test of an empty tuple.
+    """
+
+    def request_header(self, request: Request) -> None: ...
+
+
+@runtime_checkable
 class PreRequest(Plugin, Protocol):
     """Told the scheduling result just before the request is forwarded (affinity learns here).
 

@@ -40,9 +40,6 @@ UNSUPPORTED: dict[str, str] = {
     "after the response body",
     "kvcache-aware-scorer": "llm-d-inference-scheduler v0.1's scorer over a Redis KV-block "
     "index; use precise-prefix-cache-scorer, which follows the engines' KV events",
-    "agent-identity": "it makes agent session headers (x-claude-code-session-id, ...) the "
-    "flow-control fairness id; kvgate takes the fairness id from x-gateway-inference-"
-    "fairness-id or x-llm-d-inference-fairness-id only",
     "disaggregatedset-rollout-screener": "a screener over DisaggregatedSet revision labels; "
     "kvgate has no screener step and no DisaggregatedSet rollouts to keep apart",
     "mock-metrics-source": _TEST_DOUBLE,

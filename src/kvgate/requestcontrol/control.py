@@ -39,6 +39,8 @@ from kvgate.endpoints.pool import EndpointPool
 from kvgate.errors import ModelNotFoundError, NoCandidatesError
 from kvgate.openai.requests import build_request, parse_body, strip_routing_headers
 from kvgate.openai.usage import Usage
+from kvgate.plugins.base import RequestHeaderProcessor
+from kvgate.plugins.requestheader import AGENT_IDENTITY
 from kvgate.requestcontrol import tracing
 from kvgate.requestcontrol.eppmetrics import Labels
 from kvgate.requestcontrol.metrics import RequestMetrics
@@ -187,6 +189,11 @@ class RequestControl:
                 self.on_finish.append(observer)
         scheduler.observe = metrics.observe_plugin
         pool.on_removed(scheduler.endpoints_removed)
+        # RequestHeaderProcessors (agent-identity): run in parse, before admission; when none
+        # is configured the tuple is empty and parse pays one falsy test
+        self._header_processors: tuple[RequestHeaderProcessor, ...] = tuple(
+            p for p in scheduler.plugins if isinstance(p, RequestHeaderProcessor)
+        )
 
     async def start(self) -> None:
         if self.flow is not None:
@@ -231,6 +238,8 @@ class RequestControl:
         ctx.request = request
         ctx.model = request.model
         ctx.fairness_id = clean.get(HEADER_FAIRNESS_ID) or clean.get(HEADER_LLMD_FAIRNESS_ID, "")
+        if self._header_processors:
+            self._process_headers(ctx, request)
         objective = clean.get(HEADER_OBJECTIVE)
         if objective and self.objectives is not None:
             ctx.flow_priority = self.objectives.priority(objective)
@@ -243,6 +252,23 @@ class RequestControl:
             request.body_size,
         )
         return request
+
+    def _process_headers(self, ctx: RequestContext, request: Request) -> None:
+        """Run the RequestHeaderProcessors; an explicit fairness header wins over the agent
+        identity they record (llm-d's director: header, then ``agent-identity``, then the
+        default flow). A processor that raises is logged and skipped."""
+        observe = self.metrics.observe_plugin
+        for plugin in self._header_processors:
+            started = time.perf_counter()
+            try:
+                plugin.request_header(request)
+            except Exception:
+                log.exception("request_header of %s/%s failed", plugin.type_name, plugin.name)
+            observe("request_header", plugin.type_name, plugin.name, time.perf_counter() - started)
+        if not ctx.fairness_id:
+            identity = request.extra.get(AGENT_IDENTITY)
+            if isinstance(identity, str):
+                ctx.fairness_id = identity
 
     def candidates(
         self, ctx: RequestContext, subset: Callable[[list[Endpoint]], list[Endpoint]] | None = None
