@@ -172,11 +172,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "over the response's usage to Envoy as ext_proc dynamic metadata; kvgate "
         "evaluates no CEL and sends Envoy no metadata after the response body"
     ),
-    "llm-d-router__test_perf_config_router-configs_random-passthrough-parser.yaml": (
-        "plugins[passthrough-parser].parameters: plugin type 'passthrough-parser' is "
-        "not supported: kvgate needs the request's model and prompt to schedule; it "
-        "forwards no unparsed bodies"
-    ),
     "llm-d-router__test_testdata_configloader_1_test.yaml": (
         "featureGates[0]: unknown feature gate 'test-feature-gate' in apiVersion "
         "inference.networking.x-k8s.io/v1alpha1"

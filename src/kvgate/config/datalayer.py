@@ -37,6 +37,7 @@ from kvgate.plugins.datalayer.core_metrics_extractor import (
 )
 from kvgate.plugins.datalayer.metrics_data_source import MetricsDataSource, MetricsSourceSettings
 from kvgate.plugins.requesthandling.openai_parser import OpenAIParser
+from kvgate.plugins.requesthandling.passthrough_parser import PassthroughParser
 
 METRICS_SOURCE_TYPE = "metrics-data-source"
 METRICS_EXTRACTOR_TYPE = "core-metrics-extractor"
@@ -134,9 +135,14 @@ def tls_context(src: MetricsSourceSettings) -> ssl.SSLContext | None:
 
 @dataclass(frozen=True, slots=True)
 class RequestHandlerConfig:
-    """The parsers named by ``requestHandler.parsers`` (or ``parser``); () = the default."""
+    """The parsers named by ``requestHandler.parsers`` (or ``parser``); () = the default.
+
+    ``passthrough``: the one parser is ``passthrough-parser`` (bodies are forwarded unparsed
+    and requests scheduled without a prompt; kvgate.requestcontrol.passthrough).
+    """
 
     parsers: tuple[str, ...] = ()
+    passthrough: bool = False
 
 
 def data_layer(
@@ -407,19 +413,29 @@ def request_handler(
         elif name is not None:
             refs.append(("parser", name))
     parsers: list[str] = []
+    passthrough: list[str] = []
     for path, name in refs:
         obj = plugins.get(name)
-        if obj is not None and not isinstance(obj, OpenAIParser):
+        if obj is not None and not isinstance(obj, OpenAIParser | PassthroughParser):
             problems.add(
-                f"{path}.pluginRef", f"plugin {name!r} is not a parser (kvgate's: openai-parser)"
+                f"{path}.pluginRef",
+                f"plugin {name!r} is not a parser (kvgate's: openai-parser, passthrough-parser)",
             )
-        else:
-            parsers.append(name)
+            continue
+        if isinstance(obj, PassthroughParser):
+            passthrough.append(name)
+        parsers.append(name)
+    if passthrough and len(parsers) > 1:
+        problems.add(
+            "requestHandler.parsers",
+            f"{passthrough[0]!r} (passthrough-parser) must be the only parser: kvgate either "
+            "parses every body as OpenAI or none; remove the others",
+        )
     for name, obj in plugins.items():
-        if isinstance(obj, OpenAIParser) and name not in parsers:
+        if isinstance(obj, OpenAIParser | PassthroughParser) and name not in parsers:
             problems.add(
                 f"plugins[{name}]",
                 "parser is declared but not listed in requestHandler.parsers, so it would do "
                 "nothing; list it or remove it",
             )
-    return RequestHandlerConfig(tuple(parsers))
+    return RequestHandlerConfig(tuple(parsers), passthrough=bool(passthrough))

@@ -274,7 +274,9 @@ class RequestStream:
         path = self.headers.get(":path", "").split("?", 1)[0]
         kind: RequestKind | None = request_kind_for_path(path)
         parsed: dict[str, Any] | None = None
-        if kind is None:  # other OpenAI endpoints: route on the body's shape
+        if kind is None and self.control.passthrough:  # passthrough-parser: no body read
+            kind = "completions"
+        elif kind is None:  # other OpenAI endpoints: route on the body's shape
             parsed = parse_body(raw)
             kind = "chat" if "messages" in parsed else "completions"
             if kind == "completions" and "prompt" not in parsed:

@@ -328,7 +328,9 @@ class Gateway:
             return bad
         try:
             body = self._read_body(req)
-            if kind is None:  # another vLLM route: schedule on the prompt it carries
+            if kind is None and self.control.passthrough:  # passthrough-parser: no body read
+                self.control.parse(ctx, "completions", body, req.headers)
+            elif kind is None:  # another vLLM route: schedule on the prompt it carries
                 parsed = parse_body(body)
                 kind, view = routing_view(parsed)
                 request = self.control.parse(ctx, kind, body, req.headers, parsed=view)

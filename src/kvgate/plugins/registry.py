@@ -70,6 +70,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.datalayer.core_metrics_extractor",
     "kvgate.plugins.datalayer.endpoint_notification_source",
     "kvgate.plugins.requesthandling.openai_parser",
+    "kvgate.plugins.requesthandling.passthrough_parser",
     "kvgate.plugins.requestheader.agent_identity",
     # GIE's conformance-suite test plugins
     "kvgate.plugins.conformance.header_based_testing_filter",

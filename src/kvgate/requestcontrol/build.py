@@ -65,7 +65,13 @@ def build_request_control(
         else None
     )
     budget = RetryBudget(retry, registry=metrics.registry) if retry is not None else None
-    return RequestControl(
+    handler = picker_config.request_handler if picker_config is not None else None
+    control_class = RequestControl
+    if handler is not None and handler.passthrough:
+        from kvgate.requestcontrol.passthrough import PassthroughRequestControl
+
+        control_class = PassthroughRequestControl
+    return control_class(
         pool,
         scheduler,
         metrics,

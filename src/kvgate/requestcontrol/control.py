@@ -153,6 +153,10 @@ class RequestControl:
     to a share of the requests in flight.
     """
 
+    #: True for passthrough-parser's subclass (kvgate.requestcontrol.passthrough): bodies are
+    #: not parsed, so a front door must not read them either.
+    passthrough = False
+
     def __init__(
         self,
         pool: EndpointPool,

@@ -33,6 +33,4 @@ UNSUPPORTED: dict[str, str] = {
     "vllmhttp-parser": "kvgate's front doors parse the OpenAI API only (no /inference/v1/generate)",
     "sglanghttp-parser": "kvgate's front doors parse the OpenAI API only (no SGLang /generate)",
     "vertexai-parser": "kvgate's front doors parse the OpenAI API only (no Vertex AI gRPC)",
-    "passthrough-parser": "kvgate needs the request's model and prompt to schedule; it "
-    "forwards no unparsed bodies",
 }

@@ -1,0 +1,66 @@
+"""Request control for ``passthrough-parser``: bodies are not parsed, requests carry no prompt.
+
+llm-d-router's passthrough parser keeps the body as raw bytes. :class:`PassthroughRequestControl`
+is :class:`~kvgate.requestcontrol.control.RequestControl` with another ``parse``: the request
+is scheduled with no model (candidates are not narrowed by model) and no tokens (prefix and
+token scorers score 0), while its headers act as usual (fairness id, objective,
+RequestHeaderProcessors, header filters). The front doors forward the client's body unchanged,
+because the request has no parsed ``body`` to rewrite. The choice is made once, when request
+control is built, so the OpenAI path pays nothing for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kvgate.openai.requests import new_request_id, strip_routing_headers
+from kvgate.requestcontrol.control import HEADER_LLMD_FAIRNESS_ID, RequestContext, RequestControl
+from kvgate.scheduling.types import (
+    HEADER_FAIRNESS_ID,
+    HEADER_OBJECTIVE,
+    HEADER_REQUEST_ID,
+    Request,
+    RequestKind,
+)
+
+
+class PassthroughRequestControl(RequestControl):
+    """See the module docstring."""
+
+    passthrough = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.models_of = None  # no model is read, so none narrows the candidates
+
+    def parse(
+        self,
+        ctx: RequestContext,
+        kind: RequestKind,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        request_id: str | None = None,
+        parsed: dict[str, Any] | None = None,
+    ) -> Request:
+        """Headers -> the scheduler's Request; the body is counted, never read."""
+        clean = strip_routing_headers(headers)
+        if request_id is not None:
+            clean[HEADER_REQUEST_ID] = request_id
+        rid = request_id or clean.get(HEADER_REQUEST_ID) or new_request_id()
+        request = Request(rid, "", kind, headers=clean, token_ids=(), body_size=len(body))
+        ctx.request = request
+        # the same admission fields as RequestControl.parse (kept apart so that path
+        # stays one call)
+        ctx.fairness_id = clean.get(HEADER_FAIRNESS_ID) or clean.get(HEADER_LLMD_FAIRNESS_ID, "")
+        if self._header_processors:
+            self._process_headers(ctx, request)
+        objective = clean.get(HEADER_OBJECTIVE)
+        if objective and self.objectives is not None:
+            ctx.flow_priority = self.objectives.priority(objective)
+            request.objective_priority = ctx.flow_priority
+        ctx.metric_labels = self.metrics.parsed(
+            "", "", ctx.fairness_id, ctx.flow_priority, len(body)
+        )
+        return request
