@@ -20,6 +20,7 @@ from kvgate.config.build import trial_context
 from kvgate.errors import ConfigError
 from kvgate.flowcontrol import FlowItem
 from kvgate.flowcontrol.build import build_flow_controller
+from kvgate.plugins.base import RequestHeaderProcessor
 from kvgate.scheduling.types import ROLE_LABEL, Endpoint, Metrics, Request, ResponseInfo
 
 CONFIGS = Path(__file__).resolve().parents[1] / "data" / "llm-d-configs"
@@ -239,9 +240,9 @@ def _pool() -> list[Endpoint]:
 )
 def test_published_config_acts(path: Path) -> None:
     """A config that loads also schedules: its plugins run over a P/D pool and pick a member,
-    its PreRequest / ResponseComplete hooks run, and its flow controller, if any, admits
-    (tokenizers are the built-in one, as in ``kvgate config check``; background work such as
-    KV-event subscribers is not started)."""
+    its RequestHeader / PreRequest / ResponseComplete hooks run, and its flow controller, if
+    any, admits (tokenizers are the built-in one, as in ``kvgate config check``; background
+    work such as KV-event subscribers is not started)."""
     config = load_picker_config(path, env={})
     scheduler = build_scheduler(config, trial_context())
     pool = _pool()
@@ -260,6 +261,9 @@ def test_published_config_acts(path: Path) -> None:
         messages=[{"role": "user", "content": "hello " * 64}],
         headers={"test-epp-endpoint-selection": "10.0.0.2:8000"},  # GIE conformance's filter
     )
+    for plugin in scheduler.plugins:  # agent-identity: before admission, as RequestControl
+        if isinstance(plugin, RequestHeaderProcessor):
+            plugin.request_header(request)
     result = scheduler.schedule(request, pool)
     target = result.primary.targets[0]
     assert target.name in {e.name for e in pool}  # a data-parallel handler may move the port

@@ -22,6 +22,7 @@ ROLE_NAMES: tuple[str, ...] = (
     "scorer",
     "picker",
     "profile-handler",
+    "request-header",
     "pre-request",
     "response-complete",
     "endpoint-listener",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kvgate.config import load_picker_config
 from kvgate.errors import PluginParameterError
 from kvgate.plugins.requestheader import AGENT_IDENTITY
 from plugins.kit import make, request
@@ -37,3 +38,13 @@ def test_additional_headers_come_first_and_match_in_any_case() -> None:
 def test_parameters_are_checked() -> None:
     with pytest.raises(PluginParameterError, match="additionalSessionHeaders"):
         make("agent-identity", {"additionalSessionHeaders": "x-one"})
+
+
+def test_config_check_names_its_role() -> None:
+    text = (
+        "apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\n"
+        "plugins:\n- type: agent-identity\n- type: queue-scorer\n"
+    )
+    config = load_picker_config(text=text)
+    spec = next(p for p in config.plugins if p.type == "agent-identity")
+    assert spec.roles == frozenset({"request-header"})
