@@ -112,6 +112,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engine", choices=("sim", "vllm"), default="sim")
     ap.add_argument("--window", type=int, default=20, help="cold-start window (samples)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="requests sent straight to each replica before the gateway starts (real vLLM's "
+        "first requests on a fresh replica are several times slower)",
+    )
     for key in _SHAPES["sim"]:
         ap.add_argument("--" + key.replace("_", "-"), type=int, default=None)
     args = ap.parse_args()
@@ -143,6 +150,14 @@ def main() -> int:
             procs.append(Proc(f"sim{i}", argv, work / f"sim{i}.log"))
             sims.append(f"http://127.0.0.1:{port}")
         wait_ready([(p, url + "/health") for p, url in zip(procs, sims, strict=False)], 60)
+        for i, url in enumerate(sims if args.warmup else ()):
+            warm = MixedParams(num_requests=args.warmup, **shape)
+            sessions = tuple(mixed(warm, "completions", args.seed + 1000 + i))
+            run_sync(
+                RunConfig(base_url=url, model=model),
+                Workload("warmup", "completions", sessions),
+                LoadSpec(mode="poisson", rates=(args.rate,), max_requests=args.warmup),
+            )
         gw_port = free_port("127.0.0.1", ports)
         argv = kvgate_argv(
             "serve", "--port", str(gw_port), "--config-text", config, "--log-format", "json",
@@ -183,6 +198,7 @@ def main() -> int:
         "samples": len(samples),
         "latency_profile": args.latency_profile or None,
         "rate": args.rate,
+        "warmup_per_replica": args.warmup,
         "ttft": _errors(ttft),
         "tpot": _errors(tpot),
         "cold_start": _windows(samples, args.window),
