@@ -2,7 +2,8 @@
 
 * :mod:`.app` — the process: ``kvgate serve`` flags -> pool, scraper, scheduler, request
   control -> :class:`~.routes.Gateway`; run until SIGINT/SIGTERM.
-* :mod:`.routes` — the aiohttp routes (inference, models, health, ready, metrics) around
+* :mod:`.routes` — the route table (inference, models, health, ready, metrics), served by
+  :mod:`kvgate.http1`, around
   :class:`kvgate.requestcontrol.control.RequestControl`.
 * :mod:`.forward` — attempts in score order, retries before the first byte, the relay.
 * :mod:`.upstream` — the keep-alive HTTP/1.1 client to the model servers.
