@@ -16,7 +16,10 @@ Every request ends in a response or an explicit error: errors before the first b
 OpenAI JSON errors with the right status; after it, a terminal SSE error event. A client
 that disconnects cancels the handler (:mod:`kvgate.http1`), which closes the
 upstream connection so the model server aborts the request (and removes it from a flow
-control queue). ``finish`` runs in a ``finally``, so the counters reconcile.
+control queue). ``finish`` runs in a ``finally``, so the counters reconcile (for a whole JSON
+answer it is scheduled with ``call_soon`` to run just after the answer is written: the
+metrics, log line and dashboard stay off the answer's path, and still run before the loop
+reads anything new).
 """
 
 from __future__ import annotations
@@ -278,9 +281,15 @@ class Gateway:
         ctx = control.begin("gateway", req.path)
         control.started(ctx)
         status = 0
+        deferred = False
         try:
             resp = await self._serve(req, service, kind, upstream_path, ctx)
             status = ctx.status or resp.status
+            if isinstance(resp, Response):
+                # written as soon as this returns: count and log it just after, off the
+                # answer's path (before any later request on the loop, which comes after I/O)
+                asyncio.get_running_loop().call_soon(control.finish, ctx, status)
+                deferred = True
             return resp
         except asyncio.CancelledError:
             status = 499
@@ -294,7 +303,8 @@ class Gateway:
             ctx.error = ctx.error or f"internal: {type(exc).__name__}"
             return json_error(500, f"internal gateway error: {type(exc).__name__}")
         finally:
-            control.finish(ctx, status)
+            if not deferred:
+                control.finish(ctx, status)
 
     def _read_body(self, req: HttpRequest) -> bytes:
         if req.too_large:
