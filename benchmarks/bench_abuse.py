@@ -195,24 +195,20 @@ def _proc_sample(pid: int) -> dict[str, float]:
     }
 
 
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return float(sum(values) - idle), float(sum(values))
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's children that ended and were waited for (the load
+    generator, after its run)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _usage(
-    gw_before: dict[str, float], gw_after: dict[str, float], cpu_before: tuple[float, float]
+    gw_before: dict[str, float], gw_after: dict[str, float], children_before: float
 ) -> dict[str, float]:
-    """What a load run cost: the gateway's CPU seconds and how busy the whole machine was."""
-    busy, total = _machine_cpu()
+    """What a load run cost in CPU seconds: the gateway's and the load generator's."""
     return {
         "gateway_cpu_s": round(gw_after["cpu_s"] - gw_before["cpu_s"], 2),
-        "machine_busy_pct": round(
-            100 * (busy - cpu_before[0]) / max(1.0, total - cpu_before[1]), 1
-        ),
+        "load_generator_cpu_s": round(_children_cpu_s() - children_before, 2),
     }
 
 
@@ -247,7 +243,7 @@ async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str
             break
         await asyncio.sleep(0.1)
     during = _proc_sample(gw_pid)
-    cpu_before, self_before = _machine_cpu(), _self_cpu_s()
+    cpu_before, self_before = _children_cpu_s(), _self_cpu_s()
     load = await asyncio.to_thread(
         bg._load_cmd, args.other_cpus, via, rate=args.rate, duration=args.duration,
         connections=args.connections,
@@ -318,7 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "gateway_at_start": _proc_sample(gw_pid),
         }
-        calm_start, cpu_before = _proc_sample(gw_pid), _machine_cpu()
+        calm_start, cpu_before = _proc_sample(gw_pid), _children_cpu_s()
         report["without_abuse"] = bg._load_cmd(
             args.other_cpus, via, rate=args.rate, duration=args.duration,
             connections=args.connections,
@@ -336,9 +332,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 calm["usage"]["gateway_cpu_s"],
                 report["with_abuse"]["usage"]["gateway_cpu_s"],
             ],
-            "machine_busy_pct": [
-                calm["usage"]["machine_busy_pct"],
-                report["with_abuse"]["usage"]["machine_busy_pct"],
+            "load_generator_cpu_s": [
+                calm["usage"]["load_generator_cpu_s"],
+                report["with_abuse"]["usage"]["load_generator_cpu_s"],
             ],
             "note": "[without abuse, with abuse]",
         }
