@@ -58,6 +58,7 @@ class AbuseStats:
     statuses: Counter[str] = field(default_factory=Counter)  # "oversized:413"
     held_now: Counter[str] = field(default_factory=Counter)
     held_max: Counter[str] = field(default_factory=Counter)
+    close_times: list[float] = field(default_factory=list)  # time.time() of each close
 
     def hold(self, kind: str, delta: int) -> None:
         self.held_now[kind] += delta
@@ -105,6 +106,7 @@ async def _hold(
                         await asyncio.wait_for(asyncio.shield(closed), drip_s)
                 if closed.done():
                     stats.closed_by_gateway[kind] += 1
+                    stats.close_times.append(time.time())
                     break
                 if drip_s is not None:
                     writer.write(b"x")  # one more byte of a header line that never ends
@@ -112,6 +114,7 @@ async def _hold(
             closed.cancel()
         except (OSError, asyncio.IncompleteReadError):
             stats.closed_by_gateway[kind] += 1
+            stats.close_times.append(time.time())
         finally:
             stats.hold(kind, -1)
             writer.close()
@@ -244,6 +247,10 @@ async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str
         await asyncio.sleep(0.1)
     during = _proc_sample(gw_pid)
     cpu_before, self_before = _children_cpu_s(), _self_cpu_s()
+    prober = subprocess.Popen(
+        [sys.executable, __file__, "--probe", str(port), "--duration", str(args.duration)],
+        stdout=subprocess.PIPE,
+    )
     load = await asyncio.to_thread(
         bg._load_cmd, args.other_cpus, via, rate=args.rate, duration=args.duration,
         connections=args.connections,
@@ -251,6 +258,8 @@ async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str
     during_end = _proc_sample(gw_pid)
     usage = _usage(during, during_end, cpu_before)
     usage["abusers_cpu_s"] = round(_self_cpu_s() - self_before, 2)  # this process
+    out, _ = await asyncio.to_thread(prober.communicate)
+    timeline = _timeline(json.loads(out), stats.close_times)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return {
@@ -259,7 +268,47 @@ async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str
         "gateway_at_load_start": during,
         "gateway_at_load_end": during_end,
         "usage": usage,
+        # [s, slowest /health answer in the bucket (ms), connections closed by the gateway]
+        "timeline": timeline,
     }
+
+
+PROBE_BUCKET_S = 0.5
+
+
+def probe(port: int, duration_s: float, interval_s: float = 0.01) -> dict[str, Any]:
+    """GET /health every ``interval_s`` on one kept-alive connection (its own process, so the
+    abusers' event loop does not delay it); the slowest answer per ``PROBE_BUCKET_S``."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    t0 = time.time()
+    slowest: dict[int, float] = {}
+    while time.time() - t0 < duration_s:
+        started = time.perf_counter()
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        took_ms = (time.perf_counter() - started) * 1000
+        bucket = int((time.time() - t0) / PROBE_BUCKET_S)
+        slowest[bucket] = max(slowest.get(bucket, 0.0), took_ms)
+        time.sleep(max(0.0, interval_s - (time.perf_counter() - started)))
+    return {
+        "t0": t0,
+        "slowest_ms": [round(slowest.get(b, 0.0), 2) for b in range(max(slowest) + 1)],
+    }
+
+
+def _timeline(probed: dict[str, Any], close_times: list[float]) -> list[list[float]]:
+    """[seconds into the probe, slowest probe answer (ms), connections the gateway closed]
+    per bucket where the probe took over 5 ms or the gateway closed any."""
+    closes: Counter[int] = Counter(
+        int((t - probed["t0"]) / PROBE_BUCKET_S) for t in close_times if t >= probed["t0"]
+    )
+    rows = []
+    for b, ms in enumerate(probed["slowest_ms"]):
+        if ms > 5 or closes[b]:
+            rows.append([round(b * PROBE_BUCKET_S, 1), ms, closes[b]])
+    return rows
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -377,7 +426,11 @@ def main() -> None:
     p.add_argument("--other-cpus", default=None, help="taskset list for upstream, load, abusers")
     p.add_argument("--log", type=Path, default=Path("/tmp/bench_abuse.log"))
     p.add_argument("--out", type=Path, default=None, help="also write the report here")
+    p.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)  # internal
     args = p.parse_args()
+    if args.probe is not None:  # the latency probe's own process (see probe())
+        print(json.dumps(probe(args.probe, args.duration)))
+        return
     if args.other_cpus:  # the abusers run in this process
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, _cpus(args.other_cpus))
