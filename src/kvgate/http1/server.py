@@ -51,6 +51,10 @@ Handler = Callable[[HttpRequest], Awaitable[Response | StreamResponse]]
 
 #: How often idle and slow connections are looked for (and the Date header renewed).
 SWEEP_INTERVAL_S = 0.5
+#: Connections one sweep closes at most: thousands of idle connections timing out together
+#: (an abuser's) closed in one go stalled the loop for tens of milliseconds (bench_abuse.py,
+#: docs/RELIABILITY.md); the rest wait for the next sweep.
+MAX_CLOSES_PER_SWEEP = 256
 #: Pipelined requests queued on one connection before it stops reading.
 MAX_PIPELINED = 8
 #: Headers a handler may not set: the server frames the message itself.
@@ -477,11 +481,15 @@ class HttpServer:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.date = formatdate(time.time(), usegmt=True)
             now = self.loop.time()
+            closed = 0
             for conn in list(self.connections):
                 if conn.deadline and now > conn.deadline and not conn.busy:
                     if conn.requests == 0 or conn._in_head or conn._body_size:
                         self.num_closed_slow += 1
                     conn.abort()
+                    closed += 1
+                    if closed >= MAX_CLOSES_PER_SWEEP:  # the rest at the next sweep
+                        break
 
     def stop_listening(self) -> None:
         if self._server is not None:
