@@ -184,6 +184,22 @@ def test_a_failing_prefill_falls_back_to_decode_only(
     assert metric(gw + "/metrics", "kvgate_pd_prefill_total", 'outcome="ok"') == 0
 
 
+def test_a_prefill_without_transfer_params_is_counted_as_such(
+    spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """A prefill replica whose connector moves KV out of band (vLLM's ExampleConnector,
+    LMCache) answers ``kv_transfer_params: null``, as a replica without a KV connector does:
+    the decode leg goes without params and the leg counts as no_params, not as a failure."""
+    pre = start_sim(spawn, name="prefill", speed=20)
+    dec = start_sim(spawn, name="decode", speed=20)
+    gw = start_serve(spawn, tmp_path, endpoints_file(tmp_path, pre.url, dec.url), ALWAYS)
+    status, answer = post(gw + "/v1/completions", {"model": MODEL, "prompt": LONG})
+    assert status == 200, answer
+    assert prompt_tokens(pre) > 0  # the prefill leg ran
+    assert metric(gw + "/metrics", "kvgate_pd_prefill_total", 'outcome="no_params"') == 1
+    assert metric(gw + "/metrics", "kvgate_pd_prefill_total", 'outcome="bad_response"') == 0
+
+
 def _envoy(tmp: Path, epp_port: int) -> str:
     ports = envoyconfig.EnvoyPorts(listen=free_port(), admin=free_port(), epp=epp_port)
     cfg = envoyconfig.adapt(EXAMPLE, ports, access_log=tmp / "access.log")

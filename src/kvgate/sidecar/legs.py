@@ -33,8 +33,11 @@ __all__ = ["PREFILL_OUTCOMES", "PrefillLeg", "decode_body", "parse_hostport", "p
 
 log = logging.getLogger("kvgate.pd")
 
-#: ``kvgate_pd_prefill_total`` outcomes: ok, or why the request fell back to decode-only.
-PREFILL_OUTCOMES = ("ok", "connect_error", "http_error", "bad_response", "timeout")
+#: ``kvgate_pd_prefill_total`` outcomes: ok; no_params (the prefill answered but sent no
+#: ``kv_transfer_params``: a connector that moves KV out of band, such as vLLM's
+#: ExampleConnector or LMCache, where the decode replica loads the prompt itself); or why the
+#: request fell back to decode-only.
+PREFILL_OUTCOMES = ("ok", "no_params", "connect_error", "http_error", "bad_response", "timeout")
 
 _PREFILL_PARAMS: dict[str, Any] = {
     "do_remote_decode": True,
@@ -108,7 +111,9 @@ class PrefillLeg:
         Cancellation propagates: the connection to the prefill server is closed with it."""
         outcome, params = await self._run(hostport, path, headers, body, chat=chat)
         self.outcomes.labels(outcome).inc()
-        if params is None:
+        if outcome == "no_params":
+            log.debug("request %s: prefill at %s sent no kv_transfer_params", request_id, hostport)
+        elif params is None:
             log.warning(
                 "request %s: prefill leg to %s failed (%s); decoding without it",
                 request_id,
@@ -149,7 +154,11 @@ class PrefillLeg:
             answer = msgspec.json.decode(data)
         except msgspec.DecodeError:
             return "bad_response", None
-        params = answer.get("kv_transfer_params") if isinstance(answer, dict) else None
+        if not isinstance(answer, dict):
+            return "bad_response", None
+        params = answer.get("kv_transfer_params")
+        if params is None:  # the connector moves KV out of band: decode without params
+            return "no_params", None
         if not isinstance(params, dict):
             return "bad_response", None
         return "ok", params
