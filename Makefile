@@ -49,8 +49,9 @@ browser:
 		apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
 	else echo "make: no Chromium: install it (sudo apt-get install -y chromium) or tests/e2e/test_dashboard_browser.py fails"; fi
 
+# --durations: the slowest tests, so the CI log shows where make test's 15 minutes go
 test: install lint typecheck vllm model browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 up: install
 ifeq ($(ENGINE),sim)
