@@ -241,6 +241,12 @@ class RequestControl:
         request = build_request(kind, parsed, clean, body_size=len(body), request_id=request_id)
         ctx.request = request
         ctx.model = request.model
+        self._classify(ctx, request, clean)
+        return request
+
+    def _classify(self, ctx: RequestContext, request: Request, clean: Mapping[str, str]) -> None:
+        """The parsed request's flow: fairness id (a header, else what the
+        RequestHeaderProcessors record), the objective's priority, GIE's metric labels."""
         ctx.fairness_id = clean.get(HEADER_FAIRNESS_ID) or clean.get(HEADER_LLMD_FAIRNESS_ID, "")
         if self._header_processors:
             self._process_headers(ctx, request)
@@ -255,7 +261,6 @@ class RequestControl:
             ctx.flow_priority,
             request.body_size,
         )
-        return request
 
     def _process_headers(self, ctx: RequestContext, request: Request) -> None:
         """Run the RequestHeaderProcessors; an explicit fairness header wins over the agent

@@ -15,10 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvgate.openai.requests import new_request_id, strip_routing_headers
-from kvgate.requestcontrol.control import HEADER_LLMD_FAIRNESS_ID, RequestContext, RequestControl
+from kvgate.requestcontrol.control import RequestContext, RequestControl
 from kvgate.scheduling.types import (
-    HEADER_FAIRNESS_ID,
-    HEADER_OBJECTIVE,
     HEADER_REQUEST_ID,
     Request,
     RequestKind,
@@ -51,16 +49,5 @@ class PassthroughRequestControl(RequestControl):
         rid = request_id or clean.get(HEADER_REQUEST_ID) or new_request_id()
         request = Request(rid, "", kind, headers=clean, token_ids=(), body_size=len(body))
         ctx.request = request
-        # the same admission fields as RequestControl.parse (kept apart so that path
-        # stays one call)
-        ctx.fairness_id = clean.get(HEADER_FAIRNESS_ID) or clean.get(HEADER_LLMD_FAIRNESS_ID, "")
-        if self._header_processors:
-            self._process_headers(ctx, request)
-        objective = clean.get(HEADER_OBJECTIVE)
-        if objective and self.objectives is not None:
-            ctx.flow_priority = self.objectives.priority(objective)
-            request.objective_priority = ctx.flow_priority
-        ctx.metric_labels = self.metrics.parsed(
-            "", "", ctx.fairness_id, ctx.flow_priority, len(body)
-        )
+        self._classify(ctx, request, clean)
         return request
