@@ -26,11 +26,6 @@ from kvgate.scheduling.types import ROLE_LABEL, Endpoint, Metrics, Request, Resp
 CONFIGS = Path(__file__).resolve().parents[1] / "data" / "llm-d-configs"
 _KNOWN = re.compile(r" \(known: [^)]*\)$")
 
-_MM = (
-    "kvgate routes text requests only: it has no multimodal request parsing, encoder-cache "
-    "state or encode (E) stage to act on"
-)
-
 _TEST_DOUBLE = (
     "a test double that llm-d registers only inside its own tests; it is no part of a "
     "deployable EPP"
@@ -38,10 +33,6 @@ _TEST_DOUBLE = (
 
 #: file -> the one-line reason kvgate refuses it (types it cannot act on, test doubles).
 EXPECTED_FAILURES: dict[str, str] = {
-    "llm-d-inference-scheduler__deploy_config_sim-e-p-d-epp-config.yaml": (
-        "plugins[always-disagg-multimodal-decider].parameters: plugin type "
-        "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
-    ),
     "llm-d-inference-scheduler__test_integration_epp_testdata_datalayer-config.yaml": (
         "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
         "is not supported: " + _TEST_DOUBLE
@@ -61,14 +52,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "KV-block index; use precise-prefix-cache-scorer, which follows the engines' "
         "KV events"
     ),
-    "llm-d-router__deploy_config_epp-mm-embeddings-cache-config.yaml": (
-        "plugins[mm-embeddings-cache-producer].parameters: plugin type "
-        "'mm-embeddings-cache-producer' is not supported: " + _MM
-    ),
-    "llm-d-router__deploy_config_epp-mm-embeddings-cache-config@18c543541ff7.yaml": (
-        "plugins[mm-embeddings-cache-producer].parameters: plugin type "
-        "'mm-embeddings-cache-producer' is not supported: " + _MM
-    ),
     "llm-d-router__deploy_config_epp-prefix-cache-tracking-config.yaml": (
         "plugins[prefix-cache-scorer].parameters.mode: 'cache_tracking' is not "
         "supported: cache_tracking read llm-d-inference-scheduler v0.1's Redis "
@@ -78,23 +61,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[topology-extractor].parameters: plugin type 'topology-extractor' is "
         "not supported: kvgate has no node/accelerator topology attributes to extract"
         " into"
-    ),
-    "llm-d-router__deploy_config_sim-e-p-d-epp-config.yaml": (
-        "plugins[disagg-profile-handler].parameters.deciders.encode: kvgate has no "
-        "encode (E) stage: it routes text requests and its sidecar runs prefill and "
-        "decode legs only; remove the encode decider"
-    ),
-    "llm-d-router__deploy_config_sim-e-p-d-epp-config@a04214311c16.yaml": (
-        "plugins[always-disagg-multimodal-decider].parameters: plugin type "
-        "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
-    ),
-    "llm-d-router__deploy_config_sim-e-pd-epp-config.yaml": (
-        "plugins[always-disagg-multimodal-decider].parameters: plugin type "
-        "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
-    ),
-    "llm-d-router__deploy_config_sim-e-pd-epp-config@f9c991db7823.yaml": (
-        "plugins[always-disagg-multimodal-decider].parameters: plugin type "
-        "'always-disagg-multimodal-decider' is not supported: " + _MM + " (E/P/D decider)"
     ),
     "llm-d-router__deploy_config_sim-epp-gpu-config.yaml": (
         "plugins[dcgm-source].parameters: plugin type 'dcgm-data-source' is not "

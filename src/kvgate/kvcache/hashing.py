@@ -16,6 +16,10 @@ Three families live here, shared by the router, the KV index and the simulator:
    ``[parent, tokens, extra]``.
 3. **Approximate prefix hashes** (GIE prefix-cache-scorer): an xxh64 chain over fixed-size
    byte blocks of the prompt text, seeded with the model name (and cache salt).
+4. **Multimodal item hashes** (llm-d's tokenizer-free ``estimate`` backend): xxh64 of an
+   image's or video's URL (a ``data:`` URL carries the bytes), or of inline audio's data and
+   format, in lower-case hex; the encoder-cache producer, the E/P/D legs and the simulator's
+   encoder cache all key items by it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ BlockHash = NewType("BlockHash", bytes)
 EventBlockHash = NewType("EventBlockHash", int)
 #: A request key of the precise index.
 RequestKey = NewType("RequestKey", int)
+#: A multimodal item's content hash (family 4).
+MMHash = NewType("MMHash", str)
 
 HashAlgo = Literal["sha256", "sha256_cbor"]
 HASH_ALGOS: tuple[HashAlgo, ...] = ("sha256", "sha256_cbor")
@@ -324,3 +330,13 @@ def prefix_block_hashes(
         prev = digest(text[start : start + block_bytes], prev)
         append(prev)
     return out
+
+
+# --- multimodal items (llm-d's estimate backend, tokenizer/estimate.go appendMMAsset) -----------
+
+
+def mm_item_hash(content: str) -> MMHash:
+    """``xxh64(content)`` in hex without leading zeros, as llm-d formats a feature's hash
+    (``strconv.FormatUint(sum, 16)``). vLLM's own mm_hash (over the decoded media) differs;
+    kvgate never compares with it."""
+    return MMHash(format(xxhash.xxh64_intdigest(content.encode()), "x"))

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from kvgate.errors import BadRequestError
+from kvgate.openai.multimodal import mm_items
 from kvgate.scheduling.types import HEADER_REQUEST_ID, ROUTING_HEADERS, Request, RequestKind
 
 _decoder = msgspec.json.Decoder()
@@ -76,6 +77,7 @@ def build_request(
         raise BadRequestError("'model' is required and must be a non-empty string", param="model")
     prompt: str | None = None
     messages = None
+    has_parts = False  # a chat with list contents, which may carry images, video, audio
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -88,6 +90,8 @@ def build_request(
                     f"'messages[{i}]' must be an object with a string 'role'",
                     param=f"messages[{i}]",
                 )
+            if isinstance(message.get("content"), list):
+                has_parts = True
     else:
         raw_prompt = body.get("prompt")
         if isinstance(raw_prompt, list):
@@ -121,6 +125,7 @@ def build_request(
         priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
         body=body,
         body_size=body_size,
+        mm_items=mm_items(messages) if has_parts and messages is not None else (),
     )
 
 

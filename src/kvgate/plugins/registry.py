@@ -65,6 +65,10 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.profiles.prefix_based_pd_decider",
     "kvgate.plugins.profiles.always_disagg_pd_decider",
     "kvgate.plugins.profiles.disagg_headers_handler",
+    # multimodal E/P/D (issue #22)
+    "kvgate.plugins.profiles.always_disagg_multimodal_decider",
+    "kvgate.plugins.producers.mm_embeddings_cache_producer",
+    "kvgate.plugins.scorers.mm_embeddings_cache_scorer",
     # data layer and request handling (config generations, brief D1)
     "kvgate.plugins.datalayer.metrics_data_source",
     "kvgate.plugins.datalayer.core_metrics_extractor",

@@ -8,10 +8,6 @@ gets a real module in ``BUILTIN_MODULES`` is registered as the real plugin inste
 
 from __future__ import annotations
 
-_MULTIMODAL = (
-    "kvgate routes text requests only: it has no multimodal request parsing, "
-    "encoder-cache state or encode (E) stage to act on"
-)
 _MULTICLUSTER = (
     "kvgate schedules over the endpoints of one pool; it has no cluster-endpoint "
     "discovery or cross-cluster routing"
@@ -24,9 +20,6 @@ _TEST_DOUBLE = (
 
 #: llm-d type -> why kvgate rejects it (llm-d-router cmd/epp/runner/runner.go registrations).
 UNSUPPORTED: dict[str, str] = {
-    "mm-embeddings-cache-producer": _MULTIMODAL,
-    "mm-embeddings-cache-scorer": _MULTIMODAL,
-    "always-disagg-multimodal-decider": _MULTIMODAL + " (E/P/D decider)",
     "multicluster-approx-prefix-cache-producer": _MULTICLUSTER,
     "multicluster-prefix-cache-scorer": _MULTICLUSTER,
     "multicluster-queue-scorer": _MULTICLUSTER,

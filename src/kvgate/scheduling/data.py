@@ -26,6 +26,7 @@ from kvgate.scheduling.types import Request
 PREFIX_CACHE_MATCH_INFO = "PrefixCacheMatchInfoDataKey"
 TOKENIZED_PROMPT = "TokenizedPrompt"
 IN_FLIGHT_LOAD = "InFlightLoad"
+ENCODER_CACHE_MATCH_INFO = "MultiModalEncoderCacheMatchInfoKey"
 
 T = TypeVar("T")
 
@@ -71,6 +72,21 @@ class TokenizedPrompt:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderCacheMatchInfo:
+    """Which of the request's distinct multimodal items one endpoint likely holds encoded
+    (llm-d's ``EncoderCacheMatchInfo``; every item weighs 1, as in llm-d's producer)."""
+
+    matched: tuple[str, ...]  # mm hashes (kvgate.kvcache.hashing.mm_item_hash) held there
+    num_request_items: int  # distinct multimodal items in the request
+
+    @property
+    def ratio(self) -> float:
+        """``len(matched) / num_request_items`` (0 for a request without items)."""
+        n = self.num_request_items
+        return len(self.matched) / n if n > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ HEADER_OBJECTIVE = "x-gateway-inference-objective"
 HEADER_FAIRNESS_ID = "x-gateway-inference-fairness-id"
 HEADER_PREFILLER = "x-prefiller-host-port"
 HEADER_DATA_PARALLEL = "x-data-parallel-host-port"
+#: llm-d's header for the encode (E) stage's endpoints, comma-joined ``ip:port``s.
+HEADER_ENCODERS = "x-encoder-hosts-ports"
 
 #: Headers a client must never be able to set: they decide where a request goes.
 ROUTING_HEADERS: frozenset[str] = frozenset(
@@ -36,6 +38,7 @@ ROUTING_HEADERS: frozenset[str] = frozenset(
         HEADER_DESTINATION_SERVED,
         HEADER_PREFILLER,
         HEADER_DATA_PARALLEL,
+        HEADER_ENCODERS,
     }
 )
 
@@ -109,6 +112,15 @@ class Endpoint:
         return f"Endpoint({self.name!r}, {self.hostport})"
 
 
+@dataclass(frozen=True, slots=True)
+class MMItem:
+    """One multimodal content part of a chat request (kvgate.openai.multimodal parses them)."""
+
+    modality: str  # image, video or audio (llm-d's Modality values)
+    mm_hash: str  # kvgate.kvcache.hashing.mm_item_hash of the part's URL or inline data
+    part: Mapping[str, Any]  # the content part as the client sent it (the encode leg sends it)
+
+
 @dataclass(slots=True)
 class Request:
     """What the scheduler knows of one inference request.
@@ -136,6 +148,8 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)  # per-request memo shared by plugins
     # DataProducer outputs, "<data type>/<producer name>" -> value (kvgate.scheduling.data)
     produced: dict[str, object] = field(default_factory=dict)
+    # the chat's image/video/audio parts in message order, repeats included; () for text
+    mm_items: tuple[MMItem, ...] = ()
 
     @property
     def effective_model(self) -> str:

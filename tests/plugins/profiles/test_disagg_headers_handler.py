@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from kvgate.plugins.profiles.disagg_headers_handler import HEADER_ENCODERS
-from kvgate.scheduling.types import HEADER_PREFILLER, ProfileRunResult, SchedulingResult
+from kvgate.scheduling.types import (
+    HEADER_ENCODERS,
+    HEADER_PREFILLER,
+    ProfileRunResult,
+    SchedulingResult,
+)
 from plugins.kit import endpoint, make, request
 
 DEC, PRE, E1, E2 = endpoint("d"), endpoint("p"), endpoint("e1"), endpoint("e2")

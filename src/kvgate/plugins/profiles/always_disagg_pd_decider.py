@@ -22,7 +22,7 @@ class AlwaysDisaggPdDecider:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def disaggregate(self, request: Request, decode: Endpoint) -> bool:
+    def disaggregate(self, request: Request, decode: Endpoint | None) -> bool:
         return True
 
 

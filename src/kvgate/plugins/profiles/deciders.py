@@ -1,8 +1,9 @@
-"""The P/D decider extension point of ``disagg-profile-handler`` (llm-d's ``deciderPlugin``).
+"""The decider extension point of ``disagg-profile-handler`` (llm-d's ``deciderPlugin``).
 
-A decider answers one question per request, after the decode profile has picked: should a
-separate stage (prefill, for a P/D decider) run for this request on top of that decode
-endpoint? Deciders are plain plugins named by the handler's ``deciders.prefill`` /
+A decider answers one question per request: should a separate stage (prefill for a P/D
+decider, encode for an encode decider) run for this request on top of the decode endpoint
+picked first? ``decode`` is None when no decode pick exists yet (the encode decider in
+``prefill-first`` stage order, as llm-d passes nil there). Deciders are plain plugins named by the handler's ``deciders.prefill`` /
 ``deciders.encode`` parameters; the handler resolves the names once every plugin is built
 (:meth:`DisaggProfileHandler.check_references`), so a decider may be declared after it.
 
@@ -23,4 +24,4 @@ from kvgate.scheduling.types import Endpoint, Request
 class Decider(Plugin, Protocol):
     """Decides per request whether a disaggregated stage runs beside ``decode``."""
 
-    def disaggregate(self, request: Request, decode: Endpoint) -> bool: ...
+    def disaggregate(self, request: Request, decode: Endpoint | None) -> bool: ...

@@ -15,12 +15,9 @@ Tells the routing sidecar beside the decode server where the disaggregated stage
 from __future__ import annotations
 
 from kvgate.plugins.base import Params, PluginContext
-from kvgate.scheduling.types import HEADER_PREFILLER, Request, SchedulingResult
+from kvgate.scheduling.types import HEADER_ENCODERS, HEADER_PREFILLER, Request, SchedulingResult
 
 TYPE = "disagg-headers-handler"
-
-#: llm-d's header for the encode stage's endpoints (E/P/D).
-HEADER_ENCODERS = "x-encoder-hosts-ports"
 
 
 def set_disagg_headers(

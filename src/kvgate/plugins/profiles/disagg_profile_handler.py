@@ -1,28 +1,34 @@
-"""``disagg-profile-handler`` (llm-d-router): decode always, prefill when its decider says so.
+"""``disagg-profile-handler`` (llm-d-router): decode always; encode and prefill when their
+deciders say so (D, P/D, E/PD and E/P/D).
 
-llm-d's successor of ``pd-profile-handler``; the per-request decision moved into decider
-plugins (``prefix-based-pd-decider``, ``always-disagg-pd-decider``).
+llm-d's successor of ``pd-profile-handler``; the per-request decisions moved into decider
+plugins (``prefix-based-pd-decider``, ``always-disagg-pd-decider`` for prefill;
+``always-disagg-multimodal-decider`` for encode).
 
 * Parameters, nested form (llm-d's current): ``profiles.decode`` (``"decode"``),
   ``profiles.prefill`` (``"prefill"``), ``profiles.encode`` (``"encode"``) — profile names;
   ``deciders.prefill`` — the name of a configured decider plugin; unset, P/D is off and every
-  request is decode-only; ``deciders.encode`` — refused: kvgate has no encode (E) stage;
-  ``stageOrder`` — ``decode-first`` (default) or ``prefill-first`` (llm-d also accepts
+  request is decode-only; ``deciders.encode`` — likewise for the encode (E) stage; unset, no
+  request is sent to an encoder; ``stageOrder`` — ``decode-first`` (default) or ``prefill-first`` (llm-d also accepts
   ``decode``/``prefill``, any case, ``-``/``_`` ignored).
   Flat form (llm-d's deprecated one, still loaded): ``decodeProfile``, ``prefillProfile``,
   ``encodeProfile``, ``prefillDeciderPluginName``, ``encodeDeciderPluginName``,
   ``deciderPluginName`` (a lower-priority alias of the prefill decider), ``stageOrder``. A
   parameter block mixing the two forms is an error, as in llm-d.
-* Rounds, decode-first: (1) run decode; (2) stop if it found nothing; (3) if the prefill
-  profile exists and the decider approves on the decode pick, run prefill. Prefill-first
-  (no decider allowed): prefill runs whenever its profile exists, then decode.
+* Rounds, decode-first: (1) run decode; (2) stop if it found nothing; (3) if the encode
+  profile exists and the encode decider approves on the decode pick, run encode; (4) if the
+  prefill profile exists and the prefill decider approves, run prefill. Prefill-first (no
+  prefill decider allowed): prefill runs whenever its profile exists, then encode when its
+  decider approves (asked with no decode pick), then decode.
 * Result: decode is primary and must have a target (else 429 "failed to find available
-  decode workers"); a prefill result is kept when it ran and picked.
+  decode workers"); prefill and encode results are kept when they ran and picked (an encode
+  profile that finds no encoder leaves the request to go without the E stage, as in llm-d).
 * PreRequest (llm-d's handler sets these itself): ``x-prefiller-host-port`` from the prefill
-  pick, as ``disagg-headers-handler`` does.
+  pick and ``x-encoder-hosts-ports`` from the encode picks, as ``disagg-headers-handler``
+  does; ``kvgate serve`` runs those legs itself, ``kvgate sidecar`` behind ``kvgate epp``.
 * Inputs: declares ``PrefixCacheMatchInfo`` and ``TokenizedPrompt`` as llm-d's handler does,
-  so their default producers are added when none is configured. State: a per-cycle marker of
-  a prefill stage the decider declined (so it is asked once).
+  so their default producers are added when none is configured. State: per-cycle markers of
+  the stages a decider declined (so each is asked once).
 """
 
 from __future__ import annotations
@@ -38,7 +44,13 @@ from kvgate.plugins.profiles.disagg_headers_handler import set_disagg_headers
 from kvgate.plugins.scorers.prefix_cache_scorer import DEFAULT_PRODUCER
 from kvgate.scheduling import data
 from kvgate.scheduling.data import DataKey
-from kvgate.scheduling.types import CycleState, ProfileRunResult, Request, SchedulingResult
+from kvgate.scheduling.types import (
+    CycleState,
+    Endpoint,
+    ProfileRunResult,
+    Request,
+    SchedulingResult,
+)
 
 TYPE = "disagg-profile-handler"
 
@@ -55,10 +67,10 @@ _FLAT = (
     "encodeDeciderPluginName",
     "deciderPluginName",
 )
-_NO_ENCODE = (
-    "kvgate has no encode (E) stage: it routes text requests and its sidecar runs prefill "
-    "and decode legs only; remove the encode decider"
-)
+_DECIDER_KINDS = {
+    "prefill": "prefix-based-pd-decider or always-disagg-pd-decider",
+    "encode": "always-disagg-multimodal-decider",
+}
 
 
 def parse_stage_order(value: str) -> str:
@@ -87,6 +99,7 @@ class DisaggProfileHandler:
         prefill_profile: str = "prefill",
         encode_profile: str = "encode",
         prefill_decider: str = "",
+        encode_decider: str = "",
         stage_order: str = DECODE_FIRST,
     ) -> None:
         self.name = name
@@ -94,9 +107,11 @@ class DisaggProfileHandler:
         self.prefill_profile = prefill_profile
         self.encode_profile = encode_profile
         self.prefill_decider = prefill_decider
+        self.encode_decider = encode_decider
         self.stage_order = stage_order
         self._ctx = ctx
         self._declined = f"kvgate.disagg.declined/{name}"
+        self._declined_encode = f"kvgate.disagg.declined-encode/{name}"
 
     def consumes(self) -> tuple[DataKey, ...]:
         return (
@@ -105,26 +120,44 @@ class DisaggProfileHandler:
         )
 
     def check_references(self, plugins: Mapping[str, object]) -> None:
-        """Called once every plugin is built: the named decider exists and is one."""
-        if not self.prefill_decider:
-            return
-        found = plugins.get(self.prefill_decider)
-        if found is None:
-            raise PluginParameterError(
-                "deciders.prefill",
-                f"no plugin named {self.prefill_decider!r} is configured "
-                "(expected the name of a prefix-based-pd-decider or always-disagg-pd-decider)",
-            )
-        if not isinstance(found, Decider):
-            raise PluginParameterError(
-                "deciders.prefill",
-                f"plugin {self.prefill_decider!r} (type {getattr(found, 'type_name', '?')}) "
-                "is not a P/D decider",
-            )
+        """Called once every plugin is built: each named decider exists and is one."""
+        for stage, name in (("prefill", self.prefill_decider), ("encode", self.encode_decider)):
+            if not name:
+                continue
+            found = plugins.get(name)
+            if found is None:
+                raise PluginParameterError(
+                    f"deciders.{stage}",
+                    f"no plugin named {name!r} is configured "
+                    f"(expected the name of a {_DECIDER_KINDS[stage]})",
+                )
+            if not isinstance(found, Decider):
+                raise PluginParameterError(
+                    f"deciders.{stage}",
+                    f"plugin {name!r} (type {getattr(found, 'type_name', '?')}) is not a decider",
+                )
 
-    def _decider(self) -> Decider | None:
-        found = self._ctx.plugins.get(self.prefill_decider) if self.prefill_decider else None
+    def _decider(self, name: str) -> Decider | None:
+        found = self._ctx.plugins.get(name) if name else None
         return found if isinstance(found, Decider) else None
+
+    def _encode(
+        self,
+        state: CycleState,
+        request: Request,
+        profiles: Mapping[str, SchedulerProfileView],
+        results: Mapping[str, ProfileRunResult | None],
+        decode: Endpoint | None,
+    ) -> Mapping[str, SchedulerProfileView]:
+        """The encode profile, if it is still to run and its decider approves."""
+        encode = self.encode_profile
+        if encode not in profiles or encode in results or state.read(self._declined_encode, bool):
+            return {}
+        decider = self._decider(self.encode_decider)
+        if decider is not None and decider.disaggregate(request, decode):
+            return {encode: profiles[encode]}
+        state.write(self._declined_encode, True)
+        return {}
 
     def pick_profiles(
         self,
@@ -139,15 +172,21 @@ class DisaggProfileHandler:
                 return {}
             if prefill in profiles and prefill not in results:
                 return {prefill: profiles[prefill]}
+            encode = self._encode(state, request, profiles, results, None)
+            if encode:
+                return encode
             return {decode: profiles[decode]} if decode in profiles else {}
         if decode not in results:
             return {decode: profiles[decode]} if decode in profiles else {}
         decoded = results[decode]
         if decoded is None or not decoded.targets:
             return {}
+        encode = self._encode(state, request, profiles, results, decoded.targets[0])
+        if encode:
+            return encode
         if prefill not in profiles or prefill in results or state.read(self._declined, bool):
             return {}
-        decider = self._decider()
+        decider = self._decider(self.prefill_decider)
         if decider is not None and decider.disaggregate(request, decoded.targets[0]):
             return {prefill: profiles[prefill]}
         state.write(self._declined, True)
@@ -163,9 +202,10 @@ class DisaggProfileHandler:
         if decode is None or not decode.targets:
             raise SchedulingFailedError("failed to find available decode workers")
         kept: dict[str, ProfileRunResult | None] = {self.decode_profile: decode}
-        prefill = results.get(self.prefill_profile)
-        if prefill is not None and prefill.targets:
-            kept[self.prefill_profile] = prefill
+        for stage in (self.prefill_profile, self.encode_profile):
+            found = results.get(stage)
+            if found is not None and found.targets:
+                kept[stage] = found
         return SchedulingResult(kept, self.decode_profile)
 
     def pre_request(
@@ -195,8 +235,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> DisaggProfileHandle
         prefill = profiles.get("prefill", "")
         encode = profiles.get("encode", "")
         prefill_decider = deciders.get("prefill", "")
-        if deciders.get("encode"):
-            raise PluginParameterError("deciders.encode", _NO_ENCODE)
+        encode_decider = deciders.get("encode", "")
     elif keys <= set(_FLAT):
         decode = params.get_str("decodeProfile", "")
         prefill = params.get_str("prefillProfile", "")
@@ -205,8 +244,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> DisaggProfileHandle
             "deciderPluginName", ""
         )
         params.get_str("deciderPluginName", "")  # read either way: it is known here
-        if params.get_str("encodeDeciderPluginName", ""):
-            raise PluginParameterError("encodeDeciderPluginName", _NO_ENCODE)
+        encode_decider = params.get_str("encodeDeciderPluginName", "")
     else:
         stray = sorted(keys - set(_NESTED) - set(_FLAT))
         if stray:
@@ -231,5 +269,6 @@ def create(name: str, params: Params, ctx: PluginContext) -> DisaggProfileHandle
         prefill_profile=prefill or "prefill",
         encode_profile=encode or "encode",
         prefill_decider=prefill_decider,
+        encode_decider=encode_decider,
         stage_order=order,
     )

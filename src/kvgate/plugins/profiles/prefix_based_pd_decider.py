@@ -56,8 +56,8 @@ class PrefixBasedPdDecider:
         self.non_cached_tokens = non_cached_tokens
         self.prompt_tokens = prompt_tokens
 
-    def disaggregate(self, request: Request, decode: Endpoint) -> bool:
-        if self.non_cached_tokens == 0:
+    def disaggregate(self, request: Request, decode: Endpoint | None) -> bool:
+        if self.non_cached_tokens == 0 or decode is None:
             return False
         prompt = data.tokenized(request)
         n = prompt.num_tokens if prompt is not None else 0
