@@ -37,12 +37,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
         "is not supported: " + _TEST_DOUBLE
     ),
-    "llm-d-inference-scheduler__test_integration_epp_testdata_request-attribute-reporter-config.yaml": (
-        "plugins[total-tokens-cost-reporter].parameters: plugin type "
-        "'request-attribute-reporter' is not supported: it returns CEL expressions "
-        "over the response's usage to Envoy as ext_proc dynamic metadata; kvgate "
-        "evaluates no CEL and sends Envoy no metadata after the response body"
-    ),
     "llm-d-inference-scheduler__test_testdata_configloader_1_test.yaml": (
         "plugins[test1].parameters: plugin type 'test-one' is not supported: " + _TEST_DOUBLE
     ),
@@ -92,12 +86,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "not supported: kvgate's scraper already polls /v1/models on every endpoint "
         "and has no per-source settings for it"
     ),
-    "llm-d-router__pkg_epp_framework_plugins_requestcontrol_requestattributereporter_README.md_0.yaml": (
-        "plugins[total-tokens-cost-reporter].parameters: plugin type "
-        "'request-attribute-reporter' is not supported: it returns CEL expressions "
-        "over the response's usage to Envoy as ext_proc dynamic metadata; kvgate "
-        "evaluates no CEL and sends Envoy no metadata after the response body"
-    ),
     "llm-d-router__pkg_epp_framework_plugins_requestcontrol_screener_disaggregatedsetrollout_README.md_0.yaml": (
         "plugins[rollout-screener].parameters: plugin type "
         "'disaggregatedset-rollout-screener' is not supported: a screener over "
@@ -132,12 +120,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d-router__test_integration_igw_epp_testdata_datalayer-config.yaml": (
         "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
         "is not supported: " + _TEST_DOUBLE
-    ),
-    "llm-d-router__test_integration_igw_epp_testdata_request-attribute-reporter-config.yaml": (
-        "plugins[total-tokens-cost-reporter].parameters: plugin type "
-        "'request-attribute-reporter' is not supported: it returns CEL expressions "
-        "over the response's usage to Envoy as ext_proc dynamic metadata; kvgate "
-        "evaluates no CEL and sends Envoy no metadata after the response body"
     ),
     "llm-d-router__test_testdata_configloader_1_test.yaml": (
         "featureGates[0]: unknown feature gate 'test-feature-gate' in apiVersion "

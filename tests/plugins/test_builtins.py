@@ -19,7 +19,7 @@ OWN = [
         ("precise_prefix_cache_scorer", "oracle_prefix_scorer", "precise_prefix_cache_producer")
     )
 ]
-NEEDS_PARAMS = {"by-label"}
+NEEDS_PARAMS = {"by-label", "request-attribute-reporter"}
 SCORERS = [
     "queue-scorer",
     "kv-cache-utilization-scorer",

@@ -65,6 +65,15 @@ def lb_metadata(fields: Mapping[str, str]) -> struct_pb2.Struct:
     return outer
 
 
+def dynamic_metadata(namespaces: Mapping[str, Mapping[str, float]]) -> struct_pb2.Struct:
+    """``{namespace: {key: number}}`` as ProcessingResponse.dynamic_metadata (what
+    request-attribute-reporter reports when the response ends)."""
+    outer = struct_pb2.Struct()
+    for namespace, fields in namespaces.items():
+        outer.get_or_create_struct(namespace).update(dict(fields))
+    return outer
+
+
 def subset_hint(request: ep.ProcessingRequest, key: str) -> list[str] | None:
     """The ``ip:port`` list under ``envoy.lb.subset_hint/<key>``, or None when absent.
 
@@ -146,6 +155,7 @@ __all__: Sequence[str] = (
     "body_mode_name",
     "body_mode_value",
     "chunks",
+    "dynamic_metadata",
     "header_map",
     "header_mutation",
     "immediate_response",

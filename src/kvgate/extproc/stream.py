@@ -36,6 +36,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from kvgate.errors import BadRequestError, RequestError, SchedulingError
 from kvgate.extproc.director import Director, destination_of
 from kvgate.extproc.messages import (
+    dynamic_metadata,
     header_map,
     header_mutation,
     immediate_response,
@@ -89,6 +90,18 @@ def _response_headers_reply(info: ResponseInfo | None) -> ep.ProcessingResponse:
     )
 
 
+def _with_metadata(replies: Replies, info: ResponseInfo | None) -> Replies:
+    """Put what the ResponseComplete plugins reported for Envoy (request-attribute-reporter)
+    on the last reply, the one that ends the response, as llm-d does. The shared constant
+    replies are copied, never changed."""
+    if info is None or not info.metadata or not replies:
+        return replies
+    last = ep.ProcessingResponse()
+    last.CopyFrom(replies[-1])
+    last.dynamic_metadata.CopyFrom(dynamic_metadata(info.metadata))
+    return [*replies[:-1], last]
+
+
 class RequestStream:
     """State of one ext_proc stream; :meth:`on_message` returns the replies to send.
 
@@ -115,6 +128,7 @@ class RequestStream:
         self.usage: UsageReader | None = None
         self.held_response: list[bytes] | None = None  # a JSON answer held until its end
         self.completed = False
+        self.info: ResponseInfo | None = None  # how the forwarded attempt ended, once it has
         self.closed = False  # an immediate response ended the HTTP request
         self.pending: asyncio.Task[None] | None = None  # deciding, waiting for flow control
         self.backlog: list[ep.ProcessingRequest] = []  # messages that came while pending
@@ -377,7 +391,7 @@ class RequestStream:
         if headers.end_of_stream or self.response_mode == pm.ProcessingMode.NONE:
             # no body will come (response_body_mode NONE: bodies bypass the EPP, no usage)
             info = self._complete(None)
-            return [_response_headers_reply(info)]
+            return _with_metadata([_response_headers_reply(info)], info)
         if self.response_mode == FULL_DUPLEX and self.forwarded and not self.usage.streaming:
             # A whole JSON answer: hold the headers until its end, as the request side
             # does, so ResponseComplete plugins' headers (session affinity's x-session-token)
@@ -415,24 +429,30 @@ class RequestStream:
             out = [_EMPTY_RESPONSE_BODY_REPLY]
         if body.end_of_stream:
             info = self._complete(None)
+            out = _with_metadata(out, info)
             if info is not None and info.headers and self.response_mode == BUFFERED:
                 # A buffered response's headers are still held by Envoy: ResponseComplete
                 # plugins' headers (session-affinity's x-session-token) can reach the client.
-                out = [
-                    ep.ProcessingResponse(
-                        response_body=ep.BodyResponse(
-                            response=ep.CommonResponse(
-                                header_mutation=header_mutation(info.headers)
+                out = _with_metadata(
+                    [
+                        ep.ProcessingResponse(
+                            response_body=ep.BodyResponse(
+                                response=ep.CommonResponse(
+                                    header_mutation=header_mutation(info.headers)
+                                )
                             )
                         )
-                    )
-                ]
+                    ],
+                    info,
+                )
         return out
 
     def _on_response_trailers(self) -> Replies:
         out = self._release_response(end_of_stream=False) if self.held_response is not None else []
         self._complete(None)
-        return [*out, ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
+        return _with_metadata(
+            [*out, ep.ProcessingResponse(response_trailers=ep.TrailersResponse())], self.info
+        )
 
     def _release_response(self, *, end_of_stream: bool) -> Replies:
         """Send held response headers (with the completion hooks' headers) and body."""
@@ -443,7 +463,8 @@ class RequestStream:
         chunks = streamed_body_responses(body, request_side=False)
         if not end_of_stream:  # trailers follow: the body does not end the stream
             chunks[-1].response_body.response.body_mutation.streamed_response.end_of_stream = False
-        return [*replies, *chunks]
+            return [*replies, *chunks]
+        return _with_metadata([*replies, *chunks], info)
 
     def _complete(self, error: str | None) -> ResponseInfo | None:
         """End the forwarded attempt exactly once: ResponseComplete hooks, usage, and the
@@ -462,6 +483,7 @@ class RequestStream:
             info.cached_tokens = usage.cached_tokens
         control = self.control
         control.end_attempt(ctx, info)
+        self.info = info
         ctx.error = info.error
         status = self.status
         if error == "client_disconnect" or (error == "stream_error" and not status):

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -328,6 +329,20 @@ class Params:
                 unknown[0],
                 f"unknown parameter (known: {', '.join(sorted(known)) or 'none'})",
             )
+
+
+@contextmanager
+def params_at(key: str) -> Iterator[None]:
+    """Prefix the field of a PluginParameterError raised inside with ``key.`` (nested
+    sections and list entries: ``with params_at("attributes[0]"): ...``)."""
+    from kvgate.errors import PluginParameterError
+
+    try:
+        yield
+    except PluginParameterError as exc:
+        raise PluginParameterError(
+            f"{key}.{exc.field}" if exc.field else key, exc.message
+        ) from None
 
 
 def _kind(value: object) -> str:

@@ -76,6 +76,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.requesthandling.openai_parser",
     "kvgate.plugins.requesthandling.passthrough_parser",
     "kvgate.plugins.requestheader.agent_identity",
+    "kvgate.plugins.requestcontrol.request_attribute_reporter",
     # GIE's conformance-suite test plugins
     "kvgate.plugins.conformance.header_based_testing_filter",
     "kvgate.plugins.conformance.destination_endpoint_served_verifier",

@@ -28,9 +28,6 @@ UNSUPPORTED: dict[str, str] = {
     "multicluster-file-discovery": _MULTICLUSTER,
     "multicluster-metrics-data-source": _MULTICLUSTER,
     "multicluster-metrics-extractor": _MULTICLUSTER,
-    "request-attribute-reporter": "it returns CEL expressions over the response's usage to "
-    "Envoy as ext_proc dynamic metadata; kvgate evaluates no CEL and sends Envoy no metadata "
-    "after the response body",
     "kvcache-aware-scorer": "llm-d-inference-scheduler v0.1's scorer over a Redis KV-block "
     "index; use precise-prefix-cache-scorer, which follows the engines' KV events",
     "disaggregatedset-rollout-screener": "a screener over DisaggregatedSet revision labels; "

@@ -101,6 +101,9 @@ class RequestContext:
     trace: object | None = None  # the tracer's spans for this request (requestcontrol.tracing)
     duration_s: float | None = None  # arrival to finish, set by RequestControl.finish
     metric_labels: Labels | None = None  # GIE's label values, from parse (running gauges)
+    # what ResponseComplete plugins reported for Envoy (request-attribute-reporter); the epp
+    # sends it as ext_proc dynamic metadata, both doors write it into the request log line
+    dynamic_metadata: dict[str, dict[str, float]] | None = None
 
     def set_usage(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -423,6 +426,8 @@ class RequestControl:
             self.scheduler.response_complete(ctx.request, info, endpoint)
         except Exception:  # a plugin bug must not break the request
             log.exception("response_complete hook failed for request %s", ctx.request.request_id)
+        if info.metadata:
+            ctx.dynamic_metadata = info.metadata
         if self.outlier is not None:
             if info.error == "client_disconnect":
                 self.outlier.cancelled(endpoint.name)
@@ -477,35 +482,36 @@ class RequestControl:
         if self.tracer is not None:
             self.tracer.finish(ctx)
         if self.log_requests:
-            log_request(
-                {
-                    "door": ctx.door,
-                    "request_id": request.request_id if request is not None else None,
-                    "model": ctx.model or None,
-                    "target_model": request.target_model if request is not None else None,
-                    "path": ctx.path,
-                    "status": status,
-                    "endpoint": endpoint or None,
-                    "attempts": ctx.attempts,
-                    "stream": ctx.stream,
-                    "fairness_id": ctx.fairness_id or None,
-                    "priority": ctx.flow_priority,
-                    "queue_wait_ms": None
-                    if ctx.queue_wait_s is None
-                    else round(ctx.queue_wait_s * 1e3, 3),
-                    # streams only, as the TTFT histograms: the EPP sees a JSON answer's
-                    # first byte, the gateway relays it whole, and both must log the same
-                    "ttft_ms": None
-                    if ctx.ttft_s is None or not ctx.stream
-                    else round(ctx.ttft_s * 1e3, 3),
-                    "duration_ms": round(elapsed * 1e3, 3),
-                    "error": ctx.error,
-                    "prompt_tokens": ctx.prompt_tokens,
-                    "completion_tokens": ctx.completion_tokens,
-                    "cached_tokens": ctx.cached_tokens,
-                    "scores": scores_of(ctx.result),
-                }
-            )
+            fields: dict[str, Any] = {
+                "door": ctx.door,
+                "request_id": request.request_id if request is not None else None,
+                "model": ctx.model or None,
+                "target_model": request.target_model if request is not None else None,
+                "path": ctx.path,
+                "status": status,
+                "endpoint": endpoint or None,
+                "attempts": ctx.attempts,
+                "stream": ctx.stream,
+                "fairness_id": ctx.fairness_id or None,
+                "priority": ctx.flow_priority,
+                "queue_wait_ms": None
+                if ctx.queue_wait_s is None
+                else round(ctx.queue_wait_s * 1e3, 3),
+                # streams only, as the TTFT histograms: the EPP sees a JSON answer's
+                # first byte, the gateway relays it whole, and both must log the same
+                "ttft_ms": None
+                if ctx.ttft_s is None or not ctx.stream
+                else round(ctx.ttft_s * 1e3, 3),
+                "duration_ms": round(elapsed * 1e3, 3),
+                "error": ctx.error,
+                "prompt_tokens": ctx.prompt_tokens,
+                "completion_tokens": ctx.completion_tokens,
+                "cached_tokens": ctx.cached_tokens,
+                "scores": scores_of(ctx.result),
+            }
+            if ctx.dynamic_metadata:
+                fields["dynamic_metadata"] = ctx.dynamic_metadata
+            log_request(fields)
         if self.on_finish:
             for observer in self.on_finish:
                 try:

@@ -247,6 +247,9 @@ class ResponseInfo:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     headers: dict[str, str] = field(default_factory=dict)  # response headers plugins may add
+    #: Envoy dynamic metadata ResponseComplete plugins report (namespace -> key -> number),
+    #: e.g. request-attribute-reporter; None until one does (most requests: no allocation)
+    metadata: dict[str, dict[str, float]] | None = None
 
     @property
     def ok(self) -> bool:

@@ -66,8 +66,7 @@ Reads what each engine actually stored and evicted, from vLLM's KV events over Z
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +75,7 @@ from kvgate.kvcache.index import DEFAULT_MAX_BLOCKS, DEFAULT_TIER_WEIGHTS, KVBlo
 from kvgate.kvcache.speculative import SpeculativeBlocks
 from kvgate.kvcache.subscriber import DEFAULT_ZMQ_ENDPOINT, KVEventSubscriber, host_of
 from kvgate.kvcache.tokenize import Tokenizer, chunk_encoder
-from kvgate.plugins.base import Params, PluginContext, state_key
+from kvgate.plugins.base import Params, PluginContext, params_at, state_key
 from kvgate.plugins.scorers._duration import get_duration_s
 from kvgate.plugins.scorers._tokenizers import pool_tokenizers
 from kvgate.scheduling.types import (
@@ -332,17 +331,6 @@ class PrecisePrefixCacheScorer:
 # --- parameters -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def _at(key: str) -> Iterator[None]:
-    """Prefix the field of a PluginParameterError raised inside with ``key.``."""
-    try:
-        yield
-    except PluginParameterError as exc:
-        raise PluginParameterError(
-            f"{key}.{exc.field}" if exc.field else key, exc.message
-        ) from None
-
-
 def _section(params: Params, key: str) -> Params:
     return Params(params.get_mapping(key))
 
@@ -399,19 +387,19 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
     max_prefix_blocks = 0
     tiers: dict[str, float] = dict(DEFAULT_TIER_WEIGHTS)
 
-    with _at("tokenProcessorConfig"):
+    with params_at("tokenProcessorConfig"):
         block_size, hash_seed = _token_processor(_section(params, "tokenProcessorConfig"))
 
-    with _at("indexerConfig"):
+    with params_at("indexerConfig"):
         indexer = _section(params, "indexerConfig")
         if indexer.has("tokenProcessorConfig"):  # where older llm-d configs put it
-            with _at("tokenProcessorConfig"):
+            with params_at("tokenProcessorConfig"):
                 bs, seed = _token_processor(_section(indexer, "tokenProcessorConfig"))
             block_size = bs if bs is not None else block_size
             hash_seed = seed if seed is not None else hash_seed
-        with _at("kvBlockIndexConfig"):
+        with params_at("kvBlockIndexConfig"):
             block_index = _section(indexer, "kvBlockIndexConfig")
-            with _at("inMemoryConfig"):
+            with params_at("inMemoryConfig"):
                 in_memory = _section(block_index, "inMemoryConfig")
                 max_blocks = in_memory.get_int("size", DEFAULT_MAX_BLOCKS, minimum=1)
                 in_memory.get_int("podCacheSize", 10, minimum=1)  # kvgate keeps every holder
@@ -420,34 +408,34 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
             block_index.get_bool("enableMetrics", True)  # kvgate_kv_index_* are always exported
             block_index.get_any("metricsLoggingInterval")
             block_index.check_unknown()
-        with _at("tokenizersPoolConfig"):
+        with params_at("tokenizersPoolConfig"):
             tokenizers = pool_tokenizers(
                 _section(indexer, "tokenizersPoolConfig"), ctx, f"{TYPE} {name!r}"
             )
         if indexer.has("kvCacheBackendConfigs"):
-            with _at("kvCacheBackendConfigs"):
+            with params_at("kvCacheBackendConfigs"):
                 tiers = _tier_weights(indexer.get_any("kvCacheBackendConfigs"))
         indexer.get_mapping("prefixStoreConfig")
         speculative_on, speculative_ttl_s = _speculative(indexer, False, 2.0)
         indexer.check_unknown()
 
     if params.has("tierWeights"):
-        with _at("tierWeights"):
+        with params_at("tierWeights"):
             tiers = _tier_weights(params.get_any("tierWeights"))
     speculative_on, speculative_ttl_s = _speculative(params, speculative_on, speculative_ttl_s)
 
-    with _at("kvEventsConfig"):
+    with params_at("kvEventsConfig"):
         events = _section(params, "kvEventsConfig")
         zmq_endpoint = events.get_str("zmqEndpoint", DEFAULT_ZMQ_ENDPOINT)
         topic_filter = events.get_str("topicFilter", "kv@")
         events.get_int("concurrency", 4, minimum=1)
         discover = events.get_bool("discoverPods", False)
-        with _at("podDiscoveryConfig"):
+        with params_at("podDiscoveryConfig"):
             discovery = _section(events, "podDiscoveryConfig")
             socket_port = discovery.get_int("socketPort", 5556, minimum=1)
             discovery.check_unknown()
         replay: dict[str, str] = {}
-        with _at("replayEndpoints"):
+        with params_at("replayEndpoints"):
             for endpoint_id, address in events.get_mapping("replayEndpoints").items():
                 if not isinstance(address, str) or not address.startswith(("tcp://", "ipc://")):
                     raise PluginParameterError(
@@ -455,7 +443,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> PrecisePrefixCacheS
                     )
                 replay[str(endpoint_id)] = address
         publishers: dict[str, str] = {}
-        with _at("publishers"):
+        with params_at("publishers"):
             for endpoint_id, address in events.get_mapping("publishers").items():
                 if not isinstance(address, str) or not address.startswith(("tcp://", "ipc://")):
                     raise PluginParameterError(
