@@ -17,7 +17,7 @@ import pytest
 
 from kvgate.config import build_scheduler, load_picker_config
 from kvgate.config.build import trial_context
-from kvgate.errors import ConfigError
+from kvgate.errors import ConfigError, SchedulingFailedError
 from kvgate.flowcontrol import FlowItem
 from kvgate.flowcontrol.build import build_flow_controller
 from kvgate.plugins.base import RequestHeaderProcessor
@@ -26,20 +26,8 @@ from kvgate.scheduling.types import ROLE_LABEL, Endpoint, Metrics, Request, Resp
 CONFIGS = Path(__file__).resolve().parents[1] / "data" / "llm-d-configs"
 _KNOWN = re.compile(r" \(known: [^)]*\)$")
 
-_TEST_DOUBLE = (
-    "a test double that llm-d registers only inside its own tests; it is no part of a "
-    "deployable EPP"
-)
-
 #: file -> the one-line reason kvgate refuses it (types it cannot act on, test doubles).
 EXPECTED_FAILURES: dict[str, str] = {
-    "llm-d-inference-scheduler__test_integration_epp_testdata_datalayer-config.yaml": (
-        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
-        "is not supported: " + _TEST_DOUBLE
-    ),
-    "llm-d-inference-scheduler__test_testdata_configloader_1_test.yaml": (
-        "plugins[test1].parameters: plugin type 'test-one' is not supported: " + _TEST_DOUBLE
-    ),
     "llm-d-router__deploy_config_epp-kvcache-load-config.yaml": (
         "plugins[kvcache-aware-scorer].parameters: plugin type 'kvcache-aware-scorer'"
         " is not supported: llm-d-inference-scheduler v0.1's scorer over a Redis "
@@ -81,11 +69,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "supported: NVIDIA DCGM exporter metrics are hardware-specific; kvgate reads "
         "only model-server metrics"
     ),
-    "llm-d-router__pkg_epp_framework_plugins_datalayer_source_models_README.md_0.yaml": (
-        "plugins[vllm-models-source].parameters: plugin type 'models-data-source' is "
-        "not supported: kvgate's scraper already polls /v1/models on every endpoint "
-        "and has no per-source settings for it"
-    ),
     "llm-d-router__pkg_epp_framework_plugins_requestcontrol_screener_disaggregatedsetrollout_README.md_0.yaml": (
         "plugins[rollout-screener].parameters: plugin type "
         "'disaggregatedset-rollout-screener' is not supported: a screener over "
@@ -100,33 +83,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "plugins[vertexai-parser].parameters: plugin type 'vertexai-parser' is not "
         "supported: kvgate's front doors parse the OpenAI API only (no Vertex AI "
         "gRPC)"
-    ),
-    "llm-d-router__test_integration_epp_testdata_datalayer-config.yaml": (
-        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
-        "is not supported: " + _TEST_DOUBLE
-    ),
-    "llm-d-router__test_integration_epp_testdata_datalayer-config@f8116322e1ad.yaml": (
-        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
-        "is not supported: " + _TEST_DOUBLE
-    ),
-    "llm-d-router__test_integration_epp_testdata_request-attribute-reporter-config.yaml": (
-        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
-        "is not supported: " + _TEST_DOUBLE
-    ),
-    "llm-d-router__test_integration_epp_testdata_request-attribute-reporter-config@92eeb5c79e00.yaml": (
-        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
-        "is not supported: " + _TEST_DOUBLE
-    ),
-    "llm-d-router__test_integration_igw_epp_testdata_datalayer-config.yaml": (
-        "plugins[mock-metrics-source].parameters: plugin type 'mock-metrics-source' "
-        "is not supported: " + _TEST_DOUBLE
-    ),
-    "llm-d-router__test_testdata_configloader_1_test.yaml": (
-        "featureGates[0]: unknown feature gate 'test-feature-gate' in apiVersion "
-        "inference.networking.x-k8s.io/v1alpha1"
-    ),
-    "llm-d-router__test_testdata_configloader_1_test@f8116322e1ad.yaml": (
-        "plugins[test1].parameters: plugin type 'test-one' is not supported: " + _TEST_DOUBLE
     ),
     "llm-d__guides_agentic-serving_router_agentic-serving-gpu.values.yaml": (
         "schedulingProfiles[decode].plugins[1].pluginRef: unknown plugin 'active-request-scorer'"
@@ -212,6 +168,10 @@ def test_published_config_acts(path: Path) -> None:
     for plugin in scheduler.plugins:  # agent-identity: before admission, as RequestControl
         if isinstance(plugin, RequestHeaderProcessor):
             plugin.request_header(request)
+    if scheduler.handler.type_name == "test-profile-handler":  # llm-d's double: always fails
+        with pytest.raises(SchedulingFailedError):
+            scheduler.schedule(request, pool)
+        return
     result = scheduler.schedule(request, pool)
     target = result.primary.targets[0]
     assert target.name in {e.name for e in pool}  # a data-parallel handler may move the port

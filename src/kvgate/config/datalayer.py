@@ -12,7 +12,8 @@ the scraper cannot do, one line each. Rules, as llm-d's loader applies them:
   (``DataLayerConfig.metrics is None``).
 * The ``enableLegacyMetrics`` gate turns the data layer off: the front door's
   ``--*-metric`` flags drive scraping, and a ``dataLayer`` section is then an error.
-* GIE's ``data`` section needs the ``dataLayer`` gate (GIE v1.3-1.4).
+* GIE's ``data`` section needs the ``dataLayer`` gate (GIE v1.3-1.4), except beside a
+  top-level ``parser`` (GIE's main branch after the data layer went on by default).
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ from kvgate.plugins.datalayer.core_metrics_extractor import (
     builtin_engines,
 )
 from kvgate.plugins.datalayer.metrics_data_source import MetricsDataSource, MetricsSourceSettings
+from kvgate.plugins.datalayer.models_data_source import ModelsDataSource
 from kvgate.plugins.requesthandling.openai_parser import OpenAIParser
 from kvgate.plugins.requesthandling.passthrough_parser import PassthroughParser
+from kvgate.plugins.testdoubles.mock_metrics_source import MockMetricsSource
+from kvgate.scheduling.types import Metrics
 
 METRICS_SOURCE_TYPE = "metrics-data-source"
 METRICS_EXTRACTOR_TYPE = "core-metrics-extractor"
@@ -64,6 +68,9 @@ class MetricsSettings:
     source_plugin: str = METRICS_SOURCE_TYPE  # plugin names, for messages
     extractor_plugin: str = METRICS_EXTRACTOR_TYPE
     injected: bool = False  # added by the injectDefaults rule
+    #: mock-metrics-source's table (endpoint name or host:port -> metrics): served instead
+    #: of scraping /metrics
+    static: Mapping[str, Metrics] | None = None
 
     def names_for(self, labels: Mapping[str, str]) -> MetricNames:
         """Metric names for an endpoint with ``labels`` (its engine label, else the default)."""
@@ -86,6 +93,8 @@ class DataLayerConfig:
     legacy_metrics: bool = False
     endpoint_listeners: tuple[str, ...] = ()
     sources: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (source, extractors) as wired
+    #: a models-data-source's settings; None: kvgate's own /v1/models polling (every 5 s)
+    models: MetricsSourceSettings | None = None
     section: str = "dataLayer"  # the field it came from (``data`` in GIE v1.3-1.4)
 
     def scraper_kwargs(self) -> dict[str, Any]:
@@ -98,26 +107,45 @@ class DataLayerConfig:
         pool, timeouts and health settings; ``interval_s`` is present only when the source
         set ``interval``.
         """
+        kwargs = self._models_kwargs()
         if self.legacy_metrics:
-            return {}
+            return kwargs
         if self.metrics is None:
-            return {"collect_metrics": False}
+            return {**kwargs, "collect_metrics": False}
         metrics = self.metrics
+        if metrics.static is not None:
+            return {**kwargs, "static_metrics": metrics.static}
         if metrics.injected:
-            return {}
+            return kwargs
         src = metrics.source
-        kwargs: dict[str, Any] = {
-            "scheme": src.scheme,
-            "metrics_path": src.path,
-            "metrics_port": src.port,
-            "verify_tls": not src.insecure_skip_verify,
-            "ssl_context": tls_context(src),
-            "names": metrics.engines[metrics.default_engine],
-            "names_for": lambda endpoint: metrics.names_for(endpoint.labels),
-        }
+        kwargs.update(
+            {
+                "scheme": src.scheme,
+                "metrics_path": src.path,
+                "metrics_port": src.port,
+                "verify_tls": not src.insecure_skip_verify,
+                "ssl_context": tls_context(src),
+                "names": metrics.engines[metrics.default_engine],
+                "names_for": lambda endpoint: metrics.names_for(endpoint.labels),
+            }
+        )
         if src.interval_s is not None:
             kwargs["interval_s"] = src.interval_s
         return kwargs
+
+    def _models_kwargs(self) -> dict[str, Any]:
+        """The scraper's ``models_*`` settings from a models-data-source (none without one)."""
+        src = self.models
+        if src is None:
+            return {}
+        ctx = tls_context(src)
+        return {
+            "models_scheme": src.scheme,
+            "models_path": src.path,
+            # llm-d: no interval means every base tick
+            "models_interval_s": src.interval_s if src.interval_s is not None else 0.0,
+            "models_ssl": ctx if ctx is not None else not src.insecure_skip_verify,
+        }
 
 
 def tls_context(src: MetricsSourceSettings) -> ssl.SSLContext | None:
@@ -167,7 +195,10 @@ def data_layer(
     section: dict[str, Any] = {}
     if raw is not None:
         section = as_mapping(problems, key, raw) or {}
-        if key == "data" and "dataLayer" not in gates:
+        # GIE's main branch between #2639 (data layer on by default) and v1.5 (``data``
+        # renamed ``dataLayer``) took ``data`` without the gate; a file with the top-level
+        # ``parser`` of that era is one of those (llm-d-router's igw integration configs).
+        if key == "data" and "dataLayer" not in gates and data.get("parser") is None:
             problems.add(
                 "data", "allowed only with the dataLayer feature gate (add it to featureGates)"
             )
@@ -180,6 +211,7 @@ def data_layer(
         _check_section(problems, key, section, gen)
     wired: list[tuple[str, tuple[str, ...]]] = []
     metrics: MetricsSettings | None = None
+    models: ModelsDataSource | None = None
     listeners: list[str] = []
     used: set[str] = set()
     for i, src in enumerate(as_list(problems, f"{key}.sources", section.get("sources"))):
@@ -214,7 +246,7 @@ def data_layer(
                 f"(kvgate's: {METRICS_SOURCE_TYPE}, endpoint-notification-source)",
             )
             continue
-        if isinstance(source, MetricsDataSource):
+        if isinstance(source, MetricsDataSource | MockMetricsSource):
             if metrics is not None:
                 problems.add(
                     f"{path}.pluginRef",
@@ -222,7 +254,22 @@ def data_layer(
                     "kvgate scrapes one metrics page per endpoint",
                 )
                 continue
-            metrics = _metrics(problems, path, source, extractors, plugins, types)
+            if isinstance(source, MockMetricsSource):
+                metrics = _mock_metrics(problems, path, source, extractors)
+            else:
+                metrics = _metrics(problems, path, source, extractors, plugins, types)
+        elif isinstance(source, ModelsDataSource):
+            if models is not None:
+                problems.add(
+                    f"{path}.pluginRef",
+                    f"a second models source ({models.name!r} is the first); kvgate polls "
+                    "one model listing per endpoint",
+                )
+                continue
+            _check_inputs(problems, path, "models", extractors, plugins, types)
+            models = source
+        elif source.source_kind == "nothing":
+            _check_inputs(problems, path, "nothing", extractors, plugins, types)
         else:
             listeners.extend(_listeners(problems, path, extractors, plugins))
     inject = section.get("injectDefaults", True)
@@ -245,6 +292,7 @@ def data_layer(
         endpoint_listeners=tuple(listeners),
         sources=tuple(wired),
         section=key,
+        models=models.settings if models is not None else None,
     )
 
 
@@ -330,6 +378,37 @@ def _metrics(
         source_plugin=source.name,
         extractor_plugin=found.name,
     )
+
+
+def _mock_metrics(
+    problems: Problems, path: str, source: MockMetricsSource, extractors: list[str]
+) -> MetricsSettings:
+    if extractors:
+        problems.add(
+            f"{path}.extractors",
+            f"{source.type_name} writes endpoint metrics itself and runs no extractor "
+            "(llm-d's double ignores them); remove the extractors",
+        )
+    return MetricsSettings(source_plugin=source.name, extractor_plugin="", static=source.metrics)
+
+
+def _check_inputs(
+    problems: Problems,
+    path: str,
+    kind: str,
+    extractors: list[str],
+    plugins: Mapping[str, object | None],
+    types: Mapping[str, str],
+) -> None:
+    """Each extractor wired to a source must read what that source produces."""
+    for j, name in enumerate(extractors):
+        ext = plugins.get(name)
+        if ext is not None and (not isinstance(ext, DataExtractor) or ext.input_kind != kind):
+            problems.add(
+                f"{path}.extractors[{j}].pluginRef",
+                f"plugin {name!r} (type {types.get(name)!r}) does not read what this source "
+                f"produces ({kind})",
+            )
 
 
 def _listeners(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kvgate.config.datalayer import DataLayerConfig
 from kvgate.config.model import ROLE_NAMES, PickerConfig, PluginSpec
 from kvgate.config.sections import format_duration
 
@@ -82,8 +83,13 @@ def _data_layer(config: PickerConfig) -> str:
     if dl.legacy_metrics:
         return "off (enableLegacyMetrics: the --*-metric flags drive scraping)"
     if dl.metrics is None:
-        return "metrics collection off (injectDefaults: false, no metrics source)"
+        return "metrics collection off (injectDefaults: false, no metrics source)" + _models(dl)
     m = dl.metrics
+    if m.static is not None:
+        return (
+            f"metrics from {m.source_plugin} (llm-d's test double) for {len(m.static)} "
+            "endpoint(s), /metrics not read" + _models(dl)
+        )
     src = m.source
     port = f":{src.port}" if src.port is not None else ""
     interval = f" every {format_duration(src.interval_s)}" if src.interval_s is not None else ""
@@ -97,7 +103,16 @@ def _data_layer(config: PickerConfig) -> str:
         text += "  [added by default]"
     if dl.endpoint_listeners:
         text += f"; endpoint changes -> {', '.join(dl.endpoint_listeners)}"
-    return text
+    return text + _models(dl)
+
+
+def _models(dl: DataLayerConfig) -> str:
+    src = dl.models
+    if src is None:
+        return ""
+    every = format_duration(src.interval_s) if src.interval_s is not None else "refresh tick"
+    verified = " (TLS verified)" if src.scheme == "https" and not src.insecure_skip_verify else ""
+    return f"; models from {src.scheme}://<endpoint>{src.path} every {every}{verified}"
 
 
 def config_as_dict(config: PickerConfig) -> dict[str, Any]:

@@ -170,6 +170,12 @@ def _plugin_types(plugins: Mapping[str, object] | None) -> dict[str, str]:
     return types
 
 
+#: llm-d's config-loader tests register this gate (default on) and nothing reads it; kvgate
+#: accepts it in every apiVersion so those test configs load, and it acts on nothing, as there
+#: (kvgate.plugins.testdoubles).
+TEST_FEATURE_GATE = "test-feature-gate"
+
+
 def feature_gates(
     problems: Problems, value: Any, allowed: tuple[str, ...] = FEATURE_GATES, where: str = ""
 ) -> list[str]:
@@ -178,6 +184,8 @@ def feature_gates(
     for i, gate in enumerate(as_list(problems, "featureGates", value)):
         if not isinstance(gate, str):
             problems.add(f"featureGates[{i}]", f"expected a string, got {describe(gate)}")
+        elif gate == TEST_FEATURE_GATE:  # llm-d's test-only gate: kept, turns nothing on
+            gates.append(gate)
         elif gate not in allowed:
             problems.add(
                 f"featureGates[{i}]",

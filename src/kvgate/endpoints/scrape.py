@@ -11,15 +11,15 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import aiohttp
 import msgspec
 
 from kvgate.endpoints.pool import EndpointPool
 from kvgate.endpoints.promtext import MetricNames, MetricSpec, parse_metrics
-from kvgate.scheduling.types import Endpoint
+from kvgate.scheduling.types import Endpoint, Metrics
 
 log = logging.getLogger("kvgate.endpoints")
 
@@ -83,6 +83,10 @@ class Scraper:
         metrics_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         collect_metrics: bool = True,
+        static_metrics: Mapping[str, Metrics] | None = None,
+        models_path: str = "/v1/models",
+        models_scheme: str | None = None,
+        models_ssl: ssl.SSLContext | bool | None = None,
     ) -> None:
         self.pool = pool
         self.interval_s = interval_s
@@ -103,6 +107,14 @@ class Scraper:
         self.metrics_port = metrics_port
         self.ssl_context = ssl_context
         self.collect_metrics = collect_metrics
+        # mock-metrics-source (a test double): endpoint name or host:port -> the metrics
+        # written on every tick instead of a /metrics scrape
+        self.static_metrics = static_metrics
+        # models-data-source: where and how /v1/models is polled (None: the endpoint's
+        # scheme, the session's TLS settings)
+        self.models_path = models_path
+        self.models_scheme = models_scheme
+        self.models_ssl = models_ssl
         self._states: dict[str, _EndpointState] = {}
         self._session: aiohttp.ClientSession | None = None
         self._started = False
@@ -223,7 +235,9 @@ class Scraper:
     async def _tick(self, endpoint: Endpoint, state: _EndpointState, now: float) -> None:
         assert self._session is not None
         session = self._session
-        if self.collect_metrics:
+        if self.static_metrics is not None:
+            self._serve_static(endpoint, state)
+        elif self.collect_metrics:
             await self._scrape_metrics(session, endpoint, state)
         else:  # dataLayer without a metrics source: freshness follows the health probe
             state.last_scrape_ok = time.monotonic()
@@ -240,7 +254,7 @@ class Scraper:
             and (state.models is None or now - state.last_models >= self.models_interval_s)
         ):
             state.last_models = now
-            entries = await self._fetch_models(self._url(endpoint, "/v1/models"))
+            entries = await self._fetch_models(self._models_url(endpoint))
             if entries is not None:
                 state.model_entries = entries
                 state.models = frozenset(str(e["id"]) for e in entries)
@@ -252,6 +266,23 @@ class Scraper:
             log.info("endpoint %s %s rotation", endpoint.name, "enters" if healthy else "leaves")
         state.in_rotation = healthy
         self.pool.set_healthy(endpoint.name, healthy)
+
+    def _models_url(self, endpoint: Endpoint) -> str:
+        scheme = self.models_scheme or endpoint.scheme
+        return f"{scheme}://{endpoint.hostport}{self.models_path}"
+
+    def _serve_static(self, endpoint: Endpoint, state: _EndpointState) -> None:
+        """mock-metrics-source: write the listed metrics, stamped now; freshness then
+        follows the health probe, as when metrics are not collected."""
+        assert self.static_metrics is not None
+        metrics = self.static_metrics.get(endpoint.name) or self.static_metrics.get(
+            endpoint.hostport
+        )
+        now = time.monotonic()
+        if metrics is not None:
+            self.pool.update_metrics(endpoint.name, replace(metrics, updated_at=now))
+        state.last_scrape_ok = now
+        state.refused = False
 
     async def _scrape_metrics(
         self, session: aiohttp.ClientSession, endpoint: Endpoint, state: _EndpointState
@@ -285,8 +316,10 @@ class Scraper:
 
     async def _fetch_models(self, url: str) -> tuple[dict[str, object], ...] | None:
         assert self._session is not None
+        # ssl=True defers to the session's connector (the metrics source's TLS settings)
+        tls = self.models_ssl if self.models_ssl is not None else True
         try:
-            async with self._session.get(url) as resp:
+            async with self._session.get(url, ssl=tls) as resp:
                 if resp.status != 200:
                     return None
                 body = await resp.read()

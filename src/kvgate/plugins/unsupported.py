@@ -13,10 +13,6 @@ _MULTICLUSTER = (
     "discovery or cross-cluster routing"
 )
 
-_TEST_DOUBLE = (
-    "a test double that llm-d registers only inside its own tests; it is no part of a "
-    "deployable EPP"
-)
 
 #: llm-d type -> why kvgate rejects it (llm-d-router cmd/epp/runner/runner.go registrations).
 UNSUPPORTED: dict[str, str] = {
@@ -32,6 +28,4 @@ UNSUPPORTED: dict[str, str] = {
     "index; use precise-prefix-cache-scorer, which follows the engines' KV events",
     "disaggregatedset-rollout-screener": "a screener over DisaggregatedSet revision labels; "
     "kvgate has no screener step and no DisaggregatedSet rollouts to keep apart",
-    "mock-metrics-source": _TEST_DOUBLE,
-    "test-one": _TEST_DOUBLE,
 }

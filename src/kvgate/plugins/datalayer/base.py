@@ -12,8 +12,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 from kvgate.plugins.base import Plugin
 
-#: What a source gathers: Prometheus metrics pages, or endpoint add/remove notifications.
-SourceKind = Literal["metrics", "endpoint-notifications"]
+#: What a source gathers: Prometheus metrics pages, endpoint add/remove notifications, the
+#: model server's ``/v1/models`` listing, or nothing (llm-d's ``test-source`` double).
+SourceKind = Literal["metrics", "endpoint-notifications", "models", "nothing"]
 
 
 @runtime_checkable

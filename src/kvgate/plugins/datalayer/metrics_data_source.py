@@ -46,15 +46,19 @@ class MetricsDataSource:
         self.settings = settings
 
 
-def create(name: str, params: Params, ctx: PluginContext) -> MetricsDataSource:
+def http_source_settings(
+    params: Params, default_path: str, *, with_port: bool
+) -> MetricsSourceSettings:
+    """The settings llm-d's HTTP data sources share (scheme, path, TLS, interval), defaults
+    applied; ``port`` only where the source has one (``metrics-data-source``)."""
     scheme = params.get_str("scheme", "http")
     if scheme not in ("http", "https"):
         raise PluginParameterError("scheme", f"expected 'http' or 'https', got {scheme!r}")
-    path = params.get_str("path", "/metrics")
+    path = params.get_str("path", default_path)
     if not path.startswith("/"):
         raise PluginParameterError("path", f"expected a URL path starting with '/', got {path!r}")
     port: int | None = None
-    if params.has("port"):
+    if with_port and params.has("port"):
         port = params.get_int("port", 0, minimum=1)
         if port > 65535:
             raise PluginParameterError("port", f"expected a port 1-65535, got {port}")
@@ -77,7 +81,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> MetricsDataSource:
             raise PluginParameterError(
                 "interval", f"expected a positive duration such as '1s', got {interval!r}"
             )
-    settings = MetricsSourceSettings(
+    return MetricsSourceSettings(
         scheme=scheme,
         path=path,
         port=port,
@@ -87,4 +91,7 @@ def create(name: str, params: Params, ctx: PluginContext) -> MetricsDataSource:
         client_key_path=key,
         interval_s=interval_s,
     )
-    return MetricsDataSource(name, settings)
+
+
+def create(name: str, params: Params, ctx: PluginContext) -> MetricsDataSource:
+    return MetricsDataSource(name, http_source_settings(params, "/metrics", with_port=True))

@@ -20,9 +20,6 @@ UNSUPPORTED: dict[str, str] = {
     "model-server metrics",
     "topology-extractor": "kvgate has no node/accelerator topology attributes to extract into",
     "k8s-notification-source": _K8S,
-    "models-data-source": "kvgate's scraper already polls /v1/models on every endpoint and "
-    "has no per-source settings for it",
-    "models-data-extractor": "kvgate's scraper already records each endpoint's /v1/models",
     "file-discovery": "use kvgate's --endpoints-file (its own file format) for file-based "
     "endpoint discovery",
     "cross-replica-publisher": "kvgate runs one scheduler replica; it has no cross-replica "
