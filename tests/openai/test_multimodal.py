@@ -5,9 +5,10 @@ import xxhash
 
 from kvgate.errors import BadRequestError
 from kvgate.openai.requests import build_request
+from kvgate.scheduling.types import Request
 
 
-def _chat(content: object) -> object:
+def _chat(content: object) -> Request:
     return build_request(
         "chat", {"model": "m", "messages": [{"role": "user", "content": content}]}, {}
     )
@@ -23,7 +24,7 @@ def test_every_multimodal_part_is_parsed_and_hashed_as_llm_d_estimates() -> None
         {"type": "image_url", "image_url": "http://i/short-form.png"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
     ]
-    items = _chat(content).mm_items  # type: ignore[attr-defined]
+    items = _chat(content).mm_items
     assert [i.modality for i in items] == ["image", "video", "audio", "audio", "image", "image"]
     # llm-d's estimate backend: xxh64 of the URL (or audio data + format), hex unpadded
     assert items[0].mm_hash == format(xxhash.xxh64_intdigest(b"data:image/png;base64,AAAA"), "x")
@@ -33,8 +34,8 @@ def test_every_multimodal_part_is_parsed_and_hashed_as_llm_d_estimates() -> None
 
 
 def test_text_requests_carry_no_items() -> None:
-    assert _chat("plain").mm_items == ()  # type: ignore[attr-defined]
-    assert _chat([{"type": "text", "text": "x"}]).mm_items == ()  # type: ignore[attr-defined]
+    assert _chat("plain").mm_items == ()
+    assert _chat([{"type": "text", "text": "x"}]).mm_items == ()
     assert build_request("completions", {"model": "m", "prompt": "x"}, {}).mm_items == ()
 
 

@@ -9,6 +9,8 @@ __all__ = ["register"]
 
 #: llm-d's --kv-connector values; kvgate runs nixlv2's two-leg protocol only.
 CONNECTORS = ("nixlv2",)
+#: llm-d's --ec-connector values ("" skips the encode stage); see kvgate.sidecar.encode.
+EC_CONNECTORS = ("", "ec-example", "ec-nixl")
 
 
 def _bool(value: str) -> bool:
@@ -41,6 +43,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model-server-host", default="127.0.0.1")
     p.add_argument("--kv-connector", default="nixlv2", help="only nixlv2 (vLLM's NixlConnector)")
     p.add_argument(
+        "--ec-connector",
+        default="",
+        help="E/P/D: ec-example (encoders write a shared store) or ec-nixl (their "
+        "ec_transfer_params go on to prefill); empty (default) skips the encode stage",
+    )
+    p.add_argument(
         "--secure-proxy",
         type=_bool,
         default=False,
@@ -52,7 +60,8 @@ def register(subparsers: Any) -> None:
         "--prefill-timeout",
         type=float,
         default=60.0,
-        help="seconds before a prefill leg is abandoned for decode-only (default 60)",
+        help="seconds before a prefill leg is abandoned for decode-only, or an encode "
+        "request left to the prefill server (default 60)",
     )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run)
@@ -71,6 +80,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             [Problem(where, "--kv-connector", f"expected nixlv2, got {args.kv_connector!r}")]
         )
+    if args.ec_connector not in EC_CONNECTORS:
+        raise ConfigError(
+            [
+                Problem(
+                    where,
+                    "--ec-connector",
+                    f"expected ec-example or ec-nixl, got {args.ec_connector!r}",
+                )
+            ]
+        )
     if args.secure_proxy:
         raise ConfigError(
             [Problem(where, "--secure-proxy", "kvgate's sidecar serves plain HTTP; pass false")]
@@ -87,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         model_server_port=args.model_server_port,
         metrics_port=args.metrics_port,
         prefill_timeout_s=args.prefill_timeout,
+        ec_connector=args.ec_connector,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(opts))

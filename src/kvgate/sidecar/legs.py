@@ -29,7 +29,14 @@ from prometheus_client import CollectorRegistry, Counter
 
 from kvgate.gateway.upstream import UpstreamClient, UpstreamConnectError, UpstreamStreamError
 
-__all__ = ["PREFILL_OUTCOMES", "PrefillLeg", "decode_body", "parse_hostport", "prefill_body"]
+__all__ = [
+    "PREFILL_OUTCOMES",
+    "PrefillLeg",
+    "decode_body",
+    "parse_hostport",
+    "post_for_json",
+    "prefill_body",
+]
 
 log = logging.getLogger("kvgate.pd")
 
@@ -77,6 +84,43 @@ def parse_hostport(value: str) -> tuple[str, int] | None:
         host = host[1:-1]
     number = int(port)
     return (host, number) if 0 < number < 65536 else None
+
+
+async def post_for_json(
+    client: UpstreamClient,
+    hostport: str,
+    path: str,
+    headers: Iterable[tuple[str, str]],
+    payload: bytes,
+    timeout_s: float,
+) -> tuple[str, dict[str, Any] | None]:
+    """POST ``payload`` to a leg's server: ``("ok", its JSON object answer)`` or why not
+    (``connect_error``, ``http_error``, ``bad_response``, ``timeout``) and None."""
+    target = parse_hostport(hostport)
+    if target is None:
+        return "bad_response", None
+    try:
+        async with asyncio.timeout(timeout_s):
+            upstream = await client.post(
+                target[0], target[1], path, headers, payload, host_header=hostport
+            )
+            try:
+                data = await upstream.read()
+            finally:
+                upstream.release()
+    except TimeoutError:
+        return "timeout", None
+    except (UpstreamConnectError, UpstreamStreamError):
+        return "connect_error", None
+    if not 200 <= upstream.status < 300:
+        return "http_error", None
+    try:
+        answer = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return "bad_response", None
+    if not isinstance(answer, dict):
+        return "bad_response", None
+    return "ok", answer
 
 
 class PrefillLeg:
@@ -131,31 +175,12 @@ class PrefillLeg:
         *,
         chat: bool,
     ) -> tuple[str, dict[str, Any] | None]:
-        target = parse_hostport(hostport)
-        if target is None:
-            return "bad_response", None
         payload = msgspec.json.encode(prefill_body(body, chat=chat))
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                upstream = await self.client.post(
-                    target[0], target[1], path, headers, payload, host_header=hostport
-                )
-                try:
-                    data = await upstream.read()
-                finally:
-                    upstream.release()
-        except TimeoutError:
-            return "timeout", None
-        except (UpstreamConnectError, UpstreamStreamError):
-            return "connect_error", None
-        if not 200 <= upstream.status < 300:
-            return "http_error", None
-        try:
-            answer = msgspec.json.decode(data)
-        except msgspec.DecodeError:
-            return "bad_response", None
-        if not isinstance(answer, dict):
-            return "bad_response", None
+        outcome, answer = await post_for_json(
+            self.client, hostport, path, headers, payload, self.timeout_s
+        )
+        if answer is None:
+            return outcome, None
         params = answer.get("kv_transfer_params")
         if params is None:  # the connector moves KV out of band: decode without params
             return "no_params", None

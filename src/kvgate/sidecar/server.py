@@ -10,6 +10,11 @@ when the scheduler picked a prefill endpoint. For POSTs to ``/v1/completions`` a
 through. The header never reaches the model server. A client that disconnects cancels the
 leg in flight (aiohttp's handler cancellation closes the upstream connection).
 
+E/P/D: with ``--ec-connector`` (llm-d's flag: ``ec-example`` or ``ec-nixl``), a chat request
+carrying ``x-encoder-hosts-ports`` first runs the encode leg (:mod:`kvgate.sidecar.encode`),
+then the prefill leg if named, then decode. Without the flag the header is dropped and the
+encode stage skipped, as llm-d's sidecar does (logged once).
+
 Its own counter ``kvgate_pd_prefill_total{outcome}`` is served on ``--metrics-port`` (llm-d's
 flag; 0, the default, serves none): ``/metrics`` on the main port is the model server's, as
 the EPP scrapes it.
@@ -30,7 +35,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from kvgate.gateway.proxy import HOP_BY_HOP, downstream_headers
 from kvgate.gateway.upstream import UpstreamClient, UpstreamConnectError, UpstreamStreamError
 from kvgate.openai.errors import error_body
-from kvgate.scheduling.types import HEADER_PREFILLER
+from kvgate.scheduling.types import HEADER_ENCODERS, HEADER_PREFILLER
+from kvgate.sidecar.encode import CHAT_PATH, EncodeLeg, with_ec_params
 from kvgate.sidecar.legs import PrefillLeg, decode_body
 
 __all__ = ["Sidecar", "SidecarOptions", "serve"]
@@ -48,6 +54,7 @@ class SidecarOptions:
     model_server_port: int = 8001
     metrics_port: int = 0
     prefill_timeout_s: float = 60.0
+    ec_connector: str = ""  # "" (no encode stage), ec-example or ec-nixl
 
 
 class Sidecar:
@@ -58,6 +65,8 @@ class Sidecar:
         self.registry = CollectorRegistry(auto_describe=False)
         self.client = UpstreamClient()
         self.leg = PrefillLeg(self.client, self.registry, timeout_s=opts.prefill_timeout_s)
+        self.encode_leg = EncodeLeg(self.client, self.registry, timeout_s=opts.prefill_timeout_s)
+        self._warned_no_ec = False
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -78,6 +87,9 @@ class Sidecar:
             if k.lower() not in HOP_BY_HOP and k.lower() not in ("host", "content-length")
         }
         prefiller = headers.pop(HEADER_PREFILLER, None)
+        encoders = headers.pop(HEADER_ENCODERS, None)
+        if encoders and request.path == CHAT_PATH:
+            payload = await self._encode(encoders, headers, payload)
         if prefiller and request.path in INFERENCE_PATHS:
             payload = await self._prefill(request, prefiller, headers, payload)
         opts = self.opts
@@ -107,6 +119,27 @@ class Sidecar:
             return resp
         finally:
             upstream.release()
+
+    async def _encode(self, encoders: str, headers: dict[str, str], payload: bytes) -> bytes:
+        if not self.opts.ec_connector:
+            if not self._warned_no_ec:
+                self._warned_no_ec = True
+                log.warning("x-encoder-hosts-ports received without --ec-connector: no encode leg")
+            return payload
+        try:
+            body = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            return payload
+        if not isinstance(body, dict):
+            return payload
+        params = await self.encode_leg.run(
+            encoders,
+            headers.items(),
+            body,
+            collect=self.opts.ec_connector == "ec-nixl",
+            request_id=headers.get("x-request-id", ""),
+        )
+        return payload if params is None else msgspec.json.encode(with_ec_params(body, params))
 
     async def _prefill(
         self, request: web.Request, prefiller: str, headers: dict[str, str], payload: bytes

@@ -72,6 +72,25 @@ def register(subparsers: Any) -> None:
         '"kv_role":"kv_both"} (see kvgate.sim.kvtransfer for the simulated link)',
     )
     p.add_argument(
+        "--ec-transfer-config",
+        default=None,
+        help='vLLM\'s --ec-transfer-config JSON for E/P/D, e.g. {"ec_connector":'
+        '"ECExampleConnector","ec_role":"ec_producer","ec_connector_extra_config":'
+        '{"shared_storage_path":"/tmp/ec"}} (see kvgate.sim.encoder)',
+    )
+    p.add_argument(
+        "--mm-encode-ms",
+        type=float,
+        default=20.0,
+        help="model milliseconds to encode one image, video or audio part (default 20)",
+    )
+    p.add_argument(
+        "--mm-encoder-cache-items",
+        type=int,
+        default=256,
+        help="encoded multimodal parts the replica keeps for reuse (default 256)",
+    )
+    p.add_argument(
         "--kv-events-endpoint", default=None, help="ZMQ endpoint of the PUB socket (enables events)"
     )
     p.add_argument("--kv-events-topic", default=None, help="default kv@<host:port>@<model>")

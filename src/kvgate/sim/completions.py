@@ -15,6 +15,7 @@ import xxhash
 from aiohttp import web
 
 from kvgate.errors import BadRequestError, RequestError
+from kvgate.openai.multimodal import mm_items
 from kvgate.sim import api
 from kvgate.sim.engine import SimRequest
 from kvgate.sim.output import TokenStream
@@ -77,6 +78,7 @@ async def _completion_inner(
         prompts = state.prompts
         if chat:
             messages = api.chat_messages(body)
+            items = mm_items(messages)
             add_gen = body.get("add_generation_prompt", True)
             prompt_ids = await prompts.encode_chat(messages, add_generation_prompt=bool(add_gen))
             echo_ids: list[int] = []
@@ -91,6 +93,7 @@ async def _completion_inner(
                         echo_ids = await prompts.encode(content or "", add_special_tokens=False)
                         break
         else:
+            items = ()
             prompt = api.completion_prompt(body)
             if isinstance(prompt, str):
                 prompt_ids = await prompts.encode(prompt)
@@ -157,6 +160,12 @@ async def _completion_inner(
         arrival_time=arrival,
     )
     req.notify_each_token = sampling.stream
+    # text requests skip this (no encoder work, no await), and so does a P/D decode leg: the
+    # prompt's KV, images included, comes from the prefill replica
+    if items and remote_prefill is None:
+        encode_s = state.encoder.prepare(items)
+        if encode_s > 0:
+            await asyncio.sleep(encode_s / settings.speed)
     if remote_prefill is not None:
         await _pull_kv(state, req, remote_prefill)
     state.metrics.observe_admitted(sampling.max_tokens, max_tokens)

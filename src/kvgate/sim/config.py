@@ -11,6 +11,7 @@ import json
 import logging
 
 from kvgate.kvcache.hashing import HASH_ALGOS
+from kvgate.sim.encoder import parse_ec_transfer_config
 from kvgate.sim.engine import LoraAdapter
 from kvgate.sim.kvtransfer import KVTransferConfig, parse_kv_transfer_config
 from kvgate.sim.profiles import DEFAULT_PROFILE, Profile, load_profile
@@ -100,6 +101,12 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         raise ValueError(f"--emit-lead-max-ms must be within 0..1000, got {args.emit_lead_max_ms}")
     if args.read_timeout <= 0:
         raise ValueError(f"--read-timeout must be > 0 seconds, got {args.read_timeout}")
+    if args.mm_encode_ms < 0:
+        raise ValueError(f"--mm-encode-ms must be >= 0, got {args.mm_encode_ms}")
+    if args.mm_encoder_cache_items < 1:
+        raise ValueError(
+            f"--mm-encoder-cache-items must be >= 1, got {args.mm_encoder_cache_items}"
+        )
     if args.stream_interval < 1:
         raise ValueError(f"--stream-interval must be >= 1, got {args.stream_interval}")
 
@@ -147,6 +154,13 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         shutdown_timeout_s=args.shutdown_timeout,
         read_timeout_s=args.read_timeout,
         kv_transfer=_kv_transfer(args, profile),
+        ec_transfer=(
+            parse_ec_transfer_config(args.ec_transfer_config)
+            if getattr(args, "ec_transfer_config", None)
+            else None
+        ),
+        mm_encode_ms=args.mm_encode_ms,
+        mm_encoder_cache_items=args.mm_encoder_cache_items,
         tls=tls_from_flags(
             args.ssl_certfile,
             args.ssl_keyfile,

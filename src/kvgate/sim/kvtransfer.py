@@ -112,17 +112,23 @@ def _number(name: str, value: Any, *, positive: bool = True) -> float:
     return float(value)
 
 
+def json_object(flag: str, text: str) -> dict[str, Any]:
+    """A flag's JSON object value; ValueError naming the flag otherwise."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag}: invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{flag}: expected a JSON object")
+    return data
+
+
 def parse_kv_transfer_config(
     text: str, *, env: dict[str, str] | None = None, default_engine_id: str = ""
 ) -> KVTransferConfig:
     """Parse vLLM's ``--kv-transfer-config`` JSON; raises ValueError naming the field."""
     environ = os.environ if env is None else env
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{FLAG}: invalid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{FLAG}: expected a JSON object")
+    data = json_object(FLAG, text)
     for key in data:
         if key not in _FIELDS:
             raise ValueError(

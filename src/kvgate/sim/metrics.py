@@ -78,6 +78,8 @@ class SimMetrics:
         self.lora_names = lora_names
         self.lora_enabled = lora_enabled or bool(lora_names)
         self.created = time.time()
+        #: kvgate.sim.encoder's counts by source (set by SimState; empty until then)
+        self.encoder_counts: dict[str, int] = {}
         self._label_cache: dict[tuple[tuple[str, str], ...], str] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         collector = _EngineCollector(self)
@@ -314,14 +316,26 @@ class SimMetrics:
             "External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.",
             st.prompt_tokens_transferred,
         )
+        mm = self.encoder_counts
         yield counter(
             "vllm:mm_cache_queries",
             "Multi-modal cache queries, in terms of number of queried items.",
-            0,
+            sum(mm.values()),
         )
         yield counter(
-            "vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of cached items.", 0
+            "vllm:mm_cache_hits",
+            "Multi-modal cache hits, in terms of number of cached items.",
+            mm.get("encoder_cache", 0),
         )
+        items = CounterMetricFamily(
+            "kvgate_sim_mm_items",
+            "Multimodal parts made ready, by source (kvgate.sim.encoder)",
+            labels=[*labels, "source"],
+            created=created,
+        )
+        for source, value in mm.items():
+            items.add_metric([*values, source], value, created=created)
+        yield items
         yield counter(
             "vllm:num_preemptions",
             "Cumulative number of preemption from the engine.",

@@ -15,6 +15,7 @@ from kvgate.errors import BadRequestError, PayloadTooLargeError, RequestError
 from kvgate.kvcache.tokenize import Tokenizer
 from kvgate.openai import error_body, parse_body
 from kvgate.sim import api
+from kvgate.sim.encoder import ECTransferConfig, EncoderCache
 from kvgate.sim.engine import Engine, EngineConfig, LoraAdapter
 from kvgate.sim.kvtransfer import KVTransferConfig
 from kvgate.sim.metrics import SimMetrics
@@ -85,6 +86,9 @@ class SimSettings:
     #: byte, and a new connection's first one within this long of the accept.
     read_timeout_s: float = 30.0
     kv_transfer: KVTransferConfig | None = None  # --kv-transfer-config (P/D)
+    ec_transfer: ECTransferConfig | None = None  # --ec-transfer-config (E/P/D)
+    mm_encode_ms: float = 20.0  # --mm-encode-ms: model ms to encode one multimodal part
+    mm_encoder_cache_items: int = 256  # --mm-encoder-cache-items: encoded parts kept
     tls: TlsSettings | None = None  # --ssl-certfile and friends: HTTPS (kvgate.sim.tls)
 
 
@@ -131,6 +135,11 @@ class SimState:
             lora_names=tuple(self.loras),
             lora_enabled=settings.lora_enabled,
         )
+        #: multimodal parts' encode cost and the EC store (kvgate.sim.encoder)
+        self.encoder = EncoderCache(
+            settings.mm_encode_ms, settings.mm_encoder_cache_items, settings.ec_transfer
+        )
+        self.metrics.encoder_counts = self.encoder.counts
         self.fault_rng = random.Random(settings.seed ^ 0x5EED)
         self.created = int(time.time())
         self.inflight = 0
