@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import time
 from pathlib import Path
@@ -43,8 +44,13 @@ def register(sub: Any) -> None:
     s.add_argument("--rate-lo", type=float, default=0.5, help="lowest rate probed, req/s (0.5)")
     s.add_argument("--rate-hi", type=float, default=32.0, help="highest rate probed (32)")
     s.add_argument("--steps", type=int, default=4, help="bisection probes after the ends (4)")
-    s.add_argument("--probe-requests", type=int, default=300, help="requests per probe (300)")
-    s.add_argument("--probe-duration", type=float, help="at most this many seconds per probe")
+    s.add_argument(
+        "--probe-requests",
+        type=int,
+        help="at most this many requests per probe (default: 300, or without a bound when "
+        "--probe-duration is given, so a probe offers rate x duration requests)",
+    )
+    s.add_argument("--probe-duration", type=float, help="seconds of arrivals per probe, at most")
     w = cap.add_argument_group("workload")
     w.add_argument("--workload", default="mixed", help="mixed (default) or a compare workload")
     w.add_argument(
@@ -57,6 +63,10 @@ def register(sub: Any) -> None:
     w.add_argument("--api", choices=("completions", "chat"), default="completions")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--request-timeout", type=float, default=300.0)
+    w.add_argument(
+        "--stream-interval", type=int, default=1, metavar="N",
+        help="tokens per streamed chunk (vLLM's stream_interval); ITL is divided per token",
+    )  # fmt: skip
     c = cap.add_argument_group("cluster")
     c.add_argument("--engine", choices=("sim", "vllm"), default="sim")
     c.add_argument("--replicas", type=int, default=4)
@@ -71,9 +81,37 @@ def register(sub: Any) -> None:
     cap.set_defaults(func=cmd_capacity)
 
 
+DEFAULT_PROBE_REQUESTS = 300
+
+
+def probe_request_bound(probe_requests: int | None, probe_duration_s: float | None) -> int | None:
+    """The most requests a probe issues: ``--probe-requests``; else none when a duration
+    bounds the probe (it then offers rate x duration requests, Poisson); else 300."""
+    if probe_requests is not None:
+        if probe_requests < 1:
+            raise SystemExit(f"error: --probe-requests: expected >= 1, got {probe_requests}")
+        return probe_requests
+    if probe_duration_s is not None:
+        if probe_duration_s <= 0:
+            raise SystemExit(f"error: --probe-duration: expected > 0, got {probe_duration_s}")
+        return None
+    return DEFAULT_PROBE_REQUESTS
+
+
+def requests_to_draw(bound: int | None, probe_duration_s: float | None, rate_hi: float) -> int:
+    """How many requests ``mixed`` and ShareGPT draw: the bound, or enough for the top rate's
+    probe to run its whole duration without repeating one: its Poisson count's mean plus six
+    standard deviations (lower rates need fewer; a longer draw would be cycled, not cut)."""
+    if bound is not None:
+        return bound
+    assert probe_duration_s is not None
+    mean = rate_hi * probe_duration_s
+    return math.ceil(mean + 6 * math.sqrt(mean)) + 10
+
+
 def build_capacity_workload(args: argparse.Namespace) -> Workload:
     """The workload of the flags: a ShareGPT file, ``mixed`` or another bench workload;
-    ``mixed`` and ShareGPT draw ``--probe-requests`` requests unless ``-W num_requests``."""
+    ``mixed`` and ShareGPT draw :func:`requests_to_draw` requests unless ``-W num_requests``."""
     from kvgate.bench import workloads
 
     params: dict[str, Any] = workloads.parse_params(args.workload_param)
@@ -85,7 +123,9 @@ def build_capacity_workload(args: argparse.Namespace) -> Workload:
         name = "sharegpt"
         params = {"path": path, **params}
     if name in ("mixed", "sharegpt"):
-        params = {"num_requests": args.probe_requests, **params}
+        bound = probe_request_bound(args.probe_requests, args.probe_duration)
+        drawn = requests_to_draw(bound, args.probe_duration, args.rate_hi)
+        params = {"num_requests": drawn, **params}
     try:
         return workloads.build_workload(name, params, api=args.api, seed=args.seed)
     except workloads.WorkloadError as exc:
@@ -98,6 +138,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from kvgate.bench.slo_capacity import Probe, SLOTarget, evaluate, search_capacity
 
     workload = build_capacity_workload(args)
+    max_requests = probe_request_bound(args.probe_requests, args.probe_duration)
     policies = [p for p in (args.policies or ",".join(DEFAULT_CAPACITY_POLICIES)).split(",") if p]
     slo = SLOTarget(args.slo_ttft_p90_ms, args.slo_itl_p90_ms, args.max_error_share)
     cluster = ClusterSpec(
@@ -114,10 +155,22 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     ensure_engine_ready(cluster)
     out_dir: Path = args.output or Path("kvgate-bench") / time.strftime("capacity-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_config = RunConfig(base_url="", request_timeout_s=args.request_timeout)
+    if args.stream_interval < 1:
+        raise SystemExit(f"error: --stream-interval: expected >= 1, got {args.stream_interval}")
+    run_config = RunConfig(
+        base_url="", request_timeout_s=args.request_timeout, stream_interval=args.stream_interval
+    )
+    extent = " or ".join(
+        part
+        for part in (
+            f"{max_requests} requests" if max_requests is not None else "",
+            f"{args.probe_duration:g} s of arrivals" if args.probe_duration is not None else "",
+        )
+        if part
+    )
     print(
         f"capacity at TTFT p90 <= {slo.ttft_p90_ms:g} ms, ITL p90 <= {slo.itl_p90_ms:g} ms: "
-        f"workload {workload.name}, {args.probe_requests} requests a probe, rates "
+        f"workload {workload.name}, {extent} a probe, rates "
         f"{args.rate_lo:g}..{args.rate_hi:g} req/s, at most {args.steps + 2} probes a policy"
     )
     results = []
@@ -128,7 +181,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             load = LoadSpec(
                 mode="poisson",
                 rates=(rate,),
-                max_requests=args.probe_requests,
+                max_requests=max_requests,
                 duration_s=args.probe_duration,
                 seed=args.seed,
                 cycle=True,
@@ -164,7 +217,9 @@ def cmd_capacity(args: argparse.Namespace) -> int:
                         "max_error_share": slo.max_error_share},
                 "workload": workload.name,
                 "workload_params": dict(workload.params),
-                "probe_requests": args.probe_requests,
+                "probe_requests": max_requests,
+                "probe_duration_s": args.probe_duration,
+                "stream_interval": args.stream_interval,
                 "results": [r.to_json() for r in results],
             },
             indent=2,
