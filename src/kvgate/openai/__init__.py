@@ -2,6 +2,7 @@
 
 * :mod:`.requests` — a request body -> the scheduler's :class:`~kvgate.scheduling.types.Request`
   (400 on anything the scheduler cannot read), the path -> request kind, routing-header hygiene.
+* :mod:`.multimodal` — a chat's image, video and audio parts and their hashes (E/P/D).
 * :mod:`.errors` — OpenAI's JSON error body and the terminal SSE error event.
 * :mod:`.usage` — ``usage`` from a JSON answer or a passing event stream.
 """
