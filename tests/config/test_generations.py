@@ -176,5 +176,5 @@ def test_parser_and_request_handler() -> None:
     assert info.value.problems[0].message.startswith("parser is declared but not listed")
     assert problems(LLMD_V1, "requestHandler: {parsers: [{pluginRef: queue-scorer}]}\n") == [
         "requestHandler.parsers[0].pluginRef: plugin 'queue-scorer' is not a parser "
-        "(kvgate's: openai-parser, passthrough-parser)"
+        "(kvgate's: openai-parser, passthrough-parser, vertexai-parser, vllmgrpc-parser)"
     ]

@@ -75,15 +75,6 @@ EXPECTED_FAILURES: dict[str, str] = {
         "DisaggregatedSet revision labels; kvgate has no screener step and no "
         "DisaggregatedSet rollouts to keep apart"
     ),
-    "llm-d-router__pkg_epp_framework_plugins_requesthandling_parsers_README.md_0.yaml": (
-        "plugins[vllmgrpcParser].parameters: plugin type 'vllmgrpc-parser' is not "
-        "supported: kvgate's front doors parse the OpenAI API only (no vLLM gRPC)"
-    ),
-    "llm-d-router__pkg_epp_framework_plugins_requesthandling_parsers_vertexai_README.md_0.yaml": (
-        "plugins[vertexai-parser].parameters: plugin type 'vertexai-parser' is not "
-        "supported: kvgate's front doors parse the OpenAI API only (no Vertex AI "
-        "gRPC)"
-    ),
     "llm-d__guides_agentic-serving_router_agentic-serving-gpu.values.yaml": (
         "schedulingProfiles[decode].plugins[1].pluginRef: unknown plugin 'active-request-scorer'"
     ),

@@ -38,6 +38,7 @@ from kvgate.plugins.datalayer.core_metrics_extractor import (
 )
 from kvgate.plugins.datalayer.metrics_data_source import MetricsDataSource, MetricsSourceSettings
 from kvgate.plugins.datalayer.models_data_source import ModelsDataSource
+from kvgate.plugins.requesthandling import ClaimingParser, RequestParser
 from kvgate.plugins.requesthandling.openai_parser import OpenAIParser
 from kvgate.plugins.requesthandling.passthrough_parser import PassthroughParser
 from kvgate.plugins.testdoubles.mock_metrics_source import MockMetricsSource
@@ -46,6 +47,8 @@ from kvgate.scheduling.types import Metrics
 METRICS_SOURCE_TYPE = "metrics-data-source"
 METRICS_EXTRACTOR_TYPE = "core-metrics-extractor"
 
+#: The parser types kvgate acts on, for messages.
+PARSER_TYPES = ("openai-parser", "passthrough-parser", "vertexai-parser", "vllmgrpc-parser")
 _SOURCE_FIELDS = ("pluginRef", "extractors")
 _REF_FIELDS = ("pluginRef",)
 _SINGLE_REPLICA = "kvgate runs one scheduler replica; it has no cross-replica state sync"
@@ -166,11 +169,16 @@ class RequestHandlerConfig:
     """The parsers named by ``requestHandler.parsers`` (or ``parser``); () = the default.
 
     ``passthrough``: the one parser is ``passthrough-parser`` (bodies are forwarded unparsed
-    and requests scheduled without a prompt; kvgate.requestcontrol.passthrough).
+    and requests scheduled without a prompt; kvgate.requestcontrol.passthrough). ``claiming``:
+    the listed parsers that claim paths and read their bodies (gRPC: ``vertexai-parser``,
+    ``vllmgrpc-parser``; kvgate.requestcontrol.parsers); ``openai``: whether the paths they do
+    not claim are parsed as OpenAI (``openai-parser`` listed, or no parser listed).
     """
 
     parsers: tuple[str, ...] = ()
     passthrough: bool = False
+    claiming: tuple[str, ...] = ()
+    openai: bool = True
 
 
 def data_layer(
@@ -493,16 +501,22 @@ def request_handler(
             refs.append(("parser", name))
     parsers: list[str] = []
     passthrough: list[str] = []
+    claiming: list[str] = []
+    openai = not refs
     for path, name in refs:
         obj = plugins.get(name)
-        if obj is not None and not isinstance(obj, OpenAIParser | PassthroughParser):
+        if obj is not None and not isinstance(obj, RequestParser):
             problems.add(
                 f"{path}.pluginRef",
-                f"plugin {name!r} is not a parser (kvgate's: openai-parser, passthrough-parser)",
+                f"plugin {name!r} is not a parser (kvgate's: {', '.join(PARSER_TYPES)})",
             )
             continue
         if isinstance(obj, PassthroughParser):
             passthrough.append(name)
+        elif isinstance(obj, ClaimingParser):
+            claiming.append(name)
+        elif isinstance(obj, OpenAIParser):
+            openai = True
         parsers.append(name)
     if passthrough and len(parsers) > 1:
         problems.add(
@@ -511,10 +525,12 @@ def request_handler(
             "parses every body as OpenAI or none; remove the others",
         )
     for name, obj in plugins.items():
-        if isinstance(obj, OpenAIParser | PassthroughParser) and name not in parsers:
+        if isinstance(obj, RequestParser) and name not in parsers:
             problems.add(
                 f"plugins[{name}]",
                 "parser is declared but not listed in requestHandler.parsers, so it would do "
                 "nothing; list it or remove it",
             )
-    return RequestHandlerConfig(tuple(parsers), passthrough=bool(passthrough))
+    return RequestHandlerConfig(
+        tuple(parsers), passthrough=bool(passthrough), claiming=tuple(claiming), openai=openai
+    )

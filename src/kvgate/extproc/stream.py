@@ -48,6 +48,7 @@ from kvgate.openai.errors import error_body, request_error_body, scheduling_erro
 from kvgate.openai.requests import parse_body, request_kind_for_path
 from kvgate.openai.usage import UsageReader
 from kvgate.requestcontrol.control import RequestContext
+from kvgate.requestcontrol.parsers import ClaimedUsageReader, usage_reader_for
 from kvgate.scheduling.types import (
     HEADER_DESTINATION,
     HEADER_DESTINATION_SUBSET,
@@ -125,7 +126,7 @@ class RequestStream:
         self.ctx: RequestContext | None = None  # set once the request is parsed
         self.forwarded = False  # the routing reply went out: the request reached a server
         self.status = 0
-        self.usage: UsageReader | None = None
+        self.usage: UsageReader | ClaimedUsageReader | None = None
         self.held_response: list[bytes] | None = None  # a JSON answer held until its end
         self.completed = False
         self.info: ResponseInfo | None = None  # how the forwarded attempt ended, once it has
@@ -288,8 +289,8 @@ class RequestStream:
         path = self.headers.get(":path", "").split("?", 1)[0]
         kind: RequestKind | None = request_kind_for_path(path)
         parsed: dict[str, Any] | None = None
-        if kind is None and self.control.passthrough:  # passthrough-parser: no body read
-            kind = "completions"
+        if kind is None and (self.control.passthrough or self.control.claims(path)):
+            kind = "completions"  # passthrough-parser, or a claiming parser reads the body
         elif kind is None:  # other OpenAI endpoints: route on the body's shape
             parsed = parse_body(raw)
             kind = "chat" if "messages" in parsed else "completions"
@@ -385,9 +386,13 @@ class RequestStream:
             self.status = int(values.get(":status", "0"))
         except ValueError:
             self.status = 0
-        self.usage = UsageReader(values.get("content-type", ""))
-        if self.ctx is not None:
-            self.ctx.stream = self.usage.streaming
+        claimed = usage_reader_for(self.ctx.request if self.ctx is not None else None)
+        if claimed is not None:  # a gRPC answer: its parser reads the usage
+            self.usage = claimed
+        else:
+            self.usage = UsageReader(values.get("content-type", ""))
+            if self.ctx is not None:
+                self.ctx.stream = self.usage.streaming
         if headers.end_of_stream or self.response_mode == pm.ProcessingMode.NONE:
             # no body will come (response_body_mode NONE: bodies bypass the EPP, no usage)
             info = self._complete(None)

@@ -168,6 +168,12 @@ def build_gateway(
         retry = outlier_cli.retry_config_from_args(args)
     except OSError as exc:
         raise UsageError(f"--objectives: cannot read {args.objectives}: {exc}") from exc
+    handler = getattr(picker_config, "request_handler", None)
+    if handler is not None and handler.claiming:  # gRPC parsers: only kvgate epp receives gRPC
+        from kvgate.requestcontrol.parsers import check_door, claiming_parsers
+
+        parsers = claiming_parsers(scheduler.plugins, handler.claiming)
+        check_door(parsers, "kvgate serve", "it speaks HTTP/1.1 with JSON bodies")
     metrics = RequestMetrics(pool)
     control = build_request_control(
         pool,

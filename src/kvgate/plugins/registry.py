@@ -77,6 +77,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.datalayer.models_data_extractor",
     "kvgate.plugins.requesthandling.openai_parser",
     "kvgate.plugins.requesthandling.passthrough_parser",
+    "kvgate.plugins.requesthandling.vertexai_parser",
+    "kvgate.plugins.requesthandling.vllmgrpc_parser",
     "kvgate.plugins.requestheader.agent_identity",
     "kvgate.plugins.requestcontrol.request_attribute_reporter",
     # llm-d's test doubles, so its own test configs run unchanged (kvgate.plugins.testdoubles)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvgate.endpoints.outlier import OutlierConfig, OutlierDetector
 from kvgate.endpoints.pool import EndpointPool
@@ -66,19 +66,23 @@ def build_request_control(
     )
     budget = RetryBudget(retry, registry=metrics.registry) if retry is not None else None
     handler = picker_config.request_handler if picker_config is not None else None
-    control_class = RequestControl
+    common: dict[str, Any] = {
+        "models_of": models_of,
+        "flow": flow,
+        "objectives": objectives,
+        "outlier": detector,
+        "retry_budget": budget,
+        "log_requests": log_requests,
+    }
     if handler is not None and handler.passthrough:
         from kvgate.requestcontrol.passthrough import PassthroughRequestControl
 
-        control_class = PassthroughRequestControl
-    return control_class(
-        pool,
-        scheduler,
-        metrics,
-        models_of=models_of,
-        flow=flow,
-        objectives=objectives,
-        outlier=detector,
-        retry_budget=budget,
-        log_requests=log_requests,
-    )
+        return PassthroughRequestControl(pool, scheduler, metrics, **common)
+    if handler is not None and handler.claiming:
+        from kvgate.requestcontrol.parsers import ClaimingRequestControl, claiming_parsers
+
+        parsers = claiming_parsers(scheduler.plugins, handler.claiming)
+        return ClaimingRequestControl(
+            pool, scheduler, metrics, parsers=parsers, openai=handler.openai, **common
+        )
+    return RequestControl(pool, scheduler, metrics, **common)

@@ -160,6 +160,11 @@ class RequestControl:
     #: not parsed, so a front door must not read them either.
     passthrough = False
 
+    def claims(self, path: str) -> bool:
+        """Whether a claiming parser reads bodies sent to ``path`` itself (so the front door
+        must not read them as JSON); kvgate.requestcontrol.parsers overrides it."""
+        return False
+
     def __init__(
         self,
         pool: EndpointPool,

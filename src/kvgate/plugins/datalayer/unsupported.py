@@ -26,8 +26,6 @@ UNSUPPORTED: dict[str, str] = {
     "state sync",
     "local-syncer": "kvgate runs one scheduler replica; it has no cross-replica state sync",
     "anthropic-parser": "kvgate's front doors parse the OpenAI API only",
-    "vllmgrpc-parser": "kvgate's front doors parse the OpenAI API only (no vLLM gRPC)",
     "vllmhttp-parser": "kvgate's front doors parse the OpenAI API only (no /inference/v1/generate)",
     "sglanghttp-parser": "kvgate's front doors parse the OpenAI API only (no SGLang /generate)",
-    "vertexai-parser": "kvgate's front doors parse the OpenAI API only (no Vertex AI gRPC)",
 }
