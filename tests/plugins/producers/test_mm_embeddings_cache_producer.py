@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from kvgate.config import build_scheduler, load_picker_config
+from kvgate.config.build import trial_context
 from kvgate.errors import PluginParameterError
 from kvgate.openai.requests import build_request
 from kvgate.scheduling import data
 from kvgate.scheduling.data import DataKey, EncoderCacheMatchInfo
-from kvgate.scheduling.types import CycleState, ProfileRunResult, Request, SchedulingResult
+from kvgate.scheduling.types import (
+    ROLE_LABEL,
+    CycleState,
+    ProfileRunResult,
+    Request,
+    SchedulingResult,
+)
 from plugins.kit import endpoint, make
 
 A, B = endpoint("a"), endpoint("b")
@@ -73,3 +83,25 @@ def test_cache_size_defaults_and_the_samples_name(params: dict[str, int], capaci
 def test_unknown_parameter_is_refused() -> None:
     with pytest.raises(PluginParameterError, match="cacheSize"):
         make("mm-embeddings-cache-producer", {"cacheSize": 10})
+
+
+def test_llm_d_sample_config_sends_an_image_back_where_it_was_encoded() -> None:
+    """llm-d's epp-mm-embeddings-cache-config.yaml, verbatim: with equal queues and no
+    prefix match, the encoder-cache scorer (weight 4) sends a repeated image to the endpoint
+    that took it first, and a new image anywhere."""
+    config = load_picker_config(
+        Path(__file__).resolve().parents[2]
+        / "data"
+        / "llm-d-configs"
+        / "llm-d-router__deploy_config_epp-mm-embeddings-cache-config.yaml",
+        env={},
+    )
+    scheduler = build_scheduler(config, trial_context())
+    pool = [endpoint(f"d{i}", {ROLE_LABEL: "decode"}) for i in range(4)]
+    first = _images("http://x/owl.png")
+    result = scheduler.schedule(first, pool)
+    scheduler.pre_request(first, result)
+    for i in range(8):
+        again = _images("http://x/owl.png")
+        again.request_id = f"r{i}"
+        assert scheduler.schedule(again, pool).target is result.target
