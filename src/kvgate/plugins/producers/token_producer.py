@@ -21,7 +21,8 @@ for consumers such as ``inflight-load-producer`` and ``precise-prefix-cache-prod
 * Parameters: ``modelName`` (string); ``vllm`` {``url`` or its older name ``http`` (http
   URL, default ``http://localhost:8000``), ``timeout`` (Go duration, 5s), ``mmTimeout`` (30s)};
   ``udsTokenizerConfig`` {``socketFile``}; ``estimate`` {} (its ``image`` / ``video``
-  placeholder settings are multimodal and rejected: kvgate routes text only).
+  placeholder settings are rejected: kvgate puts no placeholder tokens for media in the
+  prompt; images, video and audio are hashed at the edge, kvgate.openai.multimodal).
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ def create(name: str, params: Params, ctx: PluginContext) -> TokenProducer:
     for key in ("image", "video"):
         if key in estimate:
             raise PluginParameterError(
-                f"estimate.{key}", "multimodal placeholder estimation: kvgate routes text only"
+                f"estimate.{key}",
+                "multimodal placeholder estimation: kvgate adds no placeholder tokens for "
+                "media to the prompt (its multimodal parts are hashed at the edge instead)",
             )
     if estimate:
         raise PluginParameterError(f"estimate.{sorted(estimate)[0]}", "unknown parameter")
