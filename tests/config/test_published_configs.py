@@ -78,12 +78,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "llm-d__guides_agentic-serving_router_agentic-serving-gpu.values.yaml": (
         "schedulingProfiles[decode].plugins[1].pluginRef: unknown plugin 'active-request-scorer'"
     ),
-    "llm-d__guides_turn-priority-fairness_router_turn-priority-fairness.values.yaml": (
-        "flowControl.enableEviction: in-flight eviction is not supported: llm-d ends "
-        "dispatched sheddable (priority < 0) requests mid-generation with a 429 when a "
-        "higher band is blocked by saturation, and kvgate's front doors cannot end a "
-        "request they have forwarded; remove it or set it to false"
-    ),
     "llm-d__guides_wide-ep-lws_router_wide-ep-lws.values.yaml": (
         "plugins[disaggregatedset-rollout-screener].parameters: plugin type "
         "'disaggregatedset-rollout-screener' is not supported: a screener over "

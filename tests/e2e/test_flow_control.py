@@ -475,3 +475,91 @@ async def test_the_default_detector_saturates_on_the_replicas_scraped_queue(
             await writer.wait_closed()
         status, _, _ = await asyncio.wait_for(waiting, 20)
         assert status == 200
+
+
+#: The one slot, and enableEviction: a sheddable request in flight makes room for a higher one.
+EVICTION = picker_config("  defaultRequestTTL: 30s\n  enableEviction: true\n")
+
+
+async def in_flight_is(client: Client, n: int) -> bool:
+    text = await client.metrics()
+    return sum(samples(text, "kvgate_requests_in_flight").values()) == n
+
+
+async def evict_both_ways(client: Client) -> tuple[bytes, tuple[int, Any, float]]:
+    """A sheddable stream, then a sheddable JSON request, each in the one slot and each
+    evicted by a critical request; returns (the stream's bytes after its first chunk, the
+    JSON request's reply)."""
+    session = client.session
+    stream = await session.post(
+        client.gw.url + "/v1/completions",
+        json=completion(4000, stream=True),
+        headers=headers("batch-sse", "", "batch"),
+    )
+    assert stream.status == 200
+    await stream.content.readany()
+    critical = asyncio.create_task(client.post(completion(), headers("crit-1", "", "critical")))
+    try:
+        rest = await asyncio.wait_for(stream.content.read(), 10)
+    except aiohttp.ClientPayloadError:  # Envoy resets a stream already started
+        rest = b""
+    finally:
+        stream.release()
+    status, _, _ = await asyncio.wait_for(critical, 10)
+    assert status == 200
+    batch_json = asyncio.create_task(
+        client.post(completion(4000), headers("batch-json", "", "batch"))
+    )
+    await poll(lambda: in_flight_is(client, 1), "the sheddable JSON request in flight")
+    status, _, _ = await client.post(completion(), headers("crit-2", "", "critical"))
+    assert status == 200
+    return rest, await asyncio.wait_for(batch_json, 10)
+
+
+async def check_evicted(client: Client, status: int, resp: Any) -> str:
+    """The JSON request's 429, both request lines and llm-d's revocation counters; returns
+    the /metrics page."""
+    assert status == 429
+    assert resp.headers["x-llm-d-request-dropped-reason"] == "evicted"
+    assert openai_error(resp)["message"] == "request evicted by flow control"
+    gw = client.gw
+    await poll(lambda: len(gw.request_lines()) == 4, "every request line written")
+    lines = {line["request_id"]: line for line in gw.request_lines()}
+    for rid in ("batch-sse", "batch-json"):
+        assert (lines[rid]["status"], lines[rid]["error"]) == (429, "evicted")
+    text = await client.metrics()
+    issued = by_label(text, "llm_d_epp_flow_control_revocations_issued_total", "priority")
+    ended = by_label(text, "llm_d_epp_flow_control_revocations_total", "outcome")
+    assert (issued, ended) == ({"1": 2.0}, {"confirmed": 2.0, "timed_out": 0.0})
+    return text
+
+
+async def test_eviction_ends_sheddable_requests_for_a_higher_band_through_serve(
+    spawn: Callable[..., Proc], tmp_path: Path, sim: SimHandle
+) -> None:
+    gw = start_gateway(spawn, tmp_path, sim, EVICTION)
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, gw)
+        rest, (status, resp, _) = await evict_both_ways(client)
+        # the stream had begun: a terminal SSE error event with llm-d's 429, then the end
+        events = [json.loads(x[6:]) for x in rest.split(b"\n") if x.startswith(b"data: {")]
+        assert events[-1]["error"]["code"] == 429
+        assert events[-1]["error"]["message"] == "request evicted by flow control"
+        assert rest.endswith(b"data: [DONE]\n\n")
+        # the JSON answer had not: the client gets the 429 itself
+        text = await check_evicted(client, status, resp)
+    assert by_label(text, "kvgate_requests_total", "status") == {"200": 2.0, "429": 2.0}
+
+
+@pytest.mark.envoy
+async def test_eviction_through_the_epp_behind_envoy(
+    spawn: Callable[..., Proc], tmp_path: Path, sim: SimHandle
+) -> None:
+    """llm-d's answer: an ImmediateResponse 429 in the response phase. The held JSON answer
+    reaches the client as that 429; Envoy cuts a stream whose headers were already sent."""
+    epp = start_epp_behind_envoy(spawn, tmp_path, sim, EVICTION)
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, epp)
+        rest, (status, resp, _) = await evict_both_ways(client)
+        assert b"[DONE]" not in rest  # cut, not finished
+        await check_evicted(client, status, resp)

@@ -101,7 +101,7 @@ def test_errors_name_each_field() -> None:
   maxBytes: lots
   defaultRequestTTL: soon
   usageLimitPolicyPluginRef: queue-scorer
-  enableEviction: true
+  enableEviction: "yes"
   priorityBands:
   - {priority: 1, fairnessPolicyRef: fair}
   - {priority: 1, maxRequests: -1}
@@ -116,7 +116,7 @@ def test_errors_name_each_field() -> None:
         "flowControl.priorityBands[1].priority: duplicate priority 1 (also in priorityBands[0])",
         "flowControl.priorityBands[2].priority: required field is missing; expected an integer",
         "flowControl.usageLimitPolicyPluginRef: plugin 'queue-scorer' has type 'queue-scorer', which is not a usage limit policy (expected one of: static-usage-limit-policy, soft-reflective-ceiling-policy)",
-        "flowControl.enableEviction: in-flight eviction is not supported: llm-d ends dispatched sheddable (priority < 0) requests mid-generation with a 429 when a higher band is blocked by saturation, and kvgate's front doors cannot end a request they have forwarded; remove it or set it to false",
+        "flowControl.enableEviction: expected true or false, got string 'yes'",
     ]
 
 

@@ -59,6 +59,11 @@ def strict_differences(config: PickerConfig) -> list[str]:
             "Anthropic Messages and vLLM /inference/v1/generate and passes other paths "
             "through; kvgate parses the OpenAI API only"
         )
+    if "test-feature-gate" in config.feature_gates:
+        out.append(
+            "featureGates: test-feature-gate: llm-d registers it only in its config-loader "
+            "tests (its router rejects it); it turns nothing on in either"
+        )
     if "prepareDataPlugins" in config.feature_gates:
         out.append(
             "featureGates: prepareDataPlugins: kvgate always runs data producers, so the gate "
@@ -73,6 +78,12 @@ def _data_layer(config: PickerConfig) -> list[str]:
         return []
     out: list[str] = []
     metrics = dl.metrics
+    if metrics.static is not None:  # mock-metrics-source: neither engine names nor scrapes
+        return [
+            f"{dl.section}: {metrics.source_plugin}: llm-d's test harness fills the double's "
+            "metrics from the test and still adds the default metrics-data-source; kvgate "
+            "takes them from the 'metrics' parameter and scrapes no /metrics beside it"
+        ]
     where = f"{dl.section}" if not metrics.injected else f"{dl.section} (injected defaults)"
     vllm = metrics.engines.get("vllm")
     if vllm is not None and vllm.kv_usage_fallback is not None:

@@ -44,6 +44,7 @@ from kvgate.extproc.messages import (
     streamed_body_responses,
     subset_hint,
 )
+from kvgate.flowcontrol.controller import evicted
 from kvgate.openai.errors import error_body, request_error_body, scheduling_error_reply
 from kvgate.openai.requests import parse_body, request_kind_for_path
 from kvgate.openai.usage import UsageReader
@@ -316,6 +317,9 @@ class RequestStream:
         destination = destination_of(result)
         headers = self.control.start_attempt(ctx, result.target)
         self.forwarded = True
+        flow = self.control.flow
+        if flow is not None and flow.eviction is not None:
+            self.control.on_evict(ctx, self._evicted)
         set_headers = {
             **self.added_headers,
             **headers,
@@ -471,6 +475,17 @@ class RequestStream:
             return [*replies, *chunks]
         return _with_metadata([*replies, *chunks], info)
 
+    def _evicted(self) -> None:
+        """Flow control evicted the forwarded request: end the attempt (429 in the request
+        log) and send Envoy an ImmediateResponse 429, which resets the upstream request and
+        ends the client's (llm-d's eviction answer). A JSON answer still held reaches the
+        client as the 429; a stream already started is cut."""
+        if self.completed or self.closed or self.emit is None:
+            return
+        self._complete("evicted")
+        status, headers, body = scheduling_error_reply(evicted())
+        self.emit(self._fail(status, body, headers))
+
     def _complete(self, error: str | None) -> ResponseInfo | None:
         """End the forwarded attempt exactly once: ResponseComplete hooks, usage, and the
         request's end (metrics and the request log line)."""
@@ -493,6 +508,8 @@ class RequestStream:
         status = self.status
         if error == "client_disconnect" or (error == "stream_error" and not status):
             status = 499
+        elif error == "evicted":
+            status = 429
         control.finish(ctx, status)
         return info
 
@@ -551,6 +568,12 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         clean = False
         try:
             async for msg in request_iterator:
+                if deferred:  # decided between messages (an eviction): sent before this one
+                    for reply in deferred:
+                        yield reply
+                    deferred.clear()
+                    if stream.closed:
+                        break
                 for reply in stream.on_message(msg):
                     yield reply
                 if stream.pending is not None:  # flow control holds the request: wait here

@@ -258,18 +258,8 @@ def parse_flow_control(
             join_path(path, "enableEviction"), f"expected true or false, got {describe(eviction)}"
         )
         eviction = False
-    elif eviction:
-        # llm-d-router (flowcontrol/eviction): when a band's head request is blocked by
-        # saturation and its deadline is at risk, dispatched sheddable (priority < 0) requests,
-        # lowest priority and newest first, are ended mid-generation with a 429 ("evicted").
-        # Neither kvgate front door can end a request it has already forwarded.
-        problems.add(
-            join_path(path, "enableEviction"),
-            "in-flight eviction is not supported: llm-d ends dispatched sheddable (priority < 0) "
-            "requests mid-generation with a 429 when a higher band is blocked by saturation, "
-            "and kvgate's front doors cannot end a request they have forwarded; remove it or "
-            "set it to false",
-        )
+    # true: dispatched sheddable (priority < 0) requests are ended mid-generation with a 429
+    # when a higher band is blocked by saturation (kvgate.flowcontrol.eviction)
     return FlowControlConfig(
         max_bytes=max_bytes,
         max_requests=max_requests,

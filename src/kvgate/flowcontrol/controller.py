@@ -20,6 +20,9 @@ scheduling). Invariants the controller enforces so the policies can stay small:
   anything waits) re-checks saturation in case no scrape notification comes.
 * **Accounting.** Every admit ends in exactly one outcome, counted once: Dispatched,
   RejectedCapacity, Shed, EvictedTTL, EvictedContextCancelled or EvictedShutdown.
+* **Eviction** (``enableEviction``): a dispatch cycle stopped by saturation lets
+  :class:`kvgate.flowcontrol.eviction.InFlightEviction` end dispatched sheddable requests for a
+  blocked higher band; request control tracks each dispatched request there (``eviction``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import prometheus_client
 
 from kvgate.errors import FlowRejected
 from kvgate.flowcontrol.config import DEFAULT_FAIRNESS_ID, FlowControlConfig
+from kvgate.flowcontrol.eviction import InFlightEviction
 from kvgate.flowcontrol.metrics import FlowMetrics
 from kvgate.flowcontrol.policies.edf import EDFOrdering
 from kvgate.flowcontrol.policies.fcfs import FCFSOrdering
@@ -90,6 +94,14 @@ def _rejected(reason: str, message: str, *, pool_empty: bool = False) -> FlowRej
             dropped_reason="rejected-saturated",
             retry_after_s=1.0,
         )
+    if reason == "evicted":  # llm-d's ImmediateResponse for an evicted request: no Retry-After
+        return FlowRejected(
+            reason,
+            "request evicted by flow control",
+            status=429,
+            code="rate_limit_exceeded",
+            dropped_reason="evicted",
+        )
     if reason == "ttl_expired":
         if pool_empty:
             return FlowRejected(
@@ -117,6 +129,11 @@ def _rejected(reason: str, message: str, *, pool_empty: bool = False) -> FlowRej
         dropped_reason="rejected-shutting-down",
         retry_after_s=1.0,
     )
+
+
+def evicted() -> FlowRejected:
+    """What a request ended by in-flight eviction answers (llm-d: 429, ``evicted``)."""
+    return _rejected("evicted", "")
 
 
 class FlowController:
@@ -161,6 +178,12 @@ class FlowController:
         self._tick: asyncio.TimerHandle | None = None
         self._stopped = False
         self._saturation = 0.0
+        #: in-flight eviction (``enableEviction``); None when off
+        self.eviction: InFlightEviction | None = (
+            InFlightEviction(registry=registry, pool=pool_name, clock=clock)
+            if config.enable_eviction
+            else None
+        )
 
     # ---- the request path --------------------------------------------------------------
 
@@ -304,9 +327,13 @@ class FlowController:
             saturation = self.detector.saturation(candidates, now, self._pending_count(now))
             self._set_saturation(saturation)
             if saturation >= self.usage_limit:
+                if self.eviction is not None:
+                    self._reclaim(saturation)
                 return
             queued = self._next(saturation)
             if queued is None:  # a band's usage limit holds it (sizes say something waits)
+                if self.eviction is not None:
+                    self._reclaim(saturation)
                 return
             band = self._bands[queued.item.priority]
             self._remove(band, queued)
@@ -326,6 +353,17 @@ class FlowController:
             if flow is not None:
                 return flow.pop()
         return None
+
+    def _reclaim(self, saturation: float) -> None:
+        """Dispatch stopped at ``saturation``: let eviction free room for a blocked band."""
+        assert self.eviction is not None
+        ranked = self._priorities[::-1]
+        limits = self._band_limits
+        ceilings = (
+            limits(saturation, ranked) if limits is not None else [self.usage_limit] * len(ranked)
+        )
+        bands = [(p, c, self._bands[p].size > 0) for p, c in zip(ranked, ceilings, strict=True)]
+        self.eviction.reclaim(saturation, bands)
 
     def _band_open(self, priority: int, saturation: float) -> bool:
         """Whether a dispatch cycle would reach ``priority``'s band: no band ranked at or

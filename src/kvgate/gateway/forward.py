@@ -15,11 +15,14 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
+from functools import partial
 
 import msgspec
 
 from kvgate.endpoints.retry import backoff_s
 from kvgate.endpoints.scrape import Scraper
+from kvgate.flowcontrol.controller import evicted
 from kvgate.gateway.auth import ApiKeyChecker
 from kvgate.gateway.proxy import downstream_headers, upstream_headers
 from kvgate.gateway.settings import GatewaySettings
@@ -30,7 +33,7 @@ from kvgate.gateway.upstream import (
     UpstreamStreamError,
 )
 from kvgate.http1 import HttpRequest, Response, StreamResponse
-from kvgate.openai.errors import error_body, sse_error_event
+from kvgate.openai.errors import error_body, scheduling_error_reply, sse_error_event
 from kvgate.openai.requests import UPSTREAM_BODY
 from kvgate.openai.usage import Usage, usage_from_json, usage_from_sse
 from kvgate.requestcontrol.control import RequestContext, RequestControl, attempt_order
@@ -202,11 +205,14 @@ class Forwarder:
                 tls=endpoint.scheme == "https",
                 host_header=endpoint.hostport,
                 deadline=deadline,
+                sent=self._evictable(ctx),
             )
         except asyncio.CancelledError:
             control.end_attempt(ctx, ResponseInfo(error="client_disconnect"))
             raise
         except (UpstreamConnectError, UpstreamStreamError) as exc:
+            if ctx.evicted:  # evicted before the answer's head: not a failure to retry
+                return self._evicted(ctx, 0)
             control.end_attempt(ctx, ResponseInfo(error="connect"))
             self.metrics.child(self.metrics.upstream_errors, endpoint.name, "connect").inc()
             if "cannot connect" in str(exc):
@@ -251,6 +257,26 @@ class Forwarder:
         )
         return payload if params is None else msgspec.json.encode(with_ec_params(body, params))
 
+    def _evictable(self, ctx: RequestContext) -> Callable[[UpstreamResponse], None] | None:
+        """With ``enableEviction``: what makes the attempt's answer cancellable from the
+        moment it is sent (this gateway owns the upstream connection; closing it makes the
+        model server abort the request). None otherwise (nothing is paid)."""
+        control = self.control
+        if control.flow is None or control.flow.eviction is None:
+            return None
+
+        def sent(upstream: UpstreamResponse) -> None:
+            control.on_evict(ctx, partial(upstream.cancel, "evicted by flow control"))
+
+        return sent
+
+    def _evicted(self, ctx: RequestContext, status: int) -> Response:
+        """A JSON answer cut by in-flight eviction: llm-d's 429 (``evicted``)."""
+        self.control.end_attempt(ctx, ResponseInfo(status=status, error="evicted"))
+        ctx.error = "evicted"
+        code, headers, body = scheduling_error_reply(evicted())
+        return Response(code, body, headers, content_type=JSON)
+
     async def _prefill(
         self, request: Request, prefiller: str, path: str, hdrs: dict[str, str], payload: bytes
     ) -> bytes:
@@ -292,6 +318,8 @@ class Forwarder:
                 ctx.error = "timeout"
                 return json_error(504, f"endpoint {endpoint.name} did not finish in time")
             except UpstreamStreamError as exc:
+                if ctx.evicted:
+                    return self._evicted(ctx, upstream.status)
                 control.end_attempt(ctx, ResponseInfo(status=upstream.status, error="stream_error"))
                 ctx.error = "stream_error"
                 return json_error(502, f"endpoint {endpoint.name} broke off its answer: {exc}")
@@ -325,13 +353,21 @@ class Forwarder:
                         break
                     tail = tail + chunk if len(tail) < _SSE_TAIL_BYTES else tail[-4096:] + chunk
         except (UpstreamStreamError, TimeoutError) as exc:
-            info.error = "timeout" if isinstance(exc, TimeoutError) else "stream_error"
-            message = f"endpoint {endpoint.name} " + (
-                "timed out" if info.error == "timeout" else f"broke off the stream: {exc}"
-            )
-            log.warning("request %s: %s", request.request_id, message)
+            if ctx.evicted:
+                # the client already has a 200: a terminal SSE error event carries llm-d's
+                # 429, then the stream is closed
+                info.error = "evicted"
+                ctx.status = 429
+                event = sse_error_event(evicted().message, status=429)
+            else:
+                info.error = "timeout" if isinstance(exc, TimeoutError) else "stream_error"
+                message = f"endpoint {endpoint.name} " + (
+                    "timed out" if info.error == "timeout" else f"broke off the stream: {exc}"
+                )
+                log.warning("request %s: %s", request.request_id, message)
+                event = sse_error_event(message, status=502)
             with contextlib.suppress(ConnectionResetError):
-                await resp.write(sse_error_event(message, status=502))
+                await resp.write(event)
         _set_usage(info, usage_from_sse(tail))
         ctx.error = info.error
         control.end_attempt(ctx, info)

@@ -30,7 +30,7 @@ import collections
 import contextlib
 import re
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -246,6 +246,26 @@ class UpstreamResponse:
             waiter = conn.head_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
+        self._exc = exc
+        self._done = True
+        self._wake()
+        if conn is not None:
+            conn.abort()
+
+    def cancel(self, reason: str) -> None:
+        """End the answer now (flow control evicted the request): a reader gets
+        ``UpstreamStreamError(reason)`` at once, whatever is buffered is dropped, and the
+        connection is closed, which makes the server abort the request."""
+        if self._done and self._exc is not None:
+            return
+        exc = UpstreamStreamError(reason)
+        conn = self._conn
+        if conn is not None:  # still waiting for the head: post() raises it
+            waiter = conn.head_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+        self._chunks.clear()
+        self._buffered = 0
         self._exc = exc
         self._done = True
         self._wake()
@@ -494,11 +514,14 @@ class UpstreamClient:
         tls: bool = False,
         host_header: str | None = None,
         deadline: float | None = None,
+        sent: Callable[[UpstreamResponse], None] | None = None,
     ) -> UpstreamResponse:
         """Send a POST and wait for the status line and headers (not the body).
 
         ``deadline`` (event-loop time) bounds the whole exchange, connect included: past it,
-        the wait for the head, or for the body's next bytes, raises TimeoutError."""
+        the wait for the head, or for the body's next bytes, raises TimeoutError. ``sent`` is
+        given the answer as soon as the request is written, before its head arrives (so a
+        caller may :meth:`UpstreamResponse.cancel` it while it waits)."""
         key = (host, port, tls)
         pool = self._pools.get(key)
         if pool is None:
@@ -532,6 +555,8 @@ class UpstreamClient:
             conn.transport.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 conn.transport.write(body)
+            if sent is not None:
+                sent(resp)
             try:
                 await waiter
             except UpstreamConnectError:

@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from kvgate.endpoints.outlier import Outcome
@@ -104,6 +105,10 @@ class RequestContext:
     # what ResponseComplete plugins reported for Envoy (request-attribute-reporter); the epp
     # sends it as ext_proc dynamic metadata, both doors write it into the request log line
     dynamic_metadata: dict[str, dict[str, float]] | None = None
+    # flow control's in-flight eviction (enableEviction): set once the request is chosen;
+    # evict_hook is how its front door ends the forwarded attempt (RequestControl.on_evict)
+    evicted: bool = False
+    evict_hook: Callable[[], None] | None = None
 
     def set_usage(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -408,6 +413,10 @@ class RequestControl:
         headers = self.scheduler.pre_request(ctx.request, self.attempt_result(ctx, endpoint))
         if self.flow is not None and ctx.flow_item is not None:
             self.flow.dispatched(endpoint.name, retry=ctx.attempts > 1)
+            if self.flow.eviction is not None:
+                self.flow.eviction.track(
+                    ctx.request.request_id, ctx.flow_priority, partial(self._evict, ctx)
+                )
         if self.tracer is not None:  # W3C traceparent naming the attempt's span
             headers.update(self.tracer.start_attempt(ctx, endpoint))
         return headers
@@ -439,9 +448,31 @@ class RequestControl:
             else:
                 self.outlier.record(endpoint.name, _outcome_of(info))
         if self.flow is not None and ctx.flow_item is not None:
+            if self.flow.eviction is not None:
+                self.flow.eviction.untrack(ctx.request.request_id)
             self.flow.completed(endpoint.name)
         if self.tracer is not None:
             self.tracer.end_attempt(ctx, info)
+
+    # --- in-flight eviction (flowControl.enableEviction) ---------------------------------------
+
+    def on_evict(self, ctx: RequestContext, hook: Callable[[], None]) -> None:
+        """The front door's way to end ``ctx``'s forwarded attempt if flow control evicts it
+        (``kvgate serve`` cancels its upstream answer, ``kvgate epp`` sends Envoy a 429
+        ImmediateResponse); run at once when the request was evicted before it was set."""
+        ctx.evict_hook = hook
+        if ctx.evicted and ctx.attempt_open:
+            hook()
+
+    def _evict(self, ctx: RequestContext) -> None:
+        """Flow control chose ``ctx`` to free room for a blocked higher band (its eviction's
+        callback): mark it, and let the front door end it; the attempt's end confirms it."""
+        if ctx.evicted or not ctx.attempt_open:
+            return
+        ctx.evicted = True
+        ctx.error = "evicted"
+        if ctx.evict_hook is not None:
+            ctx.evict_hook()
 
     # --- the end ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 
 from kvgate.config import build_scheduler, load_picker_config
 from kvgate.config.build import trial_context
+from kvgate.config.strict import strict_differences
 from kvgate.errors import SchedulingFailedError
 from plugins.kit import endpoint, request
 
@@ -27,3 +28,6 @@ def test_configloader_file_loads_and_every_cycle_fails() -> None:
     assert sched.handler.type_name == "test-profile-handler"
     with pytest.raises(SchedulingFailedError, match="runs no profile"):
         sched.schedule(request(), [endpoint("a")])
+    notes = strict_differences(config)  # --strict names every double and the gate
+    assert sum("a test double" in n for n in notes) == 6
+    assert any(n.startswith("featureGates: test-feature-gate") for n in notes)

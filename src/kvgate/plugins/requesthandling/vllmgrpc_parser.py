@@ -35,6 +35,10 @@ class VllmGrpcParser:
     parses: str = "vllm-grpc"
     claims: tuple[str, ...] = (GENERATE, EMBED)
     protocol: str = "h2c"
+    strict_notes = (
+        "GenerateRequest.mm_inputs (multimodal placeholders and hashes) are not read: such "
+        "requests schedule on their token ids alone",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name

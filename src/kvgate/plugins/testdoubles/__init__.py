@@ -13,3 +13,9 @@ kvgate registers them like any plugin and makes each act as its llm-d counterpar
 
 Use them to test configurations and tooling, never to serve traffic.
 """
+
+#: What ``config check --strict`` says of every test double.
+STRICT_NOTES = (
+    "a test double: llm-d registers it only inside its own tests; llm-d's deployable router "
+    "rejects the type",
+)

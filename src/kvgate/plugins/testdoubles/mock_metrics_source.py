@@ -28,6 +28,7 @@ from typing import Any
 from kvgate.errors import PluginParameterError
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.plugins.datalayer.base import SourceKind
+from kvgate.plugins.testdoubles import STRICT_NOTES
 from kvgate.scheduling.types import Metrics
 
 TYPE = "mock-metrics-source"
@@ -47,6 +48,7 @@ class MockMetricsSource:
     """Endpoint name or ``host:port`` -> the metrics to serve for it."""
 
     type_name = TYPE
+    strict_notes = STRICT_NOTES
     source_kind: SourceKind = "metrics"
 
     def __init__(self, name: str, metrics: Mapping[str, Metrics]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.plugins.datalayer.base import SourceKind
+from kvgate.plugins.testdoubles import STRICT_NOTES
 
 TYPE = "test-extractor"
 
@@ -17,6 +18,7 @@ class NullExtractor:
     """Reads nothing, records nothing."""
 
     type_name = TYPE
+    strict_notes = STRICT_NOTES
     input_kind: SourceKind = "nothing"
 
     def __init__(self, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvgate.plugins.base import Params, PluginContext
+from kvgate.plugins.testdoubles import STRICT_NOTES
 from kvgate.scheduling.types import CycleState, Endpoint, Request
 
 TYPE = "test-one"
@@ -19,6 +20,7 @@ class KeepAllFilter:
     """Returns the endpoints it is given."""
 
     type_name = TYPE
+    strict_notes = STRICT_NOTES
 
     def __init__(self, name: str, threshold: int) -> None:
         self.name = name

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvgate.plugins.base import Params, PluginContext
+from kvgate.plugins.testdoubles import STRICT_NOTES
 from kvgate.scheduling.types import CycleState, ProfileRunResult, Request, ScoredEndpoint
 
 TYPE = "test-picker"
@@ -19,6 +20,7 @@ class NullPicker:
     """Picks no endpoint."""
 
     type_name = TYPE
+    strict_notes = STRICT_NOTES
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from kvgate.errors import SchedulingFailedError
 from kvgate.plugins.base import Params, PluginContext, SchedulerProfileView
+from kvgate.plugins.testdoubles import STRICT_NOTES
 from kvgate.scheduling.types import CycleState, ProfileRunResult, Request, SchedulingResult
 
 TYPE = "test-profile-handler"
@@ -20,6 +21,7 @@ class NullProfileHandler:
     """Chooses no profile; every cycle fails."""
 
     type_name = TYPE
+    strict_notes = STRICT_NOTES
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.plugins.datalayer.base import SourceKind
+from kvgate.plugins.testdoubles import STRICT_NOTES
 
 TYPE = "test-source"
 
@@ -18,6 +19,7 @@ class NullSource:
     """Declares a source of nothing."""
 
     type_name = TYPE
+    strict_notes = STRICT_NOTES
     source_kind: SourceKind = "nothing"
 
     def __init__(self, name: str) -> None:

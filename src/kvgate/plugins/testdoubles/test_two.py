@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from kvgate.plugins.base import Params, PluginContext
+from kvgate.plugins.testdoubles import STRICT_NOTES
 from kvgate.scheduling.types import CycleState, Endpoint, Request
 
 TYPE = "test-two"
@@ -20,6 +21,7 @@ class ZeroScorer:
     """Scores every endpoint 0."""
 
     type_name = TYPE
+    strict_notes = STRICT_NOTES
 
     def __init__(self, name: str, block_size: int) -> None:
         self.name = name
