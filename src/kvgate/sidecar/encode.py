@@ -31,11 +31,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from kvgate.gateway.upstream import UpstreamClient
 from kvgate.openai.multimodal import mm_items
-from kvgate.sidecar.legs import post_for_json
+from kvgate.sidecar.legs import outcome_counter, post_for_json
 
 __all__ = ["ENCODE_OUTCOMES", "EncodeLeg", "encode_parts", "encoder_body", "with_ec_params"]
 
@@ -84,14 +84,12 @@ class EncodeLeg:
     ) -> None:
         self.client = client
         self.timeout_s = timeout_s
-        self.outcomes = Counter(
+        self.outcomes = outcome_counter(
             "kvgate_epd_encode",
             "E/P/D encode requests, one per multimodal part, by outcome",
-            ["outcome"],
-            registry=registry,
+            ENCODE_OUTCOMES,
+            registry,
         )
-        for outcome in ENCODE_OUTCOMES:
-            self.outcomes.labels(outcome)
 
     async def run(
         self,

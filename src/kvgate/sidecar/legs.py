@@ -33,6 +33,7 @@ __all__ = [
     "PREFILL_OUTCOMES",
     "PrefillLeg",
     "decode_body",
+    "outcome_counter",
     "parse_hostport",
     "post_for_json",
     "prefill_body",
@@ -86,6 +87,16 @@ def parse_hostport(value: str) -> tuple[str, int] | None:
     return (host, number) if 0 < number < 65536 else None
 
 
+def outcome_counter(
+    name: str, doc: str, outcomes: Iterable[str], registry: CollectorRegistry
+) -> Counter:
+    """A leg's ``<name>_total{outcome}`` counter with every outcome exported from the start."""
+    counter = Counter(name, doc, ["outcome"], registry=registry)
+    for outcome in outcomes:
+        counter.labels(outcome)
+    return counter
+
+
 async def post_for_json(
     client: UpstreamClient,
     hostport: str,
@@ -131,14 +142,12 @@ class PrefillLeg:
     ) -> None:
         self.client = client
         self.timeout_s = timeout_s
-        self.outcomes = Counter(
+        self.outcomes = outcome_counter(
             "kvgate_pd_prefill",
             "P/D prefill legs by outcome (anything but ok fell back to decode-only)",
-            ["outcome"],
-            registry=registry,
+            PREFILL_OUTCOMES,
+            registry,
         )
-        for outcome in PREFILL_OUTCOMES:
-            self.outcomes.labels(outcome)
 
     async def run(
         self,
