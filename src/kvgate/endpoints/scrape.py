@@ -11,7 +11,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -22,6 +22,10 @@ from kvgate.endpoints.promtext import MetricNames, MetricSpec, parse_metrics
 from kvgate.scheduling.types import Endpoint, Metrics
 
 log = logging.getLogger("kvgate.endpoints")
+
+
+#: ``await probe(endpoint)`` -> healthy; may have ``async close()`` (called by ``stop``).
+HealthProbe = Callable[[Endpoint], Awaitable[bool]]
 
 
 class _ModelList(msgspec.Struct):
@@ -87,6 +91,7 @@ class Scraper:
         models_path: str = "/v1/models",
         models_scheme: str | None = None,
         models_ssl: ssl.SSLContext | bool | None = None,
+        health_probe: HealthProbe | None = None,
     ) -> None:
         self.pool = pool
         self.interval_s = interval_s
@@ -115,6 +120,9 @@ class Scraper:
         self.models_path = models_path
         self.models_scheme = models_scheme
         self.models_ssl = models_ssl
+        # gRPC-only model servers (kvgate.endpoints.grpc_health): probed with their API's
+        # health RPC instead of GET health_path
+        self.health_probe = health_probe
         self._states: dict[str, _EndpointState] = {}
         self._session: aiohttp.ClientSession | None = None
         self._started = False
@@ -151,6 +159,9 @@ class Scraper:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        close = getattr(self.health_probe, "close", None)
+        if close is not None:
+            await close()
         self._started = False
 
     # --- queries for the gateway ------------------------------------------------------------
@@ -245,7 +256,10 @@ class Scraper:
         out = not state.in_rotation
         if not state.refused and (out or now - state.last_health_check >= self.health_interval_s):
             state.last_health_check = now
-            state.health_ok = await self._probe(self._url(endpoint, self.health_path))
+            if self.health_probe is not None:
+                state.health_ok = await self.health_probe(endpoint)
+            else:
+                state.health_ok = await self._probe(self._url(endpoint, self.health_path))
             if state.health_ok:
                 state.forced_out_until_scrape = False
         if (

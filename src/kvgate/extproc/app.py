@@ -164,6 +164,11 @@ class EppServer:
         data_layer = getattr(self.picker_config, "data_layer", None)
         if data_layer is not None:  # llm-d's dataLayer section: its sources and extractors win
             scraper_args.update(data_layer.scraper_kwargs())
+        handler = getattr(self.picker_config, "request_handler", None)
+        if handler is not None and handler.claiming:  # gRPC-only model servers: gRPC health
+            from kvgate.requestcontrol.parsers import grpc_health_probe
+
+            scraper_args["health_probe"] = grpc_health_probe(scheduler.plugins, handler)
         self.scraper = Scraper(self.pool, **scraper_args)
         self.objectives = load_objectives(opts.objectives_file)
         self.control = build_request_control(

@@ -10,13 +10,15 @@ when ``openai-parser`` is listed. The chosen parser also reads the response's us
 path pays nothing for it.
 
 Claiming parsers read gRPC over HTTP/2, which reaches only ``kvgate epp`` (Envoy hands it
-the request through ext_proc); :func:`check_door` refuses them for ``kvgate serve`` at start-up.
+the request through ext_proc); :func:`check_door` refuses them for ``kvgate serve`` at start-up,
+and :func:`grpc_health_probe` gives ``kvgate epp``'s scraper a gRPC health probe when the
+endpoints speak nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvgate.errors import BadRequestError, KvgateError
 from kvgate.openai.requests import build_request, new_request_id, strip_routing_headers
@@ -25,6 +27,10 @@ from kvgate.plugins.base import Plugin
 from kvgate.plugins.requesthandling import ClaimingParser
 from kvgate.requestcontrol.control import RequestContext, RequestControl
 from kvgate.scheduling.types import HEADER_REQUEST_ID, Request, RequestKind
+
+if TYPE_CHECKING:
+    from kvgate.config.datalayer import RequestHandlerConfig
+    from kvgate.endpoints.grpc_health import GrpcHealthProbe
 
 #: ``Request.extra`` key: the claiming parser that read the request.
 PARSED_BY = "kvgate.parsed-by"
@@ -157,3 +163,19 @@ def usage_reader_for(request: Request | None) -> ClaimedUsageReader | None:
         return None
     parser = request.extra.get(PARSED_BY)
     return ClaimedUsageReader(parser) if parser is not None else None
+
+
+def grpc_health_probe(
+    plugins: Sequence[Plugin], handler: RequestHandlerConfig | None
+) -> GrpcHealthProbe | None:
+    """The scraper's health probe when every listed parser reads one gRPC-only API that has
+    a health RPC (``vllmgrpc-parser`` alone): its endpoints answer no ``GET /health``."""
+    if handler is None or not handler.claiming or handler.openai:
+        return None
+    parsers = claiming_parsers(plugins, handler.claiming)
+    methods = {p.health_method for p in parsers}
+    if len(methods) != 1 or None in methods:
+        return None
+    from kvgate.endpoints.grpc_health import GrpcHealthProbe
+
+    return GrpcHealthProbe(parsers[0].health_method or "", parsers[0].healthy)

@@ -50,6 +50,8 @@ class ClaimingParser(RequestParser, Protocol):
     ``protocol`` is the wire it reads (``"h2c"``: gRPC over HTTP/2, which only ``kvgate epp``
     behind Envoy receives). ``parse_request`` raises :class:`kvgate.errors.BadRequestError`
     for a body it cannot read; ``response_usage`` reads a whole response body (None: none).
+    ``health_method`` is the API's unary health RPC (None: the servers answer HTTP health),
+    whose serialized reply ``healthy`` judges (kvgate.endpoints.grpc_health).
     """
 
     @property
@@ -61,3 +63,8 @@ class ClaimingParser(RequestParser, Protocol):
     def parse_request(self, path: str, body: bytes) -> ParsedRequest: ...
 
     def response_usage(self, body: bytes) -> Usage | None: ...
+
+    @property
+    def health_method(self) -> str | None: ...
+
+    def healthy(self, reply: bytes) -> bool: ...

@@ -1,7 +1,8 @@
 """gRPC payloads the gRPC request parsers read: length-prefixed framing and the messages.
 
 The messages are declared here, field for field, from the public API descriptions: vLLM's gRPC
-engine API (``vllm.grpc.engine``: GenerateRequest, EmbedRequest and their responses) and the
+engine API (``vllm.grpc.engine``: GenerateRequest, EmbedRequest, their responses and
+HealthCheckResponse) and the
 three Vertex AI ``PredictionService`` requests that wrap an OpenAI JSON body in a
 ``google.api.HttpBody`` (ChatCompletionsRequest, RawPredictRequest, StreamRawPredictRequest:
 ``endpoint = 1``, ``http_body = 2``). Only the fields the parsers read are declared; the
@@ -126,6 +127,13 @@ _VLLM: dict[str, tuple[list[_Field], list[str]]] = {
             ("complete", 2, "message", "optional", ".vllm.grpc.engine.GenerateComplete", 0, False),
         ],
         ["response"],
+    ),
+    "HealthCheckResponse": (
+        [
+            ("healthy", 1, "bool", "optional", "", None, False),
+            ("message", 2, "string", "optional", "", None, False),
+        ],
+        [],
     ),
     "EmbedResponse": (
         [

@@ -42,8 +42,13 @@ class VertexAIParser:
     claims: tuple[str, ...] = (CHAT_COMPLETIONS, STREAM_RAW_PREDICT, RAW_PREDICT)
     protocol: str = "h2c"
 
+    health_method: str | None = None  # Vertex AI model containers answer HTTP health
+
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def healthy(self, reply: bytes) -> bool:
+        return True
 
     def parse_request(self, path: str, body: bytes) -> ParsedRequest:
         from google.protobuf.message import DecodeError

@@ -10,6 +10,11 @@
   model. Compressed messages, an undecodable message or a Generate without input: 400.
 * Response: usage from ``GenerateResponse`` (``chunk`` or ``complete``: prompt, completion and
   cached tokens) or ``EmbedResponse`` (prompt tokens), the last message that reports any.
+* Health: when it is the only parser (the endpoints speak vLLM's gRPC API alone),
+  ``kvgate epp`` probes each endpoint with ``VllmEngine/HealthCheck`` instead of
+  ``GET /health`` (kvgate.endpoints.grpc_health); point ``metrics-data-source``'s ``port`` at
+  the server's Prometheus port, or set ``dataLayer.injectDefaults: false``, as the gRPC port
+  serves no ``/metrics``.
 * Parameters: none. The body is forwarded unchanged.
 """
 
@@ -26,6 +31,7 @@ from kvgate.plugins.requesthandling.grpc_wire import GrpcPayloadError, messages,
 TYPE = "vllmgrpc-parser"
 GENERATE = "vllm.grpc.engine.VllmEngine/Generate"
 EMBED = "vllm.grpc.engine.VllmEngine/Embed"
+HEALTH_CHECK = "/vllm.grpc.engine.VllmEngine/HealthCheck"
 
 
 class VllmGrpcParser:
@@ -40,8 +46,18 @@ class VllmGrpcParser:
         "requests schedule on their token ids alone",
     )
 
+    health_method: str | None = HEALTH_CHECK
+
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def healthy(self, reply: bytes) -> bool:
+        from google.protobuf.message import DecodeError
+
+        try:
+            return bool(vllm().HealthCheckResponse.FromString(reply).healthy)
+        except DecodeError:
+            return False
 
     def parse_request(self, path: str, body: bytes) -> ParsedRequest:
         api = vllm()
