@@ -142,12 +142,14 @@ class DataLayerConfig:
         if src is None:
             return {}
         ctx = tls_context(src)
+        if ctx is None:  # its own setting, never the session's (the metrics source's)
+            ctx = ssl.create_default_context() if not src.insecure_skip_verify else None
         return {
             "models_scheme": src.scheme,
             "models_path": src.path,
             # llm-d: no interval means every base tick
             "models_interval_s": src.interval_s if src.interval_s is not None else 0.0,
-            "models_ssl": ctx if ctx is not None else not src.insecure_skip_verify,
+            "models_ssl": ctx if ctx is not None else False,
         }
 
 
