@@ -45,6 +45,18 @@ def strip_routing_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items() if k.lower() not in ROUTING_HEADERS}
 
 
+def request_headers(
+    headers: Mapping[str, str], request_id: str | None
+) -> tuple[dict[str, str], str]:
+    """Lower-cased ``headers`` without client-sent routing headers, and the request id: the
+    front door's ``request_id`` (written into them), else the client's ``x-request-id``,
+    else a new one. For parsers that build the Request themselves."""
+    clean = strip_routing_headers(headers)
+    if request_id is not None:
+        clean[HEADER_REQUEST_ID] = request_id
+    return clean, request_id or clean.get(HEADER_REQUEST_ID) or new_request_id()
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     """Decode a JSON object body or raise a 400 that says what is wrong."""
     if not body:

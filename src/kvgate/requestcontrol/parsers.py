@@ -21,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kvgate.errors import BadRequestError, KvgateError
-from kvgate.openai.requests import build_request, new_request_id, strip_routing_headers
+from kvgate.openai.requests import build_request, request_headers
 from kvgate.openai.usage import Usage
 from kvgate.plugins.base import Plugin
 from kvgate.plugins.requesthandling import ClaimingParser
 from kvgate.requestcontrol.control import RequestContext, RequestControl
-from kvgate.scheduling.types import HEADER_REQUEST_ID, Request, RequestKind
+from kvgate.scheduling.types import Request, RequestKind
 
 if TYPE_CHECKING:
     from kvgate.config.datalayer import RequestHandlerConfig
@@ -97,10 +97,7 @@ class ClaimingRequestControl(RequestControl):
                 )
             return super().parse(ctx, kind, body, headers, request_id=request_id, parsed=parsed)
         read = parser.parse_request(ctx.path, body)
-        clean = strip_routing_headers(headers)
-        if request_id is not None:
-            clean[HEADER_REQUEST_ID] = request_id
-        rid = request_id or clean.get(HEADER_REQUEST_ID) or new_request_id()
+        clean, rid = request_headers(headers, request_id)
         if read.view is not None:
             request = build_request(
                 read.kind, read.view, clean, body_size=len(body), request_id=rid

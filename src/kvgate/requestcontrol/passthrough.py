@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kvgate.openai.requests import new_request_id, strip_routing_headers
+from kvgate.openai.requests import request_headers
 from kvgate.requestcontrol.control import RequestContext, RequestControl
 from kvgate.scheduling.types import (
-    HEADER_REQUEST_ID,
     Request,
     RequestKind,
 )
@@ -43,10 +42,7 @@ class PassthroughRequestControl(RequestControl):
         parsed: dict[str, Any] | None = None,
     ) -> Request:
         """Headers -> the scheduler's Request; the body is counted, never read."""
-        clean = strip_routing_headers(headers)
-        if request_id is not None:
-            clean[HEADER_REQUEST_ID] = request_id
-        rid = request_id or clean.get(HEADER_REQUEST_ID) or new_request_id()
+        clean, rid = request_headers(headers, request_id)
         request = Request(rid, "", kind, headers=clean, token_ids=(), body_size=len(body))
         ctx.request = request
         self._classify(ctx, request, clean)
