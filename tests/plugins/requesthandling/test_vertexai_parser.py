@@ -1,21 +1,26 @@
-"""vertexai-parser through a real ``kvgate epp`` spoken to as Envoy would: a Vertex AI gRPC
+"""vertexai-parser through a real ``kvgate epp`` process spoken to as Envoy would: a Vertex AI gRPC
 ChatCompletions request is scheduled by the model and messages of the OpenAI JSON it wraps,
 and its body is forwarded untouched; RawPredict reads llm-d's /responses shape. The request
 is built with googleapis' own HttpBody, so the wrapper kvgate declares is checked against it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from pathlib import Path
 
+import grpc
 import pytest
 from aiohttp import ClientSession
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from google.api import httpbody_pb2
 
-from extproc.epp_rig import body_msg, exchange, headers_msg, open_epp, set_headers
+from extproc.epp_rig import body_msg, headers_msg, model_server, set_headers
 from kvgate.errors import BadRequestError
 from kvgate.plugins.requesthandling.grpc_wire import frame
 from plugins.kit import make
+from support.procs import Proc, free_port, kvgate_cmd
 
 CONFIG = """apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
@@ -40,19 +45,41 @@ def _request(payload: dict[str, object]) -> bytes:
     )
 
 
-async def test_the_epp_schedules_chat_completions_by_model_and_messages() -> None:
+async def test_the_epp_schedules_chat_completions_by_model_and_messages(tmp_path: Path) -> None:
+    """A real ``kvgate epp`` process, spoken to over ext_proc as Envoy would."""
+    servers = [await model_server() for _ in range(2)]
+    endpoints = [hp for _, hp in servers]
+    grpc_port, metrics_port = free_port(), free_port()
+    epp = Proc(
+        kvgate_cmd(
+            "epp", "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
+            "--grpc-health-port", str(free_port()), "--metrics-port", str(metrics_port),
+            *(arg for hp in endpoints for arg in ("--endpoint", hp)), "--config-text", CONFIG,
+        ),
+        tmp_path / "epp.log",
+    )  # fmt: skip
     chat = _request({"model": "vx-model", "messages": [{"role": "user", "content": "hi"}]})
-    async with open_epp("h2", config_text=CONFIG) as epp:
-        headers = {":method": "POST", ":path": CHAT, "content-type": "application/grpc"}
-        replies, call = await exchange(epp, [headers_msg(headers), body_msg(chat)], expect=2)
-        assert set_headers(replies[0])["x-gateway-destination-endpoint"] in epp.endpoints
-        assert replies[1].request_body.response.body_mutation.streamed_response.body == chat
-        await call.done_writing()
-        async with ClientSession() as s, s.get(epp.metrics_url) as r:
+    try:
+        await asyncio.to_thread(epp.wait_http, f"http://127.0.0.1:{metrics_port}/healthz", 60)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            call = ep_grpc.ExternalProcessorStub(channel).Process()
+            headers = {":method": "POST", ":path": CHAT, "content-type": "application/grpc"}
+            await call.write(headers_msg(headers))
+            await call.write(body_msg(chat))
+            routed = await asyncio.wait_for(call.read(), 10)
+            resent = await asyncio.wait_for(call.read(), 10)
+            assert set_headers(routed)["x-gateway-destination-endpoint"] in endpoints
+            assert resent.request_body.response.body_mutation.streamed_response.body == chat
+            await call.done_writing()
+        async with ClientSession() as s, s.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
             page = await r.text()
         assert re.search(
             r'^inference_objective_request_total\{[^}]*model_name="vx-model"', page, re.M
         )
+    finally:
+        epp.stop()
+        for runner, _ in servers:
+            await runner.cleanup()
 
 
 def test_raw_predict_reads_the_responses_shape_and_bad_bodies_are_400() -> None:
