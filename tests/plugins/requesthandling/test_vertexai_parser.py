@@ -95,3 +95,6 @@ def test_raw_predict_reads_the_responses_shape_and_bad_bodies_are_400() -> None:
     answer = httpbody_pb2.HttpBody(data=b'{"usage": {"prompt_tokens": 9, "completion_tokens": 2}}')
     usage = parser.response_usage(frame(answer.SerializeToString()))
     assert (usage.prompt_tokens, usage.completion_tokens) == (9, 2)
+    chunks = [b'data: {"choices": []}\n\n', b'data: {"usage": {"prompt_tokens": 5}}\n\n']
+    streamed = b"".join(frame(httpbody_pb2.HttpBody(data=c).SerializeToString()) for c in chunks)
+    assert parser.response_usage(streamed).prompt_tokens == 5

@@ -11,8 +11,8 @@ that wrap an OpenAI JSON body.
   (:func:`kvgate.openai.requests.routing_view`). The request is then scheduled by its model and
   prompt like any OpenAI request; the body is forwarded unchanged (a model rewrite cannot
   re-encode it). A message without ``http_body``, undecodable, or compressed: 400.
-* Response: each gRPC message is an ``HttpBody`` whose JSON ``usage`` is read (the last one
-  that has one).
+* Response: each gRPC message is an ``HttpBody`` carrying JSON, or server-sent events when
+  streamed; the last ``usage`` found is read.
 * Parameters: none.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from kvgate.errors import BadRequestError
 from kvgate.openai.requests import parse_body, routing_view
-from kvgate.openai.usage import Usage, usage_from_json
+from kvgate.openai.usage import Usage, usage_from_json, usage_from_sse
 from kvgate.plugins.base import Params, PluginContext
 from kvgate.plugins.requesthandling import ParsedRequest
 from kvgate.plugins.requesthandling.grpc_wire import GrpcPayloadError, messages, unframe, vertexai
@@ -80,7 +80,9 @@ class VertexAIParser:
         usage: Usage | None = None
         try:
             for raw in messages(body):
-                usage = usage_from_json(api.HttpBody.FromString(raw).data) or usage
+                data = api.HttpBody.FromString(raw).data
+                found = usage_from_sse(data) if data.startswith(b"data:") else usage_from_json(data)
+                usage = found or usage
         except (GrpcPayloadError, DecodeError):
             return usage
         return usage
