@@ -556,6 +556,10 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, director: Director, default_body_mode: int = FULL_DUPLEX) -> None:
         self.director = director
         self.default_body_mode = default_body_mode
+        flow = director.control.flow
+        #: enableEviction may end a stream between Envoy's messages: then the wait for the
+        #: next message is woken (two futures a message; nothing without eviction)
+        self.wakeable = flow is not None and flow.eviction is not None
 
     async def Process(
         self,
@@ -565,15 +569,27 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         stream = RequestStream(self.director, self.default_body_mode)
         deferred: Replies = []
         stream.emit = deferred.extend
+        messages: AsyncIterator[ep.ProcessingRequest | None] = request_iterator
+        if self.wakeable:
+            woken = asyncio.Event()
+
+            def emit(replies: Replies) -> None:
+                deferred.extend(replies)
+                woken.set()
+
+            stream.emit = emit
+            messages = _wakeable(request_iterator, woken)
         clean = False
         try:
-            async for msg in request_iterator:
+            async for msg in messages:
                 if deferred:  # decided between messages (an eviction): sent before this one
                     for reply in deferred:
                         yield reply
                     deferred.clear()
                     if stream.closed:
                         break
+                if msg is None:  # woken for the replies above
+                    continue
                 for reply in stream.on_message(msg):
                     yield reply
                 if stream.pending is not None:  # flow control holds the request: wait here
@@ -589,6 +605,37 @@ class ExtProcServicer(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             clean = True
         finally:
             stream.finish(clean)
+
+
+async def _wakeable(
+    messages: AsyncIterator[ep.ProcessingRequest], woken: asyncio.Event
+) -> AsyncIterator[ep.ProcessingRequest | None]:
+    """Envoy's messages, and None whenever ``woken`` is set while the next one is awaited."""
+    it = aiter(messages)
+    pending: asyncio.Future[ep.ProcessingRequest] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(it))
+            wake = asyncio.ensure_future(woken.wait())
+            try:
+                await asyncio.wait((pending, wake), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+            if woken.is_set():
+                woken.clear()
+                yield None
+                continue  # the message, if it came too, is taken on the next turn
+            try:
+                msg = pending.result()
+            except StopAsyncIteration:
+                pending = None
+                return
+            pending = None
+            yield msg
+    finally:
+        if pending is not None:
+            pending.cancel()
 
 
 def add_to_server(servicer: ExtProcServicer, server: grpc.aio.Server) -> None:
