@@ -19,7 +19,12 @@ OWN = [
         ("precise_prefix_cache_scorer", "oracle_prefix_scorer", "precise_prefix_cache_producer")
     )
 ]
-NEEDS_PARAMS = {"by-label", "request-attribute-reporter"}
+NEEDS_PARAMS = {
+    "by-label",
+    "request-attribute-reporter",
+    "disaggregatedset-rollout-screener",
+    "header-label-affinity-scorer",
+}
 SCORERS = [
     "queue-scorer",
     "kv-cache-utilization-scorer",

@@ -145,6 +145,19 @@ class RequestHeaderProcessor(Plugin, Protocol):
 
 
 @runtime_checkable
+class Screener(Plugin, Protocol):
+    """Narrows the candidates once per request, after admission and before any profile runs
+    (llm-d-router's ``requestcontrol.Screener``), so no later filter, scorer or picker can
+    undo it. ``ready`` is every endpoint in rotation (for pool-wide state such as rollout
+    coverage); ``endpoints`` what this request may use. Nothing left: 503.
+    """
+
+    def screen(
+        self, request: Request, endpoints: Sequence[Endpoint], ready: Sequence[Endpoint]
+    ) -> list[Endpoint]: ...
+
+
+@runtime_checkable
 class PreRequest(Plugin, Protocol):
     """Told the scheduling result just before the request is forwarded (affinity learns here).
 

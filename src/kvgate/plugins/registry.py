@@ -81,6 +81,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "kvgate.plugins.requesthandling.vllmgrpc_parser",
     "kvgate.plugins.requestheader.agent_identity",
     "kvgate.plugins.requestcontrol.request_attribute_reporter",
+    "kvgate.plugins.requestcontrol.disaggregatedset_rollout_screener",
+    "kvgate.plugins.scorers.header_label_affinity_scorer",
     # llm-d's test doubles, so its own test configs run unchanged (kvgate.plugins.testdoubles)
     "kvgate.plugins.testdoubles.test_one",
     "kvgate.plugins.testdoubles.test_two",

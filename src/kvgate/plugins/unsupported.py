@@ -26,6 +26,4 @@ UNSUPPORTED: dict[str, str] = {
     "multicluster-metrics-extractor": _MULTICLUSTER,
     "kvcache-aware-scorer": "llm-d-inference-scheduler v0.1's scorer over a Redis KV-block "
     "index; use precise-prefix-cache-scorer, which follows the engines' KV events",
-    "disaggregatedset-rollout-screener": "a screener over DisaggregatedSet revision labels; "
-    "kvgate has no screener step and no DisaggregatedSet rollouts to keep apart",
 }

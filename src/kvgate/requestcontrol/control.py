@@ -5,7 +5,7 @@ both drive a :class:`RequestContext` through :class:`RequestControl` in this ord
 llm-d's request-control order (its director)::
 
     begin -> parse (400/413) -> candidates (404 / 503) -> admit: flow control (429/503 when
-    rejected, waits while the pool is saturated) -> schedule: data preparation, filters,
+    rejected, waits while the pool is saturated) -> schedule: screeners, data preparation, filters,
     scorers, picker (503 no candidates / 429 no pick) -> for each attempt: start_attempt
     (PreRequest hooks, dispatch accounting) -> response_received / first_byte ->
     end_attempt (ResponseComplete hooks, usage, outlier detection; exactly once per attempt)
@@ -40,7 +40,7 @@ from kvgate.endpoints.pool import EndpointPool
 from kvgate.errors import ModelNotFoundError, NoCandidatesError
 from kvgate.openai.requests import build_request, parse_body, strip_routing_headers
 from kvgate.openai.usage import Usage
-from kvgate.plugins.base import RequestHeaderProcessor
+from kvgate.plugins.base import RequestHeaderProcessor, Screener
 from kvgate.plugins.requestheader import AGENT_IDENTITY
 from kvgate.requestcontrol import tracing
 from kvgate.requestcontrol.eppmetrics import Labels
@@ -211,6 +211,10 @@ class RequestControl:
         self._header_processors: tuple[RequestHeaderProcessor, ...] = tuple(
             p for p in scheduler.plugins if isinstance(p, RequestHeaderProcessor)
         )
+        # Screeners (disaggregatedset-rollout-screener): run in schedule, before the profiles
+        self._screeners: tuple[Screener, ...] = tuple(
+            p for p in scheduler.plugins if isinstance(p, Screener)
+        )
 
     async def start(self) -> None:
         if self.flow is not None:
@@ -360,8 +364,10 @@ class RequestControl:
         ctx.queue_wait_s = await self.flow.wait(ctx.flow_item)
 
     def schedule(self, ctx: RequestContext, candidates: Sequence[Endpoint]) -> SchedulingResult:
-        """Run the scheduler (NoCandidatesError 503, SchedulingFailedError 429)."""
+        """Screen, then run the scheduler (NoCandidatesError 503, SchedulingFailedError 429)."""
         assert ctx.request is not None
+        if self._screeners:
+            candidates = self._screen(ctx.request, candidates)
         t0 = time.perf_counter()
         try:
             result = self.scheduler.schedule(ctx.request, candidates)
@@ -373,6 +379,22 @@ class RequestControl:
         ctx.result = result
         self.metrics.scheduled(result.target, elapsed, ctx.request.effective_model)
         return result
+
+    def _screen(self, request: Request, candidates: Sequence[Endpoint]) -> Sequence[Endpoint]:
+        """The Screeners in turn (llm-d's order: after admission, before the profiles); a
+        screener that raises is logged and skipped, one that leaves nothing is a 503."""
+        ready = self.pool.candidates()
+        observe = self.metrics.observe_plugin
+        for plugin in self._screeners:
+            started = time.perf_counter()
+            try:
+                candidates = plugin.screen(request, candidates, ready)
+            except Exception:
+                log.exception("screen of %s/%s failed", plugin.type_name, plugin.name)
+            observe("screener", plugin.type_name, plugin.name, time.perf_counter() - started)
+            if not candidates:
+                raise NoCandidatesError("screeners eliminated all endpoint candidates")
+        return candidates
 
     async def route(
         self, ctx: RequestContext, subset: Callable[[list[Endpoint]], list[Endpoint]] | None = None

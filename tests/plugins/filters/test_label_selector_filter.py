@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from kvgate.errors import PluginParameterError
+from kvgate.plugins.filters.label_selector_filter import Requirement, parse_selector
 from kvgate.scheduling.types import CycleState
 from plugins.kit import endpoint, make, request
 
@@ -69,3 +70,24 @@ def test_bad_selectors_name_the_field(params: dict[str, object], field: str) -> 
     with pytest.raises(PluginParameterError) as err:
         make("label-selector-filter", params)
     assert err.value.field == field
+
+
+def test_selector_strings_parse_as_kubernetes_reads_them() -> None:
+    got = parse_selector(
+        "app=vllm, tier==gpu,zone!=a, role in (prefill, decode),x notin (y),ok,!gone"
+    )
+    assert got == [
+        Requirement("app", "In", frozenset({"vllm"})),
+        Requirement("tier", "In", frozenset({"gpu"})),
+        Requirement("zone", "NotIn", frozenset({"a"})),
+        Requirement("role", "In", frozenset({"prefill", "decode"})),
+        Requirement("x", "NotIn", frozenset({"y"})),
+        Requirement("ok", "Exists", frozenset()),
+        Requirement("gone", "DoesNotExist", frozenset()),
+    ]
+    assert parse_selector("disaggregatedset.x-k8s.io/name=my-set")[0].key == (
+        "disaggregatedset.x-k8s.io/name"
+    )
+    for bad in ("a>1", "", "a in x", "=b"):
+        with pytest.raises(ValueError, match="cannot read"):
+            parse_selector(bad)

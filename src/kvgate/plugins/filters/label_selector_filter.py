@@ -11,6 +11,7 @@ by a Kubernetes label selector.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,45 @@ class ByLabelSelector:
     ) -> list[Endpoint]:
         reqs = self.requirements
         return [e for e in endpoints if all(r.matches(e.labels) for r in reqs)]
+
+
+_KEY = r"[A-Za-z0-9](?:[-A-Za-z0-9_./]*[A-Za-z0-9])?"
+_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_EQUALITY = re.compile(rf"\s*({_KEY})\s*(==|=|!=)\s*({_VALUE})\s*")
+_SET = re.compile(rf"\s*({_KEY})\s+(in|notin)\s*\(([^()]*)\)\s*")
+_EXISTS = re.compile(rf"\s*(!?)\s*({_KEY})\s*")
+
+
+def parse_selector(text: str) -> list[Requirement]:
+    """A Kubernetes label selector string (``labels.Parse``'s syntax: ``a=b``, ``a==b``,
+    ``a!=b``, ``a in (x,y)``, ``a notin (x)``, ``a``, ``!a``, comma-joined) as requirements;
+    ValueError names the term it cannot read (``>``/``<`` are not supported)."""
+    terms: list[str] = []
+    depth, start = 0, 0
+    for i, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if char == "," and depth == 0:
+            terms.append(text[start:i])
+            start = i + 1
+    terms.append(text[start:])
+    out: list[Requirement] = []
+    for term in terms:
+        if m := _EQUALITY.fullmatch(term):
+            operator = "NotIn" if m.group(2) == "!=" else "In"
+            out.append(Requirement(m.group(1), operator, frozenset((m.group(3),))))
+        elif m := _SET.fullmatch(term):
+            values = frozenset(v.strip() for v in m.group(3).split(","))
+            if not all(re.fullmatch(_VALUE, v) for v in values):
+                raise ValueError(f"{term.strip()!r}: a value is not a valid label value")
+            operator = "In" if m.group(2) == "in" else "NotIn"
+            out.append(Requirement(m.group(1), operator, values))
+        elif m := _EXISTS.fullmatch(term):
+            out.append(
+                Requirement(m.group(2), "DoesNotExist" if m.group(1) else "Exists", frozenset())
+            )
+        else:
+            raise ValueError(f"cannot read {term.strip()!r} as a label requirement")
+    return out
 
 
 def _requirements(params: Params) -> list[Requirement]:
