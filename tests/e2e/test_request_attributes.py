@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 
-from kvgate.extproc import envoyconfig
+from support.envoy import start_epp_behind_envoy
 from support.procs import Proc, free_port, kvgate_cmd, wait_until
 from support.sim import start_sim
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "envoy" / "envoy.yaml"
 # usage.prompt_tokens + usage.completion_tokens under envoy.lb/x-gateway-inference-request-cost
 CONFIG = (
     ROOT
@@ -59,15 +58,6 @@ def test_the_epp_reports_to_envoy_and_serve_logs_it(
 ) -> None:
     assert CONFIG.exists(), CONFIG
     sim = start_sim(spawn, seed=3, speed=200)
-    grpc, health, metrics = free_port(), free_port(), free_port()
-    epp = spawn(
-        kvgate_cmd(
-            "epp", "--host", "127.0.0.1", "--grpc-port", str(grpc),
-            "--grpc-health-port", str(health), "--metrics-port", str(metrics),
-            "--endpoint", f"127.0.0.1:{sim.port}", "--config-file", str(CONFIG),
-        ),
-        name="epp",
-    )  # fmt: skip
     port = free_port()
     serve = spawn(
         kvgate_cmd(
@@ -76,17 +66,13 @@ def test_the_epp_reports_to_envoy_and_serve_logs_it(
         ),
         name="serve",
     )  # fmt: skip
-    access_log = tmp_path / "access.log"
-    ports = envoyconfig.EnvoyPorts(listen=free_port(), admin=free_port(), epp=grpc)
-    cfg = envoyconfig.adapt(EXAMPLE, ports, access_log=access_log)
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    log_cfg = hcm["typed_config"]["access_log"][0]["typed_config"]["log_format"]
-    log_cfg["text_format_source"]["inline_string"] = LOG_FORMAT
-    envoy = spawn(
-        envoyconfig.command(envoyconfig.write(cfg, tmp_path / "envoy.yaml")), name="envoy"
-    )
-    epp.wait_http(f"http://127.0.0.1:{metrics}/healthz", timeout_s=30)
-    envoy.wait_http(f"http://127.0.0.1:{ports.admin}/ready", timeout_s=30)
+    front_door = start_epp_behind_envoy(
+        spawn,
+        tmp_path,
+        "--endpoint", f"127.0.0.1:{sim.port}", "--config-file", str(CONFIG),
+        log_format=LOG_FORMAT,
+    )  # fmt: skip
+    access_log = front_door.access_log
     serve.wait_http(f"http://127.0.0.1:{port}/ready", timeout_s=30)
 
     def logged_cost(rid: str) -> str:
@@ -100,7 +86,7 @@ def test_the_epp_reports_to_envoy_and_serve_logs_it(
         wait_until(logged, timeout_s=5, what=f"access log line for {rid}")
         return found[0]
 
-    front = f"http://127.0.0.1:{ports.listen}"
+    front = front_door.url
     # the EPP may not have scraped the replica yet: the first requests may be refused
     wait_until(lambda: _answers(front), timeout_s=10, what="Envoy -> epp -> sim answering")
     answer = post(front, "json", max_tokens=5)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.envoy import start_epp_behind_envoy
 from support.procs import Proc, free_port, kvgate_cmd, wait_until
 from support.sim import start_sim
 
@@ -50,16 +51,20 @@ def endpoint(url: str, name: str, revision: str, role: str) -> dict[str, object]
     return {"url": url, "name": name, "labels": labels}
 
 
-def served(url: str, revision: str = "") -> tuple[int, str, str]:
-    """(status, the endpoint that served, the stamped x-disagg-revision)."""
-    body = json.dumps({"model": "sim-model", "prompt": "hi", "max_tokens": 1}).encode()
+def served(url: str, revision: str = "", *, stream: bool = False) -> tuple[int, str, str]:
+    """(status, the endpoint that served, the stamped x-disagg-revision); through Envoy,
+    which names no endpoint, the served one is ''."""
+    body = json.dumps(
+        {"model": "sim-model", "prompt": "hi", "max_tokens": 1, "stream": stream}
+    ).encode()
     headers = {"content-type": "application/json"}
     if revision:
         headers["x-disagg-revision"] = revision
     req = urllib.request.Request(url + "/v1/completions", data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.headers["x-kvgate-endpoint"], resp.headers["x-disagg-revision"]
+            stamp = resp.headers["x-disagg-revision"]
+            return resp.status, resp.headers.get("x-kvgate-endpoint", ""), stamp
     except urllib.error.HTTPError as exc:
         return exc.code, "", json.loads(exc.read())["error"]["message"]
 
@@ -102,5 +107,16 @@ def test_requests_stay_on_one_covered_revision_as_the_rollout_progresses(
     counts = Counter(served(url)[1:] for _ in range(40))
     assert set(counts) == {("a-decode", "A"), ("b-decode", "B")}
     assert min(counts.values()) >= 6  # 40 draws at 50/50: fewer than 6 on a side is < 1e-6
-    # a strict header pins the revision
+    # a strict header pins the revision; a stream's headers carry the stamp too
     assert {served(url, "B") for _ in range(8)} == {(200, "b-decode", "B")}
+    assert served(url, "A", stream=True) == (200, "a-decode", "A")
+    # kvgate epp behind Envoy: the same screen, and the stamp in the response-headers phase
+    front = start_epp_behind_envoy(
+        spawn, tmp_path, "--endpoints-file", str(endpoints), "--config-text", CONFIG
+    ).url
+    wait_until(lambda: served(front)[0] == 200, timeout_s=10, what="the EPP's endpoints")
+    assert {served(front)[2] for _ in range(24)} == {"A", "B"}
+    for stream in (False, True):
+        assert served(front, "B", stream=stream) == (200, "", "B")
+    endpoints.write_text(yaml.safe_dump([*old, new_decode]))  # B's prefill gone again
+    wait_until(lambda: served(front, "B")[0] == 503, timeout_s=10, what="B uncovered")

@@ -79,14 +79,18 @@ _RESPONSE_HEADERS_REPLY = ep.ProcessingResponse(
 _EMPTY_RESPONSE_BODY_REPLY = ep.ProcessingResponse(response_body=ep.BodyResponse())
 
 
-def _response_headers_reply(info: ResponseInfo | None) -> ep.ProcessingResponse:
-    """The response-headers reply, with any headers ResponseComplete plugins added."""
-    if info is None or not info.headers:
+def _response_headers_reply(
+    info: ResponseInfo | None, stamped: dict[str, str] | None = None
+) -> ep.ProcessingResponse:
+    """The response-headers reply, with any headers ResponseHeaderProcessors (``stamped``)
+    and ResponseComplete plugins added."""
+    if (info is None or not info.headers) and not stamped:
         return _RESPONSE_HEADERS_REPLY
+    added = {**(stamped or {}), **(info.headers if info is not None else {})}
     return ep.ProcessingResponse(
         response_headers=ep.HeadersResponse(
             response=ep.CommonResponse(
-                header_mutation=header_mutation({HEADER_WENT_INTO_RESP: "true", **info.headers})
+                header_mutation=header_mutation({HEADER_WENT_INTO_RESP: "true", **added})
             )
         )
     )
@@ -131,6 +135,7 @@ class RequestStream:
         self.held_response: list[bytes] | None = None  # a JSON answer held until its end
         self.completed = False
         self.info: ResponseInfo | None = None  # how the forwarded attempt ended, once it has
+        self.stamped: dict[str, str] | None = None  # ResponseHeaderProcessors' headers
         self.closed = False  # an immediate response ended the HTTP request
         self.pending: asyncio.Task[None] | None = None  # deciding, waiting for flow control
         self.backlog: list[ep.ProcessingRequest] = []  # messages that came while pending
@@ -397,16 +402,21 @@ class RequestStream:
             self.usage = UsageReader(values.get("content-type", ""))
             if self.ctx is not None:
                 self.ctx.stream = self.usage.streaming
+        if self.forwarded and self.ctx is not None:
+            # ResponseHeaderProcessors' headers (the rollout screener's stamp)
+            self.stamped = self.control.response_headers(self.ctx)
         if headers.end_of_stream or self.response_mode == pm.ProcessingMode.NONE:
             # no body will come (response_body_mode NONE: bodies bypass the EPP, no usage)
             info = self._complete(None)
-            return _with_metadata([_response_headers_reply(info)], info)
+            return _with_metadata([_response_headers_reply(info, self.stamped)], info)
         if self.response_mode == FULL_DUPLEX and self.forwarded and not self.usage.streaming:
             # A whole JSON answer: hold the headers until its end, as the request side
             # does, so ResponseComplete plugins' headers (session affinity's x-session-token)
             # can still be added. Server-sent events are never held.
             self.held_response = []
             return []
+        if self.stamped:
+            return [_response_headers_reply(None, self.stamped)]
         return [_RESPONSE_HEADERS_REPLY]
 
     def _on_response_body(self, body: ep.HttpBody) -> Replies:
@@ -468,7 +478,7 @@ class RequestStream:
         body = b"".join(self.held_response or ())
         self.held_response = None
         info = self._complete(None)
-        replies = [_response_headers_reply(info)]
+        replies = [_response_headers_reply(info, self.stamped)]
         chunks = streamed_body_responses(body, request_side=False)
         if not end_of_stream:  # trailers follow: the body does not end the stream
             chunks[-1].response_body.response.body_mutation.streamed_response.end_of_stream = False

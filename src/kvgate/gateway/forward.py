@@ -307,6 +307,9 @@ class Forwarder:
         endpoint = ctx.endpoint
         info = ResponseInfo(status=upstream.status)
         headers = downstream_headers(upstream.headers)
+        stamped = control.response_headers(ctx)  # ResponseHeaderProcessors' (rollout screener)
+        if stamped:
+            headers.update(stamped)
         headers[HEADER_REQUEST_ID] = request.request_id
         headers[HEADER_SERVED_BY] = endpoint.name
         if not upstream.content_type.startswith("text/event-stream"):

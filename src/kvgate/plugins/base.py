@@ -171,6 +171,18 @@ class PreRequest(Plugin, Protocol):
 
 
 @runtime_checkable
+class ResponseHeaderProcessor(Plugin, Protocol):
+    """Told when the model server's response headers arrive (llm-d-router's
+    ``requestcontrol.ResponseHeaderProcessor``); may add response headers for the client by
+    writing into ``headers``. Unlike ResponseComplete's, these reach a stream's client too.
+    """
+
+    def response_header(
+        self, request: Request, endpoint: Endpoint, headers: dict[str, str]
+    ) -> None: ...
+
+
+@runtime_checkable
 class ResponseComplete(Plugin, Protocol):
     """Told how a request ended (always called once per forwarded request, even on errors).
 

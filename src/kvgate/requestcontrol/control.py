@@ -40,7 +40,7 @@ from kvgate.endpoints.pool import EndpointPool
 from kvgate.errors import ModelNotFoundError, NoCandidatesError
 from kvgate.openai.requests import build_request, parse_body, strip_routing_headers
 from kvgate.openai.usage import Usage
-from kvgate.plugins.base import RequestHeaderProcessor, Screener
+from kvgate.plugins.base import RequestHeaderProcessor, ResponseHeaderProcessor, Screener
 from kvgate.plugins.requestheader import AGENT_IDENTITY
 from kvgate.requestcontrol import tracing
 from kvgate.requestcontrol.eppmetrics import Labels
@@ -214,6 +214,10 @@ class RequestControl:
         # Screeners (disaggregatedset-rollout-screener): run in schedule, before the profiles
         self._screeners: tuple[Screener, ...] = tuple(
             p for p in scheduler.plugins if isinstance(p, Screener)
+        )
+        # ResponseHeaderProcessors: run when the model server's response headers arrive
+        self._response_header: tuple[ResponseHeaderProcessor, ...] = tuple(
+            p for p in scheduler.plugins if isinstance(p, ResponseHeaderProcessor)
         )
 
     async def start(self) -> None:
@@ -447,6 +451,20 @@ class RequestControl:
         """The first response byte is on its way to the client (TTFT for streams)."""
         if ctx.ttft_s is None:
             ctx.ttft_s = time.perf_counter() - ctx.started
+
+    def response_headers(self, ctx: RequestContext) -> dict[str, str] | None:
+        """The model server's response headers arrived: the headers ResponseHeaderProcessors
+        add for the client (None when none is configured: one falsy test). A processor that
+        raises is logged and skipped."""
+        if not self._response_header or ctx.request is None or ctx.endpoint is None:
+            return None
+        headers: dict[str, str] = {}
+        for plugin in self._response_header:
+            try:
+                plugin.response_header(ctx.request, ctx.endpoint, headers)
+            except Exception:
+                log.exception("response_header of %s/%s failed", plugin.type_name, plugin.name)
+        return headers
 
     def end_attempt(self, ctx: RequestContext, info: ResponseInfo) -> None:
         """ResponseComplete hooks for the open attempt, exactly once; a no-op otherwise."""

@@ -13,7 +13,7 @@ from kvgate.plugins.requestcontrol.disaggregatedset_rollout_screener import (
     DisaggregatedSetRolloutScreener,
     pick_weighted,
 )
-from kvgate.scheduling.types import CycleState, Endpoint, ResponseInfo
+from kvgate.scheduling.types import CycleState, Endpoint
 from plugins.kit import endpoint, make, request
 
 REV = "disaggregatedset.x-k8s.io/revision"
@@ -98,9 +98,9 @@ def test_disabled_gating_keeps_selectors_and_stamping() -> None:
     assert [
         e.name for e in plugin.screen(request(headers={"x-disagg-revision": "C"}), ready, ready)
     ] == ["C-decode-0"]
-    info = ResponseInfo(status=200)
-    plugin.response_complete(request(), info, ready[1])
-    assert info.headers == {"x-disagg-revision": "A", "x-disagg-slice": "s0"}
+    headers: dict[str, str] = {}
+    plugin.response_header(request(), ready[1], headers)
+    assert headers == {"x-disagg-revision": "A", "x-disagg-slice": "s0"}
 
 
 @pytest.mark.parametrize(

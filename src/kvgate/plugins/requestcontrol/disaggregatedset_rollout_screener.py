@@ -17,10 +17,8 @@ request's prefill and decode endpoints come from one revision.
 * Header selectors (``headerSelectors``): a ``strict`` one whose request header has a value
   keeps only candidates whose ``labelKey`` label equals it (none: 503, never another
   revision); ``prefer`` ones are left to a ``header-label-affinity-scorer``. Every selector
-  stamps its header on the response with the serving endpoint's label: ResponseComplete adds
-  it, so it reaches the client where those headers do (a JSON answer through ``kvgate
-  serve``, the response-headers phase under ``kvgate epp``; not a stream's, whose headers
-  went earlier).
+  stamps its header on the response with the serving endpoint's label when the model
+  server's response headers arrive (a ResponseHeaderProcessor: streams included, both doors).
 * Parameters: ``scope.labelSelector`` (required), ``headerSelectors`` (``name``,
   ``headerName``, ``labelKey``, ``mode`` strict|prefer; names and headers unique),
   ``revisionGating`` (required: ``mode`` sum|max-role|disabled, ``requireRoles.values`` for
@@ -41,7 +39,7 @@ from typing import Any
 from kvgate.errors import PluginParameterError
 from kvgate.plugins.base import Params, PluginContext, params_at
 from kvgate.plugins.filters.label_selector_filter import Requirement, parse_selector
-from kvgate.scheduling.types import Endpoint, Request, ResponseInfo
+from kvgate.scheduling.types import Endpoint, Request
 
 TYPE = "disaggregatedset-rollout-screener"
 
@@ -149,13 +147,13 @@ class DisaggregatedSetRolloutScreener:
                 current = [e for e in current if e.labels.get(selector.label_key) == wanted]
         return current
 
-    def response_complete(
-        self, request: Request, response: ResponseInfo, endpoint: Endpoint
+    def response_header(
+        self, request: Request, endpoint: Endpoint, headers: dict[str, str]
     ) -> None:
         for selector in self.selectors:
             value = endpoint.labels.get(selector.label_key)
             if value:
-                response.headers[selector.header] = value
+                headers[selector.header] = value
 
 
 def _mapping(value: Any, field: str) -> Params:
