@@ -64,6 +64,11 @@ def strict_differences(config: PickerConfig) -> list[str]:
             "featureGates: test-feature-gate: llm-d registers it only in its config-loader "
             "tests (its router rejects it); it turns nothing on in either"
         )
+    if config.flow_control is not None and config.flow_control.enable_eviction:
+        out.append(
+            "flowControl.enableEviction: llm-d's flow_control_reclaim_target and "
+            "pending_reclaim gauges and its revocation-confirmation histogram are not exported"
+        )
     if "prepareDataPlugins" in config.feature_gates:
         out.append(
             "featureGates: prepareDataPlugins: kvgate always runs data producers, so the gate "

@@ -95,6 +95,11 @@ class DisaggregatedSetRolloutScreener:
     """See the module docstring."""
 
     type_name = TYPE
+    strict_notes = (
+        "revision coverage counts endpoints in rotation (ranks), not Ready Pods from "
+        "Kubernetes notifications",
+        "llm_d_epp_disaggregatedset_* series are not exported",
+    )
 
     def __init__(
         self,
