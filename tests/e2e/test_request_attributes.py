@@ -21,7 +21,7 @@ from support.envoy import start_epp_behind_envoy
 from support.procs import Proc, free_port, kvgate_cmd, wait_until
 from support.sim import start_sim
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 # usage.prompt_tokens + usage.completion_tokens under envoy.lb/x-gateway-inference-request-cost

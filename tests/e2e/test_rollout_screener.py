@@ -22,7 +22,7 @@ from support.envoy import start_epp_behind_envoy
 from support.procs import Proc, free_port, kvgate_cmd, wait_until
 from support.sim import start_sim
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 CONFIG = """apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
