@@ -74,3 +74,15 @@ def test_go_durations() -> None:
     assert parse_duration_s("1.5h") == 5400.0
     assert parse_duration_s("0") == 0.0
     assert parse_duration_s("m") is None
+
+
+def test_max_is_over_the_candidates_scored() -> None:
+    """llm-d-router normalises by the busiest candidate, not the busiest endpoint tracked:
+    a decode profile's scores do not depend on the prefill endpoints' load."""
+    plugin = make("active-request-scorer")
+    for i in range(4):
+        _sent(plugin, f"p{i}", C)  # C (say, a prefill endpoint) is the busiest tracked
+    _sent(plugin, "d1", A)
+    _sent(plugin, "d2", A)
+    _sent(plugin, "d3", B)
+    assert score(plugin, [A, B]) == {"a": 0.0, "b": 0.5}

@@ -5,9 +5,11 @@ sent and has not seen finish.
 
 * Parameters: ``requestTimeout`` (Go duration, default ``"2m"``): a request never reported
   complete stops counting after this long.
-* Formula: with ``c`` the in-flight count of an endpoint and ``max`` the highest count over
-  every tracked endpoint, ``score = (max − c) / max``; an endpoint with ``c = 0`` (or
-  untracked) scores 1.
+* Formula: with ``c`` the in-flight count of an endpoint and ``max`` the highest count among
+  the candidates scored, ``score = (max − c) / max``; an endpoint with ``c = 0`` (or
+  untracked) scores 1. The maximum is over the candidates, as llm-d-router's scorer since it
+  reads ``InFlightLoad`` (llm-d-router#931): in a decode profile, busier prefill endpoints do
+  not lift the decode endpoints' scores.
 * Inputs: PreRequest (counts ``targets[0]`` of every profile result, e.g. prefill and decode),
   ResponseComplete (uncounts). State: request id → (deadline, endpoints) in deadline order,
   and a count per endpoint; expired entries are dropped lazily on every call (``ctx.clock``).
@@ -53,11 +55,11 @@ class ActiveRequestScorer:
         self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]
     ) -> Mapping[str, float]:
         self._expire()
-        counts = self._counts
-        highest = max(counts.values(), default=0)
+        counts = [self._counts.get(e.name, 0) for e in endpoints]
+        highest = max(counts, default=0)
         if highest <= 0:
             return {e.name: 1.0 for e in endpoints}
-        return {e.name: (highest - counts.get(e.name, 0)) / highest for e in endpoints}
+        return {e.name: (highest - c) / highest for e, c in zip(endpoints, counts, strict=True)}
 
     def pre_request(
         self, request: Request, result: SchedulingResult, headers: dict[str, str]
