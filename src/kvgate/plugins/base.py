@@ -78,6 +78,14 @@ class Consumer(Plugin, Protocol):
 
 
 @runtime_checkable
+class OptionalConsumer(Plugin, Protocol):
+    """A producer that reads another's data when it is configured (llm-d's optional data
+    dependencies): it runs after that producer, but nothing is added or required for it."""
+
+    def may_consume(self) -> tuple[DataKey, ...]: ...
+
+
+@runtime_checkable
 class Filter(Plugin, Protocol):
     """Narrows the candidate endpoints. An empty result fails the profile."""
 

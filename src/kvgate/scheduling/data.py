@@ -26,6 +26,9 @@ from kvgate.scheduling.types import Request
 PREFIX_CACHE_MATCH_INFO = "PrefixCacheMatchInfoDataKey"
 TOKENIZED_PROMPT = "TokenizedPrompt"
 IN_FLIGHT_LOAD = "InFlightLoad"
+#: this request's own prompt tokens an endpoint would still compute (llm-d's
+#: ``UncachedRequestTokens``), published by the in-flight load producer beside ``InFlightLoad``
+UNCACHED_REQUEST_TOKENS = "UncachedRequestTokens"
 ENCODER_CACHE_MATCH_INFO = "MultiModalEncoderCacheMatchInfoKey"
 
 T = TypeVar("T")

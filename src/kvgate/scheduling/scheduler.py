@@ -26,6 +26,7 @@ from kvgate.plugins.base import (
     EndpointListener,
     Filter,
     Lifecycle,
+    OptionalConsumer,
     Picker,
     Plugin,
     PreRequest,
@@ -54,12 +55,15 @@ _PRODUCED_BY = "kvgate.data-producers.ran"
 def order_producers(producers: Sequence[Producer]) -> tuple[Producer, ...]:
     """``producers`` in dependency order: one that consumes another's key runs after it.
 
-    Ties keep the configured order. Raises ValueError naming the plugins of a cycle.
+    Ties keep the configured order; keys an :class:`OptionalConsumer` may read order it too.
+    Raises ValueError naming the plugins of a cycle.
     """
     by_key = {str(key): p.name for p in producers for key in p.produces()}
     needs: dict[str, set[str]] = {}
     for p in producers:
         wanted = p.consumes() if isinstance(p, Consumer) else ()
+        if isinstance(p, OptionalConsumer):
+            wanted = (*wanted, *p.may_consume())
         needs[p.name] = {by_key[str(k)] for k in wanted if by_key.get(str(k), p.name) != p.name}
     ordered: list[Producer] = []
     done: set[str] = set()

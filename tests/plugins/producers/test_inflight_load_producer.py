@@ -54,3 +54,20 @@ def test_cached_prefix_is_discounted_and_output_estimated() -> None:
     assert p.request_tokens(req, "a") == 360 + 300
     assert p.request_tokens(req, "b") == 1000 + 300
     assert make(TYPE).consumes() == (DataKey(data.TOKENIZED_PROMPT, "token-producer"),)
+
+
+def test_publishes_the_requests_uncached_tokens_after_the_prefix_producer() -> None:
+    """llm-d-router's UncachedRequestTokens, for token-load-scorer; the prefix producer is an
+    optional input, so it runs first even when configured after this one."""
+    from kvgate.scheduling.scheduler import order_producers
+
+    p = make(TYPE)
+    prefix_key = DataKey(data.PREFIX_CACHE_MATCH_INFO, "approx-prefix-cache-producer")
+    assert p.may_consume() == (prefix_key,)
+    prefix = make("approx-prefix-cache-producer")
+    assert [q.name for q in order_producers([p, prefix])] == [prefix.name, TYPE]
+    req = _request(1000)
+    data.put(req, prefix_key, {"a": PrefixCacheMatchInfo(10, 15, 64, 10)})
+    p.produce(CycleState(), req, [A, B])
+    uncached = data.per_endpoint(req, DataKey(data.UNCACHED_REQUEST_TOKENS, TYPE), int)
+    assert uncached == {"a": 360, "b": 1000}

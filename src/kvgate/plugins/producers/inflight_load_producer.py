@@ -4,13 +4,16 @@ Counts what kvgate itself sent: PreRequest adds the request to the first target 
 profile result (decode and prefill alike), ResponseComplete (called exactly once per forwarded
 request) takes it off again. The data-preparation step publishes a snapshot
 ``{endpoint name: InFlightLoad(requests, tokens)}`` under ``InFlightLoad/<name>`` for
-``token-load-scorer`` and ``prefix-cache-affinity-filter``.
+``token-load-scorer`` and ``prefix-cache-affinity-filter``, and, as llm-d-router (#1319),
+``{endpoint name: tokens}`` under ``UncachedRequestTokens/<name>``: what this request would
+add there (below), which ``token-load-scorer`` adds to the in-flight tokens.
 
 * Tokens a request adds on an endpoint: its prompt tokens (from ``TokenizedPrompt``, so this
   producer consumes a ``token-producer``; one is auto-added when none is configured) minus
   the prefix that endpoint already holds per ``PrefixCacheMatchInfo`` of the prefix producer
   named ``prefixMatchInfoProducerName`` (default ``approx-prefix-cache-producer``; optional:
-  no discount when that producer is not configured), plus, with ``addEstimatedOutputTokens``,
+  no discount when that producer is not configured; when it is, this producer runs after
+  it), plus, with ``addEstimatedOutputTokens``,
   ``min(round(prompt · outputRatio), max_tokens?, maxEstimatedOutputTokens?)``.
 * Parameters (llm-d's): ``addEstimatedOutputTokens`` (bool, false), ``outputRatio`` (float
   >= 0, 1.5), ``maxEstimatedOutputTokens`` (int >= 0, none), ``prefixMatchInfoProducerName``
@@ -59,6 +62,7 @@ class InFlightLoadProducer:
     ) -> None:
         self.name = name
         self.key = DataKey(data.IN_FLIGHT_LOAD, name)
+        self.uncached_key = DataKey(data.UNCACHED_REQUEST_TOKENS, name)
         self.tokens_key = DataKey(data.TOKENIZED_PROMPT, "token-producer")
         self.prefix_key = DataKey(data.PREFIX_CACHE_MATCH_INFO, prefix_producer)
         self.add_estimated_output_tokens = add_estimated_output_tokens
@@ -68,10 +72,13 @@ class InFlightLoadProducer:
         self._tokens: dict[str, int] = {}
 
     def produces(self) -> tuple[DataKey, ...]:
-        return (self.key,)
+        return (self.key, self.uncached_key)
 
     def consumes(self) -> tuple[DataKey, ...]:
         return (self.tokens_key,)
+
+    def may_consume(self) -> tuple[DataKey, ...]:
+        return (self.prefix_key,)
 
     def load(self, endpoint_name: str) -> InFlightLoad:
         return InFlightLoad(
@@ -80,6 +87,8 @@ class InFlightLoadProducer:
 
     def produce(self, state: CycleState, request: Request, endpoints: Sequence[Endpoint]) -> None:
         data.put(request, self.key, {e.name: self.load(e.name) for e in endpoints})
+        uncached = {e.name: self.request_tokens(request, e.name) for e in endpoints}
+        data.put(request, self.uncached_key, uncached)
 
     def request_tokens(self, request: Request, endpoint_name: str) -> int:
         """Tokens this request adds on ``endpoint_name`` (see the module docstring)."""
