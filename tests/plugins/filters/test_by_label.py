@@ -43,13 +43,15 @@ def test_bad_parameters_name_the_field(params: dict[str, object], field: str) ->
 
 
 def test_decode_and_prefill_filters() -> None:
-    eps = [
-        endpoint("d", {ROLE_LABEL: "decode"}),
-        endpoint("b", {ROLE_LABEL: "both"}),
-        endpoint("p", {ROLE_LABEL: "prefill"}),
-        endpoint("u"),
-    ]
+    """llm-d-router's role sets: a prefill-decode (or ``both``) server serves either leg."""
+    roles = ("decode", "both", "prefill", "prefill-decode", "encode", "encode-prefill",
+             "encode-prefill-decode")  # fmt: skip
+    eps = [endpoint(r, {ROLE_LABEL: r}) for r in roles] + [endpoint("unlabelled")]
     decode = make("decode-filter").filter(CycleState(), request(), eps)
     prefill = make("prefill-filter").filter(CycleState(), request(), eps)
-    assert [e.name for e in decode] == ["d", "b", "u"]
-    assert [e.name for e in prefill] == ["p"]
+    assert [e.name for e in decode] == [
+        "decode", "both", "prefill-decode", "encode-prefill-decode", "unlabelled"
+    ]  # fmt: skip
+    assert [e.name for e in prefill] == [
+        "both", "prefill", "prefill-decode", "encode-prefill", "encode-prefill-decode"
+    ]  # fmt: skip

@@ -1,7 +1,10 @@
-"""``prefill-filter``: keep endpoints dedicated to prefill (P/D disaggregation).
+"""``prefill-filter``: keep endpoints that can prefill (P/D disaggregation).
 
 * Parameters: none.
-* Rule: label ``llm-d.ai/role`` is ``prefill``; endpoints without the label are dropped.
+* Rule (llm-d-router's ``bylabel/roles.go`` since #732): label ``llm-d.ai/role`` is one of
+  :data:`PREFILL_ROLES` (``prefill``, ``encode-prefill``, ``prefill-decode``, ``both`` —
+  its deprecated name — or ``encode-prefill-decode``); endpoints without the label are
+  dropped.
 * Inputs: endpoint labels. State: none.
 """
 
@@ -13,6 +16,8 @@ from kvgate.scheduling.types import ROLE_LABEL
 
 TYPE = "prefill-filter"
 
+PREFILL_ROLES = ("prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode")
+
 
 def create(name: str, params: Params, ctx: PluginContext) -> ByLabel:
-    return ByLabel(name, ROLE_LABEL, ("prefill",), allows_no_label=False, type_name=TYPE)
+    return ByLabel(name, ROLE_LABEL, PREFILL_ROLES, allows_no_label=False, type_name=TYPE)
