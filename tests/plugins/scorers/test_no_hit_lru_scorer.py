@@ -29,6 +29,16 @@ def test_cold_scores_never_used_first_then_least_recent() -> None:
     assert score(plugin, [A, B, C]) == {"b": 1.0, "a": 0.5, "c": 0.0}
 
 
+def test_lru_position_counts_endpoints_that_are_not_candidates() -> None:
+    """llm-d-router ranks a used candidate by its position in the whole LRU."""
+    plugin = make("no-hit-lru-scorer")
+    _served(plugin, C)  # LRU: c (oldest), a, b; c is filtered out below
+    _served(plugin, A)
+    _served(plugin, B)
+    assert score(plugin, [A, B]) == {"a": 0.0, "b": 0.0}  # ranks 1 and 2 of N - 1 = 1
+    assert score(plugin, [A, B, C]) == {"c": 1.0, "a": 0.5, "b": 0.0}
+
+
 def test_single_candidate_scores_one() -> None:
     assert score(make("no-hit-lru-scorer"), [A]) == {"a": 1.0}
 

@@ -13,7 +13,8 @@ cache: first to endpoints that never got a cold request, then to the least recen
   request (llm-d-router's default) — cold means no candidate has ``match_blocks > 0``.
 * Formula: warm → 0.5 for every candidate. Cold with ``N`` candidates (``N = 1`` → 1): the
   i-th candidate that never got a cold request (i from 0, in candidate order) scores
-  ``1 − i / (N − 1)``; a candidate at LRU position ``p`` (0 = least recently used) scores
+  ``1 − i / (N − 1)``; a candidate at LRU position ``p`` (0 = least recently used, counted
+  over every endpoint the LRU holds, candidate or not, as llm-d-router) scores
   ``max(0, 1 − (nNever + p) / (N − 1))``.
 * PreRequest: on a cold request, the primary target becomes the most recently used.
 * State: an LRU of endpoint names; removed endpoints are dropped (``endpoints_removed``).
@@ -101,11 +102,10 @@ class NoHitLRUScorer:
         never = [e.name for e in endpoints if e.name not in self._lru]
         out = {name: 1.0 - i / span for i, name in enumerate(never)}
         candidates = {e.name for e in endpoints}
-        position = 0
-        for name in self._lru:  # oldest first
+        # the position is over the whole LRU, candidates or not, as llm-d-router's
+        for position, name in enumerate(self._lru):  # oldest first
             if name in candidates:
                 out[name] = max(0.0, 1.0 - (len(never) + position) / span)
-                position += 1
         return out
 
     def pre_request(
