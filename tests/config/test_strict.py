@@ -76,3 +76,21 @@ def test_plugins_that_run_differently_from_llm_d_say_how() -> None:
         ("token-producer", "vllm: not contacted"),
     ):
         assert any(line.startswith(f"plugins[{name}]: ") and words in line for line in found)
+
+
+def test_a_prefix_scorer_on_its_own_index_is_named_for_llm_d_configs_only() -> None:
+    """llm-d's router feeds a producer-less prefix-cache-scorer from an added
+    approx-prefix-cache-producer; kvgate keeps GIE's per-scorer index instead."""
+    plugins = "plugins: [{type: prefix-cache-scorer}, {type: openai-parser}]\n"
+    got = differences(V1 + plugins + PARSER + NO_METRICS)
+    assert len(got) == 1 and got[0].startswith(
+        "plugins[prefix-cache-scorer]: names no prefix producer and none is named "
+        "approx-prefix-cache-producer: kvgate keeps the scorer's own approximate index"
+    )
+    with_producer = "plugins: [{type: prefix-cache-scorer}, {type: approx-prefix-cache-producer}"
+    assert (
+        differences(V1 + with_producer + ", {type: openai-parser}]\n" + PARSER + NO_METRICS) == []
+    )
+    gie = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+    gie_plugins = "plugins: [{type: prefix-cache-scorer}]\n"
+    assert not any("prefix-cache-scorer" in line for line in differences(gie + gie_plugins))

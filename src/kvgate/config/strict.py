@@ -6,6 +6,8 @@
 * plugin types that run as another type (aliases) and kvgate-only types llm-d rejects;
 * plugin-level differences a built plugin reports through an optional ``strict_notes``
   attribute (a sequence of strings; e.g. a parameter kvgate accepts but does not contact);
+* an llm-d.ai config's ``prefix-cache-scorer`` without a prefix producer (kvgate keeps GIE's
+  per-scorer index where llm-d's router adds ``approx-prefix-cache-producer``);
 * data-layer differences (extra metric names read, scrape interval not rounded, a metrics
   source without an extractor) and the default parsers;
 * the ``prepareDataPlugins`` gate, whose behaviour kvgate always has.
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from kvgate.config.build import build_scheduler
 from kvgate.config.generations import GIE, LLMD_V1, LLMD_V1ALPHA1, generation
 from kvgate.config.model import PickerConfig
+from kvgate.plugins.scorers.prefix_cache_scorer import DEFAULT_PRODUCER, PrefixCacheScorer
 
 #: kvgate's own plugin types, which no llm-d loader registers.
 KVGATE_ONLY_TYPES: dict[str, str] = {
@@ -48,6 +51,8 @@ def strict_differences(config: PickerConfig) -> list[str]:
         notes = getattr(plugin, "strict_notes", ())
         if isinstance(notes, Sequence) and not isinstance(notes, str):
             out.extend(f"plugins[{plugin.name}]: {note}" for note in notes)
+    if config.api_version in (LLMD_V1ALPHA1, LLMD_V1):
+        out.extend(_standalone_prefix_scorers(scheduler.plugins))
     out.extend(_data_layer(config))
     if (
         config.api_version in (LLMD_V1ALPHA1, LLMD_V1, GIE)
@@ -75,6 +80,23 @@ def strict_differences(config: PickerConfig) -> list[str]:
             "changes nothing (GIE v1.3-1.4 run them only with it; llm-d dropped the gate)"
         )
     return out
+
+
+def _standalone_prefix_scorers(plugins: Sequence[object]) -> list[str]:
+    """llm-d-router's prefix-cache-scorer is stateless: naming no producer, it reads the
+    approx-prefix-cache-producer llm-d adds; kvgate then keeps GIE's per-scorer index."""
+    if any(getattr(p, "name", None) == DEFAULT_PRODUCER for p in plugins):
+        return []  # the scorers read that producer's matches, as llm-d's
+    return [
+        f"plugins[{p.name}]: names no prefix producer and none is named {DEFAULT_PRODUCER}: "
+        "kvgate keeps the scorer's own "
+        "approximate index (GIE's plugin: blocks of the endpoint's vLLM block size, at most "
+        "maxPrefixBlocksToMatch 256); llm-d's router adds approx-prefix-cache-producer "
+        "(blocks of at least 64 tokens, up to 131072 tokens) and scores its matches, so partial "
+        "matches can score differently"
+        for p in plugins
+        if isinstance(p, PrefixCacheScorer) and not p.producer_name
+    ]
 
 
 def _data_layer(config: PickerConfig) -> list[str]:
