@@ -121,3 +121,21 @@ def test_coldness_from_a_named_producer() -> None:
     cold = request()
     data.put(cold, key, {"a": PrefixCacheMatchInfo(0, 4, 64, 0)})
     assert score(plugin, [A, B], cold) == {"a": 1.0, "b": 0.0}
+
+
+def test_without_a_prefix_scorer_it_consumes_the_default_producer() -> None:
+    """llm-d-router's scorer requires PrefixCacheMatchInfo from approx-prefix-cache-producer
+    when it names no producer; with no prefix-cache-scorer to read, kvgate does the same
+    (and the config builder adds that producer, as llm-d)."""
+    from kvgate.config import build_scheduler, load_picker_config
+    from kvgate.scheduling import data
+    from kvgate.scheduling.data import DataKey
+
+    default = DataKey(data.PREFIX_CACHE_MATCH_INFO, "approx-prefix-cache-producer")
+    assert make("no-hit-lru-scorer").consumes() == (default,)
+    c = ctx()
+    make("prefix-cache-scorer", c=c)
+    assert make("no-hit-lru-scorer", c=c).consumes() == ()
+    text = "apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\nplugins: [{type: no-hit-lru-scorer}]\n"
+    sched = build_scheduler(load_picker_config(text=text, env={}))
+    assert [p.name for p in sched.producers] == ["approx-prefix-cache-producer"]

@@ -10,7 +10,9 @@ cache: first to endpoints that never got a cold request, then to the least recen
   also in llm-d); ``lruSize`` (int, default 1024): how many endpoints the LRU remembers.
 * Cold: the prefix scorer wrote no state this cycle, or no endpoint matched a block. With a
   producer — the named one, or ``approx-prefix-cache-producer`` whenever it ran for the
-  request (llm-d-router's default) — cold means no candidate has ``match_blocks > 0``.
+  request (llm-d-router's default) — cold means no candidate has ``match_blocks > 0``. When
+  neither a producer nor the ``prefixPluginName`` plugin is configured, the scorer consumes
+  ``approx-prefix-cache-producer``, which the config builder then adds, as llm-d-router.
 * Formula: warm → 0.5 for every candidate. Cold with ``N`` candidates (``N = 1`` → 1): the
   i-th candidate that never got a cold request (i from 0, in candidate order) scores
   ``1 − i / (N − 1)``; a candidate at LRU position ``p`` (0 = least recently used, counted
@@ -76,7 +78,13 @@ class NoHitLRUScorer:
         return list(self._lru)
 
     def consumes(self) -> tuple[DataKey, ...]:
-        return (self.producer_key,) if self.producer_key is not None else ()
+        if self.producer_key is not None:
+            return (self.producer_key,)
+        if self.prefix_plugin_name not in self._ctx.plugins:
+            # no prefix scorer to read: llm-d-router's scorer requires the default producer's
+            # matches, and llm-d adds that producer (e.g. beside a precise-prefix-cache-scorer)
+            return (_DEFAULT_KEY,)
+        return ()
 
     def is_cold(self, state: CycleState, request: Request | None = None) -> bool:
         key = self.producer_key or _DEFAULT_KEY
