@@ -135,10 +135,11 @@ def test_training_turns_on_predictions_after_min_samples(
     lines = request_lines(gw)
     scores = [{s["latency-scorer"] for s in line["scores"].values()} for line in lines]
     # untrained: llm-d's composite fallback ((free KV + relative queue + prefix) / 3, about
-    # 2/3 on idle replicas); from the 5th request on, predictions: (1 + 99·x) / 100, the
-    # lowest predicted latency scoring 1 and two idle replicas that tie (1 + 99·0.5) / 100
+    # 2/3 on idle replicas); from the 5th request on, predictions: (int(100·x) + 1) / 100
+    # capped at 1, the lowest predicted latency scoring 1 and two idle replicas that tie
+    # (int(100·0.5) + 1) / 100
     assert all(min(s) > 0.6 and max(s) < 0.7 for s in scores[:4]), scores
-    assert all(s == {0.505} or max(s) == 1.0 for s in scores[4:]), scores
+    assert all(s == {0.51} or max(s) == 1.0 for s in scores[4:]), scores
 
 
 def test_slo_headers_shed_sheddable_requests_and_route_the_rest(

@@ -64,11 +64,19 @@ def test_composite_fallback_while_nothing_is_predicted() -> None:
     data.put(req, DataKey(data.PREFIX_CACHE_MATCH_INFO, "approx-prefix-cache-producer"),
              {"a": PrefixCacheMatchInfo(8, 10, 16, 8)})  # fmt: skip
     s = score(make(TYPE), eps, req)
-    assert s["a"] == pytest.approx((0.1 + 0.0 + 0.8) / 3)
-    assert s["b"] == pytest.approx((0.9 + 1.0 + 0.0) / 3)
+    assert s["a"] == round((0.1 + 0.0 + 0.8) / 3, 2) == 0.3  # llm-d's weight out of 100
+    assert s["b"] == round((0.9 + 1.0 + 0.0) / 3, 2) == 0.63
 
 
 def test_bad_strategy_names_the_field() -> None:
     with pytest.raises(PluginParameterError) as err:
         make(TYPE, {"headroomSelectionStrategy": "best"})
     assert err.value.field == "headroomSelectionStrategy"
+
+
+def test_scores_are_llm_d_integer_weights_out_of_100() -> None:
+    """``(int(100·x) + 1) / 100`` (Go truncation), capped at 1: least-headroom first."""
+    infos = {"a": _info(100, 10, (0, 0)), "b": _info(133, 10, (0, 0)), "c": _info(200, 10, (0, 0))}
+    s = score(make(TYPE, {"ttftWeight": 1, "tpotWeight": 0}), EPS, _req(infos))
+    # |headroom| 100, 133, 200 → normalised 0, 0.33, 1 → x = 1, 0.67, 0
+    assert s == {"a": 1.0, "b": 0.68, "c": 0.01}

@@ -12,11 +12,13 @@
   all equal gets weight 0. ``headroomSelectionStrategy: least`` (default) prefers the
   endpoint closest to its SLO (bin packing, keeping idle capacity for later), ``most`` the one
   with the most headroom; missed SLOs always use ``least`` (the smallest deficit, i.e. the
-  lowest predicted latency without SLOs). Scores are ``(1 + 99·x) / 100``: a scored endpoint
-  keeps a chance under ``weighted-random-picker``.
+  lowest predicted latency without SLOs). Scores are llm-d's integer weights out of 100,
+  ``(⌊100·x⌋ + 1) / 100`` capped at 1: a scored endpoint keeps a chance under
+  ``weighted-random-picker``.
 * Fallback, while nothing is predicted (too few samples, ``predictInProduce: false``):
-  ``(compositeKVWeight·(1 - kv) + compositeQueueWeight·(maxQ - q)/maxQ +
-  compositePrefixWeight·prefix ratio) / Σ weights``.
+  ``c = (compositeKVWeight·(1 - kv) + compositeQueueWeight·(maxQ - q)/maxQ +
+  compositePrefixWeight·prefix ratio) / Σ weights``, rounded to hundredths as llm-d's weight
+  ``round(100·c) / 100``.
 * Parameters: ``ttftWeight`` (>= 0, 0.8), ``tpotWeight`` (>= 0, 0.2),
   ``headroomSelectionStrategy`` (``least`` | ``most``), ``compositeKVWeight``,
   ``compositeQueueWeight``, ``compositePrefixWeight`` (>= 0, 1 each).
@@ -24,6 +26,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from kvgate.errors import PluginParameterError
@@ -39,7 +42,7 @@ TYPE = "latency-scorer"
 STRATEGIES = ("least", "most")
 
 _EPS = 1e-9
-_LEVELS = 100  # scores are (1 + (LEVELS - 1)·x) / LEVELS, never 0 for a scored endpoint
+_LEVELS = 100  # llm-d's wMax: scores are integer weights out of 100, never 0 when scored
 
 
 class LatencyScorer:
@@ -118,7 +121,8 @@ class LatencyScorer:
             n_p = (p - p_min) / p_range if p_range > _EPS else 0.5
             combined = alpha * n_t + beta * n_p  # 0 = closest to the SLO boundary
             x = combined if strategy == "most" else 1.0 - combined
-            scores[e.name] = (1.0 + (_LEVELS - 1) * x) / _LEVELS
+            # int() truncates toward 0 as Go's conversion; x = 1 gives 101/100, capped
+            scores[e.name] = min(1.0, (int(x * _LEVELS) + 1) / _LEVELS)
 
     def composite_scores(self, request: Request, endpoints: Sequence[Endpoint]) -> dict[str, float]:
         """llm-d's fallback while no predictions exist (see the module docstring)."""
@@ -135,7 +139,8 @@ class LatencyScorer:
             match = matches.get(e.name)
             prefix = match.ratio if match is not None else 0.0
             kv_free = 1.0 - e.metrics.kv_cache_usage_percent
-            out[e.name] = (w_kv * kv_free + w_q * rel_queue + w_prefix * prefix) / total
+            composite = (w_kv * kv_free + w_q * rel_queue + w_prefix * prefix) / total
+            out[e.name] = math.floor(composite * _LEVELS + 0.5) / _LEVELS  # Go's math.Round
         return out
 
 
