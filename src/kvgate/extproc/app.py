@@ -33,6 +33,7 @@ from kvgate.extproc.h2server import H2ExtProcServer, server_ssl_context
 from kvgate.extproc.health import health_handler
 from kvgate.extproc.messages import body_mode_value
 from kvgate.extproc.stream import ExtProcServicer, RequestStream, add_to_server
+from kvgate.heap import freeze_startup_heap
 from kvgate.http1 import Handler, HttpRequest, HttpServer, Response, StreamResponse
 from kvgate.openai.errors import error_body
 from kvgate.plugins.base import PluginContext
@@ -395,6 +396,7 @@ async def serve(opts: EppOptions) -> int:
     """Run until SIGTERM/SIGINT."""
     server = EppServer(opts)
     await server.start()
+    freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,6 +22,7 @@ from kvgate.endpoints.static import EndpointURLError, specs_from_urls
 from kvgate.errors import KvgateError
 from kvgate.gateway.auth import load_api_keys
 from kvgate.gateway.routes import Gateway, GatewaySettings
+from kvgate.heap import freeze_startup_heap
 from kvgate.plugins.base import PluginContext
 from kvgate.requestcontrol.build import build_request_control, load_objectives
 from kvgate.requestcontrol.metrics import RequestMetrics
@@ -247,6 +248,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
                 f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
             )
             return 1
+        freeze_startup_heap()
         log.info(
             "kvgate gateway listening on %s/v1 with %d endpoint(s)",
             gateway.base_url,

@@ -90,6 +90,14 @@ def _header_block(headers: dict[str, str]) -> str:
     return "".join(out)
 
 
+class _NoCallbacks:
+    """The callbacks of a closed connection's parser: none."""
+
+
+#: What a closed connection holds instead of its parser (it is never fed).
+_DEAD_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+
+
 class Connection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler for each in turn, writes
     the answers."""
@@ -144,6 +152,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._dead = True
+        # the parser holds this protocol for its callbacks: drop it, so a closed connection is
+        # freed at once by reference counting instead of waiting, a cycle, for a full
+        # collection (thousands of closed abusers made those collections pause for 60-80 ms)
+        self._parser = _DEAD_PARSER
         self._server.connections.discard(self)
         self._queue.clear()
         if self._task is not None and not self._task.done():

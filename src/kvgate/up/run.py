@@ -35,6 +35,7 @@ from typing import Any
 from kvgate.endpoints.static import spec_from_url
 from kvgate.errors import ConfigError, EngineError, Problem
 from kvgate.gateway.auth import generate_api_key, load_api_keys
+from kvgate.heap import freeze_startup_heap
 from kvgate.requestcontrol.reqlog import configure_logging
 
 log = logging.getLogger("kvgate.up")
@@ -313,6 +314,7 @@ async def _run(args: argparse.Namespace, svc: Any, cluster: Any, model: Any) -> 
             raise EngineError(
                 f"cannot listen on {args.host}:{args.port}: {exc.strerror} (use --port)"
             ) from exc
+        freeze_startup_heap()
         # the gateway is ready once the scraper has seen the replicas
         deadline = loop.time() + 10.0
         while not gateway.pool.candidates() and loop.time() < deadline and not stop.is_set():
