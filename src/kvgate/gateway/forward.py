@@ -352,9 +352,17 @@ class Forwarder:
                     try:
                         await resp.write(chunk)
                     except ConnectionResetError:
-                        info.error = "client_disconnect"
+                        info.error = None if ctx.delivered else "client_disconnect"
                         break
                     tail = tail + chunk if len(tail) < _SSE_TAIL_BYTES else tail[-4096:] + chunk
+                    if _SSE_DONE in tail[-(len(chunk) + len(_SSE_DONE)) :]:  # also if split
+                        ctx.delivered = True
+        except asyncio.CancelledError:
+            if ctx.delivered:  # the client has the whole answer and hung up: a success
+                _set_usage(info, usage_from_sse(tail))
+                control.end_attempt(ctx, info)
+                ctx.status = upstream.status
+            raise
         except (UpstreamStreamError, TimeoutError) as exc:
             if ctx.evicted:
                 # the client already has a 200: a terminal SSE error event carries llm-d's
@@ -380,6 +388,10 @@ class Forwarder:
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
         return resp
+
+
+#: The OpenAI stream's last event: once relayed, the client has the whole answer.
+_SSE_DONE = b"data: [DONE]"
 
 
 def _set_usage(info: ResponseInfo, usage: Usage | None) -> None:

@@ -292,6 +292,9 @@ class Gateway:
                 deferred = True
             return resp
         except asyncio.CancelledError:
+            if ctx.delivered:  # the whole stream reached the client, which then hung up
+                status = ctx.status or 200
+                raise
             status = 499
             if self.draining:  # cancelled by stop() at the drain deadline, not by the client
                 ctx.error = "drain_timeout"

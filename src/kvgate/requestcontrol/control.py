@@ -87,6 +87,9 @@ class RequestContext:
     endpoint: Endpoint | None = None  # the current (or last) attempt's endpoint
     attempts: int = 0
     status: int = 0  # the HTTP status the client got (499: the client left)
+    # the whole answer reached the client (a stream's ``data: [DONE]`` was relayed): a client
+    # that hangs up after it is not a 499, even if the stream's last bytes were still due
+    delivered: bool = False
     error: str | None = None  # failure kind, None on success
     stream: bool = False
     ttft_s: float | None = None
