@@ -55,13 +55,10 @@ SWEEP_INTERVAL_S = 0.5
 #: owners' reconnects then arrived as one burst of accepts (bench_abuse.py,
 #: docs/RELIABILITY.md). A sweep closes them in batches this size, ``CLOSE_BATCH_GAP_S`` apart,
 #: so well-behaved requests run between batches, each batch (and the burst of accepts its
-#: owners' reconnects make) costing the loop well under a millisecond. At most 800 closes a
-#: second: 4,000 abusers that connected together were closed 3,000+ a second at 8 per 2.5 ms,
-#: and their reconnects still came as one wave (60 s abuse run, p99 2.6x its calm value); a
-#: slower drain spreads the cohort's next deadlines too (an expired connection may be held a
-#: few seconds longer, at no cost but its descriptor).
+#: owners' reconnects make) costing the loop well under a millisecond (at most ~3,200 closes
+#: a second).
 CLOSE_BATCH = 8
-CLOSE_BATCH_GAP_S = 0.01
+CLOSE_BATCH_GAP_S = 0.0025
 #: Pipelined requests queued on one connection before it stops reading.
 MAX_PIPELINED = 8
 #: Headers a handler may not set: the server frames the message itself.
