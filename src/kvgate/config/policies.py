@@ -149,8 +149,10 @@ _POLICIES["predicted-latency"] = (
     maxTTFTPenaltyMs: 5000
 - type: latency-scorer
   parameters:
-    # llm-d's default is least (pack toward the SLO); spreading held ITL p90 at 50 ms up to
-    # >= 1.54x llm-d-default's capacity where least reached 0.65x (docs/latency.md)
+    # llm-d's default is least (pack toward the SLO); in short bursts spreading held ITL p90 at
+    # 50 ms up to >= 1.54x llm-d-default's rate where least reached 0.65x, but in steady state
+    # (30 s+ probes) it is level on mixed (1.06x) and behind on shared-prefix (0.80x) and
+    # llm-d's shape (0.90x): docs/latency.md
     headroomSelectionStrategy: most
 - type: weighted-random-picker
 schedulingProfiles:
