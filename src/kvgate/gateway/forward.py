@@ -352,12 +352,14 @@ class Forwarder:
                     try:
                         await resp.write(chunk)
                     except ConnectionResetError:
+                        # the tail holds the relayed stream's last bytes: [DONE] is the last
+                        ctx.delivered = _SSE_DONE in tail
                         info.error = None if ctx.delivered else "client_disconnect"
                         break
                     tail = tail + chunk if len(tail) < _SSE_TAIL_BYTES else tail[-4096:] + chunk
-                    if _SSE_DONE in tail[-(len(chunk) + len(_SSE_DONE)) :]:  # also if split
-                        ctx.delivered = True
+            ctx.delivered = _SSE_DONE in tail  # once a stream, not once a chunk
         except asyncio.CancelledError:
+            ctx.delivered = _SSE_DONE in tail
             if ctx.delivered:  # the client has the whole answer and hung up: a success
                 _set_usage(info, usage_from_sse(tail))
                 control.end_attempt(ctx, info)
