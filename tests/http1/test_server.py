@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from collections.abc import Callable
 
 from kvgate.http1 import HttpRequest, HttpServer, Response
 from kvgate.http1 import server as server_module
@@ -15,9 +16,9 @@ async def _ok(req: HttpRequest) -> Response:
     return Response(200, b"ok")
 
 
-async def _until(predicate: object, timeout_s: float = 5.0) -> None:
+async def _until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
 

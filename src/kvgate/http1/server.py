@@ -140,6 +140,10 @@ class Connection(asyncio.Protocol):
     def busy(self) -> bool:
         return self._task is not None
 
+    def expired(self, now: float) -> bool:
+        """Open, idle (no handler running) and past its deadline: the sweeper closes it."""
+        return not self._lost and bool(self.deadline) and now > self.deadline and not self.busy
+
     # --- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -494,18 +498,14 @@ class HttpServer:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.date = formatdate(time.time(), usegmt=True)
             now = self.loop.time()
-            expired = [
-                conn
-                for conn in self.connections
-                if conn.deadline and now > conn.deadline and not conn.busy
-            ]
+            expired = [conn for conn in self.connections if conn.expired(now)]
             for start in range(0, len(expired), CLOSE_BATCH):
                 if start:
                     await asyncio.sleep(CLOSE_BATCH_GAP_S)
                     now = self.loop.time()
                 for conn in expired[start : start + CLOSE_BATCH]:
                     # re-checked: a request may have arrived, or the client left, since the scan
-                    if not conn._lost and conn.deadline and now > conn.deadline and not conn.busy:
+                    if conn.expired(now):
                         if conn.requests == 0 or conn._in_head or conn._body_size:
                             self.num_closed_slow += 1
                         conn.abort()
