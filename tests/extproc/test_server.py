@@ -517,3 +517,26 @@ async def test_stop_lets_a_call_in_flight_finish(grpc_server: str) -> None:
         await server.stop()
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_a_failed_start_stops_what_it_started(grpc_server: str) -> None:
+    # the metrics port is taken: start fails, and the ext_proc and health servers it had
+    # already started are stopped (a grpcio server left running hangs the process's exit)
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        opts = EppOptions(
+            grpc_host="127.0.0.1",
+            grpc_port=free_port(),
+            grpc_health_port=free_port(),
+            metrics_port=taken.getsockname()[1],
+            endpoints=[],
+            grpc_server=grpc_server,
+        )
+        with pytest.raises(OSError, match="address already in use"):
+            await EppServer(opts).start()
+    for port in (opts.grpc_port, opts.grpc_health_port):
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", port))  # raises if a server still holds it

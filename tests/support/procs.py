@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,13 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kvgate.engines import hosts
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago (kvgate's own choice: below the
+    ephemeral range, so no outgoing connection takes it before the server binds)."""
+    return hosts.free_port("127.0.0.1")
 
 
 def wait_until(

@@ -76,11 +76,52 @@ def detect_gpus(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
     return tuple(str(i) for i in range(count))
 
 
+# Ports handed out are taken below the kernel's ephemeral range (ip_local_port_range), where
+# no outgoing connection's local port can land between our check and the server's bind: a
+# port from bind(0) is in that range, and with many connections opening (replicas, scrapes)
+# one of them took it first often enough to fail a run. A per-process cursor (offset by the
+# pid) keeps successive calls, and concurrent processes, on different ports.
+_PORT_SPAN = 12_000
+_cursor: list[int] = []
+
+
+def _listen_range() -> tuple[int, int] | None:
+    """``(first, end)`` below the ephemeral range; None where there is no room or no Linux."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    first = max(1024, low - _PORT_SPAN)
+    return (first, low) if low - first >= 1000 else None
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
-    """A TCP port that was free a moment ago (and not in ``avoid``)."""
+    """A TCP port that was free a moment ago (and not in ``avoid``), never one this process
+    handed out recently."""
+    bind_host = host if host not in ("0.0.0.0", "*", "") else "127.0.0.1"
+    span = _listen_range()
+    if span is not None:
+        first, end = span
+        if not _cursor:
+            _cursor.append(first + (os.getpid() * 211) % (end - first))
+        for _ in range(256):
+            port = _cursor[0]
+            _cursor[0] = port + 1 if port + 1 < end else first
+            if (not avoid or port not in avoid) and _bindable(bind_host, port):
+                return port
     for _ in range(64):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host if host not in ("0.0.0.0", "*", "") else "127.0.0.1", 0))
+            s.bind((bind_host, 0))
             port = int(s.getsockname()[1])
         if not avoid or port not in avoid:
             return port

@@ -203,9 +203,20 @@ class EppServer:
         self._lease_api: Any = None
 
     async def start(self) -> None:
+        """Start every part; if one fails (a port in use, a bad certificate), the parts
+        already started are stopped before the error propagates: a gRPC server left running
+        keeps grpcio's poller thread alive, and the process then never exits."""
         opts = self.opts
         if opts.grpc_server not in GRPC_SERVERS:
             raise KvgateError(f"grpc_server {opts.grpc_server!r}: expected one of {GRPC_SERVERS}")
+        try:
+            await self._start_parts()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start_parts(self) -> None:
+        opts = self.opts
         await self._start_discovery()
         await self._start_election()
         await self.scheduler.start()
