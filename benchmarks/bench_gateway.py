@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -423,11 +424,15 @@ def _pinned(cpus: str | None, cmd: list[str]) -> list[str]:
     return cmd
 
 
-def _load_cmd(cpus: str | None, url: str, **kw: Any) -> dict[str, Any]:
+def _load_cmd(
+    cpus: str | None, url: str, *, preexec: Callable[[], None] | None = None, **kw: Any
+) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "load", "--url", url]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
-    out = subprocess.run(_pinned(cpus, cmd), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        _pinned(cpus, cmd), capture_output=True, text=True, check=True, preexec_fn=preexec
+    )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
