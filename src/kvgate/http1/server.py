@@ -97,6 +97,7 @@ class _NoCallbacks:
 
 #: What a closed connection holds instead of its parser (it is never fed).
 _DEAD_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+_NO_BODY: list[bytes] = []  # a connection's before its first message (never appended to)
 
 
 class Connection(asyncio.Protocol):
@@ -106,12 +107,15 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._loop = server.loop
-        self._parser = httptools.HttpRequestParser(self)
+        # made at the first byte: a connection that never sends one (thousands of idle
+        # abusers) then holds no parser and none of the seven bound callbacks it keeps, all
+        # objects the collector would walk while the connection lives
+        self._parser: httptools.HttpRequestParser | None = None
         self._transport: asyncio.Transport | None = None
         # the message being parsed
         self._url = b""
         self._headers: dict[str, str] = {}
-        self._body: list[bytes] = []
+        self._body: list[bytes] = _NO_BODY  # on_message_begin gives each message its own
         self._body_size = 0
         self._in_head = False
         self._head_bytes = 0
@@ -179,8 +183,11 @@ class Connection(asyncio.Protocol):
         if self._dead:
             return
         was_in_head = self._in_head
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # the request asking for it is queued; kvgate upgrades nothing: answer, then close
             self._dead = self._closing = True
@@ -230,6 +237,7 @@ class Connection(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         parser = self._parser
+        assert parser is not None  # a callback of its own feed_data
         self._method = parser.get_method().decode("ascii", "replace")
         self._version = parser.get_http_version()
         self._keep_alive = parser.should_keep_alive()
