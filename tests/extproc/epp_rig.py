@@ -64,10 +64,16 @@ async def start_epp(
     )
     server = EppServer(opts)
     await server.start()
-    deadline = asyncio.get_running_loop().time() + 10
-    while len(server.pool.candidates()) < 2:
-        assert asyncio.get_running_loop().time() < deadline, "endpoints never became healthy"
-        await asyncio.sleep(0.02)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(server.pool.candidates()) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "endpoints never became healthy"
+            await asyncio.sleep(0.02)
+    except BaseException:  # a gRPC server left running hangs the test process's exit
+        await server.stop(0)
+        for runner in runners:
+            await runner.cleanup()
+        raise
     return server, runners, hostports
 
 
