@@ -4,6 +4,7 @@ mixed and ShareGPT workloads."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from kvgate.bench.mixed import MixedParams, mixed
 from kvgate.bench.runner import RequestRecord
 from kvgate.bench.sharegpt import ShareGPTParams, sharegpt
-from kvgate.bench.slo_capacity import Probe, SLOTarget, evaluate, search_capacity
+from kvgate.bench.slo_capacity import Probe, SettledMiss, SLOTarget, evaluate, search_capacity
 from kvgate.bench.vllm_results import vllm_result
 from kvgate.bench.workloads import WorkloadError
 from kvgate.kvcache.tokenize import Tokenizer
@@ -79,6 +80,29 @@ def test_evaluate_uses_p90_of_ttft_and_pooled_itl_and_counts_errors() -> None:
     probe = evaluate(2.0, failing, slo)
     assert not probe.meets and probe.errors == 2
     assert probe.vllm["request_goodput"] is not None
+
+
+def test_a_settled_miss_is_a_miss_however_the_rest_ends() -> None:
+    """SettledMiss answers at the first slow request that settles the verdict, and then
+    every way the requests still in flight could end (all fast, or cancelled) gives
+    evaluate() a miss; before arrivals end it never answers."""
+    slo = SLOTarget(ttft_p90_ms=100, itl_p90_ms=50, max_error_share=0.05)
+    for n in range(1, 200):
+        settle_at = math.ceil(0.1 * n + 2)
+        if settle_at > n:
+            continue  # too few requests for anything to be settled early
+        slow = [_rec(i, 500, 10) for i in range(settle_at)]
+        early = SettledMiss(slo)
+        assert all(early(rec, n, arrivals_done=False) is None for rec in slow)
+        stop = SettledMiss(slo)
+        answers = [stop(rec, n, arrivals_done=True) for rec in slow]
+        assert answers[:-1] == [None] * (settle_at - 1) and answers[-1], n
+        rest = [_rec(1000 + i, 1, 10) for i in range(n - settle_at)]
+        assert not evaluate(1.0, [*slow, *rest], slo).meets, n
+        assert not evaluate(1.0, slow, slo).meets, n
+    stop = SettledMiss(slo)
+    answers = [stop(_rec(i, 0, 0, error="x"), 100, arrivals_done=True) for i in range(6)]
+    assert answers[:5] == [None] * 5 and answers[5] == "6 of 100 requests failed"
 
 
 def test_mixed_workload_lengths_prefixes_and_slo_classes() -> None:

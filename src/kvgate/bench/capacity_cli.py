@@ -15,6 +15,7 @@ import json
 import math
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,13 @@ def register(sub: Any) -> None:
         "--probe-duration is given, so a probe offers rate x duration requests)",
     )
     s.add_argument("--probe-duration", type=float, help="seconds of arrivals per probe, at most")
+    s.add_argument(
+        "--no-early-stop",
+        dest="early_stop",
+        action="store_false",
+        help="let a probe whose miss is already settled (errors, or enough TTFTs over the "
+        "limit, once its arrivals end) drain its backlog instead of stopping it",
+    )
     w = cap.add_argument_group("workload")
     w.add_argument("--workload", default="mixed", help="mixed (default) or a compare workload")
     w.add_argument(
@@ -135,7 +143,13 @@ def build_capacity_workload(args: argparse.Namespace) -> Workload:
 def cmd_capacity(args: argparse.Namespace) -> int:
     from kvgate.bench.compare import ClusterSpec, ensure_engine_ready, run_policy
     from kvgate.bench.runner import LoadSpec, RunConfig
-    from kvgate.bench.slo_capacity import Probe, SLOTarget, evaluate, search_capacity
+    from kvgate.bench.slo_capacity import (
+        Probe,
+        SettledMiss,
+        SLOTarget,
+        evaluate,
+        search_capacity,
+    )
 
     workload = build_capacity_workload(args)
     max_requests = probe_request_bound(args.probe_requests, args.probe_duration)
@@ -186,14 +200,18 @@ def cmd_capacity(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 cycle=True,
             )
+            settled = SettledMiss(slo) if args.early_stop else None
             run = run_policy(
                 policy, cluster, workload, load, out_dir / label / f"rate-{rate:g}",
-                run_config=run_config, label=label, log=lambda _line: None,
+                run_config=replace(run_config, stop_when=settled), label=label,
+                log=lambda _line: None,
             )  # fmt: skip
             if run.summary is None:
                 return Probe(rate, 0, 0, None, None, False, skipped=run.skipped)
             probe = evaluate(rate, run.records, slo)
             probe.context = _context(run.summary)
+            if settled is not None and settled.reason:
+                probe.context["stopped_early"] = settled.reason
             _write_vllm(out_dir / label / f"rate-{rate:g}.json", probe, label, workload, args)
             verdict = "meets" if probe.meets else "misses"
             print(
@@ -250,6 +268,8 @@ def _describe(context: dict[str, Any]) -> str:
         parts.append(f"replica lag {context['replica_lag_share']:.1%}")
     if context.get("load_average_1m") is not None:
         parts.append(f"load {context['load_average_1m']:.1f}")
+    if context.get("stopped_early"):
+        parts.append(f"stopped once settled: {context['stopped_early']}")
     return f" ({', '.join(parts)})" if parts else ""
 
 

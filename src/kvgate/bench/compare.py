@@ -310,6 +310,7 @@ def _run_overrides(cfg: RunConfig | None) -> dict[str, Any]:
         "temperature": cfg.temperature,
         "extra_body": cfg.extra_body,
         "stream_interval": cfg.stream_interval,
+        "stop_when": cfg.stop_when,
     }
 
 

@@ -102,6 +102,12 @@ class RunConfig:
     #: streaming costs the router and this client by that factor at large scales; ITL is
     #: then measured per chunk and divided by its tokens (``continuous_usage_stats``).
     stream_interval: int = 1
+    #: Called with each measured request as it completes, the number issued so far, and
+    #: whether arrivals have ended; a non-empty answer (why) stops the run at once: no more
+    #: requests are issued, and an open-loop run cancels those in flight and leaves them out
+    #: of the records (a closed-loop one lets them finish). For callers whose
+    #: verdict can be settled before the backlog drains (``kvgate bench capacity``'s probes).
+    stop_when: Callable[[RequestRecord, int, bool], str | None] | None = None
 
 
 class Progress:
@@ -224,6 +230,8 @@ class Runner:
         self._deadline = float("inf")
         self._url = ""
         self._model = ""
+        self._stopped = asyncio.Event()  # stop_when answered: the run ends now
+        self._arrivals_done = False
 
     @property
     def max_requests(self) -> int:
@@ -270,6 +278,7 @@ class Runner:
                 if self.after_warmup is not None:
                     self.after_warmup()
             self._active = tuple(s for s in self.workload.sessions if not s.warmup)
+            self._arrivals_done = False
             self.progress.started(self.max_requests)
             self._t0 = self._clock()
             if self.load.duration_s is not None:
@@ -301,7 +310,11 @@ class Runner:
         return headers
 
     def _may_issue(self) -> bool:
-        return self._issued < self.max_requests and self._clock() < self._deadline
+        return (
+            self._issued < self.max_requests
+            and self._clock() < self._deadline
+            and not self._stopped.is_set()
+        )
 
     async def _run_open(self, http: aiohttp.ClientSession) -> None:
         tasks: list[asyncio.Task[None]] = []
@@ -318,8 +331,16 @@ class Runner:
             if not self._may_issue():
                 break
             tasks.append(asyncio.create_task(self._run_session(http, session, stage)))
-        if tasks:
-            await asyncio.gather(*tasks)
+        self._arrivals_done = True
+        if not tasks:
+            return
+        everything = asyncio.gather(*tasks)
+        stopped = asyncio.create_task(self._stopped.wait())
+        await asyncio.wait((everything, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not everything.done():  # stop_when: what is still in flight is cancelled
+            everything.cancel()
+        await asyncio.gather(everything, return_exceptions=True)
 
     async def _run_closed(self, http: aiohttp.ClientSession) -> None:
         sessions = self._sessions()
@@ -344,6 +365,11 @@ class Runner:
             self._records.append(record)
             if not self._warming:
                 self.progress.request_done(record)
+                stop_when = self.config.stop_when
+                if stop_when is not None and stop_when(
+                    record, self._issued, self._arrivals_done or not self._may_issue()
+                ):
+                    self._stopped.set()
             if not record.ok:
                 return  # the conversation cannot go on without this turn
 

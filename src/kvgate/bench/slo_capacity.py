@@ -29,7 +29,7 @@ from typing import Any
 from kvgate.bench.runner import RequestRecord
 from kvgate.bench.vllm_results import vllm_result
 
-__all__ = ["CapacitySearch", "Probe", "SLOTarget", "evaluate", "search_capacity"]
+__all__ = ["CapacitySearch", "Probe", "SLOTarget", "SettledMiss", "evaluate", "search_capacity"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,40 @@ def evaluate(rate: float, records: Sequence[RequestRecord], slo: SLOTarget) -> P
         meets,
         vllm_result(records, goodput_slos_ms=slo.goodput_slos_ms()),
     )
+
+
+class SettledMiss:
+    """``RunConfig.stop_when`` for a probe: stops it once it must miss ``slo`` however the
+    requests still in flight end, so an overloaded probe does not wait out its backlog.
+
+    Counted over the measured requests as they complete, and decided only once arrivals have
+    ended (the number issued, ``n``, is then final): more than ``max_error_share · n``
+    failures; or at least ``0.1 · n + 2`` successes with a TTFT over the limit, which puts the
+    TTFT p90 of any final set of successes over it (at most ``n`` successes; the inclusive
+    quantile reads the value at position ``⌊0.9·(n - 1)⌋`` or above it). ``reason`` keeps why.
+    """
+
+    def __init__(self, slo: SLOTarget) -> None:
+        self.slo = slo
+        self.errors = 0
+        self.slow = 0
+        self.reason: str | None = None
+
+    def __call__(self, record: RequestRecord, issued: int, arrivals_done: bool) -> str | None:
+        if not record.ok:
+            self.errors += 1
+        elif record.ttft_s is not None and record.ttft_s * 1e3 > self.slo.ttft_p90_ms:
+            self.slow += 1
+        if not arrivals_done:
+            return None
+        if self.errors > self.slo.max_error_share * issued:
+            self.reason = f"{self.errors} of {issued} requests failed"
+        elif self.slow >= 0.1 * issued + 2:
+            self.reason = (
+                f"{self.slow} of {issued} requests over the TTFT limit "
+                f"({self.slo.ttft_p90_ms:g} ms)"
+            )
+        return self.reason
 
 
 def search_capacity(
