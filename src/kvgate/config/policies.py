@@ -20,9 +20,10 @@ show-policy NAME`` prints one, so any policy can be copied and edited as a confi
                    llm-d's flow-control defaults (an empty ``flowControl`` section): requests
                    wait at the gateway while the pool is saturated, by priority band
 ``predicted-latency``  llm-d's predicted-latency guide (prefix affinity gated on predicted
-                   TTFT, latency-scorer, weighted-random-picker) with streamingMode on:
-                   routes on TTFT/TPOT predicted in-process and the x-slo-* headers;
-                   the latency-scorer spreads (headroomSelectionStrategy most)
+                   TTFT, latency-scorer) with streamingMode on: routes on TTFT/TPOT
+                   predicted in-process and the x-slo-* headers; the latency-scorer
+                   spreads (headroomSelectionStrategy most) and max-score-picker takes the
+                   best, where the guide draws with weighted-random-picker
 =================  ==========================================================================
 """
 
@@ -150,17 +151,19 @@ _POLICIES["predicted-latency"] = (
 - type: latency-scorer
   parameters:
     # llm-d's default is least (pack toward the SLO); in short bursts spreading held ITL p90 at
-    # 50 ms up to >= 1.54x llm-d-default's rate where least reached 0.65x, but in steady state
-    # (30 s+ probes) it is level on mixed (1.06x) and behind on shared-prefix (0.80x) and
-    # llm-d's shape (0.90x): docs/latency.md
+    # 50 ms up to >= 1.54x llm-d-default's rate where least reached 0.65x (docs/latency.md)
     headroomSelectionStrategy: most
-- type: weighted-random-picker
+# the guide's weighted-random-picker placed new prefix groups by lot: one replica of four drew
+# 9 of 24 groups, overloaded, tripped the affinity gate and its groups spread over two
+# replicas for good (hit rate 97% -> 72-76%); taking the best score places each on the
+# replica with the most headroom (shared-prefix capacity 0.80x -> 1.00x llm-d-default's)
+- type: max-score-picker
 schedulingProfiles:
 - name: default
   plugins:
   - pluginRef: loose-affinity-filter
   - pluginRef: latency-scorer
-  - pluginRef: weighted-random-picker
+  - pluginRef: max-score-picker
 """
 )
 
