@@ -234,6 +234,8 @@ async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str
     # small to put the abusers on other hosts, the well-behaved figures then measure the
     # gateway rather than the abusers' CPU on the load generator's core
     base = os.getpriority(os.PRIO_PROCESS, 0)
+    if args.abusers_cpus:  # this thread only: the load generator and prober pin themselves
+        os.sched_setaffinity(threading.get_native_id(), _cpus(args.abusers_cpus))
     measured_nice: Callable[[], None] | None = None
     if args.abusers_nice:
         _nice_thread(base + args.abusers_nice)
@@ -266,7 +268,10 @@ async def _with_abuse(args: argparse.Namespace, port: int, gw_pid: int, via: str
     during = _proc_sample(gw_pid)
     cpu_before, self_before = _children_cpu_s(), _self_cpu_s()
     prober = subprocess.Popen(
-        [sys.executable, __file__, "--probe", str(port), "--duration", str(args.duration)],
+        bg._pinned(
+            args.other_cpus,
+            [sys.executable, __file__, "--probe", str(port), "--duration", str(args.duration)],
+        ),
         stdout=subprocess.PIPE,
         preexec_fn=measured_nice,
     )
@@ -381,6 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "abusers_nice",
                     "gateway_cpus",
                     "other_cpus",
+                    "abusers_cpus",
                 )
             },
             "gateway_at_start": _proc_sample(gw_pid),
@@ -451,6 +457,12 @@ def main() -> None:
         help="nice added to the abusers while the load runs beside them (0; root to undo)",
     )
     p.add_argument("--gateway-cpus", default=None, help="taskset list for the gateway")
+    p.add_argument(
+        "--abusers-cpus",
+        default=None,
+        help="taskset list for the abusers (default: unpinned); with the gateway's, their "
+        "connections' kernel work lands where a real gateway host would do it",
+    )
     p.add_argument("--other-cpus", default=None, help="taskset list for upstream, load, abusers")
     p.add_argument("--log", type=Path, default=Path("/tmp/bench_abuse.log"))
     p.add_argument("--out", type=Path, default=None, help="also write the report here")
