@@ -338,8 +338,10 @@ class Runner:
         stopped = asyncio.create_task(self._stopped.wait())
         await asyncio.wait((everything, stopped), return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        if not everything.done():  # stop_when: what is still in flight is cancelled
-            everything.cancel()
+        if everything.done():
+            await everything  # a session's own error propagates, as before stop_when
+            return
+        everything.cancel()  # stop_when: what is still in flight is cancelled
         await asyncio.gather(everything, return_exceptions=True)
 
     async def _run_closed(self, http: aiohttp.ClientSession) -> None:
