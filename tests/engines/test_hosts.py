@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
+from kvgate.engines import hosts
 from kvgate.engines.hosts import free_port
 
 
@@ -20,11 +23,13 @@ def test_ports_are_distinct_and_below_the_ephemeral_range() -> None:
         assert all(p < low for p in ports)
 
 
-def test_a_port_in_use_or_avoided_is_skipped() -> None:
-    first = free_port()
+def test_a_port_in_use_or_avoided_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    span = hosts._listen_range()
+    assert span is not None, "this machine's ephemeral range leaves no room below it"
+    upcoming = span[0] + 100  # well inside the range: no wrap-around in this test
+    monkeypatch.setattr(hosts, "_cursor", [upcoming])
     with socket.socket() as held:
-        held.bind(("127.0.0.1", free_port()))
+        held.bind(("127.0.0.1", upcoming))  # the next port the cursor would give
         held.listen()
-        taken = held.getsockname()[1]
-        ports = {free_port(avoid={first + k for k in range(300)}) for _ in range(20)}
-    assert taken not in ports and not ports & {first + k for k in range(300)}
+        assert free_port() == upcoming + 1
+    assert free_port(avoid={upcoming + 2, upcoming + 3}) == upcoming + 4
