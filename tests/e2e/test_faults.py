@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -340,7 +341,12 @@ def test_gateway_restarted_under_load(spawn: Callable[..., Proc]) -> None:
     # 503 (no endpoints yet) while the new gateway's first scrape is under way
     assert set(answered) <= {200, 503} and answered.count(200) >= 40
     assert max(seconds for _, seconds in seen) < 5
-    assert len(answered) == len(request_lines(first)) + len(request_lines(second))
+    logged = request_lines(first) + request_lines(second)
+    assert len(answered) == len(logged), (
+        Counter(answered),
+        Counter((r.get("status"), r.get("error")) for r in logged),
+        len(seen) - len(answered),
+    )
 
 
 def test_random_faults_every_request_accounted(tmp_path: Path) -> None:
