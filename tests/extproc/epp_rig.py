@@ -70,11 +70,18 @@ async def start_epp(
             assert asyncio.get_running_loop().time() < deadline, "endpoints never became healthy"
             await asyncio.sleep(0.02)
     except BaseException:  # a gRPC server left running hangs the test process's exit
-        await server.stop(0)
-        for runner in runners:
-            await runner.cleanup()
+        await stop_epp(server, runners, grace_s=0)
         raise
     return server, runners, hostports
+
+
+async def stop_epp(
+    server: EppServer, runners: list[web.AppRunner], *, grace_s: float = 2.0
+) -> None:
+    """Stop what :func:`start_epp` started: the EPP, then its model servers."""
+    await server.stop(grace_s)
+    for runner in runners:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -92,9 +99,7 @@ async def open_epp(grpc_server: str, **options: object) -> AsyncIterator[Epp]:
         )
     finally:
         await channel.close()
-        await server.stop()
-        for runner in runners:
-            await runner.cleanup()
+        await stop_epp(server, runners)
 
 
 def headers_msg(

@@ -32,6 +32,7 @@ from extproc.epp_rig import (
     open_epp,
     set_headers,
     start_epp,
+    stop_epp,
     wait_metric,
 )
 from kvgate.endpoints.static import spec_from_url
@@ -328,9 +329,7 @@ async def test_session_token_reaches_the_client_and_steers_the_next_request(
             assert again == destination
     finally:
         await channel.close()
-        await server.stop()
-        for runner in runners:
-            await runner.cleanup()
+        await stop_epp(server, runners)
 
 
 async def test_broken_stream_still_completes_the_request(epp: Epp) -> None:
@@ -364,9 +363,7 @@ async def test_no_pick_is_429_and_health_serves(epp: Epp) -> None:
         assert json.loads(reply.immediate_response.body)["error"]["type"] == "rate_limit_error"
     finally:
         await channel.close()
-        await server.stop()
-        for runner in runners:
-            await runner.cleanup()
+        await stop_epp(server, runners)
 
 
 async def test_secure_serving_with_a_generated_certificate(grpc_server: str) -> None:
@@ -391,9 +388,7 @@ async def test_secure_serving_with_a_generated_certificate(grpc_server: str) -> 
             await asyncio.wait_for(call.read(), 5)
         await plain.close()
     finally:
-        await server.stop()
-        for runner in runners:
-            await runner.cleanup()
+        await stop_epp(server, runners)
 
 
 async def test_other_methods_are_unimplemented(epp: Epp) -> None:
@@ -514,9 +509,7 @@ async def test_stop_lets_a_call_in_flight_finish(grpc_server: str) -> None:
         assert not stopping.exception()
     finally:
         await channel.close()
-        await server.stop()
-        for runner in runners:
-            await runner.cleanup()
+        await stop_epp(server, runners)
 
 
 async def test_a_failed_start_stops_what_it_started(grpc_server: str) -> None:
