@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -85,6 +86,7 @@ _PORT_SPAN = 12_000
 _cursor: list[int] = []
 
 
+@functools.cache
 def _listen_range() -> tuple[int, int] | None:
     """``(first, end)`` below the ephemeral range; None where there is no room or no Linux."""
     try:
@@ -96,8 +98,13 @@ def _listen_range() -> tuple[int, int] | None:
     return (first, low) if low - first >= 1000 else None
 
 
-def _bindable(host: str, port: int) -> bool:
+def port_bindable(host: str, port: int, *, reuse_address: bool = False) -> bool:
+    """Whether a TCP socket can bind ``host:port`` now. ``reuse_address``: as a server that
+    sets SO_REUSEADDR would (a port whose old connections linger in TIME_WAIT counts as
+    free); without it, only a port nothing holds at all."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if reuse_address:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -117,7 +124,7 @@ def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
         for _ in range(256):
             port = _cursor[0]
             _cursor[0] = port + 1 if port + 1 < end else first
-            if (not avoid or port not in avoid) and _bindable(bind_host, port):
+            if (not avoid or port not in avoid) and port_bindable(bind_host, port):
                 return port
     for _ in range(64):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
 from kvgate.engines.base import LaunchPlan, ReplicaSpec
+from kvgate.engines.hosts import port_bindable
 from kvgate.errors import EngineError
 
 if TYPE_CHECKING:
@@ -121,16 +121,6 @@ def _child_setup(cpus: set[int] | None, parent_pid: int) -> Callable[[], None]:
     return setup
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host if host not in ("*", "") else "0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
 def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
@@ -164,7 +154,8 @@ class Supervisor:
 
     def _spawn(self, rp: ReplicaProcess) -> None:
         spec = rp.spec
-        if not _port_free(spec.host, spec.port):
+        host = spec.host if spec.host not in ("*", "") else "0.0.0.0"
+        if not port_bindable(host, spec.port, reuse_address=True):
             # Otherwise whatever holds the port would answer /health and pass for the replica.
             raise EngineError(
                 f"{spec.name}: port {spec.port} on {spec.host} is already in use; "
