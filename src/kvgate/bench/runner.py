@@ -103,7 +103,8 @@ class RunConfig:
     #: then measured per chunk and divided by its tokens (``continuous_usage_stats``).
     stream_interval: int = 1
     #: Called with each measured request as it completes, the number issued so far, and
-    #: whether arrivals have ended; a non-empty answer (why) stops the run at once: no more
+    #: whether that number is final (nothing more may be issued: the duration or request
+    #: bound is reached); a non-empty answer (why) stops the run at once: no more
     #: requests are issued, and an open-loop run cancels those in flight and leaves them out
     #: of the records (a closed-loop one lets them finish). For callers whose
     #: verdict can be settled before the backlog drains (``kvgate bench capacity``'s probes).
@@ -231,7 +232,6 @@ class Runner:
         self._url = ""
         self._model = ""
         self._stopped = asyncio.Event()  # stop_when answered: the run ends now
-        self._arrivals_done = False
 
     @property
     def max_requests(self) -> int:
@@ -278,7 +278,6 @@ class Runner:
                 if self.after_warmup is not None:
                     self.after_warmup()
             self._active = tuple(s for s in self.workload.sessions if not s.warmup)
-            self._arrivals_done = False
             self.progress.started(self.max_requests)
             self._t0 = self._clock()
             if self.load.duration_s is not None:
@@ -331,7 +330,6 @@ class Runner:
             if not self._may_issue():
                 break
             tasks.append(asyncio.create_task(self._run_session(http, session, stage)))
-        self._arrivals_done = True
         if not tasks:
             return
         everything = asyncio.gather(*tasks)
@@ -368,9 +366,9 @@ class Runner:
             if not self._warming:
                 self.progress.request_done(record)
                 stop_when = self.config.stop_when
-                if stop_when is not None and stop_when(
-                    record, self._issued, self._arrivals_done or not self._may_issue()
-                ):
+                # nothing more may be issued: the count issued is final (a session's later
+                # turns count too, so the end of the arrival loop alone is not enough)
+                if stop_when is not None and stop_when(record, self._issued, not self._may_issue()):
                     self._stopped.set()
             if not record.ok:
                 return  # the conversation cannot go on without this turn

@@ -132,8 +132,8 @@ class SettledMiss:
     """``RunConfig.stop_when`` for a probe: stops it once it must miss ``slo`` however the
     requests still in flight end, so an overloaded probe does not wait out its backlog.
 
-    Counted over the measured requests as they complete, and decided only once arrivals have
-    ended (the number issued, ``n``, is then final): more than ``max_error_share · n``
+    Counted over the measured requests as they complete, and decided only once nothing more
+    may be issued (the number issued, ``n``, is then final): more than ``max_error_share · n``
     failures; or at least ``0.1 · n + 2`` successes with a TTFT over the limit, which puts the
     TTFT p90 of any final set of successes over it (at most ``n`` successes; the inclusive
     quantile reads the value at position ``⌊0.9·(n - 1)⌋`` or above it). ``reason`` keeps why.
